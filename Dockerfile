@@ -1,0 +1,60 @@
+# Container image for moat. NOTE: written without a Docker engine and NOT BUILT here; build and test it before relying on it.
+#
+#   docker build -t moat .
+#   docker run --rm -p 8080:8080 moat                      # serves conf/quickstart.yaml
+#   docker run --rm -p 8080:8080 -v $PWD/my.yaml:/etc/moat/moat.yaml moat run -c /etc/moat/moat.yaml
+#
+# Stopping: `docker stop` sends SIGTERM, which stops moat fast. For a graceful drain
+# (finish in-flight requests, Pingora's graceful shutdown), send SIGQUIT first:
+#   docker kill --signal=QUIT <container>
+# The config's listeners must bind 0.0.0.0 (not 127.0.0.1) to be reachable through -p;
+# the admin listener may stay on 127.0.0.1:9901, which is all the HEALTHCHECK needs.
+
+############################ builder ############################
+FROM rust:1-bookworm AS builder
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake pkg-config libssl-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /build
+
+# Dependency layer: compile every dependency against stub sources, so that editing
+# src/ does not rebuild them. Every target that Cargo.toml names explicitly needs a
+# stub here (currently src/lib.rs, src/main.rs and benches/router.rs).
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src benches \
+ && echo 'fn main() {}' > src/main.rs \
+ && touch src/lib.rs \
+ && echo 'fn main() {}' > benches/router.rs \
+ && cargo build --release --locked \
+ && rm -rf src benches
+
+# The real build. COPY keeps the files' old mtimes, which can look older than the
+# stub build's outputs: drop the stub's fingerprints so cargo rebuilds the crate.
+COPY src ./src
+COPY benches ./benches
+COPY examples ./examples
+RUN rm -rf target/release/.fingerprint/moat-* target/release/deps/moat-* target/release/deps/libmoat-* \
+ && cargo build --release --locked \
+ && install -m 0755 target/release/moat /usr/local/bin/moat
+
+############################ runtime ############################
+FROM debian:bookworm-slim
+# libssl3: moat links OpenSSL dynamically; curl: only for the HEALTHCHECK below.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system moat \
+ && useradd --system --gid moat --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin moat
+
+COPY --from=builder /usr/local/bin/moat /usr/local/bin/moat
+COPY conf/ /etc/moat/
+
+USER moat
+EXPOSE 8080 9901
+# SIGTERM = fast stop (what `docker stop` sends); SIGQUIT = graceful shutdown, see above.
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD curl -fsS -o /dev/null http://127.0.0.1:9901/healthz || exit 1
+
+ENTRYPOINT ["moat"]
+CMD ["run", "-c", "/etc/moat/quickstart.yaml"]

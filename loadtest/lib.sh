@@ -1,0 +1,161 @@
+# lib.sh — shared helpers for the loadtest/ scripts (source it; do not run it).
+#
+# Provides: lt_init (temp dir + cleanup traps), lt_oha (find or install oha),
+# lt_free_port, lt_start/lt_stop (tracked background processes, optional CPU pinning),
+# lt_wait_http, lt_cpu_ticks/lt_peak_rss_kib (from /proc), lt_run_oha/lt_parse_oha.
+
+LT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+LT_ROOT=$(dirname "$LT_DIR")
+LT_PIDS=()        # every process lt_start started; killed by lt_cleanup
+LT_LAST_PID=      # pid of the process the last lt_start started
+LT_TMP=
+declare -A LT_STOPSIG=()
+
+lt_log() { printf '[loadtest] %s\n' "$*" >&2; }
+lt_die() { printf '[loadtest] error: %s\n' "$*" >&2; exit 1; }
+
+# Create LT_TMP and install traps so that everything started is killed on exit.
+lt_init() {
+    LT_TMP=$(mktemp -d "${TMPDIR:-/tmp}/moat-loadtest.XXXXXX")
+    trap lt_cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+lt_cleanup() {
+    local pid
+    for pid in "${LT_PIDS[@]}"; do lt_stop "$pid"; done
+    LT_PIDS=()
+    if [[ -n "$LT_TMP" && -d "$LT_TMP" ]]; then
+        if [[ -n "${LT_KEEP:-}" ]]; then lt_log "kept $LT_TMP"; else rm -rf "$LT_TMP"; fi
+    fi
+}
+
+# Path of oha: on PATH, else loadtest/.tools/bin/oha, else install it there.
+lt_oha() {
+    if command -v oha >/dev/null 2>&1; then command -v oha; return; fi
+    local local_oha="$LT_DIR/.tools/bin/oha"
+    if [[ ! -x "$local_oha" ]]; then
+        lt_log "oha not found; installing into $LT_DIR/.tools (takes a few minutes)"
+        cargo install oha --locked --root "$LT_DIR/.tools" >&2 || lt_die "cargo install oha failed"
+    fi
+    echo "$local_oha"
+}
+
+# A free TCP port on 127.0.0.1 (racy in theory, fine in practice).
+lt_free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# CPU to pin the proxies on and CPU for the load generator and upstream.
+lt_cpus() {
+    local n; n=$(nproc)
+    if (( n >= 2 )); then LT_PROXY_CPU=0; LT_LOAD_CPU=1
+    else LT_PROXY_CPU=0; LT_LOAD_CPU=0; lt_log "only $n CPU: proxy and load share it, numbers mean little"
+    fi
+}
+
+# lt_start NAME CPU|- CMD...   start CMD in the background (pinned with taskset unless
+# CPU is "-"), output to $LT_TMP/NAME.log; sets LT_LAST_PID. Stop signal: $LT_STOP_SIGNAL
+# (default TERM; Pingora wants INT, as its TERM waits out a long grace period).
+lt_start() {
+    local name=$1 cpu=$2; shift 2
+    if [[ "$cpu" == "-" ]]; then
+        "$@" >"$LT_TMP/$name.log" 2>&1 &
+    else
+        taskset -c "$cpu" "$@" >"$LT_TMP/$name.log" 2>&1 &   # taskset execs: $! is CMD itself
+    fi
+    LT_LAST_PID=$!
+    LT_PIDS+=("$LT_LAST_PID")
+    LT_STOPSIG[$LT_LAST_PID]=${LT_STOP_SIGNAL:-TERM}
+}
+
+# True while PID exists and is not a zombie.
+lt_alive() {
+    local s
+    s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    s=${s##*) }
+    [[ "${s:0:1}" != Z ]]
+}
+
+# PID and all its descendants, one per line.
+lt_tree() {
+    local c
+    echo "$1"
+    for c in $(pgrep -P "$1" 2>/dev/null); do lt_tree "$c"; done
+}
+
+# Stop PID and its descendants: its stop signal, then TERM, then KILL; reap it.
+lt_stop() {
+    local pid=$1 sig=${LT_STOPSIG[$1]:-TERM} tree i p
+    tree=$(lt_tree "$pid")
+    for sig in "$sig" TERM KILL; do
+        lt_alive "$pid" || break
+        kill -s "$sig" "$pid" 2>/dev/null || true
+        for ((i = 0; i < 30; i++)); do lt_alive "$pid" || break; sleep 0.1; done
+    done
+    for p in $tree; do lt_alive "$p" && kill -s KILL "$p" 2>/dev/null; done
+    wait "$pid" 2>/dev/null || true
+    return 0
+}
+
+# Wait until URL answers with HTTP status WANT (default 200), at most TRIES tenths of a
+# second; give up early if PID (optional) has exited.
+lt_wait_http() {
+    local url=$1 want=${2:-200} tries=${3:-100} pid=${4:-} code i
+    for ((i = 0; i < tries; i++)); do
+        if [[ -n "$pid" ]] && ! lt_alive "$pid"; then lt_log "process $pid exited"; return 1; fi
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" 2>/dev/null || true)
+        [[ "$code" == "$want" ]] && return 0
+        sleep 0.1
+    done
+    lt_log "$url did not answer $want (last: ${code:-none})"
+    return 1
+}
+
+# Sum of utime+stime clock ticks of PID and its descendants (see `getconf CLK_TCK`).
+lt_cpu_ticks() {
+    local p s f total=0
+    for p in $(lt_tree "$1"); do
+        s=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+        read -ra f <<<"${s##*) }"          # f[0] is field 3 (state); utime is 14, stime 15
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+# Sum of VmHWM (peak resident set, KiB) of PID and its descendants.
+lt_peak_rss_kib() {
+    local p kb total=0
+    for p in $(lt_tree "$1"); do
+        kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
+        total=$((total + ${kb:-0}))
+    done
+    echo "$total"
+}
+
+# lt_run_oha OUT.json URL DURATION CONNECTIONS [extra oha args...]
+# Runs $LT_OHA (pinned to CPU $LT_OHA_CPU when set) without its TUI, waiting for in-flight
+# requests at the deadline (else they count as errors); JSON summary to OUT.json.
+lt_run_oha() {
+    local out=$1 url=$2 dur=$3 conns=$4 pin=(); shift 4
+    [[ -n "${LT_OHA_CPU:-}" ]] && pin=(taskset -c "$LT_OHA_CPU")
+    "${pin[@]}" "${LT_OHA:?call LT_OHA=\$(lt_oha) first}" --no-tui --output-format json -w \
+        -z "$dur" -c "$conns" "$@" "$url" >"$out"
+}
+
+# lt_parse_oha FILE -> "rps p50_ms p99_ms requests errors" (errors: transport errors + non-2xx).
+lt_parse_oha() {
+    python3 - "$1" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+s = d.get("summary", {})
+lat = d.get("latencyPercentiles", {})
+codes = {int(k): v for k, v in (d.get("statusCodeDistribution") or {}).items()}
+transport = sum((d.get("errorDistribution") or {}).values())
+responses = sum(codes.values())
+bad = sum(v for k, v in codes.items() if not 200 <= k < 300)
+ms = lambda v: (v or 0.0) * 1000.0
+print(f'{s.get("requestsPerSec") or 0.0:.1f} {ms(lat.get("p50")):.3f} {ms(lat.get("p99")):.3f} {responses} {transport + bad}')
+EOF
+}

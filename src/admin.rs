@@ -1,0 +1,217 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/status`, `/config`. It runs as
+//! its own Pingora service on its own address, never on the public listeners. When
+//! `admin.token_env` is set, every endpoint but `/healthz` needs `Authorization: Bearer
+//! <token>`.
+
+use crate::metrics::Metrics;
+use crate::reply::{error_body, ErrorCode};
+use crate::runtime::{Action, SharedRuntime};
+use async_trait::async_trait;
+use http::Response;
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use serde_json::{json, Value};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The admin app.
+pub struct Admin {
+    runtime: SharedRuntime,
+    metrics: Arc<Metrics>,
+    token: Option<String>,
+    listeners: Vec<SocketAddr>,
+}
+
+impl Admin {
+    /// Build the app; `token` is the value of `admin.token_env`, when set.
+    pub fn new(runtime: SharedRuntime, metrics: Arc<Metrics>, token: Option<String>, listeners: Vec<SocketAddr>) -> Admin {
+        Admin {
+            runtime,
+            metrics,
+            token,
+            listeners,
+        }
+    }
+
+    fn authorized(&self, s: &ServerSession) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let given = s
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        constant_time_eq(given.as_bytes(), token.as_bytes())
+    }
+
+    /// Ready when every public listener accepts a connection.
+    fn ready(&self) -> bool {
+        self.listeners.iter().all(|a| {
+            let mut a = *a;
+            if a.ip().is_unspecified() {
+                a.set_ip(if a.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                });
+            }
+            TcpStream::connect_timeout(&a, Duration::from_millis(250)).is_ok()
+        })
+    }
+
+    fn status(&self) -> Value {
+        let rt = self.runtime.load();
+        let routes: Vec<Value> = rt
+            .routes
+            .iter()
+            .map(|r| {
+                let action = match &r.action {
+                    Action::Upstream(p) => json!({"upstream": &*p.name}),
+                    Action::Respond(x) => json!({"respond": x.status}),
+                    Action::Redirect(x) => json!({"redirect": x.status}),
+                };
+                json!({"name": &*r.name, "action": action})
+            })
+            .collect();
+        let upstreams: serde_json::Map<String, Value> = rt
+            .pools
+            .iter()
+            .map(|(name, p)| {
+                let targets: Vec<Value> = p
+                    .targets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        json!({
+                            "address": t.label,
+                            "weight": t.weight,
+                            "healthy": p.target_healthy(i),
+                            "ejected": p.target_ejected(i),
+                            "in_flight": t.inflight(),
+                        })
+                    })
+                    .collect();
+                (name.clone(), json!({"targets": targets}))
+            })
+            .collect();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "generation": rt.generation,
+            "loaded_at": crate::util::time::rfc3339(rt.loaded_at, false),
+            "routes": routes,
+            "upstreams": upstreams,
+        })
+    }
+}
+
+/// Compare without leaking where the first difference is.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The effective config as JSON with key hashes redacted (secrets are never inline).
+pub fn redacted_config(cfg: &crate::config::Config) -> Value {
+    fn redact(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m.iter_mut() {
+                    if k == "sha256" {
+                        *v = Value::String("<redacted>".into());
+                    } else {
+                        redact(v);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(redact),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(cfg).unwrap_or(Value::Null);
+    redact(&mut v);
+    v
+}
+
+fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .header(http::header::CACHE_CONTROL, "no-store")
+        .body(body)
+        .unwrap_or_default()
+}
+
+fn json_reply(status: u16, v: &Value) -> Response<Vec<u8>> {
+    respond(status, "application/json", v.to_string().into_bytes())
+}
+
+fn error(code: ErrorCode, msg: &str) -> Response<Vec<u8>> {
+    let id = crate::util::id::ulid();
+    let r = respond(code.status(), "application/json", error_body(code, msg, &id).into_bytes());
+    if code == ErrorCode::Unauthorized {
+        let (mut parts, body) = r.into_parts();
+        parts
+            .headers
+            .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+        return Response::from_parts(parts, body);
+    }
+    r
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = s.req_header().method.clone();
+        let path = s.req_header().uri.path().to_string();
+        if path != "/healthz" && !self.authorized(s) {
+            return error(ErrorCode::Unauthorized, "admin token required");
+        }
+        if method != http::Method::GET && method != http::Method::HEAD {
+            return error(ErrorCode::MethodNotAllowed, "admin endpoints answer GET");
+        }
+        match path.as_str() {
+            "/healthz" => json_reply(200, &json!({"status": "ok"})),
+            "/readyz" => {
+                if self.ready() {
+                    json_reply(200, &json!({"status": "ready"}))
+                } else {
+                    json_reply(503, &json!({"status": "not ready"}))
+                }
+            }
+            "/metrics" => respond(200, "text/plain; version=0.0.4", self.metrics.render()),
+            "/status" => json_reply(200, &self.status()),
+            "/config" => json_reply(200, &redacted_config(&self.runtime.load().config)),
+            _ => error(ErrorCode::NotFound, "unknown admin endpoint"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn redaction() {
+        let cfg = crate::config::load::parse(
+            "consumers:\n  - id: a\n    api_keys:\n      - sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\n",
+        )
+        .unwrap();
+        let v = redacted_config(&cfg);
+        assert_eq!(v["consumers"][0]["api_keys"][0]["sha256"], "<redacted>");
+        assert!(!v.to_string().contains("9f86d08"));
+    }
+}

@@ -1,0 +1,262 @@
+//! Reading a config file: YAML → `Config`, collecting every deserialization error with
+//! its path instead of stopping at the first one. Sections, list items and map entries
+//! are decoded one by one so that a mistake in `routes[1]` does not hide one in `routes[4]`.
+
+use super::error::{index, join, ConfigErrors};
+use super::model::{Config, PluginConfig, RouteConfig};
+use serde::de::DeserializeOwned;
+use serde_yaml::{Mapping, Value};
+use std::collections::BTreeMap;
+
+/// Parse config text. Returns the config or every error found while decoding it;
+/// semantic checks are `validate`'s job.
+pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    let mut errs = ConfigErrors::default();
+    let root: Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            errs.push("", format!("invalid YAML: {e}"));
+            return Err(errs);
+        }
+    };
+    let map = match root {
+        Value::Mapping(m) => m,
+        Value::Null => Mapping::new(),
+        _ => {
+            errs.push("", "the config must be a mapping of sections");
+            return Err(errs);
+        }
+    };
+    let mut cfg = Config::default();
+    for (k, v) in map {
+        let Some(key) = k.as_str().map(str::to_string) else {
+            errs.push("", "section names must be strings");
+            continue;
+        };
+        let path = key.as_str();
+        match path {
+            "server" => set(&mut cfg.server, de(v, path, &mut errs)),
+            "listeners" => cfg.listeners = de_list(v, path, &mut errs),
+            "admin" => cfg.admin = de(v, path, &mut errs),
+            "access_log" => cfg.access_log = de(v, path, &mut errs),
+            "redis" => cfg.redis = de(v, path, &mut errs),
+            "watch" => set(&mut cfg.watch, de(v, path, &mut errs)),
+            "upstreams" => cfg.upstreams = de_map(v, path, &mut errs),
+            "consumers" => cfg.consumers = de_list(v, path, &mut errs),
+            "jwt_providers" => cfg.jwt_providers = de_map(v, path, &mut errs),
+            "global_plugins" => cfg.global_plugins = de_list(v, path, &mut errs),
+            "routes" => cfg.routes = de_routes(v, &mut errs),
+            other => errs.push(
+                other,
+                "unknown section (expected server, listeners, admin, access_log, redis, watch, \
+                 upstreams, consumers, jwt_providers, global_plugins or routes)",
+            ),
+        }
+    }
+    errs.into_result(cfg)
+}
+
+fn set<T>(slot: &mut T, v: Option<T>) {
+    if let Some(v) = v {
+        *slot = v;
+    }
+}
+
+/// Decode one value, recording an error (with its full path) on failure.
+fn de<T: DeserializeOwned>(v: Value, path: &str, errs: &mut ConfigErrors) -> Option<T> {
+    if v.is_null() {
+        // An empty section (`admin:` with nothing under it) decodes as absent or default.
+        if let Ok(t) = serde_yaml::from_value::<T>(Value::Mapping(Mapping::new())) {
+            return Some(t);
+        }
+    }
+    // serde_yaml decodes externally tagged enums (plugins) only from text, so each
+    // piece is re-encoded; load time only.
+    let text = match serde_yaml::to_string(&v) {
+        Ok(t) => t,
+        Err(e) => {
+            errs.push(path, e.to_string());
+            return None;
+        }
+    };
+    match serde_path_to_error::deserialize::<_, T>(serde_yaml::Deserializer::from_str(&text)) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let mut full = if inner == "." || inner.is_empty() {
+                path.to_string()
+            } else if inner.starts_with('[') {
+                format!("{path}{inner}")
+            } else {
+                join(path, &inner)
+            };
+            let msg = e.into_inner().to_string();
+            // serde names an unknown key in its message; put it in the path, where it belongs.
+            if let Some(rest) = msg.strip_prefix("unknown field `") {
+                if let Some((field, _)) = rest.split_once('`') {
+                    if !full.ends_with(&format!(".{field}")) && full != field {
+                        full = join(&full, field);
+                    }
+                }
+            }
+            if let Some(rest) = msg.strip_prefix("unknown variant `") {
+                if let Some((variant, _)) = rest.split_once('`') {
+                    if full.contains("plugins[") && !full.ends_with(variant) {
+                        full = join(&full, variant);
+                    }
+                }
+            }
+            errs.push(full, clean_message(&msg));
+            None
+        }
+    }
+}
+
+/// serde_yaml appends " at line L column C" to some messages; positions refer to the
+/// re-encoded value, not the file, so drop them in favour of the path.
+/// serde_yaml also prefixes its own (partial) path; the full path is already in front.
+fn clean_message(msg: &str) -> String {
+    let msg = match msg.find(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    };
+    match msg.split_once(": ") {
+        Some((head, rest)) if !head.contains(' ') && !head.contains('`') => rest.to_string(),
+        _ => msg.to_string(),
+    }
+}
+
+fn de_list<T: DeserializeOwned>(v: Value, path: &str, errs: &mut ConfigErrors) -> Vec<T> {
+    match v {
+        Value::Null => Vec::new(),
+        Value::Sequence(items) => items
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, item)| de(item, &index(path, i), errs))
+            .collect(),
+        _ => {
+            errs.push(path, "expected a list");
+            Vec::new()
+        }
+    }
+}
+
+fn de_map<T: DeserializeOwned>(
+    v: Value,
+    path: &str,
+    errs: &mut ConfigErrors,
+) -> BTreeMap<String, T> {
+    let mut out = BTreeMap::new();
+    match v {
+        Value::Null => {}
+        Value::Mapping(m) => {
+            for (k, item) in m {
+                let Some(name) = k.as_str() else {
+                    errs.push(path, "names must be strings");
+                    continue;
+                };
+                if let Some(t) = de(item, &join(path, name), errs) {
+                    out.insert(name.to_string(), t);
+                }
+            }
+        }
+        _ => errs.push(path, "expected a mapping of names"),
+    }
+    out
+}
+
+/// Routes are decoded item by item, and each route's plugins one by one.
+fn de_routes(v: Value, errs: &mut ConfigErrors) -> Vec<RouteConfig> {
+    let items = match v {
+        Value::Null => return Vec::new(),
+        Value::Sequence(items) => items,
+        _ => {
+            errs.push("routes", "expected a list");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let path = index("routes", i);
+        let Value::Mapping(mut m) = item else {
+            errs.push(path, "expected a mapping");
+            continue;
+        };
+        let plugins_v = m.remove("plugins");
+        let route: Option<RouteConfig> = de(Value::Mapping(m), &path, errs);
+        let plugins: Vec<PluginConfig> = match plugins_v {
+            Some(p) => de_list(p, &join(&path, "plugins"), errs),
+            None => Vec::new(),
+        };
+        if let Some(mut r) = route {
+            r.plugins = plugins;
+            out.push(r);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        parse(text)
+            .err()
+            .map(|e| e.0.iter().map(|e| e.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn reference_file_parses() {
+        let text = include_str!("../../../shared/contract/moat.reference.yaml");
+        let cfg = parse(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.routes.len(), 3);
+        assert_eq!(cfg.routes[0].plugins.len(), 7);
+        assert_eq!(cfg.global_plugins.len(), 3);
+        assert_eq!(cfg.upstreams["users"].targets[1].weight, 3);
+    }
+
+    #[test]
+    fn unknown_key_path_names_the_key() {
+        let e = errors(
+            "routes:\n  - name: a\n    respond: {status: 200}\n  - name: b\n    respond: {}\n    plugins:\n      - request_id: {}\n      - rate_limit: { key: ip, rat: 1/s }\n",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("routes[1].plugins[1].rate_limit.rat: unknown field `rat`"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported() {
+        let e = errors(
+            "server: { threads: x }\nroutes:\n  - name: a\n    respond: {}\n    plugins:\n      - rate_limit: { key: ip, rate: 10/x }\n  - nam: b\nlistenerz: []\n",
+        );
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert!(e.iter().any(|m| m.starts_with("server.threads: ")), "{e:?}");
+        assert!(
+            e.iter().any(|m| m
+                == "routes[0].plugins[0].rate_limit.rate: expected N/s, N/m, N/h or N/d"),
+            "{e:?}"
+        );
+        assert!(e.iter().any(|m| m.starts_with("routes[1].nam: unknown field")), "{e:?}");
+        assert!(e.iter().any(|m| m.starts_with("listenerz: unknown section")), "{e:?}");
+    }
+
+    #[test]
+    fn unknown_plugin_is_named() {
+        let e = errors("global_plugins:\n  - rate_limiter: {}\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("global_plugins[0]"), "{e:?}");
+        assert!(e[0].contains("unknown variant `rate_limiter`"), "{e:?}");
+    }
+
+    #[test]
+    fn bad_yaml_and_empty() {
+        assert!(errors("routes: [")[0].starts_with("invalid YAML"));
+        assert!(parse("").is_ok());
+        assert!(errors("admin:\n  address: 1\n  address: 2\n")[0].contains("duplicate"));
+    }
+}

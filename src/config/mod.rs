@@ -1,0 +1,22 @@
+//! The config file: its shape (`model`), units, loading with every error and its path
+//! (`load`), and semantic checks (`validate`). Compiling into the runtime is
+//! `runtime::Runtime::compile`.
+
+pub mod error;
+pub mod load;
+pub mod model;
+pub mod units;
+pub mod validate;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use model::Config;
+
+/// Read and parse the file at `path`.
+pub fn load_file(path: &std::path::Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let mut errs = ConfigErrors::default();
+        errs.push("", format!("cannot read {}: {e}", path.display()));
+        errs
+    })?;
+    load::parse(&text)
+}

@@ -1,0 +1,687 @@
+//! The config file's shape, mirrored one-to-one from `shared/contract/moat.reference.yaml`.
+//!
+//! These structs are the external schema only: every key the contract names is accepted
+//! here (with `deny_unknown_fields`), and `validate` decides what is correct and what is
+//! not supported yet. The request path never reads them; `runtime::compile` turns them
+//! into the runtime model.
+
+use super::units::{Dur, Rate, Size};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Process-level settings; changing them needs a graceful upgrade.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Public listeners.
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    /// The admin listener (health, metrics, status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminConfig>,
+    /// Where the JSON access log goes; absent = no access log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogConfig>,
+    /// Shared state for cluster-wide limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisConfig>,
+    /// Reload the config when the file changes on disk (addition to the reference file).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub watch: bool,
+    /// Named upstream pools.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Identities that credentials resolve to.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerConfig>,
+    /// Named JWT issuers.
+    #[serde(default)]
+    pub jwt_providers: BTreeMap<String, JwtProviderConfig>,
+    /// Plugins run on every route before the route's own.
+    #[serde(default)]
+    pub global_plugins: Vec<PluginConfig>,
+    /// The route table.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `server:` — maps onto Pingora's `ServerConf`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub threads: Option<usize>,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+    pub grace_period: Option<Dur>,
+    pub shutdown_timeout: Option<Dur>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    pub limits: Option<LimitsConfig>,
+}
+
+/// `server.limits:` — request size and time limits.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_header_bytes: Option<Size>,
+    pub max_headers: Option<usize>,
+    pub header_timeout: Option<Dur>,
+    pub max_body: Option<Size>,
+    pub idle_timeout: Option<Dur>,
+}
+
+/// One public listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: String,
+    pub redirect_https: Option<u16>,
+    pub http2: Option<bool>,
+    pub tls: Option<ListenerTlsConfig>,
+}
+
+/// TLS termination settings of a listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    pub min_version: Option<String>,
+    #[serde(default)]
+    pub certificates: Vec<CertificateConfig>,
+}
+
+/// One certificate and its key, chosen by SNI.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+/// `admin:` — the separate admin listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub address: String,
+    pub token_env: Option<String>,
+}
+
+/// `access_log:`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// `stdout` or a file path.
+    #[serde(default = "default_log_path")]
+    pub path: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+fn default_log_path() -> String {
+    "stdout".to_string()
+}
+
+/// Access log formats.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+}
+
+/// `redis:`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: Option<String>,
+    pub cluster: Option<Vec<String>>,
+    pub timeout: Option<Dur>,
+    pub key_prefix: Option<String>,
+}
+
+/// One upstream pool.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub targets: Vec<TargetConfig>,
+    #[serde(default)]
+    pub balance: Balance,
+    pub hash_key: Option<String>,
+    pub health_check: Option<HealthCheckConfig>,
+    pub outlier: Option<OutlierConfig>,
+    pub connect_timeout: Option<Dur>,
+    pub read_timeout: Option<Dur>,
+    pub retries: Option<u32>,
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// A target: `"host:port"` or `{ address, weight }`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash)]
+pub struct TargetConfig {
+    pub address: String,
+    pub weight: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetMap {
+    address: String,
+    #[serde(default = "one")]
+    weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl<'de> Deserialize<'de> for TargetConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TargetConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"host:port\" or { address, weight }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TargetConfig, E> {
+                Ok(TargetConfig {
+                    address: v.to_string(),
+                    weight: 1,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<TargetConfig, A::Error> {
+                let t = TargetMap::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
+                Ok(TargetConfig {
+                    address: t.address,
+                    weight: t.weight,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Load-balancing algorithms.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Weighted random.
+    Random,
+    /// Ketama consistent hashing on `hash_key`.
+    ConsistentHash,
+    /// Power of two choices on in-flight requests.
+    LeastRequests,
+}
+
+/// Active health checks.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    pub http: Option<HttpCheckConfig>,
+    pub tcp: Option<TcpCheckConfig>,
+    pub interval: Option<Dur>,
+    pub timeout: Option<Dur>,
+    pub unhealthy_after: Option<u32>,
+    pub healthy_after: Option<u32>,
+}
+
+/// An HTTP probe.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheckConfig {
+    #[serde(default = "root_path")]
+    pub path: String,
+    pub expect_status: Option<u16>,
+    pub host: Option<String>,
+}
+
+fn root_path() -> String {
+    "/".to_string()
+}
+
+/// A TCP connect probe (no settings).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct TcpCheckConfig {}
+
+/// Passive outlier ejection.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    pub consecutive_failures: u32,
+    pub eject_for: Dur,
+}
+
+/// TLS to the upstream.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    pub sni: Option<String>,
+    #[serde(default = "yes")]
+    pub verify: bool,
+    pub ca_file: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// An identity.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    pub id: String,
+    pub tier: Option<String>,
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+    #[serde(default)]
+    pub hmac: Vec<HmacCredentialConfig>,
+}
+
+/// An API key, stored as the SHA-256 of the key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub sha256: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub expires: Option<String>,
+}
+
+/// An HMAC credential.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HmacCredentialConfig {
+    pub key_id: String,
+    pub secret_env: String,
+}
+
+/// A JWT issuer and where its keys come from.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtProviderConfig {
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub jwks_url: Option<String>,
+    pub jwks_file: Option<String>,
+    pub public_key_file: Option<String>,
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    pub leeway: Option<Dur>,
+    pub jwks_refresh: Option<Dur>,
+    pub jwks_cooldown: Option<Dur>,
+    pub consumer_claim: Option<String>,
+    pub scopes_claim: Option<String>,
+}
+
+/// One route.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub matcher: MatchConfig,
+    pub priority: Option<i32>,
+    pub upstream: Option<String>,
+    pub respond: Option<RespondConfig>,
+    pub redirect: Option<RedirectConfig>,
+    pub rewrite: Option<RewriteConfig>,
+    pub max_body: Option<Size>,
+    #[serde(default)]
+    pub plugins: Vec<PluginConfig>,
+}
+
+/// What a route matches.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+    pub path_regex: Option<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A response moat makes itself.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespondConfig {
+    #[serde(default = "ok_status")]
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn ok_status() -> u16 {
+    200
+}
+
+/// A redirect.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectConfig {
+    pub to: String,
+    pub status: Option<u16>,
+}
+
+/// Path rewriting before the request goes upstream.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteConfig {
+    pub strip_prefix: Option<String>,
+    pub add_prefix: Option<String>,
+}
+
+/// The closed plugin registry: one variant per plugin, each with its typed settings,
+/// written as a one-key mapping (`- rate_limit: { ... }`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginConfig {
+    RequestId(RequestIdConfig),
+    Headers(HeadersConfig),
+    Auth(AuthConfig),
+    RateLimit(RateLimitConfig),
+    Quota(QuotaConfig),
+    Concurrency(ConcurrencyConfig),
+    IpFilter(IpFilterConfig),
+    Cors(CorsConfig),
+    SecurityHeaders(SecurityHeadersConfig),
+    Compression(CompressionConfig),
+}
+
+/// Every plugin name, for error messages.
+pub const PLUGIN_NAMES: &[&str] = &[
+    "request_id",
+    "headers",
+    "auth",
+    "rate_limit",
+    "quota",
+    "concurrency",
+    "ip_filter",
+    "cors",
+    "security_headers",
+    "compression",
+];
+
+// serde_yaml 0.9 reads externally tagged enums only from `!tags`; plugins are written as
+// one-key mappings, so they are decoded by hand.
+impl<'de> Deserialize<'de> for PluginConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = PluginConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a plugin: a mapping with one key naming the plugin")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<PluginConfig, A::Error> {
+                use serde::de::Error;
+                let name: String = m
+                    .next_key()?
+                    .ok_or_else(|| A::Error::custom("empty plugin: name one of the plugins"))?;
+                let p = match name.as_str() {
+                    "request_id" => PluginConfig::RequestId(m.next_value()?),
+                    "headers" => PluginConfig::Headers(m.next_value()?),
+                    "auth" => PluginConfig::Auth(m.next_value()?),
+                    "rate_limit" => PluginConfig::RateLimit(m.next_value()?),
+                    "quota" => PluginConfig::Quota(m.next_value()?),
+                    "concurrency" => PluginConfig::Concurrency(m.next_value()?),
+                    "ip_filter" => PluginConfig::IpFilter(m.next_value()?),
+                    "cors" => PluginConfig::Cors(m.next_value()?),
+                    "security_headers" => PluginConfig::SecurityHeaders(m.next_value()?),
+                    "compression" => PluginConfig::Compression(m.next_value()?),
+                    other => return Err(A::Error::unknown_variant(other, PLUGIN_NAMES)),
+                };
+                if m.next_key::<String>()?.is_some() {
+                    return Err(A::Error::custom(
+                        "one plugin per list item: write each plugin as its own `- name: {...}`",
+                    ));
+                }
+                Ok(p)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl PluginConfig {
+    /// The plugin's name as written in the config.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PluginConfig::RequestId(_) => "request_id",
+            PluginConfig::Headers(_) => "headers",
+            PluginConfig::Auth(_) => "auth",
+            PluginConfig::RateLimit(_) => "rate_limit",
+            PluginConfig::Quota(_) => "quota",
+            PluginConfig::Concurrency(_) => "concurrency",
+            PluginConfig::IpFilter(_) => "ip_filter",
+            PluginConfig::Cors(_) => "cors",
+            PluginConfig::SecurityHeaders(_) => "security_headers",
+            PluginConfig::Compression(_) => "compression",
+        }
+    }
+}
+
+/// `request_id`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestIdConfig {
+    /// Keep a well-formed `X-Request-ID` sent by the client (default false).
+    #[serde(default)]
+    pub trust_incoming: bool,
+}
+
+/// `headers`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadersConfig {
+    pub request: Option<HeaderOpsConfig>,
+    pub response: Option<HeaderOpsConfig>,
+}
+
+/// Header operations, applied in the order remove, set, add.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOpsConfig {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// `auth`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub methods: Vec<AuthMethod>,
+    pub jwt: Option<JwtAuthConfig>,
+    pub api_key: Option<ApiKeyAuthConfig>,
+    pub hmac: Option<HmacAuthConfig>,
+    pub require: Option<RequireConfig>,
+    #[serde(default)]
+    pub hide_credentials: bool,
+}
+
+/// Credential kinds.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    Jwt,
+    ApiKey,
+    Hmac,
+}
+
+/// JWT settings of an `auth` plugin.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtAuthConfig {
+    pub provider: String,
+    /// `header`, `query:NAME` or `cookie:NAME`.
+    #[serde(default)]
+    pub token_from: Vec<String>,
+}
+
+/// API-key settings of an `auth` plugin.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyAuthConfig {
+    pub header: Option<String>,
+    pub query: Option<String>,
+}
+
+/// HMAC settings of an `auth` plugin.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HmacAuthConfig {
+    pub clock_skew: Option<Dur>,
+    #[serde(default)]
+    pub require_digest: bool,
+    pub replay_window: Option<Dur>,
+}
+
+/// Authorization rules.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequireConfig {
+    #[serde(default)]
+    pub any_scope: Vec<String>,
+    #[serde(default)]
+    pub all_scopes: Vec<String>,
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+}
+
+/// Where a limiter keeps its counters.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    #[default]
+    Local,
+    Cluster,
+}
+
+/// What a cluster limiter does when Redis fails.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRedisError {
+    Allow,
+    Deny,
+    Local,
+}
+
+/// Rate-limit algorithms.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RateAlgorithm {
+    SlidingWindow,
+    TokenBucket,
+    FixedWindow,
+}
+
+/// Cluster limiter modes.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterMode {
+    Exact,
+    Fast,
+}
+
+/// `rate_limit`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub key: String,
+    pub rate: Rate,
+    pub burst: Option<u64>,
+    pub algorithm: Option<RateAlgorithm>,
+    #[serde(default)]
+    pub tiers: BTreeMap<String, Rate>,
+    #[serde(default)]
+    pub scope: LimitScope,
+    pub on_redis_error: Option<OnRedisError>,
+    pub mode: Option<ClusterMode>,
+    pub sync_interval: Option<Dur>,
+}
+
+/// `quota`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    pub key: String,
+    pub limit: Rate,
+    #[serde(default)]
+    pub tiers: BTreeMap<String, Rate>,
+}
+
+/// `concurrency`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyConfig {
+    pub key: String,
+    pub max: u32,
+}
+
+/// `ip_filter`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpFilterConfig {
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+/// `cors`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    #[serde(default)]
+    pub origins: Vec<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub credentials: bool,
+    pub max_age: Option<Dur>,
+}
+
+/// `security_headers`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityHeadersConfig {
+    pub hsts: Option<u64>,
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// `compression`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionConfig {
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    pub level: Option<u32>,
+    #[serde(default)]
+    pub content_types: Vec<String>,
+    pub min_size: Option<Size>,
+}

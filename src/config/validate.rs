@@ -1,0 +1,249 @@
+//! Semantic checks that are not part of compiling routes and pools: process settings,
+//! listeners, admin, identities and key providers, references between sections, and
+//! features whose behaviour has not landed yet (refused with "not supported yet", never
+//! silently ignored).
+
+use super::error::{index, join, ConfigErrors};
+use super::model::{Config, PluginConfig};
+use crate::net::CidrSet;
+use std::collections::{BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+
+const NOT_YET: &str = "not supported yet";
+
+/// Record every problem of `cfg` outside routes and upstreams.
+pub fn validate(cfg: &Config, errs: &mut ConfigErrors) {
+    server(cfg, errs);
+    listeners(cfg, errs);
+    if let Some(a) = &cfg.admin {
+        match a.address.parse::<SocketAddr>() {
+            Ok(addr) if cfg.listeners.iter().any(|l| l.address.parse::<SocketAddr>() == Ok(addr)) => {
+                errs.push("admin.address", "must differ from every listener's address")
+            }
+            Ok(_) => {}
+            Err(_) => errs.push("admin.address", format!("`{}` is not an ip:port address", a.address)),
+        }
+        if let Some(var) = &a.token_env {
+            env_set(var, "admin.token_env", errs);
+        }
+    }
+    if let Some(log) = &cfg.access_log {
+        if log.path != "stdout" {
+            parent_exists(&log.path, "access_log.path", errs);
+        }
+    }
+    if cfg.redis.is_some() {
+        errs.push("redis", NOT_YET);
+    }
+    if cfg.watch {
+        errs.push("watch", NOT_YET);
+    }
+    consumers(cfg, errs);
+    providers(cfg, errs);
+    let plugins = cfg
+        .global_plugins
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (index("global_plugins", i), p))
+        .chain(cfg.routes.iter().enumerate().flat_map(|(i, r)| {
+            r.plugins
+                .iter()
+                .enumerate()
+                .map(move |(j, p)| (index(&join(&index("routes", i), "plugins"), j), p))
+        }));
+    for (path, p) in plugins {
+        plugin_refs(cfg, &join(&path, p.name()), p, errs);
+    }
+}
+
+fn env_set(var: &str, path: &str, errs: &mut ConfigErrors) {
+    if std::env::var_os(var).is_none_or(|v| v.is_empty()) {
+        errs.push(path, format!("environment variable `{var}` is not set"));
+    }
+}
+
+fn parent_exists(file: &str, path: &str, errs: &mut ConfigErrors) {
+    let parent = Path::new(file).parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(dir) = parent {
+        if !dir.is_dir() {
+            errs.push(path, format!("directory `{}` does not exist", dir.display()));
+        }
+    }
+}
+
+fn readable(file: &str, path: &str, errs: &mut ConfigErrors) {
+    if let Err(e) = std::fs::File::open(file) {
+        errs.push(path, format!("cannot read `{file}`: {e}"));
+    }
+}
+
+fn server(cfg: &Config, errs: &mut ConfigErrors) {
+    let s = &cfg.server;
+    if s.threads.is_some_and(|t| t == 0 || t > 1024) {
+        errs.push("server.threads", "must be between 1 and 1024");
+    }
+    for (k, v) in [("pid_file", &s.pid_file), ("upgrade_sock", &s.upgrade_sock)] {
+        if let Some(f) = v {
+            parent_exists(f, &join("server", k), errs);
+        }
+    }
+    if let Some(l) = &s.limits {
+        let set = [
+            ("max_header_bytes", l.max_header_bytes.is_some()),
+            ("max_headers", l.max_headers.is_some()),
+            ("header_timeout", l.header_timeout.is_some()),
+            ("max_body", l.max_body.is_some()),
+            ("idle_timeout", l.idle_timeout.is_some()),
+        ];
+        for (k, present) in set {
+            if present {
+                errs.push(format!("server.limits.{k}"), NOT_YET);
+            }
+        }
+    }
+}
+
+fn listeners(cfg: &Config, errs: &mut ConfigErrors) {
+    if cfg.listeners.is_empty() {
+        errs.push("listeners", "at least one listener is required");
+    }
+    let mut names = HashSet::new();
+    let mut addrs = HashSet::new();
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let p = index("listeners", i);
+        if l.name.is_empty() || !names.insert(l.name.as_str()) {
+            errs.push(join(&p, "name"), format!("listener names must be unique and non-empty (`{}`)", l.name));
+        }
+        match l.address.parse::<SocketAddr>() {
+            Ok(a) if !addrs.insert(a) => errs.push(join(&p, "address"), format!("`{}` is used twice", l.address)),
+            Ok(_) => {}
+            Err(_) => errs.push(join(&p, "address"), format!("`{}` is not an ip:port address", l.address)),
+        }
+        if l.tls.is_some() {
+            errs.push(join(&p, "tls"), NOT_YET);
+        }
+        if l.redirect_https.is_some() {
+            errs.push(join(&p, "redirect_https"), NOT_YET);
+        }
+        if l.http2.is_some() {
+            errs.push(join(&p, "http2"), NOT_YET);
+        }
+    }
+}
+
+fn consumers(cfg: &Config, errs: &mut ConfigErrors) {
+    if cfg.consumers.is_empty() {
+        return;
+    }
+    errs.push("consumers", NOT_YET);
+    let mut ids = HashSet::new();
+    let mut hashes = HashSet::new();
+    let mut key_ids = HashSet::new();
+    for (i, c) in cfg.consumers.iter().enumerate() {
+        let p = index("consumers", i);
+        if c.id.is_empty() || !ids.insert(c.id.as_str()) {
+            errs.push(join(&p, "id"), format!("consumer ids must be unique and non-empty (`{}`)", c.id));
+        }
+        for (j, k) in c.api_keys.iter().enumerate() {
+            let kp = index(&join(&p, "api_keys"), j);
+            let h = k.sha256.to_ascii_lowercase();
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                errs.push(join(&kp, "sha256"), "must be 64 hex digits (the SHA-256 of the key)");
+            } else if !hashes.insert(h) {
+                errs.push(join(&kp, "sha256"), "the same key hash appears twice");
+            }
+        }
+        for (j, h) in c.hmac.iter().enumerate() {
+            let hp = index(&join(&p, "hmac"), j);
+            if !key_ids.insert(h.key_id.as_str()) {
+                errs.push(join(&hp, "key_id"), format!("duplicate key_id `{}`", h.key_id));
+            }
+            env_set(&h.secret_env, &join(&hp, "secret_env"), errs);
+        }
+    }
+}
+
+const ASYMMETRIC: &[&str] = &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+const SYMMETRIC: &[&str] = &["HS256", "HS384", "HS512"];
+
+fn providers(cfg: &Config, errs: &mut ConfigErrors) {
+    for (name, p) in &cfg.jwt_providers {
+        let path = join("jwt_providers", name);
+        errs.push(path.clone(), NOT_YET);
+        let sources = [p.jwks_url.is_some(), p.jwks_file.is_some(), p.public_key_file.is_some(), p.secret_env.is_some()];
+        if sources.iter().filter(|x| **x).count() != 1 {
+            errs.push(path.clone(), "give exactly one of jwks_url, jwks_file, public_key_file, secret_env");
+        }
+        if let Some(f) = &p.jwks_file {
+            readable(f, &join(&path, "jwks_file"), errs);
+        }
+        if let Some(f) = &p.public_key_file {
+            readable(f, &join(&path, "public_key_file"), errs);
+        }
+        if let Some(v) = &p.secret_env {
+            env_set(v, &join(&path, "secret_env"), errs);
+        }
+        if p.algorithms.is_empty() {
+            errs.push(join(&path, "algorithms"), "list the accepted algorithms");
+        }
+        let mut sym = false;
+        let mut asym = false;
+        for (i, a) in p.algorithms.iter().enumerate() {
+            if SYMMETRIC.contains(&a.as_str()) {
+                sym = true;
+            } else if ASYMMETRIC.contains(&a.as_str()) {
+                asym = true;
+            } else {
+                errs.push(index(&join(&path, "algorithms"), i), format!("unknown or refused algorithm `{a}`"));
+            }
+        }
+        if sym && asym {
+            errs.push(join(&path, "algorithms"), "HS* algorithms cannot be mixed with RS/PS/ES/EdDSA");
+        }
+        if sym && p.secret_env.is_none() || p.secret_env.is_some() && asym {
+            errs.push(join(&path, "algorithms"), "HS* algorithms go with secret_env, and only they do");
+        }
+    }
+}
+
+fn limiter_key(key: &str, path: &str, errs: &mut ConfigErrors) {
+    let ok = matches!(key, "consumer" | "ip" | "route")
+        || key.strip_prefix("header:").is_some_and(|h| !h.is_empty())
+        || key.strip_prefix("claim:").is_some_and(|c| !c.is_empty());
+    if !ok {
+        errs.push(path, format!("`{key}`: expected consumer, ip, route, header:NAME or claim:NAME"));
+    }
+}
+
+fn plugin_refs(cfg: &Config, path: &str, p: &PluginConfig, errs: &mut ConfigErrors) {
+    match p {
+        PluginConfig::Auth(a) => {
+            if a.methods.is_empty() {
+                errs.push(join(path, "methods"), "list at least one method");
+            }
+            if let Some(j) = &a.jwt {
+                if !cfg.jwt_providers.contains_key(&j.provider) {
+                    errs.push(join(path, "jwt.provider"), format!("unknown jwt provider `{}`", j.provider));
+                }
+            }
+        }
+        PluginConfig::RateLimit(r) => {
+            limiter_key(&r.key, &join(path, "key"), errs);
+            let known: BTreeSet<&str> = cfg.consumers.iter().filter_map(|c| c.tier.as_deref()).collect();
+            let _ = known;
+        }
+        PluginConfig::Quota(q) => limiter_key(&q.key, &join(path, "key"), errs),
+        PluginConfig::Concurrency(c) => limiter_key(&c.key, &join(path, "key"), errs),
+        PluginConfig::IpFilter(f) => {
+            for (k, list) in [("allow", &f.allow), ("deny", &f.deny)] {
+                if let Err(bad) = CidrSet::parse(list) {
+                    for (i, msg) in bad {
+                        errs.push(index(&join(path, k), i), msg);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}

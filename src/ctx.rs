@@ -1,0 +1,108 @@
+//! The per-request context: the config snapshot the request started with and the facts
+//! phases share (client IP, request id, route, identity, upstream state). Plugins read
+//! request facts through it rather than re-parsing headers.
+
+use crate::identity::Identity;
+use crate::reply::ErrorCode;
+use crate::runtime::{Route, Runtime};
+use crate::template::Facts;
+use crate::upstream::{InFlight, Pool};
+use pingora_http::RequestHeader;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Upstream-side state of one request.
+#[derive(Default)]
+pub struct UpstreamState {
+    /// The pool the route sends to.
+    pub pool: Option<Arc<Pool>>,
+    /// The target currently in use, counted in flight.
+    pub current: Option<InFlight>,
+    /// Targets already tried (for retries).
+    pub tried: Vec<usize>,
+    /// Connection attempts made so far.
+    pub attempts: u32,
+    /// When the first target was chosen.
+    pub started: Option<Instant>,
+    /// When the upstream response head arrived or the attempt ended.
+    pub finished: Option<Instant>,
+}
+
+/// Everything one request carries between phases.
+pub struct RequestCtx {
+    /// The config snapshot for this request's whole life.
+    pub rt: Arc<Runtime>,
+    /// When the request started.
+    pub start: Instant,
+    /// The resolved client IP (first untrusted hop).
+    pub client_ip: Option<IpAddr>,
+    /// Whether the direct peer is a trusted proxy.
+    pub peer_trusted: bool,
+    request_id: String,
+    /// The `traceparent` to send upstream, when the request_id plugin runs.
+    pub traceparent: Option<String>,
+    /// The matched route.
+    pub route: Option<Arc<Route>>,
+    /// The authenticated identity.
+    pub identity: Option<Identity>,
+    /// Upstream state.
+    pub upstream: UpstreamState,
+    /// The error code of a reply moat made, for logs and metrics.
+    pub reply_code: Option<ErrorCode>,
+    /// The rate-limit outcome for the access log, when a limiter ran.
+    pub ratelimit: Option<&'static str>,
+}
+
+impl RequestCtx {
+    /// A fresh context on snapshot `rt`.
+    pub fn new(rt: Arc<Runtime>) -> RequestCtx {
+        RequestCtx {
+            rt,
+            start: Instant::now(),
+            client_ip: None,
+            peer_trusted: false,
+            request_id: String::new(),
+            traceparent: None,
+            route: None,
+            identity: None,
+            upstream: UpstreamState::default(),
+            reply_code: None,
+            ratelimit: None,
+        }
+    }
+
+    /// This request's id, generated on first use unless a plugin set one.
+    pub fn request_id(&mut self) -> &str {
+        if self.request_id.is_empty() {
+            self.request_id = crate::util::id::ulid();
+        }
+        &self.request_id
+    }
+
+    /// The id if one was assigned.
+    pub fn request_id_if_set(&self) -> &str {
+        &self.request_id
+    }
+
+    /// Set the id (the request_id plugin keeps a trusted incoming one).
+    pub fn set_request_id(&mut self, id: String) {
+        self.request_id = id;
+    }
+
+    /// The matched route's name, or empty.
+    pub fn route_name(&self) -> &str {
+        self.route.as_deref().map(|r| &*r.name).unwrap_or("")
+    }
+
+    /// Template facts for `req` (the client's request) in this context.
+    pub fn facts<'a>(&'a self, req: &'a RequestHeader) -> Facts<'a> {
+        Facts {
+            req,
+            client_ip: self.client_ip,
+            request_id: &self.request_id,
+            route: self.route_name(),
+            identity: self.identity.as_ref(),
+        }
+    }
+}

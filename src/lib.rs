@@ -1,0 +1,24 @@
+//! moat: a programmable edge proxy on Cloudflare's Pingora.
+//!
+//! The shape: config file → [`config`] (parse, every error with its path) →
+//! [`runtime::Runtime`] (compiled, immutable, held in an `ArcSwap`) → [`proxy::Moat`] (the
+//! one `ProxyHttp` implementation, walking the compiled chain). Plugins implement
+//! [`plugin::Plugin`]; custom ones can be built into a custom binary (see `plugins/`).
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod admin;
+pub mod config;
+pub mod ctx;
+pub mod identity;
+pub mod metrics;
+pub mod net;
+pub mod plugin;
+pub mod proxy;
+pub mod reply;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod template;
+pub mod upstream;
+pub mod util;

@@ -1,0 +1,117 @@
+//! Plugins: the closed registry (`config::model::PluginConfig`) compiled into runtime
+//! objects implementing [`Plugin`], one method per phase with no-op defaults.
+//!
+//! Phases, in request order:
+//! - [`Plugin::request`]: after routing (or on an unrouted request, for global plugins
+//!   only), before the action; may answer the request itself with [`Flow::Reply`].
+//! - [`Plugin::upstream_request`]: edits the request head sent upstream.
+//! - [`Plugin::response`]: edits every response head sent downstream, the upstream's and
+//!   the ones moat makes (errors, `respond`, redirects).
+//!
+//! A plugin states the phases it implements with [`Plugin::phases`], so a route's chain only
+//! calls what does something. Custom plugins implement the same trait (see `plugins/`).
+
+pub mod headers;
+pub mod request_id;
+
+use crate::config::error::{join, ConfigErrors};
+use crate::config::model::PluginConfig;
+use crate::ctx::RequestCtx;
+use crate::reply::Reply;
+use async_trait::async_trait;
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+use std::sync::Arc;
+
+/// What the request phase decided.
+pub enum Flow {
+    /// Go on with the next plugin, then the route's action.
+    Continue,
+    /// Answer the request with this reply; nothing after runs.
+    Reply(Reply),
+}
+
+/// The phases a plugin takes part in.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Phases {
+    /// Calls [`Plugin::request`].
+    pub request: bool,
+    /// Calls [`Plugin::upstream_request`].
+    pub upstream_request: bool,
+    /// Calls [`Plugin::response`].
+    pub response: bool,
+}
+
+/// A compiled plugin. Implementations are immutable and shared by every request of a
+/// config generation.
+#[async_trait]
+pub trait Plugin: Send + Sync {
+    /// The plugin's config name.
+    fn name(&self) -> &'static str;
+
+    /// Which phases this plugin implements; others are never called.
+    fn phases(&self) -> Phases;
+
+    /// Inspect the request; return [`Flow::Reply`] to answer it here.
+    async fn request(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Flow {
+        Flow::Continue
+    }
+
+    /// Edit the head sent upstream. `req` is the client's request as received.
+    fn upstream_request(&self, _req: &RequestHeader, _ctx: &RequestCtx, _upstream: &mut RequestHeader) {}
+
+    /// Edit a response head before it goes downstream.
+    fn response(&self, _req: &RequestHeader, _ctx: &RequestCtx, _resp: &mut ResponseHeader) {}
+}
+
+/// The plugins of one route (global ones first), split by phase.
+#[derive(Clone, Default)]
+pub struct Chain {
+    /// Plugins with a request phase, in order.
+    pub request: Vec<Arc<dyn Plugin>>,
+    /// Plugins with an upstream-request phase, in order.
+    pub upstream_request: Vec<Arc<dyn Plugin>>,
+    /// Plugins with a response phase, in order.
+    pub response: Vec<Arc<dyn Plugin>>,
+}
+
+impl Chain {
+    /// Build from plugins in run order.
+    pub fn new(plugins: &[Arc<dyn Plugin>]) -> Chain {
+        let mut c = Chain::default();
+        for p in plugins {
+            let ph = p.phases();
+            if ph.request {
+                c.request.push(Arc::clone(p));
+            }
+            if ph.upstream_request {
+                c.upstream_request.push(Arc::clone(p));
+            }
+            if ph.response {
+                c.response.push(Arc::clone(p));
+            }
+        }
+        c
+    }
+}
+
+/// Compile one plugin config found at `path`. Plugins whose behaviour has not landed yet
+/// are refused with "not supported yet", never ignored.
+pub fn compile(cfg: &PluginConfig, path: &str, errs: &mut ConfigErrors) -> Option<Arc<dyn Plugin>> {
+    let here = join(path, cfg.name());
+    match cfg {
+        PluginConfig::RequestId(c) => Some(Arc::new(request_id::RequestId::new(c))),
+        PluginConfig::Headers(c) => headers::Headers::compile(c, &here, errs).map(|p| Arc::new(p) as _),
+        PluginConfig::Auth(_)
+        | PluginConfig::RateLimit(_)
+        | PluginConfig::Quota(_)
+        | PluginConfig::Concurrency(_)
+        | PluginConfig::IpFilter(_)
+        | PluginConfig::Cors(_)
+        | PluginConfig::SecurityHeaders(_)
+        | PluginConfig::Compression(_) => {
+            errs.push(here, "not supported yet");
+            None
+        }
+    }
+}

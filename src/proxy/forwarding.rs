@@ -1,0 +1,193 @@
+//! Forwarding hygiene: who the client is, and the identity headers upstreams receive.
+//!
+//! - The client IP is the direct peer, unless the peer is in `trusted_proxies`: then
+//!   `X-Forwarded-For` is walked from the right, skipping trusted hops, and the first
+//!   untrusted address is the client (an unparsable entry stops the walk at the last good
+//!   hop; all-trusted chains yield the leftmost address).
+//! - Upstream always gets `X-Forwarded-For` (the trusted incoming chain plus the peer, or
+//!   just the peer), `X-Real-IP` (the client), `X-Forwarded-Proto` and `X-Forwarded-Host`
+//!   (kept from a trusted peer, else set by moat); `Forwarded` from an untrusted peer is
+//!   dropped. Client-sent `X-Consumer-*` and `X-Auth-*` headers are always removed: only
+//!   moat's authentication sets them.
+//! - Hop-by-hop headers and those named in `Connection` are stripped by Pingora's
+//!   standard upstream request policy, which every peer uses.
+
+use crate::net::{canonical, CidrSet};
+use http::{HeaderName, HeaderValue};
+use pingora_http::RequestHeader;
+use std::net::IpAddr;
+
+const XFF: &str = "x-forwarded-for";
+const XFP: &str = "x-forwarded-proto";
+const XFH: &str = "x-forwarded-host";
+const X_REAL_IP: &str = "x-real-ip";
+const FORWARDED: &str = "forwarded";
+
+/// Resolve the client IP from the peer and, when the peer is trusted, `X-Forwarded-For`.
+/// Returns the client IP and whether the peer is trusted.
+pub fn client_ip(peer: Option<IpAddr>, req: &RequestHeader, trusted: &CidrSet) -> (Option<IpAddr>, bool) {
+    let Some(peer) = peer.map(canonical) else {
+        return (None, false);
+    };
+    if trusted.is_empty() || !trusted.contains(peer) {
+        return (Some(peer), false);
+    }
+    let mut client = peer;
+    // Headers in order; within each, entries right to left: walk everything from the right.
+    let values: Vec<&[u8]> = req.headers.get_all(XFF).iter().map(|v| v.as_bytes()).collect();
+    'walk: for v in values.iter().rev() {
+        let Ok(s) = std::str::from_utf8(v) else { break };
+        for entry in s.rsplit(',') {
+            match parse_hop(entry.trim()) {
+                Some(ip) => {
+                    client = ip;
+                    if !trusted.contains(ip) {
+                        break 'walk;
+                    }
+                }
+                None => break 'walk,
+            }
+        }
+    }
+    (Some(client), true)
+}
+
+/// One `X-Forwarded-For` entry: an IP, `ip:port`, or `[v6]:port`.
+fn parse_hop(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Some(canonical(sa.ip()));
+    }
+    None
+}
+
+/// Set the forwarding headers on the upstream request.
+pub fn apply(
+    up: &mut RequestHeader,
+    peer: Option<IpAddr>,
+    client: Option<IpAddr>,
+    peer_trusted: bool,
+    tls: bool,
+) {
+    let host = up.headers.get(http::header::HOST).cloned().or_else(|| {
+        up.uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    // X-Forwarded-For.
+    let peer_s = peer.map(|p| canonical(p).to_string()).unwrap_or_default();
+    let chain = if peer_trusted {
+        let incoming: Vec<&str> = up
+            .headers
+            .get_all(XFF)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if incoming.is_empty() {
+            peer_s
+        } else {
+            format!("{}, {peer_s}", incoming.join(", "))
+        }
+    } else {
+        peer_s
+    };
+    let _ = up.remove_header(XFF);
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        let _ = up.insert_header(XFF, v);
+    }
+    // X-Real-IP.
+    let _ = up.remove_header(X_REAL_IP);
+    if let Some(c) = client {
+        if let Ok(v) = HeaderValue::from_str(&c.to_string()) {
+            let _ = up.insert_header(X_REAL_IP, v);
+        }
+    }
+    // X-Forwarded-Proto and -Host: kept from a trusted peer, else ours.
+    let keep = |up: &RequestHeader, name: &str| peer_trusted && up.headers.contains_key(name);
+    if !keep(up, XFP) {
+        let _ = up.insert_header(XFP, if tls { "https" } else { "http" });
+    }
+    if !keep(up, XFH) {
+        let _ = up.remove_header(XFH);
+        if let Some(h) = host {
+            let _ = up.insert_header(XFH, h);
+        }
+    }
+    if !peer_trusted {
+        let _ = up.remove_header(FORWARDED);
+    }
+    // Identity headers only moat may set.
+    let forged: Vec<HeaderName> = up
+        .headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-consumer-") || k.as_str().starts_with("x-auth-"))
+        .cloned()
+        .collect();
+    for name in forged {
+        let _ = up.remove_header(&name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(xff: &[&str]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        r.insert_header("host", "api.example.com").unwrap();
+        for v in xff {
+            r.append_header(XFF, *v).unwrap();
+        }
+        r
+    }
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client() {
+        let t = CidrSet::parse(&["10.0.0.0/8".into()]).unwrap();
+        let r = req(&["1.2.3.4"]);
+        assert_eq!(client_ip(ip("203.0.113.9"), &r, &t), (ip("203.0.113.9"), false));
+    }
+
+    #[test]
+    fn trusted_chain_walks_from_the_right() {
+        let t = CidrSet::parse(&["10.0.0.0/8".into(), "127.0.0.1".into()]).unwrap();
+        let r = req(&["6.6.6.6, 5.5.5.5", "10.0.0.2"]);
+        assert_eq!(client_ip(ip("127.0.0.1"), &r, &t), (ip("5.5.5.5"), true));
+        let all_trusted = req(&["10.0.0.3, 10.0.0.2"]);
+        assert_eq!(client_ip(ip("127.0.0.1"), &all_trusted, &t).0, ip("10.0.0.3"));
+        let garbage = req(&["5.5.5.5, garbage, 10.0.0.2"]);
+        assert_eq!(client_ip(ip("127.0.0.1"), &garbage, &t).0, ip("10.0.0.2"));
+        let ported = req(&["[2001:db8::1]:443, 1.2.3.4:80"]);
+        assert_eq!(client_ip(ip("127.0.0.1"), &ported, &t).0, ip("1.2.3.4"));
+        assert_eq!(client_ip(ip("127.0.0.1"), &req(&[]), &t).0, ip("127.0.0.1"));
+    }
+
+    #[test]
+    fn headers_set_upstream() {
+        let mut up = req(&["6.6.6.6"]);
+        up.insert_header("x-real-ip", "9.9.9.9").unwrap();
+        up.insert_header("x-forwarded-proto", "https").unwrap();
+        up.insert_header("x-consumer-id", "admin").unwrap();
+        up.insert_header("x-auth-method", "jwt").unwrap();
+        up.insert_header("forwarded", "for=9.9.9.9").unwrap();
+        apply(&mut up, ip("203.0.113.9"), ip("203.0.113.9"), false, false);
+        assert_eq!(up.headers[XFF], "203.0.113.9");
+        assert_eq!(up.headers[X_REAL_IP], "203.0.113.9");
+        assert_eq!(up.headers[XFP], "http");
+        assert_eq!(up.headers[XFH], "api.example.com");
+        for gone in ["x-consumer-id", "x-auth-method", "forwarded"] {
+            assert!(up.headers.get(gone).is_none(), "{gone}");
+        }
+        let mut up = req(&["6.6.6.6"]);
+        up.insert_header("x-forwarded-proto", "https").unwrap();
+        apply(&mut up, ip("127.0.0.1"), ip("6.6.6.6"), true, false);
+        assert_eq!(up.headers[XFF], "6.6.6.6, 127.0.0.1");
+        assert_eq!(up.headers[X_REAL_IP], "6.6.6.6");
+        assert_eq!(up.headers[XFP], "https");
+    }
+}

@@ -1,0 +1,328 @@
+//! The one `ProxyHttp` implementation. Each phase takes what it needs from the request's
+//! snapshot of the runtime (`ctx.rt`) and walks the compiled chain; nothing is looked up
+//! by name on the request path.
+
+pub mod failure;
+pub mod forwarding;
+mod logging;
+pub mod path;
+
+use crate::access_log::AccessLog;
+use crate::ctx::RequestCtx;
+use crate::metrics::Metrics;
+use crate::plugin::{Chain, Flow};
+use crate::reply::{ErrorCode, Reply};
+use crate::router::RouteMatch;
+use crate::runtime::{Action, SharedRuntime};
+use crate::template::request_host;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The proxy.
+pub struct Moat {
+    /// The live runtime.
+    pub runtime: SharedRuntime,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The access log, when configured.
+    pub access_log: Option<AccessLog>,
+}
+
+fn peer_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+fn is_tls(session: &Session) -> bool {
+    session
+        .digest()
+        .is_some_and(|d| d.ssl_digest.is_some())
+}
+
+/// The chain that applies to this request: the route's, or the global one.
+fn chain_of(ctx: &RequestCtx) -> &Chain {
+    match ctx.route.as_deref() {
+        Some(r) => &r.chain,
+        None => &ctx.rt.global_chain,
+    }
+}
+
+impl Moat {
+    /// Send a reply moat made, after the response-phase plugins ran on it.
+    async fn send_reply(&self, session: &mut Session, ctx: &mut RequestCtx, reply: Reply) -> Result<()> {
+        let (mut head, body) = reply.build(ctx.request_id())?;
+        ctx.reply_code = reply.code;
+        let route = ctx.route.clone();
+        let rt = Arc::clone(&ctx.rt);
+        let chain = route.as_deref().map(|r| &r.chain).unwrap_or(&rt.global_chain);
+        for p in &chain.response {
+            p.response(session.req_header(), ctx, &mut head);
+        }
+        let head_only = body.is_empty() || session.req_header().method == http::Method::HEAD;
+        session.write_response_header(Box::new(head), head_only).await?;
+        if !head_only {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(())
+    }
+
+    /// Build the reply of a `respond` or `redirect` route.
+    fn action_reply(&self, action: &Action, req: &RequestHeader, ctx: &RequestCtx) -> Reply {
+        let facts = ctx.facts(req);
+        match action {
+            Action::Respond(r) => {
+                let mut headers = Vec::with_capacity(r.headers.len());
+                for (name, t) in &r.headers {
+                    let v = t.render_to_vec(&facts);
+                    if crate::template::safe_header_value(&v) {
+                        if let Ok(v) = HeaderValue::from_bytes(&v) {
+                            headers.push((name.clone(), v));
+                        }
+                    }
+                }
+                Reply::raw(r.status, headers, Bytes::from(r.body.render_to_vec(&facts)))
+            }
+            Action::Redirect(r) => {
+                let to = r.to.render_to_vec(&facts);
+                match HeaderValue::from_bytes(&to) {
+                    Ok(v) if crate::template::safe_header_value(&to) => {
+                        Reply::raw(r.status, vec![(http::header::LOCATION, v)], Bytes::new())
+                    }
+                    _ => Reply::error(ErrorCode::BadRequest, "cannot build the redirect target"),
+                }
+            }
+            Action::Upstream(_) => Reply::error(ErrorCode::InternalError, "internal error"),
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Moat {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.runtime.load_full())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        self.metrics.connections_active.inc();
+        let rt = Arc::clone(&ctx.rt);
+        let (client, trusted) = forwarding::client_ip(peer_ip(session), session.req_header(), &rt.trusted_proxies);
+        ctx.client_ip = client;
+        ctx.peer_trusted = trusted;
+
+        if let Some(p) = path::normalize(session.req_header().uri.path()) {
+            let target = match session.req_header().uri.query() {
+                Some(q) => format!("{p}?{q}"),
+                None => p,
+            };
+            session.req_header_mut().set_raw_path(target.as_bytes())?;
+        }
+
+        let req = session.req_header();
+        let raw_host = request_host(req);
+        let lowered;
+        let host = if raw_host.bytes().any(|b| b.is_ascii_uppercase()) || raw_host.ends_with('.') {
+            lowered = raw_host.trim_end_matches('.').to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            raw_host
+        };
+        let found = rt.router.lookup(host, req.uri.path(), &req.method, &req.headers);
+        if let RouteMatch::Found(i) = found {
+            ctx.route = rt.routes.get(i).cloned();
+        }
+        let route = ctx.route.clone();
+        let chain = route.as_deref().map(|r| &r.chain).unwrap_or(&rt.global_chain);
+        for p in &chain.request {
+            if let Flow::Reply(reply) = p.request(session, ctx).await {
+                self.send_reply(session, ctx, reply).await?;
+                return Ok(true);
+            }
+        }
+        let Some(route) = route else {
+            let req = session.req_header();
+            let reply = match found {
+                RouteMatch::MethodNotAllowed(allow) => {
+                    let msg = format!("method {} not allowed here", req.method);
+                    let r = Reply::error(ErrorCode::MethodNotAllowed, msg);
+                    match HeaderValue::from_str(&allow) {
+                        Ok(v) => r.with_header(http::header::ALLOW, v),
+                        Err(_) => r,
+                    }
+                }
+                _ => Reply::error(ErrorCode::NotFound, "no route matches this request"),
+            };
+            self.send_reply(session, ctx, reply).await?;
+            return Ok(true);
+        };
+        match &route.action {
+            Action::Upstream(pool) => {
+                ctx.upstream.pool = Some(Arc::clone(pool));
+                Ok(false)
+            }
+            action => {
+                let reply = self.action_reply(action, session.req_header(), ctx);
+                self.send_reply(session, ctx, reply).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let Some(pool) = ctx.upstream.pool.clone() else {
+            return Error::e_explain(ErrorType::InternalError, "no upstream for this route");
+        };
+        let key = match pool.hash_key() {
+            Some(t) => t.render_to_vec(&ctx.facts(session.req_header())),
+            None => Vec::new(),
+        };
+        let Some(idx) = pool.select(&key, &ctx.upstream.tried) else {
+            pool.count_error(crate::upstream::pool::FailureKind::NoTarget);
+            return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy target");
+        };
+        ctx.upstream.tried.push(idx);
+        ctx.upstream.attempts += 1;
+        ctx.upstream.current = Some(pool.begin(idx));
+        ctx.upstream.started.get_or_insert_with(Instant::now);
+        Ok(pool.peer(idx))
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        if let (Some(pool), Some(cur)) = (&ctx.upstream.pool, &ctx.upstream.current) {
+            pool.report(cur.index(), Some(failure::failure_kind(&e)));
+            let retry = ctx.upstream.attempts <= pool.retries && pool.has_candidate(&ctx.upstream.tried);
+            e.set_retry(retry);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let upstream_side = e.esource() == &pingora_error::ErrorSource::Upstream;
+        if let (Some(pool), Some(cur)) = (&ctx.upstream.pool, &ctx.upstream.current) {
+            if upstream_side {
+                pool.report(cur.index(), Some(failure::failure_kind(&e)));
+            }
+            // After the request was sent, only idempotent requests whose body is still
+            // fully buffered may go to another target.
+            let retry = upstream_side
+                && session.req_header().method.is_idempotent()
+                && !session.as_ref().retry_buffer_truncated()
+                && ctx.upstream.attempts <= pool.retries
+                && pool.has_candidate(&ctx.upstream.tried);
+            e.set_retry(retry);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(rw) = ctx.route.as_deref().and_then(|r| r.rewrite.as_ref()) {
+            if let Some(new_path) = rw.apply(up.uri.path()) {
+                let target = match up.uri.query() {
+                    Some(q) => format!("{new_path}?{q}"),
+                    None => new_path,
+                };
+                up.set_raw_path(target.as_bytes())?;
+            }
+        }
+        forwarding::apply(up, peer_ip(session), ctx.client_ip, ctx.peer_trusted, is_tls(session));
+        for p in &chain_of(ctx).upstream_request {
+            p.upstream_request(session.req_header(), ctx, up);
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(pool), Some(cur)) = (&ctx.upstream.pool, &ctx.upstream.current) {
+            let failed = resp.status.is_server_error();
+            pool.report(
+                cur.index(),
+                failed.then_some(crate::upstream::pool::FailureKind::Response5xx),
+            );
+        }
+        Ok(())
+    }
+
+    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        for p in &chain_of(ctx).response {
+            p.response(session.req_header(), ctx, resp);
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let Some(code) = failure::classify(e) else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        if session.response_written().is_some() {
+            // Headers already went out: nothing to add; the connection must close.
+            return FailToProxy {
+                error_code: code.status(),
+                can_reuse_downstream: false,
+            };
+        }
+        let upstream = ctx.upstream.pool.as_deref().map(|p| p.name.clone());
+        let reply = Reply::error(code, failure::message(code, upstream.as_deref()));
+        let sent = self.send_reply(session, ctx, reply).await.is_ok();
+        FailToProxy {
+            error_code: code.status(),
+            // A request refused before reaching an upstream keeps its connection.
+            can_reuse_downstream: sent && code.status() < 500 && ctx.upstream.started.is_none(),
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.metrics.connections_active.dec();
+        ctx.upstream.finished.get_or_insert_with(Instant::now);
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or_else(|| ctx.reply_code.map(|c| c.status()))
+            .unwrap_or(0);
+        self.finish(session, ctx, status);
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        // Client-side noise (resets, bad requests) is counted in metrics, not logged.
+        e.esource() == &pingora_error::ErrorSource::Downstream
+    }
+}
+
+/// Header names used across modules.
+pub mod names {
+    use super::HeaderName;
+    /// `x-request-id`.
+    pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+}

@@ -1,0 +1,200 @@
+//! The compiled runtime: everything the request path needs, built once per config
+//! generation and never mutated. It lives in an `ArcSwap`; each request loads one snapshot
+//! and keeps it (see `ctx::RequestCtx`), so a reload is one atomic store.
+
+mod routes;
+mod upstreams;
+
+use crate::config::error::ConfigErrors;
+use crate::config::model::Config;
+use crate::config::validate;
+use crate::metrics::Metrics;
+use crate::net::CidrSet;
+use crate::plugin::Chain;
+use crate::router::Router;
+use crate::template::Template;
+use crate::upstream::Pool;
+use arc_swap::ArcSwap;
+use http::HeaderName;
+use prometheus::Histogram;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// The live runtime, swapped whole on reload.
+pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
+
+/// One compiled config generation.
+pub struct Runtime {
+    /// Increases by one on every successful load.
+    pub generation: u64,
+    /// When this generation was compiled.
+    pub loaded_at: SystemTime,
+    /// The config it was compiled from (for `/config`).
+    pub config: Config,
+    /// The route index.
+    pub router: Router,
+    /// Routes by router index.
+    pub routes: Vec<Arc<Route>>,
+    /// Global plugins, for requests no route matched.
+    pub global_chain: Chain,
+    /// Upstream pools by name.
+    pub pools: BTreeMap<String, Arc<Pool>>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: CidrSet,
+}
+
+/// A compiled route.
+pub struct Route {
+    /// The route's name.
+    pub name: Arc<str>,
+    /// What to do with a matching request.
+    pub action: Action,
+    /// Path rewriting before going upstream.
+    pub rewrite: Option<Rewrite>,
+    /// Global plugins then the route's own.
+    pub chain: Chain,
+    /// `moat_http_request_duration_seconds{route}`.
+    pub duration: Histogram,
+}
+
+/// A route's action.
+pub enum Action {
+    /// Proxy to this pool.
+    Upstream(Arc<Pool>),
+    /// Answer with a configured response.
+    Respond(Respond),
+    /// Answer with a redirect.
+    Redirect(Redirect),
+}
+
+/// A configured response.
+pub struct Respond {
+    /// Status code.
+    pub status: u16,
+    /// Headers, templated.
+    pub headers: Vec<(HeaderName, Template)>,
+    /// Body, templated.
+    pub body: Template,
+}
+
+/// A configured redirect.
+pub struct Redirect {
+    /// `Location`, templated.
+    pub to: Template,
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
+}
+
+/// Path rewriting: the prefix is stripped first, then the other added.
+#[derive(Debug, Clone, Default)]
+pub struct Rewrite {
+    /// Removed from the front of the path when present (on a segment boundary).
+    pub strip_prefix: Option<String>,
+    /// Put in front of the path.
+    pub add_prefix: Option<String>,
+}
+
+impl Rewrite {
+    /// The rewritten path (`None` when unchanged).
+    pub fn apply(&self, path: &str) -> Option<String> {
+        let mut p = path;
+        let mut changed = false;
+        if let Some(strip) = &self.strip_prefix {
+            let s = strip.trim_end_matches('/');
+            if let Some(rest) = p.strip_prefix(s) {
+                if rest.is_empty() || rest.starts_with('/') {
+                    p = rest;
+                    changed = true;
+                }
+            }
+        }
+        let base = if p.is_empty() { "/" } else { p };
+        match &self.add_prefix {
+            Some(add) => {
+                let add = add.trim_end_matches('/');
+                Some(if base == "/" && !add.is_empty() {
+                    add.to_string()
+                } else {
+                    format!("{add}{base}")
+                })
+            }
+            None if changed => Some(base.to_string()),
+            None => None,
+        }
+    }
+}
+
+impl Runtime {
+    /// An empty runtime (no routes): every request gets 404. Used before the first load
+    /// and in tests.
+    pub fn empty() -> Runtime {
+        Runtime {
+            generation: 0,
+            loaded_at: SystemTime::now(),
+            config: Config::default(),
+            router: Router::default(),
+            routes: Vec::new(),
+            global_chain: Chain::default(),
+            pools: BTreeMap::new(),
+            trusted_proxies: CidrSet::default(),
+        }
+    }
+
+    /// Validate and compile `cfg` as generation `generation`, reporting every error.
+    pub fn compile(cfg: Config, generation: u64, metrics: &Metrics) -> Result<Runtime, ConfigErrors> {
+        let mut errs = ConfigErrors::default();
+        validate::validate(&cfg, &mut errs);
+        let trusted_proxies = match CidrSet::parse(&cfg.server.trusted_proxies) {
+            Ok(s) => s,
+            Err(bad) => {
+                for (i, msg) in bad {
+                    errs.push(format!("server.trusted_proxies[{i}]"), msg);
+                }
+                CidrSet::default()
+            }
+        };
+        let pools = upstreams::compile(&cfg, metrics, &mut errs);
+        let (router, routes, global_chain) = routes::compile(&cfg, &pools, metrics, &mut errs);
+        errs.into_result(())?;
+        Ok(Runtime {
+            generation,
+            loaded_at: SystemTime::now(),
+            config: cfg,
+            router,
+            routes,
+            global_chain,
+            pools,
+            trusted_proxies,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrite() {
+        let r = Rewrite {
+            strip_prefix: Some("/api".into()),
+            add_prefix: Some("/v2".into()),
+        };
+        assert_eq!(r.apply("/api/users/7").as_deref(), Some("/v2/users/7"));
+        assert_eq!(r.apply("/api").as_deref(), Some("/v2"));
+        assert_eq!(r.apply("/apix/y").as_deref(), Some("/v2/apix/y"));
+        let strip = Rewrite {
+            strip_prefix: Some("/api/".into()),
+            add_prefix: None,
+        };
+        assert_eq!(strip.apply("/api/users").as_deref(), Some("/users"));
+        assert_eq!(strip.apply("/api").as_deref(), Some("/"));
+        assert_eq!(strip.apply("/other"), None);
+        let add = Rewrite {
+            strip_prefix: None,
+            add_prefix: Some("/base/".into()),
+        };
+        assert_eq!(add.apply("/").as_deref(), Some("/base"));
+        assert_eq!(add.apply("/x").as_deref(), Some("/base/x"));
+    }
+}

@@ -1,0 +1,184 @@
+//! Compiling `upstreams:` into pools, recording every error with its path.
+
+use crate::config::error::{index, join, ConfigErrors};
+use crate::config::model::{Balance, Config, UpstreamConfig};
+use crate::metrics::Metrics;
+use crate::template::Template;
+use crate::upstream::health;
+use crate::upstream::pool::{PeerTls, Pool, PoolSettings};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default read timeout (time between bytes from the upstream).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default retries on another target.
+pub const DEFAULT_RETRIES: u32 = 1;
+
+pub(super) fn compile(cfg: &Config, metrics: &Metrics, errs: &mut ConfigErrors) -> BTreeMap<String, Arc<Pool>> {
+    let mut pools = BTreeMap::new();
+    for (name, u) in &cfg.upstreams {
+        let path = join("upstreams", name);
+        if let Some(p) = compile_one(name, u, &path, metrics, errs) {
+            pools.insert(name.clone(), Arc::new(p));
+        }
+    }
+    pools
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !addr.contains(':') {
+        return Err(format!("`{addr}` needs a port (host:port)"));
+    }
+    addr.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{addr}`: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{addr}` resolves to no address"))
+}
+
+fn compile_one(
+    name: &str,
+    u: &UpstreamConfig,
+    path: &str,
+    metrics: &Metrics,
+    errs: &mut ConfigErrors,
+) -> Option<Pool> {
+    let before = errs.0.len();
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        errs.push(path, "upstream names may use letters, digits, `-`, `_` and `.`");
+    }
+    if u.targets.is_empty() {
+        errs.push(join(path, "targets"), "needs at least one target");
+    }
+    let mut targets: Vec<(SocketAddr, usize)> = Vec::new();
+    for (i, t) in u.targets.iter().enumerate() {
+        let tp = index(&join(path, "targets"), i);
+        if t.weight == 0 || t.weight > 10_000 {
+            errs.push(join(&tp, "weight"), "must be between 1 and 10000");
+        }
+        match resolve(&t.address) {
+            Ok(a) if targets.iter().any(|(x, _)| *x == a) => {
+                errs.push(tp, format!("duplicate target `{}`", t.address))
+            }
+            Ok(a) => targets.push((a, t.weight as usize)),
+            Err(e) => errs.push(join(&tp, "address"), e),
+        }
+    }
+    let hash_key = match (&u.hash_key, u.balance) {
+        (Some(k), Balance::ConsistentHash) => Template::parse(k)
+            .map_err(|e| errs.push(join(path, "hash_key"), e))
+            .ok(),
+        (None, Balance::ConsistentHash) => {
+            errs.push(join(path, "hash_key"), "required with balance: consistent_hash");
+            None
+        }
+        // Ignored by the other algorithms (documented), as the reference file shows.
+        (_, _) => None,
+    };
+    if let Some(o) = &u.outlier {
+        if o.consecutive_failures == 0 {
+            errs.push(join(path, "outlier.consecutive_failures"), "must be at least 1");
+        }
+        if o.eject_for.get().is_zero() {
+            errs.push(join(path, "outlier.eject_for"), "must be more than 0");
+        }
+    }
+    let retries = u.retries.unwrap_or(DEFAULT_RETRIES);
+    if retries > 10 {
+        errs.push(join(path, "retries"), "must be at most 10");
+    }
+    for (k, d) in [("connect_timeout", u.connect_timeout), ("read_timeout", u.read_timeout)] {
+        if d.is_some_and(|d| d.get().is_zero()) {
+            errs.push(join(path, k), "must be more than 0");
+        }
+    }
+    let tls = u.tls.as_ref().and_then(|t| {
+        let tp = join(path, "tls");
+        let sni = t.sni.clone().unwrap_or_default();
+        if t.verify && sni.is_empty() {
+            errs.push(join(&tp, "sni"), "required when verify is true (the name to verify)");
+        }
+        let ca = match &t.ca_file {
+            Some(f) => match std::fs::read(f) {
+                Ok(pem) => match pingora_core::tls::x509::X509::stack_from_pem(&pem) {
+                    Ok(certs) if !certs.is_empty() => Some(Arc::new(certs.into_boxed_slice())),
+                    _ => {
+                        errs.push(join(&tp, "ca_file"), format!("`{f}` holds no PEM certificate"));
+                        None
+                    }
+                },
+                Err(e) => {
+                    errs.push(join(&tp, "ca_file"), format!("cannot read `{f}`: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        Some(PeerTls {
+            sni,
+            verify: t.verify,
+            ca,
+        })
+    });
+    let health = u.health_check.as_ref().and_then(|hc| {
+        let hp = join(path, "health_check");
+        let hb = errs.0.len();
+        match (&hc.http, &hc.tcp) {
+            (Some(_), Some(_)) | (None, None) => errs.push(hp.clone(), "give exactly one of http, tcp"),
+            _ => {}
+        }
+        if let Some(http) = &hc.http {
+            if !http.path.starts_with('/') {
+                errs.push(join(&hp, "http.path"), "must start with `/`");
+            }
+            if http.expect_status.is_some_and(|s| !(100..=599).contains(&s)) {
+                errs.push(join(&hp, "http.expect_status"), "must be an HTTP status (100-599)");
+            }
+        }
+        if hc.interval.is_some_and(|d| d.get() < Duration::from_millis(100)) {
+            errs.push(join(&hp, "interval"), "must be at least 100ms");
+        }
+        if hc.timeout.is_some_and(|d| d.get().is_zero()) {
+            errs.push(join(&hp, "timeout"), "must be more than 0");
+        }
+        for (k, v) in [("unhealthy_after", hc.unhealthy_after), ("healthy_after", hc.healthy_after)] {
+            if v == Some(0) {
+                errs.push(join(&hp, k), "must be at least 1");
+            }
+        }
+        if errs.0.len() != hb {
+            return None;
+        }
+        let probe_tls = tls.as_ref().map(|t| (t.sni.as_str(), t.verify));
+        health::build(name, hc, probe_tls, &metrics.target_healthy)
+            .map_err(|e| errs.push(hp, e))
+            .ok()
+    });
+    if errs.0.len() != before {
+        return None;
+    }
+    Pool::new(
+        PoolSettings {
+            name: name.to_string(),
+            targets,
+            balance: u.balance,
+            hash_key,
+            connect_timeout: u.connect_timeout.map(|d| d.get()).unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            read_timeout: u.read_timeout.map(|d| d.get()).unwrap_or(DEFAULT_READ_TIMEOUT),
+            retries,
+            outlier: u.outlier.as_ref().map(|o| (o.consecutive_failures, o.eject_for.get())),
+            tls,
+            health,
+            definition: u.clone(),
+        },
+        metrics,
+    )
+    .map_err(|e| errs.push(path, e))
+    .ok()
+}

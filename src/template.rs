@@ -1,0 +1,330 @@
+//! `{{...}}` templates in header values, bodies, redirect targets and hash keys.
+//! Parsed once at config load into literal and variable parts; rendering appends bytes to a
+//! caller-owned buffer and never fails (a missing value renders as nothing).
+//!
+//! Variables: `client_ip`, `request_id`, `route`, `method`, `host`, `path`, `query`
+//! (without `?`), `uri` (path plus `?query` when there is one), `header.NAME`,
+//! `consumer.id`, `consumer.tier`, `claims.NAME`.
+
+use crate::identity::Identity;
+use pingora_http::RequestHeader;
+use std::io::Write;
+use std::net::IpAddr;
+
+/// The request facts a template can read.
+pub struct Facts<'a> {
+    /// The client's request as received (before rewrite).
+    pub req: &'a RequestHeader,
+    /// The resolved client address.
+    pub client_ip: Option<IpAddr>,
+    /// This request's id.
+    pub request_id: &'a str,
+    /// The matched route's name, or empty.
+    pub route: &'a str,
+    /// The authenticated identity, if any.
+    pub identity: Option<&'a Identity>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Var {
+    ClientIp,
+    RequestId,
+    Route,
+    Method,
+    Host,
+    Path,
+    Query,
+    Uri,
+    Header(String),
+    ConsumerId,
+    ConsumerTier,
+    Claim(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Lit(Vec<u8>),
+    Var(Var),
+}
+
+/// A parsed template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+impl Template {
+    /// Parse `text`; an unknown variable or an unclosed `{{` is an error.
+    pub fn parse(text: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("{{") {
+            if start > 0 {
+                parts.push(Part::Lit(rest[..start].as_bytes().to_vec()));
+            }
+            let after = &rest[start + 2..];
+            let end = after
+                .find("}}")
+                .ok_or_else(|| format!("unclosed `{{{{` in template `{text}`"))?;
+            parts.push(Part::Var(parse_var(after[..end].trim())?));
+            rest = &after[end + 2..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Lit(rest.as_bytes().to_vec()));
+        }
+        Ok(Template { parts })
+    }
+
+    /// The text when the template has no variables.
+    pub fn as_static(&self) -> Option<&[u8]> {
+        match self.parts.as_slice() {
+            [] => Some(b""),
+            [Part::Lit(l)] => Some(l),
+            _ => None,
+        }
+    }
+
+    /// Whether the template reads the authenticated identity.
+    pub fn uses_identity(&self) -> bool {
+        self.parts.iter().any(|p| {
+            matches!(
+                p,
+                Part::Var(Var::ConsumerId | Var::ConsumerTier | Var::Claim(_))
+            )
+        })
+    }
+
+    /// Append the rendered template to `out`.
+    pub fn render(&self, f: &Facts, out: &mut Vec<u8>) {
+        for p in &self.parts {
+            match p {
+                Part::Lit(l) => out.extend_from_slice(l),
+                Part::Var(v) => render_var(v, f, out),
+            }
+        }
+    }
+
+    /// Render into a new buffer.
+    pub fn render_to_vec(&self, f: &Facts) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.render(f, &mut out);
+        out
+    }
+}
+
+fn parse_var(name: &str) -> Result<Var, String> {
+    Ok(match name {
+        "client_ip" => Var::ClientIp,
+        "request_id" => Var::RequestId,
+        "route" => Var::Route,
+        "method" => Var::Method,
+        "host" => Var::Host,
+        "path" => Var::Path,
+        "query" => Var::Query,
+        "uri" => Var::Uri,
+        "consumer.id" => Var::ConsumerId,
+        "consumer.tier" => Var::ConsumerTier,
+        _ => {
+            if let Some(h) = name.strip_prefix("header.").filter(|h| valid_token(h)) {
+                Var::Header(h.to_ascii_lowercase())
+            } else if let Some(c) = name.strip_prefix("claims.").filter(|c| !c.is_empty()) {
+                Var::Claim(c.to_string())
+            } else {
+                return Err(format!(
+                    "unknown template variable `{{{{{name}}}}}` (known: client_ip, request_id, \
+                     route, method, host, path, query, uri, header.NAME, consumer.id, \
+                     consumer.tier, claims.NAME)"
+                ));
+            }
+        }
+    })
+}
+
+/// An HTTP token (header names, methods).
+pub fn valid_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+/// Whether bytes may be sent as a header value: no CR, LF, NUL or other control
+/// characters except horizontal tab.
+pub fn safe_header_value(v: &[u8]) -> bool {
+    v.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// The request's host without port, as sent (`Host`, or the HTTP/2 authority).
+pub fn request_host(req: &RequestHeader) -> &str {
+    let raw = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    strip_port(raw)
+}
+
+/// `host:port` → `host`, `[v6]:port` → `[v6]`.
+pub fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(i) => &host[..=i],
+            None => host,
+        };
+    }
+    match host.rfind(':') {
+        Some(i) => &host[..i],
+        None => host,
+    }
+}
+
+fn render_var(v: &Var, f: &Facts, out: &mut Vec<u8>) {
+    match v {
+        Var::ClientIp => {
+            if let Some(ip) = f.client_ip {
+                let _ = write!(out, "{ip}");
+            }
+        }
+        Var::RequestId => out.extend_from_slice(f.request_id.as_bytes()),
+        Var::Route => out.extend_from_slice(f.route.as_bytes()),
+        Var::Method => out.extend_from_slice(f.req.method.as_str().as_bytes()),
+        Var::Host => out.extend_from_slice(request_host(f.req).as_bytes()),
+        Var::Path => out.extend_from_slice(f.req.uri.path().as_bytes()),
+        Var::Query => out.extend_from_slice(f.req.uri.query().unwrap_or("").as_bytes()),
+        Var::Uri => {
+            out.extend_from_slice(f.req.uri.path().as_bytes());
+            if let Some(q) = f.req.uri.query() {
+                out.push(b'?');
+                out.extend_from_slice(q.as_bytes());
+            }
+        }
+        Var::Header(name) => {
+            let mut first = true;
+            for value in f.req.headers.get_all(name.as_str()) {
+                if !first {
+                    out.extend_from_slice(b", ");
+                }
+                first = false;
+                out.extend_from_slice(value.as_bytes());
+            }
+        }
+        Var::ConsumerId => {
+            if let Some(id) = f.identity {
+                out.extend_from_slice(id.consumer_id.as_bytes());
+            }
+        }
+        Var::ConsumerTier => {
+            if let Some(t) = f.identity.and_then(|i| i.tier.as_deref()) {
+                out.extend_from_slice(t.as_bytes());
+            }
+        }
+        Var::Claim(name) => {
+            let claim = f
+                .identity
+                .and_then(|i| i.claims.as_ref())
+                .and_then(|c| c.get(name.as_str()));
+            match claim {
+                None | Some(serde_json::Value::Null) => {}
+                Some(serde_json::Value::String(s)) => out.extend_from_slice(s.as_bytes()),
+                Some(serde_json::Value::Array(items)) => {
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b' ');
+                        }
+                        match item {
+                            serde_json::Value::String(s) => out.extend_from_slice(s.as_bytes()),
+                            other => {
+                                let _ = write!(out, "{other}");
+                            }
+                        }
+                    }
+                }
+                Some(other) => {
+                    let _ = write!(out, "{other}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn req() -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/a/b?x=1&y=2", None).unwrap();
+        r.insert_header("Host", "api.example.com:8080").unwrap();
+        r.append_header("X-Tag", "one").unwrap();
+        r.append_header("X-Tag", "two").unwrap();
+        r
+    }
+
+    #[test]
+    fn renders_every_variable() {
+        let r = req();
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), "u-1".into());
+        claims.insert("n".into(), 7.into());
+        claims.insert("roles".into(), serde_json::json!(["a", "b"]));
+        let id = Identity {
+            consumer_id: Arc::from("acme"),
+            tier: Some(Arc::from("gold")),
+            method: "jwt",
+            claims: Some(Arc::new(claims)),
+        };
+        let f = Facts {
+            req: &r,
+            client_ip: Some("10.1.2.3".parse().unwrap()),
+            request_id: "rid",
+            route: "users",
+            identity: Some(&id),
+        };
+        let t = Template::parse(
+            "{{client_ip}}|{{request_id}}|{{route}}|{{method}}|{{host}}|{{path}}|{{query}}|{{uri}}|{{header.x-tag}}|{{ consumer.id }}|{{consumer.tier}}|{{claims.sub}}|{{claims.n}}|{{claims.roles}}|{{claims.none}}|{{header.absent}}",
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(t.render_to_vec(&f)).unwrap(),
+            "10.1.2.3|rid|users|GET|api.example.com|/a/b|x=1&y=2|/a/b?x=1&y=2|one, two|acme|gold|u-1|7|a b||"
+        );
+        assert!(t.uses_identity());
+    }
+
+    #[test]
+    fn missing_identity_renders_empty() {
+        let r = req();
+        let f = Facts {
+            req: &r,
+            client_ip: None,
+            request_id: "",
+            route: "",
+            identity: None,
+        };
+        let t = Template::parse("[{{consumer.id}}{{claims.sub}}{{client_ip}}]").unwrap();
+        assert_eq!(t.render_to_vec(&f), b"[]");
+    }
+
+    #[test]
+    fn parse_errors_and_static() {
+        assert!(Template::parse("{{nope}}").is_err());
+        assert!(Template::parse("{{header.}}").is_err());
+        assert!(Template::parse("{{header.a b}}").is_err());
+        assert!(Template::parse("x {{path").is_err());
+        assert_eq!(Template::parse("plain").unwrap().as_static(), Some(&b"plain"[..]));
+        assert_eq!(Template::parse("").unwrap().as_static(), Some(&b""[..]));
+        assert_eq!(Template::parse("{{path}}").unwrap().as_static(), None);
+    }
+
+    #[test]
+    fn header_value_safety() {
+        assert!(safe_header_value(b"ok value\twith tab"));
+        for bad in [&b"a\rb"[..], b"a\nb", b"a\0b", b"\x7f"] {
+            assert!(!safe_header_value(bad));
+        }
+        assert_eq!(strip_port("h:1"), "h");
+        assert_eq!(strip_port("[::1]:8"), "[::1]");
+        assert_eq!(strip_port("h"), "h");
+    }
+}

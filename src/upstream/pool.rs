@@ -1,0 +1,499 @@
+//! One upstream pool: its targets, the balancing algorithm, outlier state and how to
+//! connect. Built once per config generation; a pool whose definition did not change can be
+//! carried over to the next generation with its health state (reload).
+//!
+//! Selection skips targets that are unhealthy (active checks), ejected (passive checks) or
+//! already tried by this request (retries). When every target is out, there is no target.
+
+use crate::config::model::{Balance, UpstreamConfig};
+use crate::metrics::Metrics;
+use crate::template::Template;
+use futures::FutureExt;
+use once_cell::sync::Lazy;
+use pingora_core::protocols::tls::CaType;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_load_balancing::selection::{Consistent, Random, RoundRobin};
+use pingora_load_balancing::{discovery, Backend, Backends, LoadBalancer};
+use prometheus::{Histogram, IntCounter, IntGauge};
+use rand::Rng;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Milliseconds since the first call: a cheap monotonic clock for ejection deadlines.
+fn clock_ms() -> u64 {
+    static EPOCH: Lazy<Instant> = Lazy::new(Instant::now);
+    EPOCH.elapsed().as_millis() as u64 + 1
+}
+
+/// Position of a target in its pool, carried in the `Backend`'s extensions.
+#[derive(Clone, Copy)]
+struct TargetIdx(usize);
+
+/// One target and its live state.
+pub struct Target {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its weight.
+    pub weight: usize,
+    /// `ip:port`, for metrics, logs and status.
+    pub label: String,
+    backend: Backend,
+    inflight: AtomicUsize,
+    failures: AtomicU32,
+    ejected_until: AtomicU64,
+    /// `moat_upstream_target_healthy` for this target.
+    pub healthy_gauge: IntGauge,
+}
+
+impl Target {
+    fn ejected(&self, now: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now
+    }
+    /// Requests in flight to this target.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+}
+
+enum Selector {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Random(LoadBalancer<Random>),
+    Hash(LoadBalancer<Consistent>),
+    /// Power of two choices over in-flight counts; the balancer only keeps health.
+    Least(LoadBalancer<RoundRobin>),
+}
+
+/// TLS settings for connections to the pool.
+pub struct PeerTls {
+    /// SNI and the name verified in the certificate.
+    pub sni: String,
+    /// Verify the certificate chain and name.
+    pub verify: bool,
+    /// Extra trusted CAs.
+    pub ca: Option<Arc<CaType>>,
+}
+
+/// Settings for building a pool, resolved from its config.
+pub struct PoolSettings {
+    pub name: String,
+    pub targets: Vec<(SocketAddr, usize)>,
+    pub balance: Balance,
+    pub hash_key: Option<Template>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub retries: u32,
+    pub outlier: Option<(u32, Duration)>,
+    pub tls: Option<PeerTls>,
+    pub health: Option<(Box<dyn pingora_load_balancing::health_check::HealthCheck + Send + Sync>, Duration)>,
+    /// The config it came from, to decide reuse on reload.
+    pub definition: UpstreamConfig,
+}
+
+/// An upstream pool.
+pub struct Pool {
+    /// The pool's name.
+    pub name: Arc<str>,
+    selector: Selector,
+    /// Targets in config order.
+    pub targets: Vec<Target>,
+    hash_key: Option<Template>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    /// Retries on another target.
+    pub retries: u32,
+    outlier: Option<(u32, Duration)>,
+    tls: Option<PeerTls>,
+    health_interval: Option<Duration>,
+    health_started: AtomicBool,
+    /// The config this pool was built from.
+    pub definition: UpstreamConfig,
+    /// `moat_upstream_request_duration_seconds{upstream}`.
+    pub duration: Histogram,
+    errors: ErrorCounters,
+}
+
+/// Pre-resolved `moat_upstream_errors_total{upstream,kind}` counters.
+struct ErrorCounters {
+    connect: IntCounter,
+    timeout: IntCounter,
+    no_target: IntCounter,
+    response_5xx: IntCounter,
+    other: IntCounter,
+}
+
+/// Kinds of upstream failure, as counted in `moat_upstream_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Could not connect (refused, reset during connect...).
+    Connect,
+    /// Connect, read or write timed out.
+    Timeout,
+    /// No healthy target to send to.
+    NoTarget,
+    /// The target answered 5xx.
+    Response5xx,
+    /// Anything else after the request was sent.
+    Other,
+}
+
+fn build_lb<S>(backends: &BTreeSet<Backend>) -> LoadBalancer<S>
+where
+    S: pingora_load_balancing::selection::BackendSelection + 'static,
+    S::Iter: pingora_load_balancing::selection::BackendIter,
+{
+    let lb = LoadBalancer::from_backends(Backends::new(discovery::Static::new(backends.clone())));
+    // Static discovery completes immediately.
+    let _ = lb.update().now_or_never();
+    lb
+}
+
+impl Pool {
+    /// Build a pool. Health checks are attached but not started: see
+    /// [`crate::upstream::health::start`].
+    pub fn new(s: PoolSettings, metrics: &Metrics) -> Result<Pool, String> {
+        let mut targets = Vec::with_capacity(s.targets.len());
+        let mut set = BTreeSet::new();
+        for (i, (addr, weight)) in s.targets.iter().enumerate() {
+            let mut backend = Backend::new_with_weight(&addr.to_string(), *weight)
+                .map_err(|e| format!("target {addr}: {e}"))?;
+            backend.ext.insert(TargetIdx(i));
+            set.insert(backend.clone());
+            let label = addr.to_string();
+            let healthy_gauge = metrics
+                .target_healthy
+                .with_label_values(&[s.name.as_str(), label.as_str()]);
+            healthy_gauge.set(1);
+            targets.push(Target {
+                addr: *addr,
+                weight: *weight,
+                label,
+                backend,
+                inflight: AtomicUsize::new(0),
+                failures: AtomicU32::new(0),
+                ejected_until: AtomicU64::new(0),
+                healthy_gauge,
+            });
+        }
+        let mut selector = match s.balance {
+            Balance::RoundRobin => Selector::RoundRobin(build_lb(&set)),
+            Balance::Random => Selector::Random(build_lb(&set)),
+            Balance::ConsistentHash => Selector::Hash(build_lb(&set)),
+            Balance::LeastRequests => Selector::Least(build_lb(&set)),
+        };
+        let mut health_interval = None;
+        if let Some((check, interval)) = s.health {
+            health_interval = Some(interval);
+            match &mut selector {
+                Selector::RoundRobin(lb) | Selector::Least(lb) => lb.set_health_check(check),
+                Selector::Random(lb) => lb.set_health_check(check),
+                Selector::Hash(lb) => lb.set_health_check(check),
+            }
+        }
+        let name = s.name.as_str();
+        let err = |kind: &str| metrics.upstream_errors.with_label_values(&[name, kind]);
+        Ok(Pool {
+            errors: ErrorCounters {
+                connect: err("connect"),
+                timeout: err("timeout"),
+                no_target: err("no_healthy_target"),
+                response_5xx: err("response_5xx"),
+                other: err("other"),
+            },
+            duration: metrics.upstream_duration.with_label_values(&[name]),
+            name: Arc::from(name),
+            selector,
+            targets,
+            hash_key: s.hash_key,
+            connect_timeout: s.connect_timeout,
+            read_timeout: s.read_timeout,
+            retries: s.retries,
+            outlier: s.outlier,
+            tls: s.tls,
+            health_interval,
+            health_started: AtomicBool::new(false),
+            definition: s.definition,
+        })
+    }
+
+    /// The consistent-hash key template, when the pool hashes.
+    pub fn hash_key(&self) -> Option<&Template> {
+        self.hash_key.as_ref()
+    }
+
+    /// Whether active checks report the target healthy.
+    pub fn target_healthy(&self, idx: usize) -> bool {
+        let b = &self.targets[idx].backend;
+        match &self.selector {
+            Selector::RoundRobin(lb) | Selector::Least(lb) => lb.backends().ready(b),
+            Selector::Random(lb) => lb.backends().ready(b),
+            Selector::Hash(lb) => lb.backends().ready(b),
+        }
+    }
+
+    /// Whether passive checks have ejected the target right now.
+    pub fn target_ejected(&self, idx: usize) -> bool {
+        self.targets[idx].ejected(clock_ms())
+    }
+
+    /// Choose a target not in `exclude`; `key` is the hash key (ignored unless hashing).
+    pub fn select(&self, key: &[u8], exclude: &[usize]) -> Option<usize> {
+        let now = clock_ms();
+        let accept = |b: &Backend, healthy: bool| {
+            healthy
+                && b.ext.get::<TargetIdx>().is_some_and(|i| {
+                    !exclude.contains(&i.0) && !self.targets[i.0].ejected(now)
+                })
+        };
+        let max = 256;
+        let chosen = match &self.selector {
+            Selector::RoundRobin(lb) => lb.select_with(key, max, accept),
+            Selector::Random(lb) => lb.select_with(key, max, accept),
+            Selector::Hash(lb) => lb.select_with(key, max, accept),
+            Selector::Least(_) => return self.least_requests(exclude, now),
+        };
+        chosen.and_then(|b| b.ext.get::<TargetIdx>().map(|i| i.0))
+    }
+
+    fn usable(&self, i: usize, exclude: &[usize], now: u64) -> bool {
+        !exclude.contains(&i) && !self.targets[i].ejected(now) && self.target_healthy(i)
+    }
+
+    /// Power of two choices: two random usable targets, the one with fewer in-flight
+    /// requests per unit of weight wins.
+    fn least_requests(&self, exclude: &[usize], now: u64) -> Option<usize> {
+        let n = self.targets.len();
+        let mut rng = rand::thread_rng();
+        let first_usable = |start: usize, skip: Option<usize>| {
+            (0..n)
+                .map(|k| (start + k) % n)
+                .find(|&i| Some(i) != skip && self.usable(i, exclude, now))
+        };
+        let a = first_usable(rng.gen_range(0..n), None)?;
+        let Some(b) = first_usable(rng.gen_range(0..n), Some(a)) else {
+            return Some(a);
+        };
+        let load = |i: usize| self.targets[i].inflight() as u128 * 1_000_000 / self.targets[i].weight.max(1) as u128;
+        Some(if load(b) < load(a) { b } else { a })
+    }
+
+    /// Whether some target other than those in `exclude` could take a request now.
+    pub fn has_candidate(&self, exclude: &[usize]) -> bool {
+        let now = clock_ms();
+        (0..self.targets.len()).any(|i| self.usable(i, exclude, now))
+    }
+
+    /// Count a request in flight to target `idx` until the guard drops.
+    pub fn begin(self: &Arc<Self>, idx: usize) -> InFlight {
+        self.targets[idx].inflight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            pool: Arc::clone(self),
+            idx,
+        }
+    }
+
+    /// The peer to connect to for target `idx`.
+    pub fn peer(&self, idx: usize) -> Box<HttpPeer> {
+        let t = &self.targets[idx];
+        let (tls, sni) = match &self.tls {
+            Some(tls) => (true, tls.sni.clone()),
+            None => (false, String::new()),
+        };
+        let mut p = HttpPeer::new(t.addr, tls, sni);
+        p.options.connection_timeout = Some(self.connect_timeout);
+        p.options.read_timeout = Some(self.read_timeout);
+        p.options.write_timeout = Some(self.read_timeout);
+        p.options.idle_timeout = Some(Duration::from_secs(60));
+        if let Some(tls) = &self.tls {
+            p.options.verify_cert = tls.verify;
+            p.options.verify_hostname = tls.verify;
+            p.options.ca = tls.ca.clone();
+        }
+        Box::new(p)
+    }
+
+    /// Record the outcome of a request to target `idx` for passive outlier detection and
+    /// metrics. `failure` is `None` on success.
+    pub fn report(&self, idx: usize, failure: Option<FailureKind>) {
+        if let Some(kind) = failure {
+            self.count_error(kind);
+        }
+        let Some((threshold, eject_for)) = self.outlier else {
+            return;
+        };
+        let t = &self.targets[idx];
+        match failure {
+            None => {
+                if t.failures.load(Ordering::Relaxed) != 0 {
+                    t.failures.store(0, Ordering::Relaxed);
+                }
+            }
+            Some(_) => {
+                let n = t.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if n >= threshold {
+                    t.failures.store(0, Ordering::Relaxed);
+                    t.ejected_until
+                        .store(clock_ms() + eject_for.as_millis() as u64, Ordering::Relaxed);
+                    log::warn!(
+                        "upstream {} target {} ejected for {:?} after {n} consecutive failures",
+                        self.name,
+                        t.label,
+                        eject_for
+                    );
+                }
+            }
+        }
+    }
+
+    /// Count an upstream error of `kind`.
+    pub fn count_error(&self, kind: FailureKind) {
+        match kind {
+            FailureKind::Connect => &self.errors.connect,
+            FailureKind::Timeout => &self.errors.timeout,
+            FailureKind::NoTarget => &self.errors.no_target,
+            FailureKind::Response5xx => &self.errors.response_5xx,
+            FailureKind::Other => &self.errors.other,
+        }
+        .inc();
+    }
+
+    /// Run one pass of active health checks over every target, in parallel.
+    pub async fn check_health(&self) {
+        match &self.selector {
+            Selector::RoundRobin(lb) | Selector::Least(lb) => lb.backends().run_health_check(true).await,
+            Selector::Random(lb) => lb.backends().run_health_check(true).await,
+            Selector::Hash(lb) => lb.backends().run_health_check(true).await,
+        }
+    }
+
+    /// The active-check interval, when the pool has checks.
+    pub fn health_interval(&self) -> Option<Duration> {
+        self.health_interval
+    }
+
+    /// Mark the health loop as started; false if it already was.
+    pub fn claim_health_loop(&self) -> bool {
+        !self.health_started.swap(true, Ordering::AcqRel)
+    }
+}
+
+/// Counts one request in flight to a target; dropping it ends the count.
+pub struct InFlight {
+    pool: Arc<Pool>,
+    idx: usize,
+}
+
+impl InFlight {
+    /// The target's index in its pool.
+    pub fn index(&self) -> usize {
+        self.idx
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.pool.targets[self.idx]
+            .inflight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(balance: Balance, targets: &[(&str, usize)], outlier: Option<(u32, Duration)>) -> Arc<Pool> {
+        let m = Metrics::new().unwrap();
+        Arc::new(
+            Pool::new(
+                PoolSettings {
+                    name: "p".into(),
+                    targets: targets.iter().map(|(a, w)| (a.parse().unwrap(), *w)).collect(),
+                    balance,
+                    hash_key: None,
+                    connect_timeout: Duration::from_secs(1),
+                    read_timeout: Duration::from_secs(1),
+                    retries: 1,
+                    outlier,
+                    tls: None,
+                    health: None,
+                    definition: UpstreamConfig {
+                        targets: vec![],
+                        balance,
+                        hash_key: None,
+                        health_check: None,
+                        outlier: None,
+                        connect_timeout: None,
+                        read_timeout: None,
+                        retries: None,
+                        tls: None,
+                    },
+                },
+                &m,
+            )
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn weighted_round_robin_respects_weights() {
+        let p = pool(Balance::RoundRobin, &[("127.0.0.1:1", 1), ("127.0.0.1:2", 3)], None);
+        let mut counts = [0; 2];
+        for _ in 0..400 {
+            counts[p.select(b"", &[]).unwrap()] += 1;
+        }
+        assert_eq!(counts, [100, 300]);
+    }
+
+    #[test]
+    fn exclusion_and_ejection() {
+        let p = pool(
+            Balance::Random,
+            &[("127.0.0.1:1", 1), ("127.0.0.1:2", 1)],
+            Some((2, Duration::from_secs(60))),
+        );
+        for _ in 0..20 {
+            assert_eq!(p.select(b"", &[0]), Some(1));
+        }
+        assert_eq!(p.select(b"", &[0, 1]), None);
+        p.report(1, Some(FailureKind::Connect));
+        assert!(!p.target_ejected(1));
+        p.report(1, Some(FailureKind::Connect));
+        assert!(p.target_ejected(1));
+        assert_eq!(p.select(b"", &[0]), None);
+        assert!(!p.has_candidate(&[0]));
+        for _ in 0..20 {
+            assert_eq!(p.select(b"", &[]), Some(0));
+        }
+    }
+
+    #[test]
+    fn consistent_hash_is_sticky() {
+        let p = pool(
+            Balance::ConsistentHash,
+            &[("127.0.0.1:1", 1), ("127.0.0.1:2", 1), ("127.0.0.1:3", 1)],
+            None,
+        );
+        let a = p.select(b"user-1", &[]).unwrap();
+        for _ in 0..50 {
+            assert_eq!(p.select(b"user-1", &[]), Some(a));
+        }
+        let spread: BTreeSet<usize> = (0..100)
+            .filter_map(|i| p.select(format!("user-{i}").as_bytes(), &[]))
+            .collect();
+        assert!(spread.len() > 1);
+    }
+
+    #[test]
+    fn least_requests_prefers_idle() {
+        let p = pool(Balance::LeastRequests, &[("127.0.0.1:1", 1), ("127.0.0.1:2", 1)], None);
+        let _busy: Vec<InFlight> = (0..10).map(|_| p.begin(0)).collect();
+        for _ in 0..50 {
+            assert_eq!(p.select(b"", &[]), Some(1));
+        }
+        drop(_busy);
+        assert_eq!(p.targets[0].inflight(), 0);
+    }
+}
