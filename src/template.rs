@@ -189,7 +189,7 @@ fn render_var(v: &Var, f: &Facts, out: &mut Vec<u8>) {
         Var::RequestId => out.extend_from_slice(f.request_id.as_bytes()),
         Var::Route => out.extend_from_slice(f.route.as_bytes()),
         Var::Method => out.extend_from_slice(f.req.method.as_str().as_bytes()),
-        Var::Host => out.extend_from_slice(request_host(f.req).as_bytes()),
+        Var::Host => out.extend(request_host(f.req).bytes().map(|b| b.to_ascii_lowercase())),
         Var::Path => out.extend_from_slice(f.req.uri.path().as_bytes()),
         Var::Query => out.extend_from_slice(f.req.uri.query().unwrap_or("").as_bytes()),
         Var::Uri => {

@@ -49,6 +49,36 @@ fn is_tls(session: &Session) -> bool {
         .is_some_and(|d| d.ssl_digest.is_some())
 }
 
+/// Largest unread request body moat reads and discards to keep a connection alive after
+/// answering a request itself; past it (or for chunked bodies, `Expect: 100-continue`, or
+/// a slow client) the connection is closed instead, so unread bytes are never parsed as a
+/// request.
+pub const DRAIN_LIMIT: u64 = 64 * 1024;
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn settle_request_body(session: &mut Session) {
+    if session.as_mut().is_body_done() {
+        return;
+    }
+    let req = session.req_header();
+    let length = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let drainable = req.headers.get(http::header::EXPECT).is_none()
+        && req.headers.get(http::header::TRANSFER_ENCODING).is_none()
+        && length.is_some_and(|n| n <= DRAIN_LIMIT);
+    let drained = drainable
+        && matches!(
+            tokio::time::timeout(DRAIN_TIMEOUT, session.as_mut().drain_request_body()).await,
+            Ok(Ok(()))
+        );
+    if !drained {
+        session.set_keepalive(None);
+    }
+}
+
 /// The chain that applies to this request: the route's, or the global one.
 fn chain_of(ctx: &RequestCtx) -> &Chain {
     match ctx.route.as_deref() {
@@ -60,6 +90,7 @@ fn chain_of(ctx: &RequestCtx) -> &Chain {
 impl Moat {
     /// Send a reply moat made, after the response-phase plugins ran on it.
     async fn send_reply(&self, session: &mut Session, ctx: &mut RequestCtx, reply: Reply) -> Result<()> {
+        settle_request_body(session).await;
         let (mut head, body) = reply.build(ctx.request_id())?;
         ctx.reply_code = reply.code;
         let route = ctx.route.clone();

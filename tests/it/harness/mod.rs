@@ -1,0 +1,35 @@
+//! Test harness: start `moat` on free ports, record what upstreams receive, speak raw
+//! HTTP/1.1. Every server stops when its handle drops; every wait is bounded.
+
+#![allow(dead_code)]
+
+pub mod client;
+pub mod moat;
+pub mod upstream;
+
+pub use client::{request, send_raw, Response};
+pub use moat::Moat;
+pub use upstream::{Behavior, Recorded, Upstream};
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+/// A port that was free a moment ago (bound to port 0, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// Poll `f` every 20 ms until it returns true or `limit` passes.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}

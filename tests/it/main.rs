@@ -1,0 +1,10 @@
+//! Integration tests: the `moat` binary against real HTTP servers, all on 127.0.0.1 with
+//! ephemeral ports. One test binary (faster to build and link than one per file).
+
+mod harness;
+
+mod admin;
+mod check;
+mod forwarding;
+mod routing;
+mod upstreams;
