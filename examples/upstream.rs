@@ -14,7 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const USAGE: &str = "usage: upstream --listen 127.0.0.1:PORT [--threads N]";
-const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok";
+const RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok";
 const MAX_HEAD: usize = 64 * 1024;
 
 fn parse_args() -> Result<(SocketAddr, usize), String> {
@@ -43,21 +44,33 @@ fn parse_args() -> Result<(SocketAddr, usize), String> {
 /// What parsing the front of the buffer found.
 enum Head {
     /// A complete head of `len` bytes followed by a body of `body` bytes.
-    Complete { len: usize, body: usize },
+    Complete {
+        len: usize,
+        body: usize,
+    },
     Incomplete,
     Invalid,
 }
 
 fn parse_head(buf: &[u8]) -> Head {
     let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return if buf.len() > MAX_HEAD { Head::Invalid } else { Head::Incomplete };
+        return if buf.len() > MAX_HEAD {
+            Head::Invalid
+        } else {
+            Head::Incomplete
+        };
     };
     let mut body = 0usize;
     for line in buf[..end].split(|&b| b == b'\n').skip(1) {
-        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
         let (name, value) = (&line[..colon], &line[colon + 1..]);
         if name.eq_ignore_ascii_case(b"content-length") {
-            match std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok()) {
+            match std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+            {
                 Some(n) => body = n,
                 None => return Head::Invalid,
             }

@@ -3,7 +3,8 @@
 #
 # usage: loadtest/compare.sh [--scenario NAME]... [--rounds N=3] [--duration D=10s]
 #                            [--connections C=50] [--no-nginx] [--no-build] [--out FILE.tsv] [--keep]
-#   --scenario NAME  a moat config template loadtest/scenarios/NAME.yaml (repeatable; default: all)
+#   --scenario NAME  moat config template scenarios/NAME.yaml (repeatable; default: all), plus
+#                    optional scenarios/NAME.headers: request headers, one per line, for oha and curl
 #   --no-nginx       ignore an installed nginx (upstream becomes examples/upstream, no nginx row)
 #   --no-build       use the binaries already in target/release
 #   --out FILE       also write the raw per-round results (TSV) to FILE
@@ -103,10 +104,16 @@ lt_wait_http "http://127.0.0.1:$UP_PORT/" 200 50 "$LT_LAST_PID" || { cat "$LT_TM
 
 # ---- proxies (CPU LT_PROXY_CPU) -----------------------------------------------------------
 TARGETS=()
-declare -A URL=() PID=()
-add_target() {  # NAME PORT PID: wait (bounded) for it to answer, else drop it with a note
-    if lt_wait_http "http://127.0.0.1:$2/" 200 "${4:-100}" "$3"; then
-        TARGETS+=("$1"); URL[$1]="http://127.0.0.1:$2/"; PID[$1]=$3
+declare -A URL=() PID=() HDRS=()
+# add_target NAME PORT PID [TENTHS] [HEADERS-FILE]: wait (bounded) for a 200, else drop it.
+add_target() {
+    local h=() line hf=
+    [[ -n "${5:-}" && -f "$5" ]] && hf=$5
+    if [[ -n "$hf" ]]; then
+        while IFS= read -r line; do [[ -n "$line" && "$line" != \#* ]] && h+=(-H "$line"); done <"$hf"
+    fi
+    if lt_wait_http "http://127.0.0.1:$2/" 200 "${4:-100}" "$3" "${h[@]}"; then
+        TARGETS+=("$1"); URL[$1]="http://127.0.0.1:$2/"; PID[$1]=$3; HDRS[$1]=$hf
     else
         tail -5 "$LT_TMP/$1.log" >&2 || true
         NOTES+=("$1 skipped: exited or did not answer 200 on :$2 in time (log tail above)")
@@ -139,7 +146,8 @@ if (( MOAT_BUILT )); then
             -e "s|{{UPSTREAM_PORT}}|$UP_PORT|g" -e "s|{{RUN_DIR}}|$run|g" \
             "$LT_DIR/scenarios/$s.yaml" >"$run/moat.yaml"
         LT_STOP_SIGNAL=INT lt_start "moat-$s" "$LT_PROXY_CPU" "$REL/moat" run -c "$run/moat.yaml"
-        add_target "moat-$s" "$port" "$LT_LAST_PID" 200   # 20 s: moat may check upstream health first
+        # 20 s: moat may check upstream health first
+        add_target "moat-$s" "$port" "$LT_LAST_PID" 200 "$LT_DIR/scenarios/$s.headers"
     done
 fi
 
@@ -147,9 +155,12 @@ fi
 RESULTS="$LT_TMP/results.tsv"
 printf 'name\tround\trps\tp50_ms\tp99_ms\tresponses\terrors\tcpu_ticks\n' >"$RESULTS"
 run_one() {  # NAME ROUND DURATION -> appends a line to RESULTS (round 0 = warm-up, not kept)
-    local name=$1 round=$2 dur=$3 pid=${PID[$1]} json="$LT_TMP/oha-$1-$2.json" t0 t1 r
+    local name=$1 round=$2 dur=$3 pid=${PID[$1]} json="$LT_TMP/oha-$1-$2.json" t0 t1 r h=() line
+    if [[ -n "${HDRS[$name]}" ]]; then
+        while IFS= read -r line; do [[ -n "$line" && "$line" != \#* ]] && h+=(-H "$line"); done <"${HDRS[$name]}"
+    fi
     t0=$(lt_cpu_ticks "$pid")
-    if ! lt_run_oha "$json" "${URL[$name]}" "$dur" "$CONNS"; then
+    if ! lt_run_oha "$json" "${URL[$name]}" "$dur" "$CONNS" "${h[@]}"; then
         lt_log "oha failed against $name"; return 0
     fi
     t1=$(lt_cpu_ticks "$pid")

@@ -99,13 +99,14 @@ lt_stop() {
     return 0
 }
 
-# Wait until URL answers with HTTP status WANT (default 200), at most TRIES tenths of a
-# second; give up early if PID (optional) has exited.
+# lt_wait_http URL [WANT=200] [TRIES=100] [PID] [curl args...]: wait until URL answers
+# with status WANT, at most TRIES tenths of a second; give up early if PID has exited.
 lt_wait_http() {
     local url=$1 want=${2:-200} tries=${3:-100} pid=${4:-} code i
+    shift $(( $# < 4 ? $# : 4 ))
     for ((i = 0; i < tries; i++)); do
         if [[ -n "$pid" ]] && ! lt_alive "$pid"; then lt_log "process $pid exited"; return 1; fi
-        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" 2>/dev/null || true)
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$@" "$url" 2>/dev/null || true)
         [[ "$code" == "$want" ]] && return 0
         sleep 0.1
     done

@@ -1,1 +1,158 @@
-//! (tests pending)
+//! Forwarding hygiene through the real binary: X-Forwarded-* with trusted and untrusted
+//! peers, hop-by-hop stripping, forged identity headers, header templates and injection.
+
+use crate::harness::{request, Moat, Upstream};
+
+fn proxy_config(up: &Upstream, plugins: &str) -> String {
+    format!(
+        "upstreams:\n  app: {{ targets: [\"{}\"] }}\nroutes:\n  - name: app\n    match: {{ path_prefix: / }}\n    upstream: app\n    plugins:\n{plugins}",
+        up.address()
+    )
+}
+
+#[test]
+fn untrusted_peer_cannot_forge_forwarding_headers() {
+    let up = Upstream::start("app");
+    // No trusted proxies: the direct peer (127.0.0.1) is the client.
+    let m = Moat::start(&proxy_config(&up, "      - request_id: {}\n"));
+    let r = request(
+        m.port,
+        "GET",
+        "/x",
+        &[
+            ("Host", "api.example.com"),
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("X-Real-IP", "6.6.6.6"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "evil.example.com"),
+            ("Forwarded", "for=6.6.6.6"),
+            ("X-Consumer-ID", "admin"),
+            ("X-Consumer-Tier", "enterprise"),
+            ("X-Auth-Method", "jwt"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let got = up.last();
+    assert_eq!(got.all("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(got.all("x-real-ip"), ["127.0.0.1"]);
+    assert_eq!(got.all("x-forwarded-proto"), ["http"]);
+    assert_eq!(got.all("x-forwarded-host"), ["api.example.com"]);
+    for h in ["forwarded", "x-consumer-id", "x-consumer-tier", "x-auth-method"] {
+        assert!(got.header(h).is_none(), "{h} reached the upstream");
+    }
+    assert_eq!(got.header("host"), Some("api.example.com"));
+    assert_eq!(got.header("x-request-id").map(|v| v.len()), Some(26));
+    assert!(got.header("traceparent").is_some_and(|t| t.starts_with("00-")));
+}
+
+#[test]
+fn trusted_peer_chain_is_believed() {
+    let up = Upstream::start("app");
+    let m = Moat::start_with(
+        &proxy_config(
+            &up,
+            "      - headers:\n          request:\n            set: { x-client: \"{{client_ip}}\" }\n",
+        ),
+        &["127.0.0.0/8", "10.0.0.0/8"],
+        &[],
+    );
+    request(
+        m.port,
+        "GET",
+        "/x",
+        &[("X-Forwarded-For", "203.0.113.7, 10.1.1.1"), ("X-Forwarded-Proto", "https")],
+        b"",
+    );
+    let got = up.last();
+    assert_eq!(got.all("x-forwarded-for"), ["203.0.113.7, 10.1.1.1, 127.0.0.1"]);
+    assert_eq!(got.header("x-real-ip"), Some("203.0.113.7"));
+    assert_eq!(got.header("x-client"), Some("203.0.113.7"));
+    assert_eq!(got.header("x-forwarded-proto"), Some("https"));
+}
+
+#[test]
+fn hop_by_hop_headers_are_not_forwarded() {
+    let up = Upstream::start("app");
+    let m = Moat::start(&proxy_config(&up, "      - request_id: {}\n"));
+    let r = request(
+        m.port,
+        "GET",
+        "/x",
+        &[
+            ("Connection", "close, x-secret-hop"),
+            ("X-Secret-Hop", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+            ("Proxy-Connection", "keep-alive"),
+            ("Upgrade", "something"),
+            ("X-Normal", "kept"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = up.last();
+    for h in ["x-secret-hop", "keep-alive", "te", "proxy-connection", "upgrade"] {
+        assert!(got.header(h).is_none(), "{h} was forwarded: {:?}", got.headers);
+    }
+    assert_eq!(got.header("x-normal"), Some("kept"));
+}
+
+#[test]
+fn header_templates_and_injection_attempts() {
+    let up = Upstream::start("app");
+    let plugins = r#"      - request_id: { trust_incoming: true }
+      - headers:
+          request:
+            set: { x-route: "{{route}}", x-rid: "{{request_id}}", x-agent: "ua={{header.user-agent}}", x-path: "{{path}}", x-consumer: "{{consumer.id}}" }
+            add: { x-tag: "b" }
+            remove: [cookie]
+          response:
+            set: { cache-control: no-store, x-echo: "{{header.x-echo}}" }
+            remove: [x-upstream]
+"#;
+    let m = Moat::start(&proxy_config(&up, plugins));
+    let r = request(
+        m.port,
+        "GET",
+        "/a%0d%0aX-Injected:%20yes",
+        &[
+            ("User-Agent", "tester"),
+            ("X-Request-ID", "trace-42"),
+            ("Cookie", "session=secret"),
+            ("X-Tag", "a"),
+            ("X-Consumer", "forged"),
+            ("X-Echo", "hello"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-request-id"), Some("trace-42"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.header("x-echo"), Some("hello"));
+    assert!(r.header("x-upstream").is_none());
+    assert!(r.header("x-injected").is_none());
+    let got = up.last();
+    assert_eq!(got.header("x-route"), Some("app"));
+    assert_eq!(got.header("x-rid"), Some("trace-42"));
+    assert_eq!(got.header("x-agent"), Some("ua=tester"));
+    assert_eq!(got.header("x-path"), Some("/a%0d%0aX-Injected:%20yes"));
+    assert!(got.header("x-injected").is_none());
+    assert!(got.header("cookie").is_none());
+    assert!(got.header("x-consumer").is_none(), "set with an empty value removes the client copy");
+    assert_eq!(got.all("x-tag"), ["a", "b"]);
+
+    // A malformed incoming request id is replaced, never echoed.
+    let r = request(m.port, "GET", "/b", &[("X-Request-ID", "bad id with spaces")], b"");
+    assert_eq!(r.header("x-request-id").map(|v| v.len()), Some(26));
+
+    // A raw CR inside a header value is refused by the parser: 400, never forwarded.
+    up.clear();
+    let out = crate::harness::send_raw(
+        m.port,
+        b"GET /c HTTP/1.1\r\nHost: h\r\nX-Echo: a\rX-Injected: yes\r\nConnection: close\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(up.traffic().is_empty());
+}

@@ -31,7 +31,8 @@ impl Response {
 }
 
 /// Send `method path` with extra headers (and a body) on a new connection with
-/// `Connection: close`; returns the parsed response.
+/// `Connection: close` (unless the caller sends its own `Connection`, which must then
+/// include `close`); returns the parsed response.
 pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
     let mut raw = format!("{method} {path} HTTP/1.1\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
@@ -43,7 +44,10 @@ pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], bo
     if !body.is_empty() || method == "POST" || method == "PUT" {
         raw.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
-    raw.push_str("Connection: close\r\n\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("connection")) {
+        raw.push_str("Connection: close\r\n");
+    }
+    raw.push_str("\r\n");
     let mut bytes = raw.into_bytes();
     bytes.extend_from_slice(body);
     let out = send_raw(port, &bytes);
