@@ -105,14 +105,21 @@ lt_wait_http "http://127.0.0.1:$UP_PORT/" 200 50 "$LT_LAST_PID" || { cat "$LT_TM
 # ---- proxies (CPU LT_PROXY_CPU) -----------------------------------------------------------
 TARGETS=()
 declare -A URL=() PID=() HDRS=()
+# header_args FILE: HDR_ARGS=(-H "line" ...) from FILE's non-empty, non-# lines ("" = none).
+header_args() {
+    local line
+    HDR_ARGS=()
+    [[ -n "$1" ]] || return 0
+    while IFS= read -r line || [[ -n "$line" ]]; do
+        if [[ -n "$line" && "$line" != \#* ]]; then HDR_ARGS+=(-H "$line"); fi
+    done <"$1"
+}
 # add_target NAME PORT PID [TENTHS] [HEADERS-FILE]: wait (bounded) for a 200, else drop it.
 add_target() {
-    local h=() line hf=
-    [[ -n "${5:-}" && -f "$5" ]] && hf=$5
-    if [[ -n "$hf" ]]; then
-        while IFS= read -r line; do [[ -n "$line" && "$line" != \#* ]] && h+=(-H "$line"); done <"$hf"
-    fi
-    if lt_wait_http "http://127.0.0.1:$2/" 200 "${4:-100}" "$3" "${h[@]}"; then
+    local hf=
+    if [[ -n "${5:-}" && -f "$5" ]]; then hf=$5; fi
+    header_args "$hf"
+    if lt_wait_http "http://127.0.0.1:$2/" 200 "${4:-100}" "$3" "${HDR_ARGS[@]}"; then
         TARGETS+=("$1"); URL[$1]="http://127.0.0.1:$2/"; PID[$1]=$3; HDRS[$1]=$hf
     else
         tail -5 "$LT_TMP/$1.log" >&2 || true
@@ -155,12 +162,10 @@ fi
 RESULTS="$LT_TMP/results.tsv"
 printf 'name\tround\trps\tp50_ms\tp99_ms\tresponses\terrors\tcpu_ticks\n' >"$RESULTS"
 run_one() {  # NAME ROUND DURATION -> appends a line to RESULTS (round 0 = warm-up, not kept)
-    local name=$1 round=$2 dur=$3 pid=${PID[$1]} json="$LT_TMP/oha-$1-$2.json" t0 t1 r h=() line
-    if [[ -n "${HDRS[$name]}" ]]; then
-        while IFS= read -r line; do [[ -n "$line" && "$line" != \#* ]] && h+=(-H "$line"); done <"${HDRS[$name]}"
-    fi
+    local name=$1 round=$2 dur=$3 pid=${PID[$1]} json="$LT_TMP/oha-$1-$2.json" t0 t1 r
+    header_args "${HDRS[$name]}"
     t0=$(lt_cpu_ticks "$pid")
-    if ! lt_run_oha "$json" "${URL[$name]}" "$dur" "$CONNS" "${h[@]}"; then
+    if ! lt_run_oha "$json" "${URL[$name]}" "$dur" "$CONNS" "${HDR_ARGS[@]}"; then
         lt_log "oha failed against $name"; return 0
     fi
     t1=$(lt_cpu_ticks "$pid")

@@ -25,7 +25,12 @@ pub struct Admin {
 
 impl Admin {
     /// Build the app; `token` is the value of `admin.token_env`, when set.
-    pub fn new(runtime: SharedRuntime, metrics: Arc<Metrics>, token: Option<String>, listeners: Vec<SocketAddr>) -> Admin {
+    pub fn new(
+        runtime: SharedRuntime,
+        metrics: Arc<Metrics>,
+        token: Option<String>,
+        listeners: Vec<SocketAddr>,
+    ) -> Admin {
         Admin {
             runtime,
             metrics,
@@ -154,12 +159,17 @@ fn json_reply(status: u16, v: &Value) -> Response<Vec<u8>> {
 
 fn error(code: ErrorCode, msg: &str) -> Response<Vec<u8>> {
     let id = crate::util::id::ulid();
-    let r = respond(code.status(), "application/json", error_body(code, msg, &id).into_bytes());
+    let r = respond(
+        code.status(),
+        "application/json",
+        error_body(code, msg, &id).into_bytes(),
+    );
     if code == ErrorCode::Unauthorized {
         let (mut parts, body) = r.into_parts();
-        parts
-            .headers
-            .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+        parts.headers.insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
         return Response::from_parts(parts, body);
     }
     r

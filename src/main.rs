@@ -36,7 +36,7 @@ enum Command {
     },
 }
 
-fn load(path: &PathBuf) -> Result<(config::Config, Runtime), String> {
+fn load(path: &std::path::Path) -> Result<(config::Config, Runtime), String> {
     let cfg = config::load_file(path).map_err(|e| e.to_string())?;
     let metrics = Metrics::new().map_err(|e| e.to_string())?;
     let rt = Runtime::compile(cfg.clone(), 1, &metrics).map_err(|e| e.to_string())?;

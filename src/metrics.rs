@@ -42,19 +42,21 @@ impl Metrics {
     /// Create and register every metric (and process metrics on Linux).
     pub fn new() -> prometheus::Result<Metrics> {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        let histogram = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<HistogramVec> {
-            let h = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-                labels,
-            )?;
-            registry.register(Box::new(h.clone()))?;
-            Ok(h)
-        };
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let histogram =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<HistogramVec> {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                    labels,
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
         let requests = counter(
             "moat_http_requests_total",
             "HTTP requests answered, by route, method and status",
@@ -103,10 +105,8 @@ impl Metrics {
         let config_generation =
             IntGauge::new("moat_config_generation", "Generation of the live config")?;
         registry.register(Box::new(config_generation.clone()))?;
-        let connections_active = IntGauge::new(
-            "moat_connections_active",
-            "Downstream requests in progress",
-        )?;
+        let connections_active =
+            IntGauge::new("moat_connections_active", "Downstream requests in progress")?;
         registry.register(Box::new(connections_active.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -146,10 +146,16 @@ mod tests {
         m.requests.with_label_values(&["r", "GET", "200"]).inc();
         m.request_duration.with_label_values(&["r"]).observe(0.001);
         m.upstream_duration.with_label_values(&["u"]).observe(0.001);
-        m.target_healthy.with_label_values(&["u", "127.0.0.1:1"]).set(1);
+        m.target_healthy
+            .with_label_values(&["u", "127.0.0.1:1"])
+            .set(1);
         m.upstream_errors.with_label_values(&["u", "connect"]).inc();
-        m.auth_failures.with_label_values(&["r", "jwt", "expired"]).inc();
-        m.ratelimit_decisions.with_label_values(&["r", "rate_limit", "allowed"]).inc();
+        m.auth_failures
+            .with_label_values(&["r", "jwt", "expired"])
+            .inc();
+        m.ratelimit_decisions
+            .with_label_values(&["r", "rate_limit", "allowed"])
+            .inc();
         m.redis_errors.inc();
         m.config_reloads.with_label_values(&["ok"]).inc();
         m.config_generation.set(1);

@@ -40,9 +40,22 @@ impl Cidr {
         let mask = if len == 0 {
             0
         } else {
-            (u128::MAX << (max - len)) & (if max == 32 { u32::MAX as u128 } else { u128::MAX })
+            (u128::MAX << (max - len))
+                & (if max == 32 {
+                    u32::MAX as u128
+                } else {
+                    u128::MAX
+                })
         };
-        if bits & !mask & (if max == 32 { u32::MAX as u128 } else { u128::MAX }) != 0 {
+        if bits
+            & !mask
+            & (if max == 32 {
+                u32::MAX as u128
+            } else {
+                u128::MAX
+            })
+            != 0
+        {
             return Err(format!(
                 "`{s}` has bits set below its /{len} prefix; write the network address"
             ));
@@ -134,7 +147,14 @@ mod tests {
 
     #[test]
     fn rejects() {
-        for bad in ["10.0.0.1/8", "10.0.0.0/33", "300.0.0.0/8", "abc", "::1/129", "10.0.0.0/x"] {
+        for bad in [
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "300.0.0.0/8",
+            "abc",
+            "::1/129",
+            "10.0.0.0/x",
+        ] {
             assert!(Cidr::parse(bad).is_err(), "{bad}");
         }
     }

@@ -122,7 +122,13 @@ impl Router {
     }
 
     /// Find the route for a request. `host` must be lower-case without port.
-    pub fn lookup(&self, host: &str, path: &str, method: &Method, headers: &HeaderMap) -> RouteMatch {
+    pub fn lookup(
+        &self,
+        host: &str,
+        path: &str,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> RouteMatch {
         let mut best: Option<(Rank, usize)> = None;
         let mut method_miss = false;
         let mut visit = |table: &HostTable, best: &mut Option<(Rank, usize)>| {
@@ -246,7 +252,10 @@ fn for_each_prefix(path: &str, mut f: impl FnMut(&str)) {
 }
 
 fn method_matches(methods: &[Method], m: &Method) -> bool {
-    methods.is_empty() || methods.iter().any(|x| x == m || (*m == Method::HEAD && *x == Method::GET))
+    methods.is_empty()
+        || methods
+            .iter()
+            .any(|x| x == m || (*m == Method::HEAD && *x == Method::GET))
 }
 
 fn headers_match(spec: &RouteSpec, headers: &HeaderMap) -> bool {
@@ -258,9 +267,11 @@ fn headers_match(spec: &RouteSpec, headers: &HeaderMap) -> bool {
 fn host_matches(hosts: &[String], host: &str) -> bool {
     hosts.is_empty()
         || hosts.iter().any(|h| match h.strip_prefix("*.") {
-            Some(suffix) => host.len() > suffix.len() + 1
-                && host.ends_with(suffix)
-                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.',
+            Some(suffix) => {
+                host.len() > suffix.len() + 1
+                    && host.ends_with(suffix)
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+            }
             None => h == host,
         })
 }
@@ -317,7 +328,12 @@ mod tests {
     #[test]
     fn precedence() {
         let r = Router::new(vec![
-            spec(&[], PathMatch::Regex(Regex::new("^/api/.*$").unwrap()), &[], 0),
+            spec(
+                &[],
+                PathMatch::Regex(Regex::new("^/api/.*$").unwrap()),
+                &[],
+                0,
+            ),
             spec(&[], pre("/api"), &[], 0),
             spec(&[], pre("/api/users"), &[], 0),
             spec(&[], PathMatch::Exact("/api/users/me".into()), &[], 0),
@@ -357,8 +373,14 @@ mod tests {
             spec(&[], pre("/a"), &["POST"], 0),
             spec(&[], pre("/a"), &["GET", "PUT"], 0),
         ]);
-        assert_eq!(r.lookup("h", "/a", &Method::HEAD, &HeaderMap::new()), RouteMatch::Found(1));
-        assert_eq!(r.lookup("h", "/a", &Method::POST, &HeaderMap::new()), RouteMatch::Found(0));
+        assert_eq!(
+            r.lookup("h", "/a", &Method::HEAD, &HeaderMap::new()),
+            RouteMatch::Found(1)
+        );
+        assert_eq!(
+            r.lookup("h", "/a", &Method::POST, &HeaderMap::new()),
+            RouteMatch::Found(0)
+        );
         assert_eq!(
             r.lookup("h", "/a", &Method::DELETE, &HeaderMap::new()),
             RouteMatch::MethodNotAllowed("GET, HEAD, POST, PUT".into())
@@ -369,7 +391,10 @@ mod tests {
     #[test]
     fn headers_condition() {
         let mut s = spec(&[], pre("/"), &[], 0);
-        s.headers = vec![(HeaderName::from_static("x-api-version"), HeaderValue::from_static("2"))];
+        s.headers = vec![(
+            HeaderName::from_static("x-api-version"),
+            HeaderValue::from_static("2"),
+        )];
         let r = Router::new(vec![s, spec(&[], pre("/"), &[], -1)]);
         let mut h = HeaderMap::new();
         assert_eq!(r.lookup("h", "/", &Method::GET, &h), RouteMatch::Found(1));
@@ -380,10 +405,23 @@ mod tests {
     #[test]
     fn many_routes() {
         let specs = (0..10_000)
-            .map(|i| spec(&[&format!("h{}.example.com", i % 100)], pre(&format!("/svc{i}")), &[], 0))
+            .map(|i| {
+                spec(
+                    &[&format!("h{}.example.com", i % 100)],
+                    pre(&format!("/svc{i}")),
+                    &[],
+                    0,
+                )
+            })
             .collect();
         let r = Router::new(specs);
-        assert_eq!(get(&r, "h42.example.com", "/svc9942/x"), RouteMatch::Found(9942));
-        assert_eq!(get(&r, "h41.example.com", "/svc9942/x"), RouteMatch::NotFound);
+        assert_eq!(
+            get(&r, "h42.example.com", "/svc9942/x"),
+            RouteMatch::Found(9942)
+        );
+        assert_eq!(
+            get(&r, "h41.example.com", "/svc9942/x"),
+            RouteMatch::NotFound
+        );
     }
 }

@@ -41,7 +41,10 @@ pub fn server_conf(cfg: &Config, daemon: bool) -> ServerConf {
     };
     conf.threads = s.threads.unwrap_or(conf.threads.max(1));
     let pid = std::process::id();
-    conf.pid_file = s.pid_file.clone().unwrap_or_else(|| format!("/tmp/moat-{pid}.pid"));
+    conf.pid_file = s
+        .pid_file
+        .clone()
+        .unwrap_or_else(|| format!("/tmp/moat-{pid}.pid"));
     conf.upgrade_sock = s
         .upgrade_sock
         .clone()
@@ -102,7 +105,8 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         metrics: Arc::clone(&metrics),
         access_log,
     };
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, moat, "moat");
+    let mut proxy =
+        pingora_proxy::http_proxy_service_with_name(&server.configuration, moat, "moat");
     for addr in &listeners {
         proxy.add_tcp(addr);
     }

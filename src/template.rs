@@ -60,7 +60,7 @@ impl Template {
         let mut rest = text;
         while let Some(start) = rest.find("{{") {
             if start > 0 {
-                parts.push(Part::Lit(rest[..start].as_bytes().to_vec()));
+                parts.push(Part::Lit(rest.as_bytes()[..start].to_vec()));
             }
             let after = &rest[start + 2..];
             let end = after
@@ -143,9 +143,8 @@ fn parse_var(name: &str) -> Result<Var, String> {
 /// An HTTP token (header names, methods).
 pub fn valid_token(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Whether bytes may be sent as a header value: no CR, LF, NUL or other control
@@ -312,7 +311,10 @@ mod tests {
         assert!(Template::parse("{{header.}}").is_err());
         assert!(Template::parse("{{header.a b}}").is_err());
         assert!(Template::parse("x {{path").is_err());
-        assert_eq!(Template::parse("plain").unwrap().as_static(), Some(&b"plain"[..]));
+        assert_eq!(
+            Template::parse("plain").unwrap().as_static(),
+            Some(&b"plain"[..])
+        );
         assert_eq!(Template::parse("").unwrap().as_static(), Some(&b""[..]));
         assert_eq!(Template::parse("{{path}}").unwrap().as_static(), None);
     }

@@ -241,8 +241,16 @@ mod tests {
                 == "routes[0].plugins[0].rate_limit.rate: expected N/s, N/m, N/h or N/d"),
             "{e:?}"
         );
-        assert!(e.iter().any(|m| m.starts_with("routes[1].nam: unknown field")), "{e:?}");
-        assert!(e.iter().any(|m| m.starts_with("listenerz: unknown section")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("routes[1].nam: unknown field")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("listenerz: unknown section")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -192,7 +192,10 @@ impl<'de> Deserialize<'de> for TargetConfig {
                     weight: 1,
                 })
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<TargetConfig, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<TargetConfig, A::Error> {
                 let t = TargetMap::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
                 Ok(TargetConfig {
                     address: t.address,
@@ -427,7 +430,10 @@ impl<'de> Deserialize<'de> for PluginConfig {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a plugin: a mapping with one key naming the plugin")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<PluginConfig, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<PluginConfig, A::Error> {
                 use serde::de::Error;
                 let name: String = m
                     .next_key()?

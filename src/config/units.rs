@@ -41,8 +41,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn format_duration(d: Duration) -> String {
     let ms = d.as_millis() as u64;
-    for (unit, size) in [("d", 86_400_000u64), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
-        if ms >= size && ms % size == 0 {
+    for (unit, size) in [
+        ("d", 86_400_000u64),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms >= size && ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
     }
@@ -87,7 +92,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 fn format_size(n: u64) -> String {
     for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if n >= size && n % size == 0 {
+        if n >= size && n.is_multiple_of(size) {
             return format!("{}{unit}", n / size);
         }
     }
@@ -220,6 +225,9 @@ mod tests {
         for bad in ["100", "100/x", "/s", "0/s", "a/s", "100/sec"] {
             assert!(parse_rate(bad).is_err(), "{bad}");
         }
-        assert_eq!(parse_rate("x").unwrap_err(), "expected N/s, N/m, N/h or N/d");
+        assert_eq!(
+            parse_rate("x").unwrap_err(),
+            "expected N/s, N/m, N/h or N/d"
+        );
     }
 }

@@ -6,7 +6,7 @@
 use super::error::{index, join, ConfigErrors};
 use super::model::{Config, PluginConfig};
 use crate::net::CidrSet;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -18,11 +18,19 @@ pub fn validate(cfg: &Config, errs: &mut ConfigErrors) {
     listeners(cfg, errs);
     if let Some(a) = &cfg.admin {
         match a.address.parse::<SocketAddr>() {
-            Ok(addr) if cfg.listeners.iter().any(|l| l.address.parse::<SocketAddr>() == Ok(addr)) => {
+            Ok(addr)
+                if cfg
+                    .listeners
+                    .iter()
+                    .any(|l| l.address.parse::<SocketAddr>() == Ok(addr)) =>
+            {
                 errs.push("admin.address", "must differ from every listener's address")
             }
             Ok(_) => {}
-            Err(_) => errs.push("admin.address", format!("`{}` is not an ip:port address", a.address)),
+            Err(_) => errs.push(
+                "admin.address",
+                format!("`{}` is not an ip:port address", a.address),
+            ),
         }
         if let Some(var) = &a.token_env {
             env_set(var, "admin.token_env", errs);
@@ -64,10 +72,15 @@ fn env_set(var: &str, path: &str, errs: &mut ConfigErrors) {
 }
 
 fn parent_exists(file: &str, path: &str, errs: &mut ConfigErrors) {
-    let parent = Path::new(file).parent().filter(|p| !p.as_os_str().is_empty());
+    let parent = Path::new(file)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty());
     if let Some(dir) = parent {
         if !dir.is_dir() {
-            errs.push(path, format!("directory `{}` does not exist", dir.display()));
+            errs.push(
+                path,
+                format!("directory `{}` does not exist", dir.display()),
+            );
         }
     }
 }
@@ -113,12 +126,21 @@ fn listeners(cfg: &Config, errs: &mut ConfigErrors) {
     for (i, l) in cfg.listeners.iter().enumerate() {
         let p = index("listeners", i);
         if l.name.is_empty() || !names.insert(l.name.as_str()) {
-            errs.push(join(&p, "name"), format!("listener names must be unique and non-empty (`{}`)", l.name));
+            errs.push(
+                join(&p, "name"),
+                format!("listener names must be unique and non-empty (`{}`)", l.name),
+            );
         }
         match l.address.parse::<SocketAddr>() {
-            Ok(a) if !addrs.insert(a) => errs.push(join(&p, "address"), format!("`{}` is used twice", l.address)),
+            Ok(a) if !addrs.insert(a) => errs.push(
+                join(&p, "address"),
+                format!("`{}` is used twice", l.address),
+            ),
             Ok(_) => {}
-            Err(_) => errs.push(join(&p, "address"), format!("`{}` is not an ip:port address", l.address)),
+            Err(_) => errs.push(
+                join(&p, "address"),
+                format!("`{}` is not an ip:port address", l.address),
+            ),
         }
         if l.tls.is_some() {
             errs.push(join(&p, "tls"), NOT_YET);
@@ -143,13 +165,19 @@ fn consumers(cfg: &Config, errs: &mut ConfigErrors) {
     for (i, c) in cfg.consumers.iter().enumerate() {
         let p = index("consumers", i);
         if c.id.is_empty() || !ids.insert(c.id.as_str()) {
-            errs.push(join(&p, "id"), format!("consumer ids must be unique and non-empty (`{}`)", c.id));
+            errs.push(
+                join(&p, "id"),
+                format!("consumer ids must be unique and non-empty (`{}`)", c.id),
+            );
         }
         for (j, k) in c.api_keys.iter().enumerate() {
             let kp = index(&join(&p, "api_keys"), j);
             let h = k.sha256.to_ascii_lowercase();
             if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-                errs.push(join(&kp, "sha256"), "must be 64 hex digits (the SHA-256 of the key)");
+                errs.push(
+                    join(&kp, "sha256"),
+                    "must be 64 hex digits (the SHA-256 of the key)",
+                );
             } else if !hashes.insert(h) {
                 errs.push(join(&kp, "sha256"), "the same key hash appears twice");
             }
@@ -157,23 +185,36 @@ fn consumers(cfg: &Config, errs: &mut ConfigErrors) {
         for (j, h) in c.hmac.iter().enumerate() {
             let hp = index(&join(&p, "hmac"), j);
             if !key_ids.insert(h.key_id.as_str()) {
-                errs.push(join(&hp, "key_id"), format!("duplicate key_id `{}`", h.key_id));
+                errs.push(
+                    join(&hp, "key_id"),
+                    format!("duplicate key_id `{}`", h.key_id),
+                );
             }
             env_set(&h.secret_env, &join(&hp, "secret_env"), errs);
         }
     }
 }
 
-const ASYMMETRIC: &[&str] = &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+const ASYMMETRIC: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
 const SYMMETRIC: &[&str] = &["HS256", "HS384", "HS512"];
 
 fn providers(cfg: &Config, errs: &mut ConfigErrors) {
     for (name, p) in &cfg.jwt_providers {
         let path = join("jwt_providers", name);
         errs.push(path.clone(), NOT_YET);
-        let sources = [p.jwks_url.is_some(), p.jwks_file.is_some(), p.public_key_file.is_some(), p.secret_env.is_some()];
+        let sources = [
+            p.jwks_url.is_some(),
+            p.jwks_file.is_some(),
+            p.public_key_file.is_some(),
+            p.secret_env.is_some(),
+        ];
         if sources.iter().filter(|x| **x).count() != 1 {
-            errs.push(path.clone(), "give exactly one of jwks_url, jwks_file, public_key_file, secret_env");
+            errs.push(
+                path.clone(),
+                "give exactly one of jwks_url, jwks_file, public_key_file, secret_env",
+            );
         }
         if let Some(f) = &p.jwks_file {
             readable(f, &join(&path, "jwks_file"), errs);
@@ -195,14 +236,23 @@ fn providers(cfg: &Config, errs: &mut ConfigErrors) {
             } else if ASYMMETRIC.contains(&a.as_str()) {
                 asym = true;
             } else {
-                errs.push(index(&join(&path, "algorithms"), i), format!("unknown or refused algorithm `{a}`"));
+                errs.push(
+                    index(&join(&path, "algorithms"), i),
+                    format!("unknown or refused algorithm `{a}`"),
+                );
             }
         }
         if sym && asym {
-            errs.push(join(&path, "algorithms"), "HS* algorithms cannot be mixed with RS/PS/ES/EdDSA");
+            errs.push(
+                join(&path, "algorithms"),
+                "HS* algorithms cannot be mixed with RS/PS/ES/EdDSA",
+            );
         }
         if sym && p.secret_env.is_none() || p.secret_env.is_some() && asym {
-            errs.push(join(&path, "algorithms"), "HS* algorithms go with secret_env, and only they do");
+            errs.push(
+                join(&path, "algorithms"),
+                "HS* algorithms go with secret_env, and only they do",
+            );
         }
     }
 }
@@ -212,7 +262,10 @@ fn limiter_key(key: &str, path: &str, errs: &mut ConfigErrors) {
         || key.strip_prefix("header:").is_some_and(|h| !h.is_empty())
         || key.strip_prefix("claim:").is_some_and(|c| !c.is_empty());
     if !ok {
-        errs.push(path, format!("`{key}`: expected consumer, ip, route, header:NAME or claim:NAME"));
+        errs.push(
+            path,
+            format!("`{key}`: expected consumer, ip, route, header:NAME or claim:NAME"),
+        );
     }
 }
 
@@ -224,14 +277,15 @@ fn plugin_refs(cfg: &Config, path: &str, p: &PluginConfig, errs: &mut ConfigErro
             }
             if let Some(j) = &a.jwt {
                 if !cfg.jwt_providers.contains_key(&j.provider) {
-                    errs.push(join(path, "jwt.provider"), format!("unknown jwt provider `{}`", j.provider));
+                    errs.push(
+                        join(path, "jwt.provider"),
+                        format!("unknown jwt provider `{}`", j.provider),
+                    );
                 }
             }
         }
         PluginConfig::RateLimit(r) => {
             limiter_key(&r.key, &join(path, "key"), errs);
-            let known: BTreeSet<&str> = cfg.consumers.iter().filter_map(|c| c.tier.as_deref()).collect();
-            let _ = known;
         }
         PluginConfig::Quota(q) => limiter_key(&q.key, &join(path, "key"), errs),
         PluginConfig::Concurrency(c) => limiter_key(&c.key, &join(path, "key"), errs),

@@ -68,7 +68,10 @@ impl Headers {
 fn header_name(name: &str, path: &str, errs: &mut ConfigErrors) -> Option<HeaderName> {
     match HeaderName::from_bytes(name.as_bytes()) {
         Ok(n) if FORBIDDEN.contains(&n.as_str()) => {
-            errs.push(path, format!("`{name}` is managed by moat and cannot be changed"));
+            errs.push(
+                path,
+                format!("`{name}` is managed by moat and cannot be changed"),
+            );
             None
         }
         Ok(n) => Some(n),
@@ -258,15 +261,23 @@ mod tests {
         p.upstream_request(&req, &ctx, &mut up);
         assert!(up.headers.get("cookie").is_none());
         assert_eq!(up.headers["x-copy"], "v=hello");
-        assert!(up.headers.get("x-route").is_none(), "no route: renders empty, not emitted");
-        assert!(up.headers.get("x-empty").is_none(), "client copy removed by set");
+        assert!(
+            up.headers.get("x-route").is_none(),
+            "no route: renders empty, not emitted"
+        );
+        assert!(
+            up.headers.get("x-empty").is_none(),
+            "client copy removed by set"
+        );
         let all: Vec<_> = up.headers.get_all("x-in").iter().collect();
         assert_eq!(all, ["hello", "second"]);
     }
 
     #[test]
     fn crlf_injection_is_never_emitted() {
-        let p = plugin("request:\n  set: { x-user: 'u={{claims.sub}}', x-ok: '{{consumer.id}}' }\n").unwrap();
+        let p =
+            plugin("request:\n  set: { x-user: 'u={{claims.sub}}', x-ok: '{{consumer.id}}' }\n")
+                .unwrap();
         let req = client_req();
         let mut up = req.clone();
         let mut ctx = RequestCtx::new(Arc::new(Runtime::empty()));
@@ -290,10 +301,22 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains("p.request.set.bad name: `bad name` is not a valid header name"), "{e}");
-        assert!(e.contains("p.request.set.content-length: `content-length` is managed by moat"), "{e}");
-        assert!(e.contains("p.request.set.x-ok: unknown template variable"), "{e}");
+        assert!(
+            e.contains("p.request.set.bad name: `bad name` is not a valid header name"),
+            "{e}"
+        );
+        assert!(
+            e.contains("p.request.set.content-length: `content-length` is managed by moat"),
+            "{e}"
+        );
+        assert!(
+            e.contains("p.request.set.x-ok: unknown template variable"),
+            "{e}"
+        );
         assert!(e.contains("p.request.remove[0]"), "{e}");
-        assert!(e.contains("p.response.add.x: value contains characters"), "{e}");
+        assert!(
+            e.contains("p.response.add.x: value contains characters"),
+            "{e}"
+        );
     }
 }

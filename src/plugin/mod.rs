@@ -58,7 +58,13 @@ pub trait Plugin: Send + Sync {
     }
 
     /// Edit the head sent upstream. `req` is the client's request as received.
-    fn upstream_request(&self, _req: &RequestHeader, _ctx: &RequestCtx, _upstream: &mut RequestHeader) {}
+    fn upstream_request(
+        &self,
+        _req: &RequestHeader,
+        _ctx: &RequestCtx,
+        _upstream: &mut RequestHeader,
+    ) {
+    }
 
     /// Edit a response head before it goes downstream.
     fn response(&self, _req: &RequestHeader, _ctx: &RequestCtx, _resp: &mut ResponseHeader) {}
@@ -101,7 +107,9 @@ pub fn compile(cfg: &PluginConfig, path: &str, errs: &mut ConfigErrors) -> Optio
     let here = join(path, cfg.name());
     match cfg {
         PluginConfig::RequestId(c) => Some(Arc::new(request_id::RequestId::new(c))),
-        PluginConfig::Headers(c) => headers::Headers::compile(c, &here, errs).map(|p| Arc::new(p) as _),
+        PluginConfig::Headers(c) => {
+            headers::Headers::compile(c, &here, errs).map(|p| Arc::new(p) as _)
+        }
         PluginConfig::Auth(_)
         | PluginConfig::RateLimit(_)
         | PluginConfig::Quota(_)

@@ -70,7 +70,11 @@ impl Plugin for RequestId {
         if let Ok(v) = HeaderValue::from_str(ctx.request_id_if_set()) {
             let _ = up.insert_header(X_REQUEST_ID, v);
         }
-        if let Some(tp) = ctx.traceparent.as_deref().and_then(|t| HeaderValue::from_str(t).ok()) {
+        if let Some(tp) = ctx
+            .traceparent
+            .as_deref()
+            .and_then(|t| HeaderValue::from_str(t).ok())
+        {
             let _ = up.insert_header(TRACEPARENT, tp);
         }
     }

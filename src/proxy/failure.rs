@@ -10,10 +10,8 @@ pub fn classify(e: &Error) -> Option<ErrorCode> {
     use ErrorType::*;
     match e.etype() {
         HTTPStatus(s) => return Some(ErrorCode::from_status(*s)),
-        ConnectTimedout | ReadTimedout | WriteTimedout => {
-            if e.esource() == &ErrorSource::Upstream {
-                return Some(ErrorCode::GatewayTimeout);
-            }
+        ConnectTimedout | ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => {
+            return Some(ErrorCode::GatewayTimeout);
         }
         _ => {}
     }
@@ -32,8 +30,10 @@ pub fn failure_kind(e: &Error) -> FailureKind {
     use ErrorType::*;
     match e.etype() {
         ConnectTimedout | ReadTimedout | WriteTimedout => FailureKind::Timeout,
-        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | TLSHandshakeFailure
-        | TLSHandshakeTimedout | InvalidCert | BindError | SocketError => FailureKind::Connect,
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
+        | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | BindError | SocketError => {
+            FailureKind::Connect
+        }
         _ => FailureKind::Other,
     }
 }

@@ -25,7 +25,11 @@ const FORWARDED: &str = "forwarded";
 
 /// Resolve the client IP from the peer and, when the peer is trusted, `X-Forwarded-For`.
 /// Returns the client IP and whether the peer is trusted.
-pub fn client_ip(peer: Option<IpAddr>, req: &RequestHeader, trusted: &CidrSet) -> (Option<IpAddr>, bool) {
+pub fn client_ip(
+    peer: Option<IpAddr>,
+    req: &RequestHeader,
+    trusted: &CidrSet,
+) -> (Option<IpAddr>, bool) {
     let Some(peer) = peer.map(canonical) else {
         return (None, false);
     };
@@ -34,7 +38,12 @@ pub fn client_ip(peer: Option<IpAddr>, req: &RequestHeader, trusted: &CidrSet) -
     }
     let mut client = peer;
     // Headers in order; within each, entries right to left: walk everything from the right.
-    let values: Vec<&[u8]> = req.headers.get_all(XFF).iter().map(|v| v.as_bytes()).collect();
+    let values: Vec<&[u8]> = req
+        .headers
+        .get_all(XFF)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
     'walk: for v in values.iter().rev() {
         let Ok(s) = std::str::from_utf8(v) else { break };
         for entry in s.rsplit(',') {
@@ -150,7 +159,10 @@ mod tests {
     fn untrusted_peer_is_the_client() {
         let t = CidrSet::parse(&["10.0.0.0/8".into()]).unwrap();
         let r = req(&["1.2.3.4"]);
-        assert_eq!(client_ip(ip("203.0.113.9"), &r, &t), (ip("203.0.113.9"), false));
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), &r, &t),
+            (ip("203.0.113.9"), false)
+        );
     }
 
     #[test]
@@ -159,7 +171,10 @@ mod tests {
         let r = req(&["6.6.6.6, 5.5.5.5", "10.0.0.2"]);
         assert_eq!(client_ip(ip("127.0.0.1"), &r, &t), (ip("5.5.5.5"), true));
         let all_trusted = req(&["10.0.0.3, 10.0.0.2"]);
-        assert_eq!(client_ip(ip("127.0.0.1"), &all_trusted, &t).0, ip("10.0.0.3"));
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &all_trusted, &t).0,
+            ip("10.0.0.3")
+        );
         let garbage = req(&["5.5.5.5, garbage, 10.0.0.2"]);
         assert_eq!(client_ip(ip("127.0.0.1"), &garbage, &t).0, ip("10.0.0.2"));
         let ported = req(&["[2001:db8::1]:443, 1.2.3.4:80"]);

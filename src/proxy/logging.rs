@@ -30,7 +30,10 @@ impl Moat {
         let rid = ctx.request_id().to_string();
         let up = &ctx.upstream;
         let upstream_ms = up.started.map(|s| {
-            let d = up.finished.unwrap_or_else(std::time::Instant::now).duration_since(s);
+            let d = up
+                .finished
+                .unwrap_or_else(std::time::Instant::now)
+                .duration_since(s);
             if let Some(pool) = &up.pool {
                 pool.duration.observe(d.as_secs_f64());
             }

@@ -17,7 +17,7 @@ use crate::runtime::{Action, SharedRuntime};
 use crate::template::request_host;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -44,9 +44,7 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
 }
 
 fn is_tls(session: &Session) -> bool {
-    session
-        .digest()
-        .is_some_and(|d| d.ssl_digest.is_some())
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
 /// Largest unread request body moat reads and discards to keep a connection alive after
@@ -89,18 +87,28 @@ fn chain_of(ctx: &RequestCtx) -> &Chain {
 
 impl Moat {
     /// Send a reply moat made, after the response-phase plugins ran on it.
-    async fn send_reply(&self, session: &mut Session, ctx: &mut RequestCtx, reply: Reply) -> Result<()> {
+    async fn send_reply(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        reply: Reply,
+    ) -> Result<()> {
         settle_request_body(session).await;
         let (mut head, body) = reply.build(ctx.request_id())?;
         ctx.reply_code = reply.code;
         let route = ctx.route.clone();
         let rt = Arc::clone(&ctx.rt);
-        let chain = route.as_deref().map(|r| &r.chain).unwrap_or(&rt.global_chain);
+        let chain = route
+            .as_deref()
+            .map(|r| &r.chain)
+            .unwrap_or(&rt.global_chain);
         for p in &chain.response {
             p.response(session.req_header(), ctx, &mut head);
         }
         let head_only = body.is_empty() || session.req_header().method == http::Method::HEAD;
-        session.write_response_header(Box::new(head), head_only).await?;
+        session
+            .write_response_header(Box::new(head), head_only)
+            .await?;
         if !head_only {
             session.write_response_body(Some(body), true).await?;
         }
@@ -148,7 +156,8 @@ impl ProxyHttp for Moat {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         self.metrics.connections_active.inc();
         let rt = Arc::clone(&ctx.rt);
-        let (client, trusted) = forwarding::client_ip(peer_ip(session), session.req_header(), &rt.trusted_proxies);
+        let (client, trusted) =
+            forwarding::client_ip(peer_ip(session), session.req_header(), &rt.trusted_proxies);
         ctx.client_ip = client;
         ctx.peer_trusted = trusted;
 
@@ -169,12 +178,17 @@ impl ProxyHttp for Moat {
         } else {
             raw_host
         };
-        let found = rt.router.lookup(host, req.uri.path(), &req.method, &req.headers);
+        let found = rt
+            .router
+            .lookup(host, req.uri.path(), &req.method, &req.headers);
         if let RouteMatch::Found(i) = found {
             ctx.route = rt.routes.get(i).cloned();
         }
         let route = ctx.route.clone();
-        let chain = route.as_deref().map(|r| &r.chain).unwrap_or(&rt.global_chain);
+        let chain = route
+            .as_deref()
+            .map(|r| &r.chain)
+            .unwrap_or(&rt.global_chain);
         for p in &chain.request {
             if let Flow::Reply(reply) = p.request(session, ctx).await {
                 self.send_reply(session, ctx, reply).await?;
@@ -210,7 +224,11 @@ impl ProxyHttp for Moat {
         }
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let Some(pool) = ctx.upstream.pool.clone() else {
             return Error::e_explain(ErrorType::InternalError, "no upstream for this route");
         };
@@ -229,10 +247,17 @@ impl ProxyHttp for Moat {
         Ok(pool.peer(idx))
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         if let (Some(pool), Some(cur)) = (&ctx.upstream.pool, &ctx.upstream.current) {
             pool.report(cur.index(), Some(failure::failure_kind(&e)));
-            let retry = ctx.upstream.attempts <= pool.retries && pool.has_candidate(&ctx.upstream.tried);
+            let retry =
+                ctx.upstream.attempts <= pool.retries && pool.has_candidate(&ctx.upstream.tried);
             e.set_retry(retry);
         }
         e
@@ -280,7 +305,13 @@ impl ProxyHttp for Moat {
                 up.set_raw_path(target.as_bytes())?;
             }
         }
-        forwarding::apply(up, peer_ip(session), ctx.client_ip, ctx.peer_trusted, is_tls(session));
+        forwarding::apply(
+            up,
+            peer_ip(session),
+            ctx.client_ip,
+            ctx.peer_trusted,
+            is_tls(session),
+        );
         for p in &chain_of(ctx).upstream_request {
             p.upstream_request(session.req_header(), ctx, up);
         }
@@ -303,14 +334,24 @@ impl ProxyHttp for Moat {
         Ok(())
     }
 
-    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         for p in &chain_of(ctx).response {
             p.response(session.req_header(), ctx, resp);
         }
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let Some(code) = failure::classify(e) else {
             return FailToProxy {
                 error_code: 0,
@@ -349,11 +390,4 @@ impl ProxyHttp for Moat {
         // Client-side noise (resets, bad requests) is counted in metrics, not logged.
         e.esource() == &pingora_error::ErrorSource::Downstream
     }
-}
-
-/// Header names used across modules.
-pub mod names {
-    use super::HeaderName;
-    /// `x-request-id`.
-    pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 }

@@ -7,7 +7,8 @@
 pub fn normalize(path: &str) -> Option<String> {
     let b = path.as_bytes();
     let suspicious = b.windows(2).any(|w| w == b"//" || w == b"/.")
-        || b.windows(3).any(|w| w[0] == b'%' && w[1] == b'2' && (w[2] == b'e' || w[2] == b'E'));
+        || b.windows(3)
+            .any(|w| w[0] == b'%' && w[1] == b'2' && (w[2] == b'e' || w[2] == b'E'));
     if !suspicious {
         return None;
     }
@@ -55,7 +56,10 @@ mod tests {
         assert_eq!(normalize("/public/%2E%2E/admin").as_deref(), Some("/admin"));
         assert_eq!(normalize("/a/./b").as_deref(), Some("/a/b"));
         assert_eq!(normalize("//a///b").as_deref(), Some("/a/b"));
-        assert_eq!(normalize("/../../etc/passwd").as_deref(), Some("/etc/passwd"));
+        assert_eq!(
+            normalize("/../../etc/passwd").as_deref(),
+            Some("/etc/passwd")
+        );
         assert_eq!(normalize("/a/b/..").as_deref(), Some("/a/"));
         assert_eq!(normalize("/a/.").as_deref(), Some("/a/"));
         assert_eq!(normalize("/..").as_deref(), Some("/"));

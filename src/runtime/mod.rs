@@ -142,7 +142,11 @@ impl Runtime {
     }
 
     /// Validate and compile `cfg` as generation `generation`, reporting every error.
-    pub fn compile(cfg: Config, generation: u64, metrics: &Metrics) -> Result<Runtime, ConfigErrors> {
+    pub fn compile(
+        cfg: Config,
+        generation: u64,
+        metrics: &Metrics,
+    ) -> Result<Runtime, ConfigErrors> {
         let mut errs = ConfigErrors::default();
         validate::validate(&cfg, &mut errs);
         let trusted_proxies = match CidrSet::parse(&cfg.server.trusted_proxies) {

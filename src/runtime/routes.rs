@@ -35,7 +35,10 @@ pub(super) fn compile(
         if r.name.is_empty() {
             errs.push(join(&path, "name"), "must not be empty");
         } else if !names.insert(r.name.as_str()) {
-            errs.push(join(&path, "name"), format!("duplicate route name `{}`", r.name));
+            errs.push(
+                join(&path, "name"),
+                format!("duplicate route name `{}`", r.name),
+            );
         }
         let spec = match_spec(r, &path, errs);
         let action = action(r, &path, cfg, pools, errs);
@@ -51,15 +54,24 @@ pub(super) fn compile(
         }
         let rewrite = r.rewrite.as_ref().map(|rw| {
             let here = join(&path, "rewrite");
-            for (k, v) in [("strip_prefix", &rw.strip_prefix), ("add_prefix", &rw.add_prefix)] {
+            for (k, v) in [
+                ("strip_prefix", &rw.strip_prefix),
+                ("add_prefix", &rw.add_prefix),
+            ] {
                 if let Some(v) = v {
-                    if !v.starts_with('/') || v.contains(['?', '#']) || !v.bytes().all(|b| b.is_ascii_graphic()) {
+                    if !v.starts_with('/')
+                        || v.contains(['?', '#'])
+                        || !v.bytes().all(|b| b.is_ascii_graphic())
+                    {
                         errs.push(join(&here, k), "must be a path starting with `/`");
                     }
                 }
             }
             if r.upstream.is_none() {
-                errs.push(here.clone(), "applies only to routes with an `upstream` action");
+                errs.push(
+                    here.clone(),
+                    "applies only to routes with an `upstream` action",
+                );
             }
             Rewrite {
                 strip_prefix: rw.strip_prefix.clone(),
@@ -73,7 +85,9 @@ pub(super) fn compile(
                 action,
                 rewrite,
                 chain: Chain::new(&plugins),
-                duration: metrics.request_duration.with_label_values(&[r.name.as_str()]),
+                duration: metrics
+                    .request_duration
+                    .with_label_values(&[r.name.as_str()]),
             }));
         }
     }
@@ -107,12 +121,19 @@ fn match_spec(r: &RouteConfig, path: &str, errs: &mut ConfigErrors) -> Option<Ro
         }
         hosts.push(lower);
     }
-    let given = [m.path.is_some(), m.path_prefix.is_some(), m.path_regex.is_some()]
-        .iter()
-        .filter(|x| **x)
-        .count();
+    let given = [
+        m.path.is_some(),
+        m.path_prefix.is_some(),
+        m.path_regex.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
     if given > 1 {
-        errs.push(here.clone(), "give at most one of path, path_prefix, path_regex");
+        errs.push(
+            here.clone(),
+            "give at most one of path, path_prefix, path_regex",
+        );
     }
     let path_match = if let Some(p) = &m.path {
         check_path(p, &join(&here, "path"), errs);
@@ -136,13 +157,19 @@ fn match_spec(r: &RouteConfig, path: &str, errs: &mut ConfigErrors) -> Option<Ro
         let upper = meth.to_ascii_uppercase();
         match Method::from_bytes(upper.as_bytes()) {
             Ok(x) if valid_token(&upper) => methods.push(x),
-            _ => errs.push(index(&join(&here, "methods"), i), format!("`{meth}` is not an HTTP method")),
+            _ => errs.push(
+                index(&join(&here, "methods"), i),
+                format!("`{meth}` is not an HTTP method"),
+            ),
         }
     }
     let mut headers = Vec::new();
     for (name, value) in &m.headers {
         let hp = join(&join(&here, "headers"), name);
-        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
             (Ok(n), Ok(v)) if safe_header_value(value.as_bytes()) => headers.push((n, v)),
             (Err(_), _) => errs.push(hp, format!("`{name}` is not a valid header name")),
             _ => errs.push(hp, "value contains characters not allowed in a header"),
@@ -159,7 +186,10 @@ fn match_spec(r: &RouteConfig, path: &str, errs: &mut ConfigErrors) -> Option<Ro
 
 fn check_path(p: &str, path: &str, errs: &mut ConfigErrors) {
     if !p.starts_with('/') || p.contains(['?', '#']) || !p.bytes().all(|b| b.is_ascii_graphic()) {
-        errs.push(path, format!("`{p}` must be a path starting with `/` (no query, no spaces)"));
+        errs.push(
+            path,
+            format!("`{p}` must be a path starting with `/` (no query, no spaces)"),
+        );
     }
 }
 
@@ -170,12 +200,19 @@ fn action(
     pools: &BTreeMap<String, Arc<Pool>>,
     errs: &mut ConfigErrors,
 ) -> Option<Action> {
-    let count = [r.upstream.is_some(), r.respond.is_some(), r.redirect.is_some()]
-        .iter()
-        .filter(|x| **x)
-        .count();
+    let count = [
+        r.upstream.is_some(),
+        r.respond.is_some(),
+        r.redirect.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
     if count != 1 {
-        errs.push(path, "needs exactly one action: upstream, respond or redirect");
+        errs.push(
+            path,
+            "needs exactly one action: upstream, respond or redirect",
+        );
         return None;
     }
     if let Some(name) = &r.upstream {
@@ -208,7 +245,9 @@ fn action(
                 (Ok(n), Ok(t)) => {
                     if t.as_static().is_some_and(|s| !safe_header_value(s)) {
                         errs.push(hp, "value contains characters not allowed in a header");
-                    } else if n == http::header::CONTENT_LENGTH || n == http::header::TRANSFER_ENCODING {
+                    } else if n == http::header::CONTENT_LENGTH
+                        || n == http::header::TRANSFER_ENCODING
+                    {
                         errs.push(hp, "is set by moat");
                     } else {
                         headers.push((n, t));

@@ -18,7 +18,11 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default retries on another target.
 pub const DEFAULT_RETRIES: u32 = 1;
 
-pub(super) fn compile(cfg: &Config, metrics: &Metrics, errs: &mut ConfigErrors) -> BTreeMap<String, Arc<Pool>> {
+pub(super) fn compile(
+    cfg: &Config,
+    metrics: &Metrics,
+    errs: &mut ConfigErrors,
+) -> BTreeMap<String, Arc<Pool>> {
     let mut pools = BTreeMap::new();
     for (name, u) in &cfg.upstreams {
         let path = join("upstreams", name);
@@ -50,8 +54,15 @@ fn compile_one(
     errs: &mut ConfigErrors,
 ) -> Option<Pool> {
     let before = errs.0.len();
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-        errs.push(path, "upstream names may use letters, digits, `-`, `_` and `.`");
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        errs.push(
+            path,
+            "upstream names may use letters, digits, `-`, `_` and `.`",
+        );
     }
     if u.targets.is_empty() {
         errs.push(join(path, "targets"), "needs at least one target");
@@ -75,7 +86,10 @@ fn compile_one(
             .map_err(|e| errs.push(join(path, "hash_key"), e))
             .ok(),
         (None, Balance::ConsistentHash) => {
-            errs.push(join(path, "hash_key"), "required with balance: consistent_hash");
+            errs.push(
+                join(path, "hash_key"),
+                "required with balance: consistent_hash",
+            );
             None
         }
         // Ignored by the other algorithms (documented), as the reference file shows.
@@ -83,7 +97,10 @@ fn compile_one(
     };
     if let Some(o) = &u.outlier {
         if o.consecutive_failures == 0 {
-            errs.push(join(path, "outlier.consecutive_failures"), "must be at least 1");
+            errs.push(
+                join(path, "outlier.consecutive_failures"),
+                "must be at least 1",
+            );
         }
         if o.eject_for.get().is_zero() {
             errs.push(join(path, "outlier.eject_for"), "must be more than 0");
@@ -93,23 +110,32 @@ fn compile_one(
     if retries > 10 {
         errs.push(join(path, "retries"), "must be at most 10");
     }
-    for (k, d) in [("connect_timeout", u.connect_timeout), ("read_timeout", u.read_timeout)] {
+    for (k, d) in [
+        ("connect_timeout", u.connect_timeout),
+        ("read_timeout", u.read_timeout),
+    ] {
         if d.is_some_and(|d| d.get().is_zero()) {
             errs.push(join(path, k), "must be more than 0");
         }
     }
-    let tls = u.tls.as_ref().and_then(|t| {
+    let tls = u.tls.as_ref().map(|t| {
         let tp = join(path, "tls");
         let sni = t.sni.clone().unwrap_or_default();
         if t.verify && sni.is_empty() {
-            errs.push(join(&tp, "sni"), "required when verify is true (the name to verify)");
+            errs.push(
+                join(&tp, "sni"),
+                "required when verify is true (the name to verify)",
+            );
         }
         let ca = match &t.ca_file {
             Some(f) => match std::fs::read(f) {
                 Ok(pem) => match pingora_core::tls::x509::X509::stack_from_pem(&pem) {
                     Ok(certs) if !certs.is_empty() => Some(Arc::new(certs.into_boxed_slice())),
                     _ => {
-                        errs.push(join(&tp, "ca_file"), format!("`{f}` holds no PEM certificate"));
+                        errs.push(
+                            join(&tp, "ca_file"),
+                            format!("`{f}` holds no PEM certificate"),
+                        );
                         None
                     }
                 },
@@ -120,34 +146,48 @@ fn compile_one(
             },
             None => None,
         };
-        Some(PeerTls {
+        PeerTls {
             sni,
             verify: t.verify,
             ca,
-        })
+        }
     });
     let health = u.health_check.as_ref().and_then(|hc| {
         let hp = join(path, "health_check");
         let hb = errs.0.len();
         match (&hc.http, &hc.tcp) {
-            (Some(_), Some(_)) | (None, None) => errs.push(hp.clone(), "give exactly one of http, tcp"),
+            (Some(_), Some(_)) | (None, None) => {
+                errs.push(hp.clone(), "give exactly one of http, tcp")
+            }
             _ => {}
         }
         if let Some(http) = &hc.http {
             if !http.path.starts_with('/') {
                 errs.push(join(&hp, "http.path"), "must start with `/`");
             }
-            if http.expect_status.is_some_and(|s| !(100..=599).contains(&s)) {
-                errs.push(join(&hp, "http.expect_status"), "must be an HTTP status (100-599)");
+            if http
+                .expect_status
+                .is_some_and(|s| !(100..=599).contains(&s))
+            {
+                errs.push(
+                    join(&hp, "http.expect_status"),
+                    "must be an HTTP status (100-599)",
+                );
             }
         }
-        if hc.interval.is_some_and(|d| d.get() < Duration::from_millis(100)) {
+        if hc
+            .interval
+            .is_some_and(|d| d.get() < Duration::from_millis(100))
+        {
             errs.push(join(&hp, "interval"), "must be at least 100ms");
         }
         if hc.timeout.is_some_and(|d| d.get().is_zero()) {
             errs.push(join(&hp, "timeout"), "must be more than 0");
         }
-        for (k, v) in [("unhealthy_after", hc.unhealthy_after), ("healthy_after", hc.healthy_after)] {
+        for (k, v) in [
+            ("unhealthy_after", hc.unhealthy_after),
+            ("healthy_after", hc.healthy_after),
+        ] {
             if v == Some(0) {
                 errs.push(join(&hp, k), "must be at least 1");
             }
@@ -169,10 +209,19 @@ fn compile_one(
             targets,
             balance: u.balance,
             hash_key,
-            connect_timeout: u.connect_timeout.map(|d| d.get()).unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-            read_timeout: u.read_timeout.map(|d| d.get()).unwrap_or(DEFAULT_READ_TIMEOUT),
+            connect_timeout: u
+                .connect_timeout
+                .map(|d| d.get())
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            read_timeout: u
+                .read_timeout
+                .map(|d| d.get())
+                .unwrap_or(DEFAULT_READ_TIMEOUT),
             retries,
-            outlier: u.outlier.as_ref().map(|o| (o.consecutive_failures, o.eject_for.get())),
+            outlier: u
+                .outlier
+                .as_ref()
+                .map(|o| (o.consecutive_failures, o.eject_for.get())),
             tls,
             health,
             definition: u.clone(),

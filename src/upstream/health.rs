@@ -7,7 +7,9 @@ use super::pool::Pool;
 use crate::config::model::HealthCheckConfig;
 use async_trait::async_trait;
 use pingora_http::RequestHeader;
-use pingora_load_balancing::health_check::{HealthCheck, HealthObserve, HttpHealthCheck, TcpHealthCheck};
+use pingora_load_balancing::health_check::{
+    HealthCheck, HealthObserve, HttpHealthCheck, TcpHealthCheck,
+};
 use pingora_load_balancing::Backend;
 use prometheus::IntGaugeVec;
 use std::sync::Arc;

@@ -87,7 +87,10 @@ pub struct PoolSettings {
     pub retries: u32,
     pub outlier: Option<(u32, Duration)>,
     pub tls: Option<PeerTls>,
-    pub health: Option<(Box<dyn pingora_load_balancing::health_check::HealthCheck + Send + Sync>, Duration)>,
+    pub health: Option<(
+        Box<dyn pingora_load_balancing::health_check::HealthCheck + Send + Sync>,
+        Duration,
+    )>,
     /// The config it came from, to decide reuse on reload.
     pub definition: UpstreamConfig,
 }
@@ -243,9 +246,9 @@ impl Pool {
         let now = clock_ms();
         let accept = |b: &Backend, healthy: bool| {
             healthy
-                && b.ext.get::<TargetIdx>().is_some_and(|i| {
-                    !exclude.contains(&i.0) && !self.targets[i.0].ejected(now)
-                })
+                && b.ext
+                    .get::<TargetIdx>()
+                    .is_some_and(|i| !exclude.contains(&i.0) && !self.targets[i.0].ejected(now))
         };
         let max = 256;
         let chosen = match &self.selector {
@@ -275,7 +278,9 @@ impl Pool {
         let Some(b) = first_usable(rng.gen_range(0..n), Some(a)) else {
             return Some(a);
         };
-        let load = |i: usize| self.targets[i].inflight() as u128 * 1_000_000 / self.targets[i].weight.max(1) as u128;
+        let load = |i: usize| {
+            self.targets[i].inflight() as u128 * 1_000_000 / self.targets[i].weight.max(1) as u128
+        };
         Some(if load(b) < load(a) { b } else { a })
     }
 
@@ -362,7 +367,9 @@ impl Pool {
     /// Run one pass of active health checks over every target, in parallel.
     pub async fn check_health(&self) {
         match &self.selector {
-            Selector::RoundRobin(lb) | Selector::Least(lb) => lb.backends().run_health_check(true).await,
+            Selector::RoundRobin(lb) | Selector::Least(lb) => {
+                lb.backends().run_health_check(true).await
+            }
             Selector::Random(lb) => lb.backends().run_health_check(true).await,
             Selector::Hash(lb) => lb.backends().run_health_check(true).await,
         }
@@ -404,13 +411,20 @@ impl Drop for InFlight {
 mod tests {
     use super::*;
 
-    fn pool(balance: Balance, targets: &[(&str, usize)], outlier: Option<(u32, Duration)>) -> Arc<Pool> {
+    fn pool(
+        balance: Balance,
+        targets: &[(&str, usize)],
+        outlier: Option<(u32, Duration)>,
+    ) -> Arc<Pool> {
         let m = Metrics::new().unwrap();
         Arc::new(
             Pool::new(
                 PoolSettings {
                     name: "p".into(),
-                    targets: targets.iter().map(|(a, w)| (a.parse().unwrap(), *w)).collect(),
+                    targets: targets
+                        .iter()
+                        .map(|(a, w)| (a.parse().unwrap(), *w))
+                        .collect(),
                     balance,
                     hash_key: None,
                     connect_timeout: Duration::from_secs(1),
@@ -439,7 +453,11 @@ mod tests {
 
     #[test]
     fn weighted_round_robin_respects_weights() {
-        let p = pool(Balance::RoundRobin, &[("127.0.0.1:1", 1), ("127.0.0.1:2", 3)], None);
+        let p = pool(
+            Balance::RoundRobin,
+            &[("127.0.0.1:1", 1), ("127.0.0.1:2", 3)],
+            None,
+        );
         let mut counts = [0; 2];
         for _ in 0..400 {
             counts[p.select(b"", &[]).unwrap()] += 1;
@@ -488,7 +506,11 @@ mod tests {
 
     #[test]
     fn least_requests_prefers_idle() {
-        let p = pool(Balance::LeastRequests, &[("127.0.0.1:1", 1), ("127.0.0.1:2", 1)], None);
+        let p = pool(
+            Balance::LeastRequests,
+            &[("127.0.0.1:1", 1), ("127.0.0.1:2", 1)],
+            None,
+        );
         let _busy: Vec<InFlight> = (0..10).map(|_| p.begin(0)).collect();
         for _ in 0..50 {
             assert_eq!(p.select(b"", &[]), Some(1));

@@ -38,12 +38,19 @@ fn untrusted_peer_cannot_forge_forwarding_headers() {
     assert_eq!(got.all("x-real-ip"), ["127.0.0.1"]);
     assert_eq!(got.all("x-forwarded-proto"), ["http"]);
     assert_eq!(got.all("x-forwarded-host"), ["api.example.com"]);
-    for h in ["forwarded", "x-consumer-id", "x-consumer-tier", "x-auth-method"] {
+    for h in [
+        "forwarded",
+        "x-consumer-id",
+        "x-consumer-tier",
+        "x-auth-method",
+    ] {
         assert!(got.header(h).is_none(), "{h} reached the upstream");
     }
     assert_eq!(got.header("host"), Some("api.example.com"));
     assert_eq!(got.header("x-request-id").map(|v| v.len()), Some(26));
-    assert!(got.header("traceparent").is_some_and(|t| t.starts_with("00-")));
+    assert!(got
+        .header("traceparent")
+        .is_some_and(|t| t.starts_with("00-")));
 }
 
 #[test]
@@ -61,11 +68,17 @@ fn trusted_peer_chain_is_believed() {
         m.port,
         "GET",
         "/x",
-        &[("X-Forwarded-For", "203.0.113.7, 10.1.1.1"), ("X-Forwarded-Proto", "https")],
+        &[
+            ("X-Forwarded-For", "203.0.113.7, 10.1.1.1"),
+            ("X-Forwarded-Proto", "https"),
+        ],
         b"",
     );
     let got = up.last();
-    assert_eq!(got.all("x-forwarded-for"), ["203.0.113.7, 10.1.1.1, 127.0.0.1"]);
+    assert_eq!(
+        got.all("x-forwarded-for"),
+        ["203.0.113.7, 10.1.1.1, 127.0.0.1"]
+    );
     assert_eq!(got.header("x-real-ip"), Some("203.0.113.7"));
     assert_eq!(got.header("x-client"), Some("203.0.113.7"));
     assert_eq!(got.header("x-forwarded-proto"), Some("https"));
@@ -92,8 +105,18 @@ fn hop_by_hop_headers_are_not_forwarded() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let got = up.last();
-    for h in ["x-secret-hop", "keep-alive", "te", "proxy-connection", "upgrade"] {
-        assert!(got.header(h).is_none(), "{h} was forwarded: {:?}", got.headers);
+    for h in [
+        "x-secret-hop",
+        "keep-alive",
+        "te",
+        "proxy-connection",
+        "upgrade",
+    ] {
+        assert!(
+            got.header(h).is_none(),
+            "{h} was forwarded: {:?}",
+            got.headers
+        );
     }
     assert_eq!(got.header("x-normal"), Some("kept"));
 }
@@ -139,11 +162,20 @@ fn header_templates_and_injection_attempts() {
     assert_eq!(got.header("x-path"), Some("/a%0d%0aX-Injected:%20yes"));
     assert!(got.header("x-injected").is_none());
     assert!(got.header("cookie").is_none());
-    assert!(got.header("x-consumer").is_none(), "set with an empty value removes the client copy");
+    assert!(
+        got.header("x-consumer").is_none(),
+        "set with an empty value removes the client copy"
+    );
     assert_eq!(got.all("x-tag"), ["a", "b"]);
 
     // A malformed incoming request id is replaced, never echoed.
-    let r = request(m.port, "GET", "/b", &[("X-Request-ID", "bad id with spaces")], b"");
+    let r = request(
+        m.port,
+        "GET",
+        "/b",
+        &[("X-Request-ID", "bad id with spaces")],
+        b"",
+    );
     assert_eq!(r.header("x-request-id").map(|v| v.len()), Some(26));
 
     // A raw CR inside a header value is refused by the parser: 400, never forwarded.

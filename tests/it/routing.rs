@@ -66,23 +66,47 @@ fn precedence_rewrite_and_actions() {
     }
 
     // Host routing: exact host beats wildcard; wildcard needs a subdomain.
-    let r = request(m.port, "GET", "/x", &[("Host", "vip.tenants.example.com")], b"");
+    let r = request(
+        m.port,
+        "GET",
+        "/x",
+        &[("Host", "vip.tenants.example.com")],
+        b"",
+    );
     assert_eq!(r.text(), "vip");
-    let r = request(m.port, "GET", "/x", &[("Host", "Acme.Tenants.example.com:8080")], b"");
+    let r = request(
+        m.port,
+        "GET",
+        "/x",
+        &[("Host", "Acme.Tenants.example.com:8080")],
+        b"",
+    );
     assert_eq!(r.text(), "tenant acme.tenants.example.com");
     let r = request(m.port, "GET", "/x", &[("Host", "tenants.example.com")], b"");
     assert_eq!(r.status, 404);
 
     // Header condition.
-    assert_eq!(request(m.port, "GET", "/v", &[("x-api-version", "2")], b"").text(), "v2");
-    assert_eq!(request(m.port, "GET", "/v", &[("x-api-version", "3")], b"").status, 404);
+    assert_eq!(
+        request(m.port, "GET", "/v", &[("x-api-version", "2")], b"").text(),
+        "v2"
+    );
+    assert_eq!(
+        request(m.port, "GET", "/v", &[("x-api-version", "3")], b"").status,
+        404
+    );
 
     // Redirect with the original URI; respond with templated headers.
     let r = request(m.port, "GET", "/old/a?b=1", &[], b"");
     assert_eq!(r.status, 308);
-    assert_eq!(r.header("location"), Some("https://new.example.com/old/a?b=1"));
+    assert_eq!(
+        r.header("location"),
+        Some("https://new.example.com/old/a?b=1")
+    );
     let r = request(m.port, "POST", "/teapot", &[], b"");
-    assert_eq!((r.status, r.header("x-kind"), r.text().as_str()), (418, Some("tea-POST"), "short and stout"));
+    assert_eq!(
+        (r.status, r.header("x-kind"), r.text().as_str()),
+        (418, Some("tea-POST"), "short and stout")
+    );
 }
 
 #[test]
@@ -95,7 +119,9 @@ fn not_found_and_method_not_allowed_bodies() {
     let j = r.json();
     assert_eq!(j["error"]["code"], "NOT_FOUND");
     assert_eq!(j["error"]["request_id"].as_str().map(|s| s.len()), Some(26));
-    assert!(j["error"]["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert!(j["error"]["timestamp"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
 
     // /api/users allows GET and POST; DELETE falls to /api (any method) — so use a path
     // only the method-restricted route matches via exact precedence: none. Use a fresh
@@ -113,7 +139,8 @@ fn not_found_and_method_not_allowed_bodies() {
 
 #[test]
 fn errors_keep_the_connection_alive() {
-    let m = Moat::start("routes:\n  - name: a\n    match: { path: /a }\n    respond: { body: ok }\n");
+    let m =
+        Moat::start("routes:\n  - name: a\n    match: { path: /a }\n    respond: { body: ok }\n");
     // Several requests on one connection: errors do not close it.
     let mut c = crate::harness::client::Conn::open(m.port);
     let statuses: Vec<u16> = ["/x", "/a", "/y", "/a"]

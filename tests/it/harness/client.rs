@@ -26,14 +26,21 @@ impl Response {
     }
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 }
 
 /// Send `method path` with extra headers (and a body) on a new connection with
 /// `Connection: close` (unless the caller sends its own `Connection`, which must then
 /// include `close`); returns the parsed response.
-pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let mut raw = format!("{method} {path} HTTP/1.1\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         raw.push_str("Host: localhost\r\n");
@@ -44,15 +51,29 @@ pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], bo
     if !body.is_empty() || method == "POST" || method == "PUT" {
         raw.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("connection")) {
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("connection"))
+    {
         raw.push_str("Connection: close\r\n");
     }
     raw.push_str("\r\n");
     let mut bytes = raw.into_bytes();
     bytes.extend_from_slice(body);
     let out = send_raw(port, &bytes);
-    let parsed = if method == "HEAD" { parse_one_head(&out).map(|(r, _)| vec![r]).unwrap_or_default() } else { parse_all(&out) };
-    parsed.into_iter().next().unwrap_or_else(|| panic!("no response to {method} {path}: {:?}", String::from_utf8_lossy(&out)))
+    let parsed = if method == "HEAD" {
+        parse_one_head(&out)
+            .map(|(r, _)| vec![r])
+            .unwrap_or_default()
+    } else {
+        parse_all(&out)
+    };
+    parsed.into_iter().next().unwrap_or_else(|| {
+        panic!(
+            "no response to {method} {path}: {:?}",
+            String::from_utf8_lossy(&out)
+        )
+    })
 }
 
 /// Write bytes, then read until the server closes (or 10 s pass).
@@ -120,7 +141,12 @@ pub fn parse_one(buf: &[u8]) -> Option<(Response, usize)> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    let get = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+    let get = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
     let mut pos = end + 4;
     let body;
     if let Some(cl) = get("content-length") {
@@ -134,7 +160,9 @@ pub fn parse_one(buf: &[u8]) -> Option<(Response, usize)> {
         let mut b = Vec::new();
         loop {
             let line_end = pos + find(&buf[pos..], b"\r\n")?;
-            let size = usize::from_str_radix(std::str::from_utf8(&buf[pos..line_end]).ok()?.trim(), 16).ok()?;
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&buf[pos..line_end]).ok()?.trim(), 16)
+                    .ok()?;
             pos = line_end + 2;
             if size == 0 {
                 pos += 2;
@@ -150,7 +178,14 @@ pub fn parse_one(buf: &[u8]) -> Option<(Response, usize)> {
         body = buf[pos..].to_vec();
         pos = buf.len();
     }
-    Some((Response { status, headers, body }, pos))
+    Some((
+        Response {
+            status,
+            headers,
+            body,
+        },
+        pos,
+    ))
 }
 
 /// A keep-alive connection: send requests one after another and read each response.

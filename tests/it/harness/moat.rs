@@ -34,7 +34,10 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 fn rand_suffix() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
     t ^ (N.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 48)
 }
 
@@ -56,7 +59,11 @@ impl Moat {
         let dir = temp_dir("moat");
         let port = free_port();
         let admin = free_port();
-        let trusted = trusted.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ");
+        let trusted = trusted
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         let text = format!(
             "server:\n  threads: 1\n  pid_file: {d}/moat.pid\n  upgrade_sock: {d}/upgrade.sock\n  trusted_proxies: [{trusted}]\n  grace_period: 0s\n  shutdown_timeout: 1s\nlisteners:\n  - name: public\n    address: 127.0.0.1:{port}\nadmin:\n  address: 127.0.0.1:{admin}\n{body}",
             d = dir.display()
@@ -65,7 +72,13 @@ impl Moat {
     }
 
     /// Start with a complete config text already naming `port` and `admin`.
-    pub fn start_raw(text: &str, port: u16, admin: u16, dir: PathBuf, env: &[(&str, &str)]) -> Moat {
+    pub fn start_raw(
+        text: &str,
+        port: u16,
+        admin: u16,
+        dir: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Moat {
         let config = dir.join("moat.yaml");
         std::fs::write(&config, text).expect("write config");
         let stdout = dir.join("stdout.log");
@@ -115,7 +128,9 @@ impl Moat {
 
     /// Wait for the access log to hold `n` lines and return them parsed.
     pub fn access_lines(&self, n: usize) -> Vec<serde_json::Value> {
-        wait_until(Duration::from_secs(5), || self.access_log().lines().count() >= n);
+        wait_until(Duration::from_secs(5), || {
+            self.access_log().lines().count() >= n
+        });
         self.access_log()
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())

@@ -9,6 +9,7 @@ pub mod upstream;
 
 pub use client::{request, send_raw, Response};
 pub use moat::Moat;
+#[allow(unused_imports)]
 pub use upstream::{Behavior, Recorded, Upstream};
 
 use std::net::TcpListener;

@@ -147,7 +147,9 @@ impl Drop for Upstream {
 
 fn serve(conn: TcpStream, s: Arc<Shared>, name: String) {
     conn.set_read_timeout(Some(Duration::from_secs(30))).ok();
-    let Ok(write_half) = conn.try_clone() else { return };
+    let Ok(write_half) = conn.try_clone() else {
+        return;
+    };
     let mut out = write_half;
     let mut reader = BufReader::new(conn);
     loop {
@@ -175,20 +177,29 @@ fn serve(conn: TcpStream, s: Arc<Shared>, name: String) {
                 headers.push((k.trim().to_string(), v.trim().to_string()));
             }
         }
-        let get = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v): &(String, String)| v.clone());
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v): &(String, String)| v.clone())
+        };
         let mut body = Vec::new();
         if let Some(cl) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
             body.resize(cl, 0);
             if reader.read_exact(&mut body).is_err() {
                 return;
             }
-        } else if get("transfer-encoding").is_some_and(|t| t.to_ascii_lowercase().contains("chunked")) {
+        } else if get("transfer-encoding")
+            .is_some_and(|t| t.to_ascii_lowercase().contains("chunked"))
+        {
             loop {
                 let mut size_line = String::new();
                 if reader.read_line(&mut size_line).unwrap_or(0) == 0 {
                     return;
                 }
-                let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+                let size =
+                    usize::from_str_radix(size_line.trim().split(';').next().unwrap_or("0"), 16)
+                        .unwrap_or(0);
                 let mut chunk = vec![0; size + 2];
                 if reader.read_exact(&mut chunk).is_err() {
                     return;
@@ -214,7 +225,11 @@ fn serve(conn: TcpStream, s: Arc<Shared>, name: String) {
         if b.hang_up {
             return;
         }
-        let payload = if method == "HEAD" { Vec::new() } else { b.body.clone() };
+        let payload = if method == "HEAD" {
+            Vec::new()
+        } else {
+            b.body.clone()
+        };
         let head = format!(
             "HTTP/1.1 {} X\r\nContent-Length: {}\r\nX-Upstream: {name}\r\nContent-Type: text/plain\r\n{}\r\n",
             b.status,
