@@ -52,6 +52,16 @@ pub struct RequestCtx {
     pub reply_code: Option<ErrorCode>,
     /// The rate-limit outcome for the access log, when a limiter ran.
     pub ratelimit: Option<&'static str>,
+    /// `moat_connections_active`, decremented when the request ends.
+    active: Option<prometheus::IntGauge>,
+}
+
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        if let Some(g) = &self.active {
+            g.dec();
+        }
+    }
 }
 
 impl RequestCtx {
@@ -69,7 +79,14 @@ impl RequestCtx {
             upstream: UpstreamState::default(),
             reply_code: None,
             ratelimit: None,
+            active: None,
         }
+    }
+
+    /// Count this request in `gauge` until the context drops.
+    pub fn track_active(&mut self, gauge: &prometheus::IntGauge) {
+        gauge.inc();
+        self.active = Some(gauge.clone());
     }
 
     /// This request's id, generated on first use unless a plugin set one.

@@ -150,11 +150,12 @@ impl ProxyHttp for Moat {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new(self.runtime.load_full())
+        let mut ctx = RequestCtx::new(self.runtime.load_full());
+        ctx.track_active(&self.metrics.connections_active);
+        ctx
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        self.metrics.connections_active.inc();
         let rt = Arc::clone(&ctx.rt);
         let (client, trusted) =
             forwarding::client_ip(peer_ip(session), session.req_header(), &rt.trusted_proxies);
@@ -376,7 +377,6 @@ impl ProxyHttp for Moat {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        self.metrics.connections_active.dec();
         ctx.upstream.finished.get_or_insert_with(Instant::now);
         let status = session
             .response_written()

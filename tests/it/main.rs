@@ -5,6 +5,7 @@ mod harness;
 
 mod admin;
 mod check;
+mod conf_files;
 mod forwarding;
 mod routing;
 mod upstreams;
