@@ -8,4 +8,5 @@ mod check;
 mod conf_files;
 mod forwarding;
 mod routing;
+mod upstream_tls;
 mod upstreams;

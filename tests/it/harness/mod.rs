@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod moat;
+pub mod tls;
 pub mod upstream;
 
 pub use client::{request, send_raw, Response};
