@@ -11,9 +11,10 @@ use http::Response;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::{json, Value};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpStream;
 
 /// The admin app.
 pub struct Admin {
@@ -48,14 +49,17 @@ impl Admin {
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| {
+                let (scheme, rest) = v.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+            })
             .unwrap_or("");
         constant_time_eq(given.as_bytes(), token.as_bytes())
     }
 
     /// Ready when every public listener accepts a connection.
-    fn ready(&self) -> bool {
-        self.listeners.iter().all(|a| {
+    async fn ready(&self) -> bool {
+        for a in &self.listeners {
             let mut a = *a;
             if a.ip().is_unspecified() {
                 a.set_ip(if a.is_ipv4() {
@@ -64,8 +68,12 @@ impl Admin {
                     std::net::Ipv6Addr::LOCALHOST.into()
                 });
             }
-            TcpStream::connect_timeout(&a, Duration::from_millis(250)).is_ok()
-        })
+            let connect = tokio::time::timeout(Duration::from_millis(250), TcpStream::connect(a));
+            if !matches!(connect.await, Ok(Ok(_))) {
+                return false;
+            }
+        }
+        true
     }
 
     fn status(&self) -> Value {
@@ -184,12 +192,18 @@ impl ServeHttp for Admin {
             return error(ErrorCode::Unauthorized, "admin token required");
         }
         if method != http::Method::GET && method != http::Method::HEAD {
-            return error(ErrorCode::MethodNotAllowed, "admin endpoints answer GET");
+            let (mut parts, body) =
+                error(ErrorCode::MethodNotAllowed, "admin endpoints answer GET").into_parts();
+            parts.headers.insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_static("GET, HEAD"),
+            );
+            return Response::from_parts(parts, body);
         }
         match path.as_str() {
             "/healthz" => json_reply(200, &json!({"status": "ok"})),
             "/readyz" => {
-                if self.ready() {
+                if self.ready().await {
                     json_reply(200, &json!({"status": "ready"}))
                 } else {
                     json_reply(503, &json!({"status": "not ready"}))

@@ -49,13 +49,16 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match load(&config) {
             Ok((cfg, rt)) => {
+                let n = |count: usize, what: &str| {
+                    format!("{count} {what}{}", if count == 1 { "" } else { "s" })
+                };
                 println!(
-                    "{}: ok ({} listeners, {} routes, {} upstreams, {} global plugins)",
+                    "{}: ok ({}, {}, {}, {})",
                     config.display(),
-                    cfg.listeners.len(),
-                    rt.routes.len(),
-                    rt.pools.len(),
-                    cfg.global_plugins.len()
+                    n(cfg.listeners.len(), "listener"),
+                    n(rt.routes.len(), "route"),
+                    n(rt.pools.len(), "upstream"),
+                    n(cfg.global_plugins.len(), "global plugin")
                 );
                 ExitCode::SUCCESS
             }

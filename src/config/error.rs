@@ -40,6 +40,37 @@ impl ConfigErrors {
         self.0.is_empty()
     }
 
+    /// Put the errors in the order their keys appear in a config file: by section (in the
+    /// reference file's order), then by list index; the order found is kept otherwise.
+    pub fn sort_by_file_order(&mut self) {
+        const SECTIONS: &[&str] = &[
+            "server",
+            "listeners",
+            "admin",
+            "access_log",
+            "redis",
+            "watch",
+            "upstreams",
+            "consumers",
+            "jwt_providers",
+            "global_plugins",
+            "routes",
+        ];
+        self.0.sort_by_key(|e| {
+            let head_end = e.path.find(['.', '[']).unwrap_or(e.path.len());
+            let section = SECTIONS
+                .iter()
+                .position(|s| *s == &e.path[..head_end])
+                .unwrap_or(SECTIONS.len());
+            let index = e.path[head_end..]
+                .strip_prefix('[')
+                .and_then(|r| r.split_once(']'))
+                .and_then(|(n, _)| n.parse::<usize>().ok())
+                .unwrap_or(0);
+            (section, index)
+        });
+    }
+
     /// `Ok(v)` when nothing was recorded, else all the errors.
     pub fn into_result<T>(self, v: T) -> Result<T, ConfigErrors> {
         if self.0.is_empty() {

@@ -62,7 +62,9 @@ fn set<T>(slot: &mut T, v: Option<T>) {
     }
 }
 
-/// Decode one value, recording an error (with its full path) on failure.
+/// Decode one value, recording every error (each with its full path) on failure: after
+/// an error, the offending key is taken out and decoding is tried again, so one mistake
+/// does not hide the next one in the same route or upstream.
 fn de<T: DeserializeOwned>(v: Value, path: &str, errs: &mut ConfigErrors) -> Option<T> {
     if v.is_null() {
         // An empty section (`admin:` with nothing under it) decodes as absent or default.
@@ -70,45 +72,108 @@ fn de<T: DeserializeOwned>(v: Value, path: &str, errs: &mut ConfigErrors) -> Opt
             return Some(t);
         }
     }
-    // serde_yaml decodes externally tagged enums (plugins) only from text, so each
-    // piece is re-encoded; load time only.
-    let text = match serde_yaml::to_string(&v) {
-        Ok(t) => t,
-        Err(e) => {
-            errs.push(path, e.to_string());
+    let mut v = v;
+    let mut removed: Option<String> = None;
+    for attempt in 0..64 {
+        // serde_yaml decodes externally tagged enums (plugins) only from text, so each
+        // piece is re-encoded; load time only.
+        let text = match serde_yaml::to_string(&v) {
+            Ok(t) => t,
+            Err(e) => {
+                errs.push(path, e.to_string());
+                return None;
+            }
+        };
+        let e = match serde_path_to_error::deserialize::<_, T>(serde_yaml::Deserializer::from_str(
+            &text,
+        )) {
+            Ok(t) if attempt == 0 => return Some(t),
+            Ok(_) => return None,
+            Err(e) => e,
+        };
+        let mut segs: Vec<String> = Vec::new();
+        let mut full = path.to_string();
+        for seg in e.path().iter() {
+            use serde_path_to_error::Segment;
+            match seg {
+                Segment::Seq { index } => {
+                    full = index_path(&full, *index);
+                    segs.push(format!("[{index}]"));
+                }
+                Segment::Map { key } | Segment::Enum { variant: key } => {
+                    full = join(&full, key);
+                    segs.push(key.clone());
+                }
+                Segment::Unknown => {}
+            }
+        }
+        let msg = clean_message(&e.into_inner().to_string());
+        let quoted = |prefix: &str| {
+            msg.strip_prefix(prefix)
+                .and_then(|rest| rest.split_once('`'))
+                .map(|(name, _)| name.to_string())
+        };
+        let missing = quoted("missing field `");
+        // A key we took out is now "missing": that is our doing, not the operator's.
+        if attempt > 0 && missing.is_some() && missing == removed {
             return None;
         }
-    };
-    match serde_path_to_error::deserialize::<_, T>(serde_yaml::Deserializer::from_str(&text)) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            let inner = e.path().to_string();
-            let mut full = if inner == "." || inner.is_empty() {
-                path.to_string()
-            } else if inner.starts_with('[') {
-                format!("{path}{inner}")
-            } else {
-                join(path, &inner)
-            };
-            let msg = e.into_inner().to_string();
-            // serde names an unknown key in its message; put it in the path, where it belongs.
-            if let Some(rest) = msg.strip_prefix("unknown field `") {
-                if let Some((field, _)) = rest.split_once('`') {
-                    if !full.ends_with(&format!(".{field}")) && full != field {
-                        full = join(&full, field);
-                    }
-                }
+        let variant = quoted("unknown variant `");
+        // serde names an unknown key in its message; put it in the path, where it belongs.
+        // An unknown plugin name is a key of its list item; other unknown variants are values.
+        let variant_key = variant.clone().filter(|_| {
+            segs.last()
+                .map_or(full.ends_with(']'), |l| l.starts_with('['))
+        });
+        if let Some(name) = quoted("unknown field `").or(variant_key) {
+            if segs.last() != Some(&name) {
+                full = join(&full, &name);
+                segs.push(name);
             }
-            if let Some(rest) = msg.strip_prefix("unknown variant `") {
-                if let Some((variant, _)) = rest.split_once('`') {
-                    if full.contains("plugins[") && !full.ends_with(variant) {
-                        full = join(&full, variant);
-                    }
-                }
-            }
-            errs.push(full, clean_message(&msg));
-            None
         }
+        errs.push(full, msg);
+        if missing.is_some() || variant.is_some() {
+            return None;
+        }
+        match segs.last() {
+            Some(last) if !last.starts_with('[') && remove_at(&mut v, &segs) => {
+                removed = Some(last.clone());
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+fn index_path(parent: &str, i: usize) -> String {
+    index(parent, i)
+}
+
+/// Remove the mapping entry at `segs` (keys and `[i]` indices) from `v`.
+fn remove_at(v: &mut Value, segs: &[String]) -> bool {
+    let Some((last, parents)) = segs.split_last() else {
+        return false;
+    };
+    let mut cur = v;
+    for s in parents {
+        let next = match s.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
+            Some(i) => match (cur, i.parse::<usize>()) {
+                (Value::Sequence(items), Ok(i)) => items.get_mut(i),
+                _ => None,
+            },
+            None => match cur {
+                Value::Mapping(m) => m.get_mut(s.as_str()),
+                _ => None,
+            },
+        };
+        match next {
+            Some(n) => cur = n,
+            None => return false,
+        }
+    }
+    match cur {
+        Value::Mapping(m) => m.remove(last.as_str()).is_some(),
+        _ => false,
     }
 }
 
@@ -120,9 +185,14 @@ fn clean_message(msg: &str) -> String {
         Some(i) => &msg[..i],
         None => msg,
     };
-    match msg.split_once(": ") {
-        Some((head, rest)) if !head.contains(' ') && !head.contains('`') => rest.to_string(),
-        _ => msg.to_string(),
+    let msg = match msg.split_once(": ") {
+        Some((head, rest)) if !head.contains(' ') && !head.contains('`') => rest,
+        _ => msg,
+    };
+    // Rust type names mean nothing to operators.
+    match msg.find("expected struct ") {
+        Some(i) => format!("{}expected a mapping", &msg[..i]),
+        None => msg.to_string(),
     }
 }
 
@@ -222,10 +292,14 @@ mod tests {
         let e = errors(
             "routes:\n  - name: a\n    respond: {status: 200}\n  - name: b\n    respond: {}\n    plugins:\n      - request_id: {}\n      - rate_limit: { key: ip, rat: 1/s }\n",
         );
-        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e.len(), 2, "{e:?}");
         assert!(
             e[0].starts_with("routes[1].plugins[1].rate_limit.rat: unknown field `rat`"),
             "{e:?}"
+        );
+        assert_eq!(
+            e[1],
+            "routes[1].plugins[1].rate_limit: missing field `rate`"
         );
     }
 
@@ -234,7 +308,11 @@ mod tests {
         let e = errors(
             "server: { threads: x }\nroutes:\n  - name: a\n    respond: {}\n    plugins:\n      - rate_limit: { key: ip, rate: 10/x }\n  - nam: b\nlistenerz: []\n",
         );
-        assert_eq!(e.len(), 4, "{e:?}");
+        assert_eq!(e.len(), 5, "{e:?}");
+        assert!(
+            e.contains(&"routes[1]: missing field `name`".to_string()),
+            "{e:?}"
+        );
         assert!(e.iter().any(|m| m.starts_with("server.threads: ")), "{e:?}");
         assert!(
             e.iter().any(|m| m

@@ -1,6 +1,6 @@
 //! Unit-bearing config values: durations ("250ms", "5s", "1m", "1h", "1d"), sizes ("512",
-//! "64KiB", "10MiB") and rates ("100/s"). Each keeps the text it was written as, so the
-//! effective config can be shown back to operators exactly as they wrote it.
+//! "64KiB", "10MiB") and rates ("100/s"). Each serializes back in its largest exact unit
+//! (`60s` shows as `1m`), so the effective config reads like a config.
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};

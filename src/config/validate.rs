@@ -22,7 +22,8 @@ pub fn validate(cfg: &Config, errs: &mut ConfigErrors) {
                 if cfg
                     .listeners
                     .iter()
-                    .any(|l| l.address.parse::<SocketAddr>() == Ok(addr)) =>
+                    .filter_map(|l| l.address.parse::<SocketAddr>().ok())
+                    .any(|l| clash(&l, &addr)) =>
             {
                 errs.push("admin.address", "must differ from every listener's address")
             }
@@ -117,6 +118,11 @@ fn server(cfg: &Config, errs: &mut ConfigErrors) {
     }
 }
 
+/// Two addresses that cannot both be bound: same port, and the same IP or a wildcard.
+fn clash(a: &SocketAddr, b: &SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 fn listeners(cfg: &Config, errs: &mut ConfigErrors) {
     if cfg.listeners.is_empty() {
         errs.push("listeners", "at least one listener is required");
@@ -132,11 +138,13 @@ fn listeners(cfg: &Config, errs: &mut ConfigErrors) {
             );
         }
         match l.address.parse::<SocketAddr>() {
-            Ok(a) if !addrs.insert(a) => errs.push(
+            Ok(a) if addrs.iter().any(|b| clash(&a, b)) => errs.push(
                 join(&p, "address"),
-                format!("`{}` is used twice", l.address),
+                format!("`{}` overlaps another listener's address", l.address),
             ),
-            Ok(_) => {}
+            Ok(a) => {
+                addrs.insert(a);
+            }
             Err(_) => errs.push(
                 join(&p, "address"),
                 format!("`{}` is not an ip:port address", l.address),
@@ -247,11 +255,10 @@ fn providers(cfg: &Config, errs: &mut ConfigErrors) {
                 join(&path, "algorithms"),
                 "HS* algorithms cannot be mixed with RS/PS/ES/EdDSA",
             );
-        }
-        if sym && p.secret_env.is_none() || p.secret_env.is_some() && asym {
+        } else if sym && p.secret_env.is_none() || p.secret_env.is_some() && asym {
             errs.push(
                 join(&path, "algorithms"),
-                "HS* algorithms go with secret_env, and only they do",
+                "HS* algorithms need secret_env; RS/PS/ES/EdDSA need jwks_url, jwks_file or public_key_file",
             );
         }
     }

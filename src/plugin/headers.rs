@@ -14,7 +14,7 @@ use http::{HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 /// Headers that frame the message or the connection: moat owns them.
-const FORBIDDEN: &[&str] = &[
+pub const FORBIDDEN: &[&str] = &[
     "content-length",
     "transfer-encoding",
     "connection",

@@ -160,6 +160,7 @@ impl Runtime {
         };
         let pools = upstreams::compile(&cfg, metrics, &mut errs);
         let (router, routes, global_chain) = routes::compile(&cfg, &pools, metrics, &mut errs);
+        errs.sort_by_file_order();
         errs.into_result(())?;
         Ok(Runtime {
             generation,

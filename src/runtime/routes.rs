@@ -145,7 +145,17 @@ fn match_spec(r: &RouteConfig, path: &str, errs: &mut ConfigErrors) -> Option<Ro
         match Regex::new(re) {
             Ok(re) => PathMatch::Regex(re),
             Err(e) => {
-                errs.push(join(&here, "path_regex"), format!("invalid regex: {e}"));
+                let why = e.to_string();
+                let why = why
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .trim()
+                    .trim_start_matches("error: ");
+                errs.push(
+                    join(&here, "path_regex"),
+                    format!("invalid regex `{re}`: {why}"),
+                );
                 PathMatch::Any
             }
         }
@@ -245,10 +255,11 @@ fn action(
                 (Ok(n), Ok(t)) => {
                     if t.as_static().is_some_and(|s| !safe_header_value(s)) {
                         errs.push(hp, "value contains characters not allowed in a header");
-                    } else if n == http::header::CONTENT_LENGTH
-                        || n == http::header::TRANSFER_ENCODING
-                    {
-                        errs.push(hp, "is set by moat");
+                    } else if crate::plugin::headers::FORBIDDEN.contains(&n.as_str()) {
+                        errs.push(
+                            hp,
+                            format!("`{name}` is managed by moat and cannot be changed"),
+                        );
                     } else {
                         headers.push((n, t));
                     }
@@ -269,16 +280,17 @@ fn action(
     let red = r.redirect.as_ref()?;
     let here = join(path, "redirect");
     let status = red.status.unwrap_or(302);
-    if ![301, 302, 303, 307, 308].contains(&status) {
+    let status_ok = [301, 302, 303, 307, 308].contains(&status);
+    if !status_ok {
         errs.push(join(&here, "status"), "must be 301, 302, 303, 307 or 308");
-        return None;
     }
     if red.to.is_empty() {
         errs.push(join(&here, "to"), "must not be empty");
         return None;
     }
     match Template::parse(&red.to) {
-        Ok(to) => Some(Action::Redirect(Redirect { to, status })),
+        Ok(to) if status_ok => Some(Action::Redirect(Redirect { to, status })),
+        Ok(_) => None,
         Err(e) => {
             errs.push(join(&here, "to"), e);
             None

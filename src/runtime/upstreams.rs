@@ -195,8 +195,7 @@ fn compile_one(
         if errs.0.len() != hb {
             return None;
         }
-        let probe_tls = tls.as_ref().map(|t| (t.sni.as_str(), t.verify));
-        health::build(name, hc, probe_tls, &metrics.target_healthy)
+        health::build(name, hc, tls.as_ref(), &metrics.target_healthy)
             .map_err(|e| errs.push(hp, e))
             .ok()
     });

@@ -36,8 +36,8 @@ impl HealthObserve for GaugeObserver {
     }
 }
 
-/// TLS used by probes to a TLS upstream: `(sni, verify)`.
-pub type ProbeTls<'a> = Option<(&'a str, bool)>;
+/// TLS used by probes to a TLS upstream: the pool's own settings.
+pub type ProbeTls<'a> = Option<&'a super::pool::PeerTls>;
 
 /// Build the check for a pool from its `health_check:` settings.
 pub fn build(
@@ -60,7 +60,7 @@ pub fn build(
         let host = http
             .host
             .clone()
-            .or_else(|| tls.map(|(sni, _)| sni.to_string()))
+            .or_else(|| tls.map(|t| t.sni.clone()).filter(|s| !s.is_empty()))
             .unwrap_or_else(|| "localhost".to_string());
         let mut c = HttpHealthCheck::new(&host, tls.is_some());
         let mut req = RequestHeader::build("GET", http.path.as_bytes(), None)
@@ -85,23 +85,27 @@ pub fn build(
         c.consecutive_failure = unhealthy_after;
         c.peer_template.options.connection_timeout = Some(timeout);
         c.peer_template.options.read_timeout = Some(timeout);
-        if let Some((_, verify)) = tls {
-            c.peer_template.options.verify_cert = verify;
-            c.peer_template.options.verify_hostname = verify;
+        if let Some(t) = tls {
+            c.peer_template.sni = t.sni.clone();
+            c.peer_template.options.verify_cert = t.verify;
+            c.peer_template.options.verify_hostname = t.verify;
+            c.peer_template.options.ca = t.ca.clone();
         }
         c.health_changed_callback = Some(observer());
         Box::new(c)
     } else {
         let mut c = match tls {
-            Some((sni, _)) => TcpHealthCheck::new_tls(sni),
+            Some(t) => TcpHealthCheck::new_tls(&t.sni),
             None => TcpHealthCheck::new(),
         };
         c.consecutive_success = healthy_after;
         c.consecutive_failure = unhealthy_after;
         c.peer_template.options.connection_timeout = Some(timeout);
-        if let Some((_, verify)) = tls {
-            c.peer_template.options.verify_cert = verify;
-            c.peer_template.options.verify_hostname = verify;
+        if let Some(t) = tls {
+            c.peer_template.sni = t.sni.clone();
+            c.peer_template.options.verify_cert = t.verify;
+            c.peer_template.options.verify_hostname = t.verify;
+            c.peer_template.options.ca = t.ca.clone();
         }
         c.health_changed_callback = Some(observer());
         c

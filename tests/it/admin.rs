@@ -40,9 +40,23 @@ fn assert_json_error(r: &Response, status: u16, code: &str) {
     assert_eq!(r.header("content-type"), Some("application/json"));
     let j = r.json();
     assert_eq!(j["error"]["code"], code, "{j}");
-    assert!(j["error"]["message"].as_str().is_some_and(|s| !s.is_empty()), "{j}");
-    assert_eq!(j["error"]["request_id"].as_str().map(str::len), Some(26), "{j}");
-    assert!(j["error"]["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{j}");
+    assert!(
+        j["error"]["message"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "{j}"
+    );
+    assert_eq!(
+        j["error"]["request_id"].as_str().map(str::len),
+        Some(26),
+        "{j}"
+    );
+    assert!(
+        j["error"]["timestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{j}"
+    );
 }
 
 #[test]
@@ -70,7 +84,11 @@ fn healthz_readyz_and_errors() {
     for path in ["/metrics", "/healthz", "/status", "/nope"] {
         assert_json_error(&admin(&m, "POST", path, &[]), 405, "METHOD_NOT_ALLOWED");
     }
-    assert_json_error(&admin(&m, "DELETE", "/config", &[]), 405, "METHOD_NOT_ALLOWED");
+    assert_json_error(
+        &admin(&m, "DELETE", "/config", &[]),
+        405,
+        "METHOD_NOT_ALLOWED",
+    );
 
     // The admin listener is not the public one, and the public one has no admin paths.
     assert_eq!(request(m.port, "GET", "/healthz", &[], b"").status, 404);
@@ -88,24 +106,58 @@ fn metrics_after_traffic() {
     assert_eq!(request(m.port, "GET", "/nowhere", &[], b"").status, 404);
 
     let expected = [
-        (r#"moat_http_requests_total{method="GET",route="hello",status="200"}"#, 2.0),
-        (r#"moat_http_requests_total{method="POST",route="hello",status="200"}"#, 1.0),
-        (r#"moat_http_requests_total{method="GET",route="proxied",status="200"}"#, 1.0),
-        (r#"moat_http_requests_total{method="GET",route="",status="404"}"#, 1.0),
-        (r#"moat_http_request_duration_seconds_count{route="hello"}"#, 3.0),
-        (r#"moat_http_request_duration_seconds_bucket{route="hello",le="+Inf"}"#, 3.0),
-        (r#"moat_http_request_duration_seconds_count{route="proxied"}"#, 1.0),
-        (r#"moat_upstream_request_duration_seconds_count{upstream="app"}"#, 1.0),
+        (
+            r#"moat_http_requests_total{method="GET",route="hello",status="200"}"#,
+            2.0,
+        ),
+        (
+            r#"moat_http_requests_total{method="POST",route="hello",status="200"}"#,
+            1.0,
+        ),
+        (
+            r#"moat_http_requests_total{method="GET",route="proxied",status="200"}"#,
+            1.0,
+        ),
+        (
+            r#"moat_http_requests_total{method="GET",route="",status="404"}"#,
+            1.0,
+        ),
+        (
+            r#"moat_http_request_duration_seconds_count{route="hello"}"#,
+            3.0,
+        ),
+        (
+            r#"moat_http_request_duration_seconds_bucket{route="hello",le="+Inf"}"#,
+            3.0,
+        ),
+        (
+            r#"moat_http_request_duration_seconds_count{route="proxied"}"#,
+            1.0,
+        ),
+        (
+            r#"moat_upstream_request_duration_seconds_count{upstream="app"}"#,
+            1.0,
+        ),
         ("moat_config_generation", 1.0),
         ("moat_connections_active", 0.0),
     ];
     for (prefix, value) in expected {
-        assert_eq!(metric_reaches(&m, prefix, value), Some(value), "{prefix}\n{}", m.admin_get("/metrics").text());
+        assert_eq!(
+            metric_reaches(&m, prefix, value),
+            Some(value),
+            "{prefix}\n{}",
+            m.admin_get("/metrics").text()
+        );
     }
 
     let r = m.admin_get("/metrics");
     assert_eq!(r.status, 200);
-    assert!(r.header("content-type").is_some_and(|c| c.starts_with("text/plain")), "{:?}", r.header("content-type"));
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain")),
+        "{:?}",
+        r.header("content-type")
+    );
     let text = r.text();
     for needle in [
         "# TYPE moat_http_requests_total counter",
@@ -125,7 +177,11 @@ fn metrics_after_traffic() {
         .lines()
         .find(|l| l.starts_with(r#"moat_http_request_duration_seconds_sum{route="hello"}"#))
         .expect("duration sum");
-    let sum: f64 = sum_line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("sum value");
+    let sum: f64 = sum_line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("sum value");
     assert!(sum > 0.0 && sum < 10.0, "{sum_line}");
 }
 
@@ -158,7 +214,10 @@ fn status_reports_routes_and_targets() {
     assert_eq!(target["healthy"], true);
     assert_eq!(target["ejected"], false);
     assert_eq!(target["in_flight"], 0);
-    assert_eq!(s["upstreams"]["app"]["targets"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        s["upstreams"]["app"]["targets"].as_array().map(Vec::len),
+        Some(1)
+    );
 
     // A slow request shows up in flight, and leaves.
     up.set(Behavior {
@@ -167,10 +226,19 @@ fn status_reports_routes_and_targets() {
     });
     let port = m.port;
     let slow = std::thread::spawn(move || request(port, "GET", "/app/slow", &[], b"").status);
-    let in_flight = || m.admin_get("/status").json()["upstreams"]["app"]["targets"][0]["in_flight"].as_u64();
-    assert!(wait_until(Duration::from_secs(5), || in_flight() == Some(1)), "{:?}", in_flight());
+    let in_flight =
+        || m.admin_get("/status").json()["upstreams"]["app"]["targets"][0]["in_flight"].as_u64();
+    assert!(
+        wait_until(Duration::from_secs(5), || in_flight() == Some(1)),
+        "{:?}",
+        in_flight()
+    );
     assert_eq!(slow.join().expect("slow request"), 200);
-    assert!(wait_until(Duration::from_secs(5), || in_flight() == Some(0)), "{:?}", in_flight());
+    assert!(
+        wait_until(Duration::from_secs(5), || in_flight() == Some(0)),
+        "{:?}",
+        in_flight()
+    );
 }
 
 #[test]
@@ -182,7 +250,10 @@ fn config_echoes_the_effective_config() {
     assert_eq!(r.header("content-type"), Some("application/json"));
     let c = r.json();
     assert_eq!(c["listeners"][0]["name"], "public");
-    assert_eq!(c["listeners"][0]["address"], format!("127.0.0.1:{}", m.port));
+    assert_eq!(
+        c["listeners"][0]["address"],
+        format!("127.0.0.1:{}", m.port)
+    );
     assert_eq!(c["admin"]["address"], format!("127.0.0.1:{}", m.admin));
     assert_eq!(c["server"]["threads"], 1);
     let app = &c["upstreams"]["app"];
@@ -225,12 +296,25 @@ fn token_protects_everything_but_healthz() {
 
     let unauthorized = |r: Response| {
         assert_json_error(&r, 401, "UNAUTHORIZED");
-        assert!(r.header("www-authenticate").is_some_and(|v| v.starts_with("Bearer")), "{:?}", r.headers);
+        assert!(
+            r.header("www-authenticate")
+                .is_some_and(|v| v.starts_with("Bearer")),
+            "{:?}",
+            r.headers
+        );
         assert!(!r.text().contains("s3cret"), "{}", r.text());
     };
     for path in ["/metrics", "/status", "/config", "/readyz", "/nope"] {
         unauthorized(m.admin_get(path));
-        for wrong in ["Bearer wrong", "Bearer s3cre", "Bearer s3cretX", "Bearer", "Basic s3cret", "s3cret", "Bearer S3CRET"] {
+        for wrong in [
+            "Bearer wrong",
+            "Bearer s3cre",
+            "Bearer s3cretX",
+            "Bearer",
+            "Basic s3cret",
+            "s3cret",
+            "Bearer S3CRET",
+        ] {
             unauthorized(admin(&m, "GET", path, &[("Authorization", wrong)]));
         }
     }
@@ -241,9 +325,15 @@ fn token_protects_everything_but_healthz() {
         let r = admin(&m, "GET", path, &ok);
         assert_eq!(r.status, 200, "{path}: {}", r.text());
     }
-    assert!(admin(&m, "GET", "/metrics", &ok).text().contains("moat_config_generation 1"));
+    assert!(admin(&m, "GET", "/metrics", &ok)
+        .text()
+        .contains("moat_config_generation 1"));
     assert_json_error(&admin(&m, "GET", "/nope", &ok), 404, "NOT_FOUND");
-    assert_json_error(&admin(&m, "POST", "/metrics", &ok), 405, "METHOD_NOT_ALLOWED");
+    assert_json_error(
+        &admin(&m, "POST", "/metrics", &ok),
+        405,
+        "METHOD_NOT_ALLOWED",
+    );
 
     // /config names the variable, never its value.
     let c = admin(&m, "GET", "/config", &ok).text();
@@ -271,13 +361,21 @@ const LOG_FIELDS: &[&str] = &[
 ];
 
 fn assert_log_fields(line: &Value) {
-    let obj = line.as_object().unwrap_or_else(|| panic!("not an object: {line}"));
+    let obj = line
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {line}"));
     for f in LOG_FIELDS {
         assert!(obj.contains_key(*f), "field `{f}` missing from {line}");
     }
     let ts = line["ts"].as_str().expect("ts");
-    assert!(ts.len() == 24 && ts.as_bytes()[10] == b'T' && ts.ends_with('Z'), "{ts}");
-    assert!(line["duration_ms"].as_f64().is_some_and(|d| d >= 0.0), "{line}");
+    assert!(
+        ts.len() == 24 && ts.as_bytes()[10] == b'T' && ts.ends_with('Z'),
+        "{ts}"
+    );
+    assert!(
+        line["duration_ms"].as_f64().is_some_and(|d| d >= 0.0),
+        "{line}"
+    );
     assert!(line["status"].as_u64().is_some(), "{line}");
     assert!(line["bytes_sent"].as_u64().is_some(), "{line}");
 }
@@ -318,7 +416,10 @@ fn access_log_to_stdout_is_json_without_secrets() {
     assert_eq!(raw.lines().count(), 3, "one line per request:\n{raw}");
     assert_eq!(lines.len(), 3, "every line is JSON:\n{raw}");
     for secret in ["SECRET", "access_token", "api_key=", "session="] {
-        assert!(!raw.contains(secret), "`{secret}` in the access log:\n{raw}");
+        assert!(
+            !raw.contains(secret),
+            "`{secret}` in the access log:\n{raw}"
+        );
     }
     for l in &lines {
         assert_log_fields(l);
@@ -333,20 +434,36 @@ fn access_log_to_stdout_is_json_without_secrets() {
     assert_eq!(p["route"], "proxied");
     assert_eq!(p["upstream"], "app");
     assert_eq!(p["upstream_target"], up.address());
-    assert!(p["upstream_duration_ms"].as_f64().is_some_and(|d| d >= 0.0), "{p}");
+    assert!(
+        p["upstream_duration_ms"].as_f64().is_some_and(|d| d >= 0.0),
+        "{p}"
+    );
     assert_eq!(p["consumer"], Value::Null);
     assert_eq!(p["auth_method"], Value::Null);
     assert_eq!(p["ratelimit"], Value::Null);
-    assert_eq!(Some(p["request_id"].as_str().expect("request_id")), proxied.header("x-request-id"));
+    assert_eq!(
+        Some(p["request_id"].as_str().expect("request_id")),
+        proxied.header("x-request-id")
+    );
 
     let h = find(&lines, "/hello");
-    assert_eq!((h["method"].as_str(), h["status"].as_u64(), h["bytes_sent"].as_u64()), (Some("POST"), Some(200), Some(2)));
+    assert_eq!(
+        (
+            h["method"].as_str(),
+            h["status"].as_u64(),
+            h["bytes_sent"].as_u64()
+        ),
+        (Some("POST"), Some(200), Some(2))
+    );
     assert_eq!(h["host"], "localhost");
     assert_eq!(h["route"], "hello");
     assert_eq!(h["upstream"], Value::Null);
     assert_eq!(h["upstream_target"], Value::Null);
     assert_eq!(h["upstream_duration_ms"], Value::Null);
-    assert_eq!(Some(h["request_id"].as_str().expect("request_id")), hello.header("x-request-id"));
+    assert_eq!(
+        Some(h["request_id"].as_str().expect("request_id")),
+        hello.header("x-request-id")
+    );
 
     let n = find(&lines, "/nowhere");
     assert_eq!(n["status"], 404);
@@ -363,11 +480,28 @@ fn access_log_to_a_file() {
         "access_log: {{ path: {} }}\nroutes:\n  - name: hello\n    respond: {{ body: hi }}\n",
         file.display()
     ));
-    assert_eq!(request(m.port, "GET", "/a?token=SECRET", &[], b"").status, 200);
-    assert_eq!(request(m.port, "GET", "/b", &[("Authorization", "Basic SECRET")], b"").status, 200);
+    assert_eq!(
+        request(m.port, "GET", "/a?token=SECRET", &[], b"").status,
+        200
+    );
+    assert_eq!(
+        request(
+            m.port,
+            "GET",
+            "/b",
+            &[("Authorization", "Basic SECRET")],
+            b""
+        )
+        .status,
+        200
+    );
 
     let read = || std::fs::read_to_string(&file).unwrap_or_default();
-    assert!(wait_until(Duration::from_secs(5), || read().lines().count() >= 2), "access log:\n{}", read());
+    assert!(
+        wait_until(Duration::from_secs(5), || read().lines().count() >= 2),
+        "access log:\n{}",
+        read()
+    );
     let text = read();
     assert!(!text.contains("SECRET"), "{text}");
     let lines: Vec<Value> = text
@@ -382,7 +516,11 @@ fn access_log_to_a_file() {
     }
     assert_eq!(find(&lines, "/a")["method"], "GET");
     find(&lines, "/b");
-    assert!(m.access_log().trim().is_empty(), "nothing on stdout:\n{}", m.access_log());
+    assert!(
+        m.access_log().trim().is_empty(),
+        "nothing on stdout:\n{}",
+        m.access_log()
+    );
     drop(m);
     let _ = std::fs::remove_dir_all(&logs);
 }

@@ -130,7 +130,7 @@ fn quickstart_passes_with_a_one_line_summary() {
     assert_eq!(
         c.stdout,
         format!(
-            "{}: ok (1 listeners, 4 routes, 0 upstreams, 2 global plugins)\n",
+            "{}: ok (1 listener, 4 routes, 0 upstreams, 2 global plugins)\n",
             file.display()
         )
     );
@@ -149,7 +149,7 @@ fn a_minimal_config_passes_and_counts_upstreams() {
     assert_eq!(c.stdout.lines().count(), 1, "{}", c.stdout);
     assert!(
         c.stdout
-            .ends_with(": ok (1 listeners, 1 routes, 2 upstreams, 0 global plugins)\n"),
+            .ends_with(": ok (1 listener, 1 route, 2 upstreams, 0 global plugins)\n"),
         "{}",
         c.stdout
     );
@@ -336,7 +336,10 @@ fn rejected_cases() -> Vec<Case> {
         case(
             "unknown key in a plugin",
             "routes:\n  - name: a\n    respond: {}\n    plugins:\n      - request_id: {}\n      - rate_limit: { key: ip, rat: 1/s }\n",
-            &["routes[0].plugins[1].rate_limit.rat: unknown field `rat`, expected one of `key`, `rate`, …"],
+            &[
+                "routes[0].plugins[1].rate_limit.rat: unknown field `rat`, expected one of `key`, `rate`, …",
+                "routes[0].plugins[1].rate_limit: missing field `rate`",
+            ],
         ),
         case(
             "unknown keys deep in sections",
@@ -498,7 +501,7 @@ fn rejected_cases() -> Vec<Case> {
             "global_plugins:\n  - headers: { request: { set: { content-length: \"1\" } } }\nroutes:\n  - name: a\n    respond: { headers: { content-length: \"3\" } }\n    plugins:\n      - headers: { response: { add: { Transfer-Encoding: chunked }, remove: [connection] } }\n",
             &[
                 "global_plugins[0].headers.request.set.content-length: `content-length` is managed by moat and cannot be changed",
-                "routes[0].respond.headers.content-length: is set by moat",
+                "routes[0].respond.headers.content-length: `content-length` is managed by moat and cannot be changed",
                 "routes[0].plugins[0].headers.response.remove[0]: `connection` is managed by moat and cannot be changed",
                 "routes[0].plugins[0].headers.response.add.Transfer-Encoding: `Transfer-Encoding` is managed by moat and cannot be changed",
             ],
@@ -615,7 +618,6 @@ fn rejected_cases() -> Vec<Case> {
                 "jwt_providers.p: not supported yet",
                 "jwt_providers.p.algorithms[2]: unknown or refused algorithm `none`",
                 "jwt_providers.p.algorithms: HS* algorithms cannot be mixed with RS/PS/ES/EdDSA",
-                "jwt_providers.p.algorithms: HS* algorithms go with secret_env, and only they do",
             ],
         ),
         case(
@@ -662,7 +664,7 @@ fn rejected_cases() -> Vec<Case> {
                 "listeners[0].address: `8080` is not an ip:port address",
                 "listeners[1].name: listener names must be unique and non-empty (`a`)",
                 "listeners[2].name: listener names must be unique and non-empty (``)",
-                "listeners[2].address: `0.0.0.0:80` is used twice",
+                "listeners[2].address: `0.0.0.0:80` overlaps another listener's address",
             ],
         ),
         case(
@@ -736,7 +738,7 @@ fn regex_that_does_not_compile() {
     assert_eq!(c.code, Some(1));
     let errors = c.errors();
     assert!(
-        errors[0].starts_with("routes[0].match.path_regex: invalid regex: "),
+        errors[0] == "routes[0].match.path_regex: invalid regex `^/(a`: unclosed group",
         "{errors:?}"
     );
     assert!(c.stderr.contains("unclosed group"), "{}", c.stderr);
@@ -745,7 +747,7 @@ fn regex_that_does_not_compile() {
 /// Every error is one line, so that line counts are error counts and a continuation
 /// never looks like an error of its own.
 #[test]
-#[ignore = "src bug: runtime/routes.rs puts regex::Error's multi-line Display in the message"]
+
 fn regex_error_is_one_line() {
     let c = check_text(
         "check-regex-line",
@@ -772,6 +774,7 @@ fn every_decoding_error_is_reported_in_file_order() {
     let want = [
         "server.threads: invalid type: string \"x\", expected usize",
         "listeners[0].adress: unknown field `adress`, expected one of …",
+        "listeners[0]: missing field `address`",
         "upstreams.u.connect_timeout: expected a duration such as 250ms, 5s, 1m, 1h or 1d",
         "routes[0].matc: unknown field `matc`, expected one of …",
         "routes[1].respond.status: invalid type: string \"abc\", expected u16",
@@ -781,7 +784,7 @@ fn every_decoding_error_is_reported_in_file_order() {
         "listenerz: unknown section …",
     ];
     let errors = c.failed();
-    assert_eq!(errors.len(), 9, "{errors:#?}");
+    assert_eq!(errors.len(), 10, "{errors:#?}");
     if let Some(m) = mismatch(&errors, &want) {
         panic!("{m}");
     }
@@ -812,7 +815,7 @@ fn every_semantic_error_is_reported() {
 }
 
 #[test]
-#[ignore = "src bug: semantic errors come in phase order (validate, trusted_proxies, upstreams, routes), not file order"]
+
 fn every_semantic_error_is_reported_in_file_order() {
     let errors = check_text("check-semantic-order", SEMANTIC_ERRORS).failed();
     assert_eq!(errors, SEMANTIC_IN_FILE_ORDER);
@@ -820,7 +823,7 @@ fn every_semantic_error_is_reported_in_file_order() {
 
 /// Two mistakes in the same route are both reported.
 #[test]
-#[ignore = "src bug: config/load.rs decodes a route (or upstream) as one unit and stops at its first error"]
+
 fn two_mistakes_in_one_route_are_both_reported() {
     let errors = check_text(
         "check-two-in-one",

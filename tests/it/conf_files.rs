@@ -7,7 +7,9 @@ fn bundled_configs_pass_check() {
     let root = env!("CARGO_MANIFEST_DIR");
     let mut checked = 0;
     for dir in ["conf", "conf/examples"] {
-        let Ok(entries) = std::fs::read_dir(format!("{root}/{dir}")) else { continue };
+        let Ok(entries) = std::fs::read_dir(format!("{root}/{dir}")) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "yaml") {
@@ -17,7 +19,12 @@ fn bundled_configs_pass_check() {
                     .current_dir(root)
                     .output()
                     .expect("run moat check");
-                assert!(out.status.success(), "{}: {}", p.display(), String::from_utf8_lossy(&out.stderr));
+                assert!(
+                    out.status.success(),
+                    "{}: {}",
+                    p.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 checked += 1;
             }
         }

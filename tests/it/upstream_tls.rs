@@ -20,7 +20,10 @@ fn verified_tls_upstream() {
 
     let ok = Moat::start(&body(
         up.port,
-        &format!("{{ sni: users.internal, verify: true, ca_file: \"{}\" }}", ca_file.display()),
+        &format!(
+            "{{ sni: users.internal, verify: true, ca_file: \"{}\" }}",
+            ca_file.display()
+        ),
     ));
     let r = request(ok.port, "GET", "/x", &[], b"");
     assert_eq!((r.status, r.text().as_str()), (200, "tls-ok"));
@@ -29,7 +32,10 @@ fn verified_tls_upstream() {
     let before = up.hits.load(std::sync::atomic::Ordering::SeqCst);
     let wrong = Moat::start(&body(
         up.port,
-        &format!("{{ sni: other.internal, verify: true, ca_file: \"{}\" }}", ca_file.display()),
+        &format!(
+            "{{ sni: other.internal, verify: true, ca_file: \"{}\" }}",
+            ca_file.display()
+        ),
     ));
     let r = request(wrong.port, "GET", "/x", &[], b"");
     assert_eq!(r.status, 502, "{}", r.text());

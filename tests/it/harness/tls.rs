@@ -29,15 +29,19 @@ fn build(cn: &str, sans: &[&str], issuer: Option<&Cert>) -> Cert {
     b.set_version(2).unwrap();
     let mut serial = BigNum::new().unwrap();
     serial.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
-    b.set_serial_number(&serial.to_asn1_integer().unwrap()).unwrap();
+    b.set_serial_number(&serial.to_asn1_integer().unwrap())
+        .unwrap();
     b.set_subject_name(&name).unwrap();
     b.set_pubkey(&key).unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(2).unwrap()).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(2).unwrap())
+        .unwrap();
     match issuer {
         None => {
             b.set_issuer_name(&name).unwrap();
-            b.append_extension(BasicConstraints::new().critical().ca().build().unwrap()).unwrap();
+            b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
+                .unwrap();
         }
         Some(ca) => {
             b.set_issuer_name(ca.cert.subject_name()).unwrap();
@@ -51,7 +55,10 @@ fn build(cn: &str, sans: &[&str], issuer: Option<&Cert>) -> Cert {
     }
     let signer = issuer.map(|c| &c.key).unwrap_or(&key);
     b.sign(signer, MessageDigest::sha256()).unwrap();
-    Cert { cert: b.build(), key }
+    Cert {
+        cert: b.build(),
+        key,
+    }
 }
 
 /// A new CA.
@@ -107,7 +114,9 @@ impl TlsUpstream {
                         }
                     }
                     h.fetch_add(1, Ordering::SeqCst);
-                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\ntls-ok");
+                    let _ = s.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\ntls-ok",
+                    );
                     let _ = s.shutdown();
                 });
             }
