@@ -1,7 +1,8 @@
 //! The JSON access log: one object per request, written by a dedicated thread so that file
 //! I/O never runs on a request thread. Lines are formatted on the request thread (cheap,
 //! no I/O) and handed over through a bounded channel; when the writer falls behind, lines
-//! are dropped and counted rather than blocking requests.
+//! are dropped and counted rather than blocking requests. `reopen` switches the writer to a
+//! freshly opened file (log rotation on SIGUSR1, or a new path on reload).
 
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
@@ -13,8 +14,22 @@ use std::time::Duration;
 /// A handle to the log writer; cheap to clone.
 #[derive(Clone)]
 pub struct AccessLog {
-    tx: SyncSender<String>,
+    tx: SyncSender<Msg>,
     dropped: Arc<AtomicU64>,
+}
+
+/// What the writer thread receives.
+enum Msg {
+    Line(String),
+    Sink(Box<dyn Write + Send>),
+}
+
+fn open_sink(path: &str) -> std::io::Result<Box<dyn Write + Send>> {
+    Ok(if path == "stdout" {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(OpenOptions::new().create(true).append(true).open(path)?)
+    })
 }
 
 /// One request's access-log record. Credential values never appear in these fields:
@@ -68,12 +83,8 @@ impl Record<'_> {
 impl AccessLog {
     /// Start the writer thread for `path` (`stdout` or a file, opened for append).
     pub fn start(path: &str) -> std::io::Result<AccessLog> {
-        let sink: Box<dyn Write + Send> = if path == "stdout" {
-            Box::new(std::io::stdout())
-        } else {
-            Box::new(OpenOptions::new().create(true).append(true).open(path)?)
-        };
-        let (tx, rx) = sync_channel::<String>(65_536);
+        let sink = open_sink(path)?;
+        let (tx, rx) = sync_channel::<Msg>(65_536);
         std::thread::Builder::new()
             .name("moat-access-log".into())
             .spawn(move || writer(rx, sink))?;
@@ -85,12 +96,21 @@ impl AccessLog {
 
     /// Queue a line; never blocks.
     pub fn write(&self, line: String) {
-        match self.tx.try_send(line) {
+        match self.tx.try_send(Msg::Line(line)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Open `path` again (or a new path) and write there from now on. The file is opened
+    /// here, so an error is reported to the caller and the old file stays in use.
+    pub fn reopen(&self, path: &str) -> std::io::Result<()> {
+        let sink = open_sink(path)?;
+        self.tx
+            .send(Msg::Sink(sink))
+            .map_err(|_| std::io::Error::other("access log writer stopped"))
     }
 
     /// Lines dropped because the writer could not keep up.
@@ -99,15 +119,24 @@ impl AccessLog {
     }
 }
 
-fn writer(rx: Receiver<String>, sink: Box<dyn Write + Send>) {
+fn writer(rx: Receiver<Msg>, sink: Box<dyn Write + Send>) {
     let mut out = BufWriter::with_capacity(64 * 1024, sink);
+    let mut handle = |msg: Msg, out: &mut BufWriter<Box<dyn Write + Send>>| match msg {
+        Msg::Line(line) => {
+            let _ = out.write_all(line.as_bytes());
+        }
+        Msg::Sink(new) => {
+            let _ = out.flush();
+            *out = BufWriter::with_capacity(64 * 1024, new);
+        }
+    };
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) => {
-                let _ = out.write_all(line.as_bytes());
+            Ok(msg) => {
+                handle(msg, &mut out);
                 // Drain what is already queued before flushing.
                 while let Ok(more) = rx.try_recv() {
-                    let _ = out.write_all(more.as_bytes());
+                    handle(more, &mut out);
                 }
                 let _ = out.flush();
             }

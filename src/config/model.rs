@@ -144,7 +144,7 @@ pub struct RedisConfig {
 }
 
 /// One upstream pool.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub targets: Vec<TargetConfig>,

@@ -142,10 +142,12 @@ impl Runtime {
     }
 
     /// Validate and compile `cfg` as generation `generation`, reporting every error.
+    /// Pools of `previous` whose definition did not change are carried over.
     pub fn compile(
         cfg: Config,
         generation: u64,
         metrics: &Metrics,
+        previous: Option<&Runtime>,
     ) -> Result<Runtime, ConfigErrors> {
         let mut errs = ConfigErrors::default();
         validate::validate(&cfg, &mut errs);
@@ -158,7 +160,7 @@ impl Runtime {
                 CidrSet::default()
             }
         };
-        let pools = upstreams::compile(&cfg, metrics, &mut errs);
+        let pools = upstreams::compile(&cfg, metrics, previous.map(|p| &p.pools), &mut errs);
         let (router, routes, global_chain) = routes::compile(&cfg, &pools, metrics, &mut errs);
         errs.sort_by_file_order();
         errs.into_result(())?;

@@ -18,14 +18,24 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default retries on another target.
 pub const DEFAULT_RETRIES: u32 = 1;
 
+/// Compile every pool. A pool of `previous` whose definition (and CA file) did not change
+/// is carried over as it is, with its health state, in-flight counts and connections.
 pub(super) fn compile(
     cfg: &Config,
     metrics: &Metrics,
+    previous: Option<&BTreeMap<String, Arc<Pool>>>,
     errs: &mut ConfigErrors,
 ) -> BTreeMap<String, Arc<Pool>> {
     let mut pools = BTreeMap::new();
     for (name, u) in &cfg.upstreams {
         let path = join("upstreams", name);
+        if let Some(old) = previous.and_then(|p| p.get(name)) {
+            let ca = u.tls.as_ref().and_then(|t| t.ca_file.as_ref()).and_then(|f| std::fs::read(f).ok());
+            if old.reusable_for(u, ca.as_deref()) {
+                pools.insert(name.clone(), Arc::clone(old));
+                continue;
+            }
+        }
         if let Some(p) = compile_one(name, u, &path, metrics, errs) {
             pools.insert(name.clone(), Arc::new(p));
         }
@@ -127,10 +137,14 @@ fn compile_one(
                 "required when verify is true (the name to verify)",
             );
         }
+        let mut ca_pem = None;
         let ca = match &t.ca_file {
             Some(f) => match std::fs::read(f) {
                 Ok(pem) => match pingora_core::tls::x509::X509::stack_from_pem(&pem) {
-                    Ok(certs) if !certs.is_empty() => Some(Arc::new(certs.into_boxed_slice())),
+                    Ok(certs) if !certs.is_empty() => {
+                        ca_pem = Some(pem);
+                        Some(Arc::new(certs.into_boxed_slice()))
+                    }
                     _ => {
                         errs.push(
                             join(&tp, "ca_file"),
@@ -150,6 +164,7 @@ fn compile_one(
             sni,
             verify: t.verify,
             ca,
+            ca_pem,
         }
     });
     let health = u.health_check.as_ref().and_then(|hc| {

@@ -127,6 +127,9 @@ pub fn start(pool: &Arc<Pool>) {
             let Some(pool) = weak.upgrade() else {
                 return;
             };
+            if pool.is_retired() {
+                return;
+            }
             pool.check_health().await;
             drop(pool);
             tokio::time::sleep(interval).await;

@@ -74,6 +74,8 @@ pub struct PeerTls {
     pub verify: bool,
     /// Extra trusted CAs.
     pub ca: Option<Arc<CaType>>,
+    /// The CA file's bytes, to notice a changed file on reload.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// Settings for building a pool, resolved from its config.
@@ -113,6 +115,8 @@ pub struct Pool {
     health_started: AtomicBool,
     /// The config this pool was built from.
     pub definition: UpstreamConfig,
+    /// Set when a newer generation stopped using this pool (its health loop then ends).
+    retired: AtomicBool,
     /// `moat_upstream_request_duration_seconds{upstream}`.
     pub duration: Histogram,
     errors: ErrorCounters,
@@ -218,6 +222,7 @@ impl Pool {
             health_interval,
             health_started: AtomicBool::new(false),
             definition: s.definition,
+            retired: AtomicBool::new(false),
         })
     }
 
@@ -378,6 +383,27 @@ impl Pool {
     /// The active-check interval, when the pool has checks.
     pub fn health_interval(&self) -> Option<Duration> {
         self.health_interval
+    }
+
+    /// Whether a reload could carry this pool over unchanged: same definition and same
+    /// CA file contents (certificates referenced by file are re-read on reload).
+    pub fn reusable_for(&self, def: &UpstreamConfig, ca_pem: Option<&[u8]>) -> bool {
+        self.definition == *def && self.tls.as_ref().and_then(|t| t.ca_pem.as_deref()) == ca_pem
+    }
+
+    /// The CA file bytes this pool was built with.
+    pub fn ca_pem(&self) -> Option<&[u8]> {
+        self.tls.as_ref().and_then(|t| t.ca_pem.as_deref())
+    }
+
+    /// Mark the pool as no longer used by the live generation.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Pool::retire`] was called.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     /// Mark the health loop as started; false if it already was.

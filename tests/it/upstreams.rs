@@ -719,138 +719,28 @@ fn outlier_ejection_and_return() {
 // Active checks against a TLS upstream signed by a private CA (`tls.ca_file`)
 // ---------------------------------------------------------------------------------------
 
-/// A one-target TLS upstream whose certificate (for `users.internal`) is signed by a
-/// fresh private CA; answers every request 200 and counts health probes.
-mod tls_upstream {
-    use openssl::asn1::Asn1Time;
-    use openssl::bn::{BigNum, MsbOption};
-    use openssl::hash::MessageDigest;
-    use openssl::pkey::{PKey, Private};
-    use openssl::rsa::Rsa;
-    use openssl::ssl::{SslAcceptor, SslMethod};
-    use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
-    use openssl::x509::{X509Builder, X509NameBuilder, X509};
-    use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpListener};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    fn cert(cn: &str, key: &PKey<Private>, issuer: Option<(&X509, &PKey<Private>)>) -> X509 {
-        let mut name = X509NameBuilder::new().unwrap();
-        name.append_entry_by_text("CN", cn).unwrap();
-        let name = name.build();
-        let mut b = X509Builder::new().unwrap();
-        b.set_version(2).unwrap();
-        let mut serial = BigNum::new().unwrap();
-        serial.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
-        b.set_serial_number(&serial.to_asn1_integer().unwrap())
-            .unwrap();
-        b.set_subject_name(&name).unwrap();
-        b.set_issuer_name(issuer.map(|(c, _)| c.subject_name()).unwrap_or(&name))
-            .unwrap();
-        b.set_pubkey(key).unwrap();
-        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        b.set_not_after(&Asn1Time::days_from_now(2).unwrap())
-            .unwrap();
-        match issuer {
-            None => b
-                .append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-                .unwrap(),
-            Some((ca, _)) => {
-                let san = SubjectAlternativeName::new()
-                    .dns(cn)
-                    .build(&b.x509v3_context(Some(&**ca), None))
-                    .unwrap();
-                b.append_extension(san).unwrap();
-            }
-        }
-        b.sign(
-            issuer.map(|(_, k)| k).unwrap_or(key),
-            MessageDigest::sha256(),
-        )
-        .unwrap();
-        b.build()
-    }
-
-    pub struct TlsUpstream {
-        pub addr: SocketAddr,
-        /// The CA certificate, PEM.
-        pub ca_pem: Vec<u8>,
-        pub probes: Arc<AtomicUsize>,
-    }
-
-    /// Start it; the accept thread lives as long as the test process (the port is
-    /// ephemeral and the thread idle once the test's moat is gone).
-    pub fn start() -> TlsUpstream {
-        let ca_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-        let ca = cert("moat-test-ca", &ca_key, None);
-        let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-        let leaf = cert("users.internal", &key, Some((&ca, &ca_key)));
-        let mut acc = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
-        acc.set_private_key(&key).unwrap();
-        acc.set_certificate(&leaf).unwrap();
-        let acc = Arc::new(acc.build());
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let probes = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&probes);
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let (acc, counter) = (Arc::clone(&acc), Arc::clone(&counter));
-                std::thread::spawn(move || {
-                    conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
-                    let Ok(mut s) = acc.accept(conn) else { return };
-                    let mut head = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut chunk) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    if String::from_utf8_lossy(&head).contains("moat-health-check") {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                    }
-                    let _ = s.write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\ntls",
-                    );
-                    let _ = s.shutdown();
-                });
-            }
-        });
-        TlsUpstream {
-            addr,
-            ca_pem: ca.to_pem().unwrap(),
-            probes,
-        }
-    }
-}
-
 /// The probes must trust the same CA (`tls.ca_file`) as the proxied requests do, or a
 /// healthy TLS upstream behind a private CA is marked down and every request gets 503.
 #[test]
-#[ignore = "src bug: active health probes ignore upstreams.*.tls.ca_file (src/upstream/health.rs build); see the upstreams test report"]
 fn http_health_check_over_tls_trusts_the_configured_ca() {
-    let up = tls_upstream::start();
-    let dir = crate::harness::moat::temp_dir("tls-ca");
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, &up.ca_pem).unwrap();
+    use crate::harness::tls::{ca, leaf, TlsUpstream};
+    use std::sync::atomic::Ordering;
+    let dir = crate::harness::moat::temp_dir("hc-tls");
+    let authority = ca();
+    let (ca_file, _) = authority.write(&dir, "ca");
+    let up = TlsUpstream::start(&leaf(&authority, &["users.internal"]));
+    let target = format!("127.0.0.1:{}", up.port);
     let body = format!(
-        "upstreams:\n  app:\n    targets: [\"{}\"]\n    tls: {{ sni: users.internal, verify: true, ca_file: {} }}\n    health_check: {{ http: {{ path: /healthz }}, interval: 200ms, timeout: 500ms, unhealthy_after: 2, healthy_after: 2 }}\nroutes:\n{}",
-        up.addr,
+        "upstreams:\n  app:\n    targets: [\"{target}\"]\n    tls: {{ sni: users.internal, verify: true, ca_file: \"{}\" }}\n    health_check: {{ http: {{ path: /healthz }}, interval: 200ms, timeout: 500ms, unhealthy_after: 2, healthy_after: 2 }}\nroutes:\n{}",
         ca_file.display(),
         route("app", "/", "app")
     );
     let m = Moat::start(&body);
     // The proxied request verifies against the CA and works.
     let r = get(&m, "/x");
-    assert_eq!((r.status, r.text().as_str()), (200, "tls"), "{}", r.text());
-    // Several probe rounds later, the target must still be healthy and serving.
+    assert_eq!((r.status, r.text().as_str()), (200, "tls-ok"));
+    // Several probe rounds later the target must still be healthy and serving.
     std::thread::sleep(Duration::from_millis(1000));
-    let target = up.addr.to_string();
     assert!(
         is_healthy(&m, "app", &target),
         "a healthy TLS target was marked down: {}\n{}",
@@ -858,7 +748,7 @@ fn http_health_check_over_tls_trusts_the_configured_ca() {
         m.logs()
     );
     assert!(
-        up.probes.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        up.hits.load(Ordering::SeqCst) >= 3,
         "probes never completed a TLS handshake"
     );
     let r = get(&m, "/y");
