@@ -121,7 +121,7 @@ impl AccessLog {
 
 fn writer(rx: Receiver<Msg>, sink: Box<dyn Write + Send>) {
     let mut out = BufWriter::with_capacity(64 * 1024, sink);
-    let mut handle = |msg: Msg, out: &mut BufWriter<Box<dyn Write + Send>>| match msg {
+    let handle = |msg: Msg, out: &mut BufWriter<Box<dyn Write + Send>>| match msg {
         Msg::Line(line) => {
             let _ = out.write_all(line.as_bytes());
         }

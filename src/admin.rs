@@ -1,9 +1,11 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/status`, `/config`. It runs as
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/status`, `/config`,
+//! `/openapi.json` and `POST /reload`. It runs as
 //! its own Pingora service on its own address, never on the public listeners. When
 //! `admin.token_env` is set, every endpoint but `/healthz` needs `Authorization: Bearer
 //! <token>`.
 
 use crate::metrics::Metrics;
+use crate::reload::{Reloaded, Reloader};
 use crate::reply::{error_body, ErrorCode};
 use crate::runtime::{Action, SharedRuntime};
 use async_trait::async_trait;
@@ -12,6 +14,7 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -22,7 +25,12 @@ pub struct Admin {
     metrics: Arc<Metrics>,
     token: Option<String>,
     listeners: Vec<SocketAddr>,
+    reloader: Option<Arc<Reloader>>,
+    draining: Arc<AtomicBool>,
 }
+
+/// The admin API's OpenAPI document (kept in the repository as `docs/admin-openapi.json`).
+pub const OPENAPI: &str = include_str!("../docs/admin-openapi.json");
 
 impl Admin {
     /// Build the app; `token` is the value of `admin.token_env`, when set.
@@ -31,12 +39,49 @@ impl Admin {
         metrics: Arc<Metrics>,
         token: Option<String>,
         listeners: Vec<SocketAddr>,
+        reloader: Option<Arc<Reloader>>,
+        draining: Arc<AtomicBool>,
     ) -> Admin {
         Admin {
             runtime,
             metrics,
             token,
             listeners,
+            reloader,
+            draining,
+        }
+    }
+
+    async fn reload(&self) -> Response<Vec<u8>> {
+        let Some(r) = &self.reloader else {
+            return error(ErrorCode::NotFound, "reload is not available");
+        };
+        match r.reload().await {
+            Ok(outcome) => json_reply(
+                200,
+                &json!({
+                    "generation": outcome.generation(),
+                    "changed": matches!(outcome, Reloaded::Swapped(_)),
+                }),
+            ),
+            Err(errs) => {
+                let details: Vec<Value> = errs
+                    .0
+                    .iter()
+                    .map(|e| json!({"path": e.path, "message": e.message}))
+                    .collect();
+                let id = crate::util::id::ulid();
+                json_reply(
+                    400,
+                    &json!({"error": {
+                        "code": ErrorCode::BadRequest.as_str(),
+                        "message": "config rejected; the running config stays live",
+                        "request_id": id,
+                        "timestamp": crate::util::time::rfc3339_now(),
+                        "details": details,
+                    }}),
+                )
+            }
         }
     }
 
@@ -57,8 +102,11 @@ impl Admin {
         constant_time_eq(given.as_bytes(), token.as_bytes())
     }
 
-    /// Ready when every public listener accepts a connection.
+    /// Ready when not draining and every public listener accepts a connection.
     async fn ready(&self) -> bool {
+        if self.draining.load(Ordering::SeqCst) {
+            return false;
+        }
         for a in &self.listeners {
             let mut a = *a;
             if a.ip().is_unspecified() {
@@ -191,6 +239,17 @@ impl ServeHttp for Admin {
         if path != "/healthz" && !self.authorized(s) {
             return error(ErrorCode::Unauthorized, "admin token required");
         }
+        if path == "/reload" {
+            if method == http::Method::POST {
+                return self.reload().await;
+            }
+            let (mut parts, body) =
+                error(ErrorCode::MethodNotAllowed, "use POST /reload").into_parts();
+            parts
+                .headers
+                .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+            return Response::from_parts(parts, body);
+        }
         if method != http::Method::GET && method != http::Method::HEAD {
             let (mut parts, body) =
                 error(ErrorCode::MethodNotAllowed, "admin endpoints answer GET").into_parts();
@@ -212,6 +271,7 @@ impl ServeHttp for Admin {
             "/metrics" => respond(200, "text/plain; version=0.0.4", self.metrics.render()),
             "/status" => json_reply(200, &self.status()),
             "/config" => json_reply(200, &redacted_config(&self.runtime.load().config)),
+            "/openapi.json" => respond(200, "application/json", OPENAPI.as_bytes().to_vec()),
             _ => error(ErrorCode::NotFound, "unknown admin endpoint"),
         }
     }

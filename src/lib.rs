@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod net;
 pub mod plugin;
 pub mod proxy;
+pub mod reload;
 pub mod reply;
 pub mod router;
 pub mod runtime;

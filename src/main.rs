@@ -39,7 +39,7 @@ enum Command {
 fn load(path: &std::path::Path) -> Result<(config::Config, Runtime), String> {
     let cfg = config::load_file(path).map_err(|e| e.to_string())?;
     let metrics = Metrics::new().map_err(|e| e.to_string())?;
-    let rt = Runtime::compile(cfg.clone(), 1, &metrics).map_err(|e| e.to_string())?;
+    let rt = Runtime::compile(cfg.clone(), 1, &metrics, None).map_err(|e| e.to_string())?;
     Ok((cfg, rt))
 }
 
@@ -85,7 +85,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match moat::server::run(cfg, moat::server::RunOptions { upgrade, daemon }) {
+            match moat::server::run(
+                path.clone(),
+                cfg,
+                moat::server::RunOptions { upgrade, daemon },
+            ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{}: cannot start", path.display());

@@ -1,11 +1,14 @@
 //! Starting the server: `server:` mapped onto Pingora's `ServerConf`, the proxy service on
-//! every listener, the admin service, and the background service that runs health checks.
+//! every listener, the admin service, and the supervisor: a background service that runs
+//! health checks and handles SIGHUP (reload), SIGUSR1 (reopen the access log), SIGQUIT
+//! and SIGTERM (report draining on `/readyz`) and, with `watch: true`, file changes.
 
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Moat;
+use crate::reload::Reloader;
 use crate::runtime::{Runtime, SharedRuntime};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -15,13 +18,18 @@ use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 /// Default `grace_period`: how long an instance keeps accepting after SIGQUIT, so a new
 /// one can take over the sockets (Pingora's own default is far longer than an edge wants).
 pub const DEFAULT_GRACE_PERIOD_SECS: u64 = 5;
 /// Default `shutdown_timeout`: how long in-flight requests get to finish.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
+/// How often a watched config file is looked at.
+const WATCH_POLL: Duration = Duration::from_millis(500);
 
 /// How to run.
 #[derive(Debug, Clone, Default)]
@@ -62,35 +70,119 @@ pub fn server_conf(cfg: &Config, daemon: bool) -> ServerConf {
     conf
 }
 
-/// Starts health-check loops for the pools of the live runtime.
+/// Health checks, signals and the file watcher.
 struct Supervisor {
     runtime: SharedRuntime,
+    reloader: Arc<Reloader>,
+    access_log: Option<AccessLog>,
+    draining: Arc<AtomicBool>,
+}
+
+fn modified(path: &std::path::Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 #[async_trait]
 impl BackgroundService for Supervisor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
         for pool in self.runtime.load().pools.values() {
             crate::upstream::health::start(pool);
         }
-        let _ = shutdown.changed().await;
+        let (Ok(mut hup), Ok(mut usr1), Ok(mut quit), Ok(mut term)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::user_defined1()),
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+        ) else {
+            log::error!("cannot install signal handlers: SIGHUP reload and SIGUSR1 reopen are off");
+            let _ = shutdown.changed().await;
+            return;
+        };
+        let mut seen = modified(self.reloader.path());
+        let mut tick = tokio::time::interval(WATCH_POLL);
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    log::info!("SIGHUP: reloading {}", self.reloader.path().display());
+                    let _ = self.reloader.reload().await;
+                    seen = modified(self.reloader.path());
+                }
+                _ = usr1.recv() => {
+                    let rt = self.runtime.load();
+                    if let (Some(log), Some(cfg)) = (&self.access_log, &rt.config.access_log) {
+                        match log.reopen(&cfg.path) {
+                            Ok(()) => log::info!("SIGUSR1: access log {} reopened", cfg.path),
+                            Err(e) => log::error!("SIGUSR1: cannot reopen {}: {e}", cfg.path),
+                        }
+                    }
+                }
+                _ = quit.recv() => self.draining.store(true, Ordering::SeqCst),
+                _ = term.recv() => self.draining.store(true, Ordering::SeqCst),
+                _ = tick.tick() => {
+                    if !self.runtime.load().config.watch {
+                        continue;
+                    }
+                    let now = modified(self.reloader.path());
+                    if now != seen {
+                        // Debounce: wait for the file to stop changing before reading it.
+                        tokio::time::sleep(WATCH_POLL).await;
+                        if modified(self.reloader.path()) == now {
+                            log::info!("config file changed: reloading");
+                            let _ = self.reloader.reload().await;
+                            seen = now;
+                        }
+                    }
+                }
+                _ = shutdown.changed() => {
+                    self.draining.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
     }
 }
 
-/// Compile `cfg` and serve until shut down. Returns only on a start-up error.
-pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
+/// Probe every pool before listeners are taken, so dead targets get no first requests.
+fn prime_pools(rt: &Runtime) {
+    if rt.pools.values().all(|p| p.health_interval().is_none()) {
+        return;
+    }
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(tokio_rt) => tokio_rt.block_on(async {
+            futures::future::join_all(rt.pools.values().map(|p| p.prime_health())).await;
+        }),
+        Err(e) => log::warn!("cannot probe upstreams before start: {e}"),
+    }
+}
+
+/// Compile the config at `path` and serve until shut down. Returns only on a start-up
+/// error.
+pub fn run(path: PathBuf, cfg: Config, opts: RunOptions) -> Result<(), String> {
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     let listeners: Vec<String> = cfg.listeners.iter().map(|l| l.address.clone()).collect();
     let admin_cfg = cfg.admin.clone();
     let log_path = cfg.access_log.as_ref().map(|l| l.path.clone());
     let conf = server_conf(&cfg, opts.daemon);
-    let runtime = Runtime::compile(cfg, 1, &metrics).map_err(|e| e.to_string())?;
+    let runtime = Runtime::compile(cfg, 1, &metrics, None).map_err(|e| e.to_string())?;
+    prime_pools(&runtime);
     metrics.config_generation.set(1);
     let shared: SharedRuntime = Arc::new(ArcSwap::from_pointee(runtime));
     let access_log = match log_path {
         Some(p) => Some(AccessLog::start(&p).map_err(|e| format!("access_log.path `{p}`: {e}"))?),
         None => None,
     };
+    let reloader = Arc::new(Reloader::new(
+        path,
+        Arc::clone(&shared),
+        Arc::clone(&metrics),
+        access_log.clone(),
+    ));
+    let draining = Arc::new(AtomicBool::new(false));
 
     let opt = Opt {
         upgrade: opts.upgrade,
@@ -103,7 +195,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     let moat = Moat {
         runtime: Arc::clone(&shared),
         metrics: Arc::clone(&metrics),
-        access_log,
+        access_log: access_log.clone(),
     };
     let mut proxy =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, moat, "moat");
@@ -115,7 +207,14 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     if let Some(a) = admin_cfg {
         let token = a.token_env.as_ref().and_then(|v| std::env::var(v).ok());
         let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.parse().ok()).collect();
-        let app = Admin::new(Arc::clone(&shared), Arc::clone(&metrics), token, addrs);
+        let app = Admin::new(
+            Arc::clone(&shared),
+            Arc::clone(&metrics),
+            token,
+            addrs,
+            Some(Arc::clone(&reloader)),
+            Arc::clone(&draining),
+        );
         let mut svc = Service::new("moat admin".to_string(), HttpServer::new_app(app));
         svc.add_tcp(&a.address);
         server.add_service(svc);
@@ -124,6 +223,9 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         "moat supervisor",
         Supervisor {
             runtime: Arc::clone(&shared),
+            reloader,
+            access_log,
+            draining,
         },
     ));
     server.run_forever()

@@ -45,9 +45,6 @@ pub fn validate(cfg: &Config, errs: &mut ConfigErrors) {
     if cfg.redis.is_some() {
         errs.push("redis", NOT_YET);
     }
-    if cfg.watch {
-        errs.push("watch", NOT_YET);
-    }
     consumers(cfg, errs);
     providers(cfg, errs);
     let plugins = cfg

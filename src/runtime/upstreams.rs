@@ -30,7 +30,11 @@ pub(super) fn compile(
     for (name, u) in &cfg.upstreams {
         let path = join("upstreams", name);
         if let Some(old) = previous.and_then(|p| p.get(name)) {
-            let ca = u.tls.as_ref().and_then(|t| t.ca_file.as_ref()).and_then(|f| std::fs::read(f).ok());
+            let ca = u
+                .tls
+                .as_ref()
+                .and_then(|t| t.ca_file.as_ref())
+                .and_then(|f| std::fs::read(f).ok());
             if old.reusable_for(u, ca.as_deref()) {
                 pools.insert(name.clone(), Arc::clone(old));
                 continue;
@@ -238,6 +242,11 @@ fn compile_one(
                 .map(|o| (o.consecutive_failures, o.eject_for.get())),
             tls,
             health,
+            unhealthy_after: u
+                .health_check
+                .as_ref()
+                .and_then(|h| h.unhealthy_after)
+                .unwrap_or(3) as usize,
             definition: u.clone(),
         },
         metrics,

@@ -93,6 +93,8 @@ pub struct PoolSettings {
         Box<dyn pingora_load_balancing::health_check::HealthCheck + Send + Sync>,
         Duration,
     )>,
+    /// Failed probes that take a target out (`unhealthy_after`).
+    pub unhealthy_after: usize,
     /// The config it came from, to decide reuse on reload.
     pub definition: UpstreamConfig,
 }
@@ -112,6 +114,7 @@ pub struct Pool {
     outlier: Option<(u32, Duration)>,
     tls: Option<PeerTls>,
     health_interval: Option<Duration>,
+    unhealthy_after: usize,
     health_started: AtomicBool,
     /// The config this pool was built from.
     pub definition: UpstreamConfig,
@@ -220,6 +223,7 @@ impl Pool {
             outlier: s.outlier,
             tls: s.tls,
             health_interval,
+            unhealthy_after: s.unhealthy_after.max(1),
             health_started: AtomicBool::new(false),
             definition: s.definition,
             retired: AtomicBool::new(false),
@@ -342,10 +346,18 @@ impl Pool {
             }
             Some(_) => {
                 let n = t.failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if n >= threshold {
+                let now = clock_ms();
+                let others_in = self
+                    .targets
+                    .iter()
+                    .enumerate()
+                    .any(|(i, o)| i != idx && !o.ejected(now));
+                // Never eject the last target still in: a pool-wide blip must not turn
+                // into `eject_for` of certain 503s.
+                if n >= threshold && others_in {
                     t.failures.store(0, Ordering::Relaxed);
                     t.ejected_until
-                        .store(clock_ms() + eject_for.as_millis() as u64, Ordering::Relaxed);
+                        .store(now + eject_for.as_millis() as u64, Ordering::Relaxed);
                     log::warn!(
                         "upstream {} target {} ejected for {:?} after {n} consecutive failures",
                         self.name,
@@ -377,6 +389,17 @@ impl Pool {
             }
             Selector::Random(lb) => lb.backends().run_health_check(true).await,
             Selector::Hash(lb) => lb.backends().run_health_check(true).await,
+        }
+    }
+
+    /// Probe every target until a dead one would be marked down (`unhealthy_after` passes
+    /// back to back), so a new pool takes traffic only on targets that answer.
+    pub async fn prime_health(&self) {
+        if self.health_interval.is_none() {
+            return;
+        }
+        for _ in 0..self.unhealthy_after {
+            self.check_health().await;
         }
     }
 
@@ -459,6 +482,7 @@ mod tests {
                     outlier,
                     tls: None,
                     health: None,
+                    unhealthy_after: 3,
                     definition: UpstreamConfig {
                         targets: vec![],
                         balance,
@@ -511,6 +535,11 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(p.select(b"", &[]), Some(0));
         }
+        // The last target still in is never ejected.
+        for _ in 0..5 {
+            p.report(0, Some(FailureKind::Connect));
+        }
+        assert!(!p.target_ejected(0));
     }
 
     #[test]

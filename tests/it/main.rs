@@ -7,6 +7,7 @@ mod admin;
 mod check;
 mod conf_files;
 mod forwarding;
+mod reload;
 mod routing;
 mod upstream_tls;
 mod upstreams;

@@ -18,6 +18,8 @@ pub struct Moat {
     pub stdout: PathBuf,
     pub stderr: PathBuf,
     dir: PathBuf,
+    /// What the harness wrote before the test's body (server, listeners, admin).
+    header: String,
 }
 
 /// A fresh temp directory for one test.
@@ -68,7 +70,9 @@ impl Moat {
             "server:\n  threads: 1\n  pid_file: {d}/moat.pid\n  upgrade_sock: {d}/upgrade.sock\n  trusted_proxies: [{trusted}]\n  grace_period: 0s\n  shutdown_timeout: 1s\nlisteners:\n  - name: public\n    address: 127.0.0.1:{port}\nadmin:\n  address: 127.0.0.1:{admin}\n{body}",
             d = dir.display()
         );
-        Self::start_raw(&text, port, admin, dir, env)
+        let mut m = Self::start_raw(&text, port, admin, dir, env);
+        m.header = text[..text.len() - body.len()].to_string();
+        m
     }
 
     /// Start with a complete config text already naming `port` and `admin`.
@@ -102,6 +106,7 @@ impl Moat {
             stdout,
             stderr,
             dir,
+            header: String::new(),
         };
         let ready = wait_until(Duration::from_secs(15), || {
             if let Ok(Some(_)) = m.child.try_wait() {
@@ -150,6 +155,45 @@ impl Moat {
             .find(|l| l.starts_with(prefix))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
+    }
+
+    /// Replace the config body (the part after the harness's header) on disk.
+    pub fn rewrite(&self, body: &str) {
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(&tmp, format!("{}{body}", self.header)).expect("write config");
+        std::fs::rename(&tmp, &self.config).expect("replace config");
+    }
+
+    /// Replace the whole config text on disk.
+    pub fn rewrite_raw(&self, text: &str) {
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(&tmp, text).expect("write config");
+        std::fs::rename(&tmp, &self.config).expect("replace config");
+    }
+
+    /// Send a signal (`HUP`, `USR1`, `QUIT`, ...) to the process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// POST to an admin endpoint.
+    pub fn admin_post(&self, path: &str) -> super::Response {
+        super::request(self.admin, "POST", path, &[], b"")
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// The temp directory of this instance.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// The process id.

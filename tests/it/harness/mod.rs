@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod load;
 pub mod moat;
 pub mod tls;
 pub mod upstream;

@@ -1,0 +1,2 @@
+//! Placeholder until the auth benches land (helper writes them).
+fn main() {}
