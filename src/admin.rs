@@ -161,6 +161,7 @@ impl Admin {
             .collect();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
             "generation": rt.generation,
             "loaded_at": crate::util::time::rfc3339(rt.loaded_at, false),
             "routes": routes,

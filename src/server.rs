@@ -172,6 +172,7 @@ pub fn run(path: PathBuf, cfg: Config, opts: RunOptions) -> Result<(), String> {
     prime_pools(&runtime);
     metrics.config_generation.set(1);
     let shared: SharedRuntime = Arc::new(ArcSwap::from_pointee(runtime));
+    let draining = Arc::new(AtomicBool::new(false));
     let access_log = match log_path {
         Some(p) => Some(AccessLog::start(&p).map_err(|e| format!("access_log.path `{p}`: {e}"))?),
         None => None,
@@ -182,7 +183,6 @@ pub fn run(path: PathBuf, cfg: Config, opts: RunOptions) -> Result<(), String> {
         Arc::clone(&metrics),
         access_log.clone(),
     ));
-    let draining = Arc::new(AtomicBool::new(false));
 
     let opt = Opt {
         upgrade: opts.upgrade,
@@ -196,6 +196,7 @@ pub fn run(path: PathBuf, cfg: Config, opts: RunOptions) -> Result<(), String> {
         runtime: Arc::clone(&shared),
         metrics: Arc::clone(&metrics),
         access_log: access_log.clone(),
+        draining: Arc::clone(&draining),
     };
     let mut proxy =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, moat, "moat");

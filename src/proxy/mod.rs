@@ -34,6 +34,9 @@ pub struct Moat {
     pub metrics: Arc<Metrics>,
     /// The access log, when configured.
     pub access_log: Option<AccessLog>,
+    /// Set on SIGQUIT/SIGTERM: answers then close their connections, so clients move to
+    /// the new process during a graceful upgrade instead of idling on this one.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
@@ -156,6 +159,9 @@ impl ProxyHttp for Moat {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            session.set_keepalive(None);
+        }
         let rt = Arc::clone(&ctx.rt);
         let (client, trusted) =
             forwarding::client_ip(peer_ip(session), session.req_header(), &rt.trusted_proxies);

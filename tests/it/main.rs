@@ -9,5 +9,6 @@ mod conf_files;
 mod forwarding;
 mod reload;
 mod routing;
+mod upgrade;
 mod upstream_tls;
 mod upstreams;

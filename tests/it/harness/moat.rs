@@ -20,6 +20,9 @@ pub struct Moat {
     dir: PathBuf,
     /// What the harness wrote before the test's body (server, listeners, admin).
     header: String,
+    /// Whether dropping this instance removes the temp dir (false for the old side of an
+    /// upgrade).
+    owns_dir: bool,
 }
 
 /// A fresh temp directory for one test.
@@ -107,6 +110,7 @@ impl Moat {
             stderr,
             dir,
             header: String::new(),
+            owns_dir: true,
         };
         let ready = wait_until(Duration::from_secs(15), || {
             if let Ok(Some(_)) = m.child.try_wait() {
@@ -196,6 +200,59 @@ impl Moat {
         &self.dir
     }
 
+    /// Graceful binary upgrade: start a second process with `--upgrade` on the same config,
+    /// SIGQUIT this one once the new one waits for the sockets, and return the new one
+    /// after `/status` reports its pid. This instance stays (draining) until dropped.
+    pub fn upgrade(&mut self) -> Moat {
+        let stdout = self.dir.join(format!("stdout-{}.log", super::free_port()));
+        let stderr = stdout.with_extension("err");
+        let child = Command::new(bin())
+            .args(["run", "-c"])
+            .arg(&self.config)
+            .arg("--upgrade")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .env("RUST_LOG", "info")
+            .spawn()
+            .expect("spawn new moat");
+        let mut new = Moat {
+            child,
+            port: self.port,
+            admin: self.admin,
+            config: self.config.clone(),
+            stdout,
+            stderr,
+            dir: self.dir.clone(),
+            header: self.header.clone(),
+            owns_dir: true,
+        };
+        self.owns_dir = false;
+        // The new process waits for the sockets on the upgrade socket: wait until it says so.
+        let waiting = wait_until(Duration::from_secs(10), || {
+            new.exited() || new.logs().contains("Bootstrap") || new.logs().contains("upgrade")
+        });
+        assert!(
+            waiting && !new.exited(),
+            "new moat did not start: {}",
+            new.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        self.signal("QUIT");
+        let pid = new.pid();
+        let took_over = wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", new.admin)).is_ok()
+                && super::request(new.admin, "GET", "/status", &[], b"").json()["pid"] == pid
+        });
+        assert!(
+            took_over,
+            "new moat did not take over:\n{}\nold:\n{}",
+            new.logs(),
+            self.logs()
+        );
+        new
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -206,6 +263,8 @@ impl Drop for Moat {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }

@@ -1,0 +1,307 @@
+//! HMAC request signing, compatible with Kong's hmac-auth clients (see the contract):
+//! `Authorization: hmac username="<key_id>", algorithm="hmac-sha256",
+//! headers="date request-line digest", signature="<base64>"`.
+//!
+//! The signing string is the listed headers in order, each `name: value` (lower-case
+//! name), joined by `\n`; `request-line` contributes `METHOD /path?query HTTP/1.1`.
+//! moat's rules on top of the scheme:
+//! - algorithms hmac-sha256/384/512 only (hmac-sha1 refused);
+//! - `request-line` must be signed (so method, path and query cannot be changed), and
+//!   `x-date` or `date` must be signed and within `clock_skew`;
+//! - a `Digest` header, when sent, must be signed and match the body (`SHA-256=`); with
+//!   `require_digest` a request with a body must carry one;
+//! - every signed header must appear exactly once;
+//! - signatures compare in constant time; replays are refused through a [`ReplayGuard`].
+
+use super::cache::ExpiringCache;
+use super::consumers::sha256;
+use async_trait::async_trait;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use openssl::hash::MessageDigest;
+use openssl::pkey::PKey;
+use openssl::sign::Signer;
+use pingora_http::RequestHeader;
+
+/// Default `clock_skew`, seconds.
+pub const DEFAULT_CLOCK_SKEW: i64 = 300;
+/// Signatures remembered by the local replay guard.
+pub const REPLAY_CAPACITY: usize = 100_000;
+
+/// Why an HMAC request was refused: a short category, safe to log and count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HmacError {
+    /// The Authorization value or a signed header is malformed, missing or repeated.
+    Malformed,
+    /// An algorithm other than hmac-sha256/384/512.
+    Algorithm,
+    /// No credential with this key id.
+    UnknownKey,
+    /// `request-line`, `date`/`x-date` or `digest` is not among the signed headers.
+    Unsigned,
+    /// The date is missing, unparsable or outside the clock skew.
+    Date,
+    /// The signature does not match.
+    BadSignature,
+    /// The Digest is missing (when required), malformed or does not match the body.
+    Digest,
+    /// This signature was already used within the replay window.
+    Replay,
+}
+
+impl HmacError {
+    /// The metric / log reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            HmacError::Malformed => "malformed",
+            HmacError::Algorithm => "algorithm",
+            HmacError::UnknownKey => "unknown_key",
+            HmacError::Unsigned => "unsigned_header",
+            HmacError::Date => "date",
+            HmacError::BadSignature => "bad_signature",
+            HmacError::Digest => "digest",
+            HmacError::Replay => "replay",
+        }
+    }
+}
+
+/// An HMAC algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HmacAlg {
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl HmacAlg {
+    /// Parse `hmac-sha256` etc.; sha1 and others are refused.
+    pub fn parse(s: &str) -> Option<HmacAlg> {
+        match s.to_ascii_lowercase().as_str() {
+            "hmac-sha256" => Some(HmacAlg::Sha256),
+            "hmac-sha384" => Some(HmacAlg::Sha384),
+            "hmac-sha512" => Some(HmacAlg::Sha512),
+            _ => None,
+        }
+    }
+
+    /// The name as written in the header.
+    pub fn name(self) -> &'static str {
+        match self {
+            HmacAlg::Sha256 => "hmac-sha256",
+            HmacAlg::Sha384 => "hmac-sha384",
+            HmacAlg::Sha512 => "hmac-sha512",
+        }
+    }
+
+    fn md(self) -> MessageDigest {
+        match self {
+            HmacAlg::Sha256 => MessageDigest::sha256(),
+            HmacAlg::Sha384 => MessageDigest::sha384(),
+            HmacAlg::Sha512 => MessageDigest::sha512(),
+        }
+    }
+}
+
+/// A parsed `Authorization: hmac ...` value.
+#[derive(Debug, Clone)]
+pub struct HmacAuthorization {
+    /// `username`: the credential's key id.
+    pub key_id: String,
+    /// `algorithm`.
+    pub alg: HmacAlg,
+    /// `headers`, lower-cased, in order.
+    pub headers: Vec<String>,
+    /// The decoded signature.
+    pub signature: Vec<u8>,
+}
+
+/// Whether an Authorization value uses the hmac scheme.
+pub fn is_hmac_scheme(value: &str) -> bool {
+    value
+        .get(..5)
+        .is_some_and(|s| s.eq_ignore_ascii_case("hmac "))
+}
+
+/// Parse an `Authorization: hmac k="v", ...` value.
+pub fn parse_authorization(value: &str) -> Result<HmacAuthorization, HmacError> {
+    if !is_hmac_scheme(value) {
+        return Err(HmacError::Malformed);
+    }
+    let mut rest = value[5..].trim();
+    let (mut user, mut alg, mut headers, mut sig) = (None, None, None, None);
+    while !rest.is_empty() {
+        let eq = rest.find('=').ok_or(HmacError::Malformed)?;
+        let name = rest[..eq].trim().to_ascii_lowercase();
+        let after = rest[eq + 1..].trim_start();
+        let after = after.strip_prefix('"').ok_or(HmacError::Malformed)?;
+        let end = after.find('"').ok_or(HmacError::Malformed)?;
+        let v = &after[..end];
+        rest = after[end + 1..].trim_start();
+        if let Some(r) = rest.strip_prefix(',') {
+            rest = r.trim_start();
+        } else if !rest.is_empty() {
+            return Err(HmacError::Malformed);
+        }
+        let slot = match name.as_str() {
+            "username" | "keyid" => &mut user,
+            "algorithm" => &mut alg,
+            "headers" => &mut headers,
+            "signature" => &mut sig,
+            _ => continue,
+        };
+        if slot.replace(v).is_some() {
+            return Err(HmacError::Malformed);
+        }
+    }
+    let (Some(user), Some(alg), Some(headers), Some(sig)) = (user, alg, headers, sig) else {
+        return Err(HmacError::Malformed);
+    };
+    if user.is_empty() {
+        return Err(HmacError::Malformed);
+    }
+    let alg = HmacAlg::parse(alg).ok_or(HmacError::Algorithm)?;
+    let headers: Vec<String> = headers
+        .split_ascii_whitespace()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    let signature = STANDARD.decode(sig).map_err(|_| HmacError::Malformed)?;
+    Ok(HmacAuthorization {
+        key_id: user.to_string(),
+        alg,
+        headers,
+        signature,
+    })
+}
+
+/// Build the signing string of `names` from a header lookup and the request line.
+pub fn signing_string(
+    names: &[String],
+    request_line: &str,
+    mut header: impl FnMut(&str) -> Result<String, HmacError>,
+) -> Result<String, HmacError> {
+    let mut parts = Vec::with_capacity(names.len());
+    for n in names {
+        if n == "request-line" {
+            parts.push(request_line.to_string());
+        } else {
+            parts.push(format!("{n}: {}", header(n)?));
+        }
+    }
+    Ok(parts.join("\n"))
+}
+
+/// `METHOD /path?query HTTP/1.1` of `req`, the path as the client sent it.
+pub fn request_line(req: &RequestHeader) -> String {
+    format!(
+        "{} {} {:?}",
+        req.method.as_str(),
+        String::from_utf8_lossy(req.raw_path()),
+        req.version
+    )
+}
+
+/// The single value of header `name` in `req` (a repeated header is refused).
+pub fn single_header(req: &RequestHeader, name: &str) -> Result<String, HmacError> {
+    let mut it = req.headers.get_all(name).iter();
+    let (Some(v), None) = (it.next(), it.next()) else {
+        return Err(HmacError::Malformed);
+    };
+    v.to_str()
+        .map(|s| s.trim().to_string())
+        .map_err(|_| HmacError::Malformed)
+}
+
+/// HMAC of `data` under `secret`.
+pub fn compute(alg: HmacAlg, secret: &[u8], data: &[u8]) -> Result<Vec<u8>, HmacError> {
+    PKey::hmac(secret)
+        .and_then(|k| Signer::new(alg.md(), &k).and_then(|mut s| s.sign_oneshot_to_vec(data)))
+        .map_err(|_| HmacError::BadSignature)
+}
+
+/// Constant-time check of `sig` against the HMAC of `data`.
+pub fn verify_mac(alg: HmacAlg, secret: &[u8], data: &[u8], sig: &[u8]) -> bool {
+    match compute(alg, secret, data) {
+        Ok(mac) => mac.len() == sig.len() && openssl::memcmp::eq(&mac, sig),
+        Err(_) => false,
+    }
+}
+
+/// `SHA-256=<base64>` of `body`.
+pub fn digest_header(body: &[u8]) -> String {
+    format!("SHA-256={}", STANDARD.encode(sha256(body)))
+}
+
+/// Whether a `Digest` value carries a `SHA-256=` entry matching `body` (constant time).
+/// Other algorithms in the list are ignored; without a SHA-256 entry it fails.
+pub fn digest_matches(value: &str, body: &[u8]) -> bool {
+    let want = sha256(body);
+    let mut found = false;
+    for part in value.split(',') {
+        let Some((alg, b64)) = part.trim().split_once('=') else {
+            continue;
+        };
+        if alg.trim().eq_ignore_ascii_case("sha-256") {
+            match STANDARD.decode(b64.trim()) {
+                Ok(got) if got.len() == 32 && openssl::memcmp::eq(&got, &want) => found = true,
+                _ => return false,
+            }
+        }
+    }
+    found
+}
+
+/// Which date header a signed request relies on, checked against `now` and `skew`.
+pub fn check_date(
+    auth: &HmacAuthorization,
+    req: &RequestHeader,
+    now: i64,
+    skew: i64,
+) -> Result<(), HmacError> {
+    let name = ["x-date", "date"]
+        .into_iter()
+        .find(|n| auth.headers.iter().any(|h| h == n))
+        .ok_or(HmacError::Unsigned)?;
+    let v = single_header(req, name).map_err(|_| HmacError::Date)?;
+    let t = super::dates::parse_http_date(&v).ok_or(HmacError::Date)?;
+    if (t - now).abs() > skew {
+        return Err(HmacError::Date);
+    }
+    Ok(())
+}
+
+/// Remembers signatures for the replay window. The local guard is per instance; a Redis
+/// implementation (shared across instances) plugs in here with the limits work.
+#[async_trait]
+pub trait ReplayGuard: Send + Sync {
+    /// True the first time `key` is seen within `window` seconds of `now`.
+    async fn first_use(&self, key: [u8; 32], window: i64, now: i64) -> bool;
+}
+
+/// A bounded in-memory replay guard.
+pub struct LocalReplay(ExpiringCache<()>);
+
+impl LocalReplay {
+    /// Remember up to `capacity` signatures.
+    pub fn new(capacity: usize) -> LocalReplay {
+        LocalReplay(ExpiringCache::new(capacity))
+    }
+}
+
+#[async_trait]
+impl ReplayGuard for LocalReplay {
+    async fn first_use(&self, key: [u8; 32], window: i64, now: i64) -> bool {
+        self.0.insert_new(key, (), now + window, now)
+    }
+}
+
+/// The replay key of a verified request: its key id and signature.
+pub fn replay_key(auth: &HmacAuthorization) -> [u8; 32] {
+    let mut data = auth.key_id.as_bytes().to_vec();
+    data.push(0);
+    data.extend_from_slice(&auth.signature);
+    sha256(&data)
+}
+
+#[cfg(test)]
+#[path = "hmac_tests.rs"]
+mod tests;

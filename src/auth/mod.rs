@@ -1,0 +1,81 @@
+//! Authentication building blocks, compiled once per config generation and shared by the
+//! `auth` plugins of every route:
+//! - [`consumers`]: API keys by hash (scopes, expiry) and HMAC credentials by key id;
+//! - [`provider`] / [`jwt`] / [`jwk`] / [`fetch`] / [`cache`]: JWT verification with keys
+//!   from a JWKS URL (background refresh, on-demand refetch with cooldown), a JWKS file,
+//!   a PEM key or an HS* secret, and the verified-token cache;
+//! - [`hmac`]: the Kong-compatible HMAC request-signing scheme and replay guard;
+//! - [`cli`]: `moat keygen` and `moat sign`; [`dates`]: RFC 3339 and HTTP dates;
+//! - [`testkit`]: key and token helpers for tests and benches.
+//!
+//! The request-side logic (which credential, `require`, identity, hiding credentials)
+//! lives in `plugin::auth`.
+
+pub mod cache;
+pub mod cli;
+pub mod consumers;
+pub mod dates;
+pub mod fetch;
+pub mod hmac;
+pub mod jwk;
+pub mod jwt;
+pub mod provider;
+pub mod testkit;
+
+use crate::config::error::ConfigErrors;
+use crate::config::model::Config;
+use crate::runtime::Runtime;
+use consumers::ConsumerStore;
+use provider::JwtProvider;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The compiled `consumers:` and `jwt_providers:`, plus the replay guard.
+pub struct AuthState {
+    /// API keys and HMAC credentials.
+    pub consumers: Arc<ConsumerStore>,
+    /// JWT providers by name.
+    pub providers: BTreeMap<String, Arc<JwtProvider>>,
+    /// HMAC replay detection, shared by every route of the generation (local to this
+    /// instance; a Redis-backed guard replaces it when `redis:` lands).
+    pub replay: Arc<dyn hmac::ReplayGuard>,
+}
+
+impl Default for AuthState {
+    fn default() -> Self {
+        AuthState {
+            consumers: Arc::default(),
+            providers: BTreeMap::new(),
+            replay: Arc::new(hmac::LocalReplay::new(hmac::REPLAY_CAPACITY)),
+        }
+    }
+}
+
+impl AuthState {
+    /// Compile consumers and providers, recording errors (validation has already checked
+    /// the shapes; this loads keys and secrets).
+    pub fn compile(cfg: &Config, errs: &mut ConfigErrors) -> AuthState {
+        let consumers = Arc::new(ConsumerStore::compile(cfg, errs));
+        let providers = cfg
+            .jwt_providers
+            .iter()
+            .filter_map(|(name, p)| {
+                JwtProvider::compile(name, p, errs).map(|p| (name.clone(), Arc::new(p)))
+            })
+            .collect();
+        AuthState {
+            consumers,
+            providers,
+            ..AuthState::default()
+        }
+    }
+}
+
+/// Start the JWKS refresh loops of `rt`'s `jwks_url` providers on the current tokio
+/// runtime. Each loop holds a `Weak` reference and stops once its generation is dropped;
+/// call it once per compiled generation (at start and after each reload).
+pub fn start_background(rt: &Runtime) {
+    for p in rt.auth.providers.values() {
+        provider::spawn_refresh(p);
+    }
+}

@@ -1,0 +1,308 @@
+//! A compiled JWT provider (`jwt_providers.NAME`): its key set, claim rules and verified-
+//! token cache, and for `jwks_url` the fetching policy:
+//! - a background loop ([`spawn_refresh`]) fetches at start and every `jwks_refresh`
+//!   (every `jwks_cooldown` while no key set was ever obtained), holding only a `Weak`
+//!   reference so it ends with its config generation;
+//! - a token naming an unknown `kid` (or arriving before any key set) triggers at most one
+//!   inline refetch per `jwks_cooldown`, single-flight, so a storm of random kids costs
+//!   one fetch;
+//! - a failed fetch keeps the last good set; with no set at all requests fail closed
+//!   ([`JwtError::NoKeys`], answered 503).
+//!
+//! Verified tokens are cached by SHA-256 of the token until their `exp` (never longer);
+//! the cache is cleared whenever the key set changes.
+
+use super::cache::ExpiringCache;
+use super::consumers::sha256;
+use super::jwk::{self, Alg, KeySet};
+use super::jwt::{self, ClaimRules, JwtError};
+use crate::config::error::{join, ConfigErrors};
+use crate::config::model::JwtProviderConfig;
+use arc_swap::ArcSwapOption;
+use serde_json::{Map, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Default `jwks_refresh`.
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(600);
+/// Default `jwks_cooldown`.
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
+/// Timeout of one JWKS fetch (connect, TLS, request and body).
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Verified tokens kept per provider.
+pub const CACHE_CAPACITY: usize = 10_000;
+/// Keys tried for a token without `kid`.
+const MAX_KEYS_WITHOUT_KID: usize = 4;
+
+/// A verified token: what requests need from it.
+#[derive(Debug)]
+pub struct Verified {
+    /// All claims.
+    pub claims: Arc<Map<String, Value>>,
+    /// `exp`, UNIX seconds.
+    pub exp: i64,
+    /// The consumer id (from `consumer_claim`).
+    pub subject: Arc<str>,
+    /// Scopes (from `scopes_claim`).
+    pub scopes: Arc<[String]>,
+}
+
+/// One provider.
+pub struct JwtProvider {
+    /// `jwt_providers` key.
+    pub name: String,
+    algs: Vec<Alg>,
+    rules: ClaimRules,
+    consumer_claim: String,
+    scopes_claim: String,
+    url: Option<String>,
+    keys: ArcSwapOption<KeySet>,
+    cache: ExpiringCache<Arc<Verified>>,
+    fetch_lock: tokio::sync::Mutex<()>,
+    last_attempt: Mutex<Option<Instant>>,
+    refresh: Duration,
+    cooldown: Duration,
+    fetches: AtomicU64,
+}
+
+impl JwtProvider {
+    /// Compile one provider; keys from files and the environment are loaded now, a
+    /// `jwks_url` is only checked (fetched later by [`spawn_refresh`] or on demand).
+    pub fn compile(name: &str, c: &JwtProviderConfig, errs: &mut ConfigErrors) -> Option<JwtProvider> {
+        let path = join("jwt_providers", name);
+        let algs: Vec<Alg> = c.algorithms.iter().filter_map(|a| Alg::parse(a)).collect();
+        let mut keys = None;
+        let mut load = |what: &str, r: Result<KeySet, String>| match r {
+            Ok(k) => keys = Some(k),
+            Err(e) => errs.push(join(&path, what), e),
+        };
+        if let Some(f) = &c.jwks_file {
+            if let Ok(text) = std::fs::read(f) {
+                load("jwks_file", jwk::parse_jwks(&text));
+            }
+        } else if let Some(f) = &c.public_key_file {
+            if let Ok(text) = std::fs::read(f) {
+                load("public_key_file", jwk::parse_pem(&text));
+            }
+        } else if let Some(v) = &c.secret_env {
+            if let Some(s) = std::env::var_os(v).filter(|s| !s.is_empty()) {
+                load("secret_env", jwk::hmac_set(s.into_encoded_bytes()));
+            }
+        } else if let Some(u) = &c.jwks_url {
+            if let Err(e) = super::fetch::check_url(u) {
+                errs.push(join(&path, "jwks_url"), e);
+            }
+        }
+        let mut p = JwtProvider::new(name, algs, ClaimRules {
+            issuer: c.issuer.clone(),
+            audiences: c.audiences.clone(),
+            leeway: c.leeway.map(|d| d.get().as_secs() as i64).unwrap_or(0),
+        });
+        p.url = c.jwks_url.clone();
+        p.keys = ArcSwapOption::from(keys.map(Arc::new));
+        if let Some(cc) = &c.consumer_claim {
+            p.consumer_claim = cc.clone();
+        }
+        if let Some(sc) = &c.scopes_claim {
+            p.scopes_claim = sc.clone();
+        }
+        p.refresh = c.jwks_refresh.map(|d| d.get()).unwrap_or(DEFAULT_REFRESH).max(Duration::from_secs(1));
+        p.cooldown = c.jwks_cooldown.map(|d| d.get()).unwrap_or(DEFAULT_COOLDOWN);
+        Some(p)
+    }
+
+    /// A provider with fixed `keys` (tests, benches); `sub` names the consumer and
+    /// `scope` holds scopes.
+    pub fn new(name: &str, algs: Vec<Alg>, rules: ClaimRules) -> JwtProvider {
+        JwtProvider {
+            name: name.to_string(),
+            algs,
+            rules,
+            consumer_claim: "sub".into(),
+            scopes_claim: "scope".into(),
+            url: None,
+            keys: ArcSwapOption::empty(),
+            cache: ExpiringCache::new(CACHE_CAPACITY),
+            fetch_lock: tokio::sync::Mutex::new(()),
+            last_attempt: Mutex::new(None),
+            refresh: DEFAULT_REFRESH,
+            cooldown: DEFAULT_COOLDOWN,
+            fetches: AtomicU64::new(0),
+        }
+    }
+
+    /// Replace the key set (clears the token cache).
+    pub fn set_keys(&self, keys: KeySet) {
+        self.keys.store(Some(Arc::new(keys)));
+        self.cache.clear();
+    }
+
+    /// JWKS fetches attempted so far.
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Verify `token` with the keys at hand (no fetching), using the cache.
+    pub fn verify_sync(&self, token: &str, now: i64) -> Result<Arc<Verified>, JwtError> {
+        if token.len() > jwt::MAX_TOKEN_BYTES {
+            return Err(JwtError::Malformed);
+        }
+        let key = sha256(token.as_bytes());
+        if let Some(v) = self.cache.get(&key, now) {
+            return Ok(v);
+        }
+        let v = Arc::new(self.verify_uncached(token, now)?);
+        if v.exp > now {
+            self.cache.insert(key, Arc::clone(&v), v.exp, now);
+        }
+        Ok(v)
+    }
+
+    /// Full verification without the cache (benches compare it with the cached path).
+    pub fn verify_uncached(&self, token: &str, now: i64) -> Result<Verified, JwtError> {
+        let d = jwt::decode(token, &self.algs)?;
+        let keys = self.keys.load_full().ok_or(JwtError::NoKeys)?;
+        let ok = match &d.header.kid {
+            Some(kid) => {
+                let k = keys.by_kid(kid).ok_or(JwtError::UnknownKey)?;
+                jwt::verify_signature(d.header.alg, k, d.signing_input, &d.signature)
+            }
+            None => {
+                let fitting: Vec<_> = keys
+                    .keys
+                    .iter()
+                    .filter(|k| k.fits(d.header.alg))
+                    .take(MAX_KEYS_WITHOUT_KID)
+                    .collect();
+                if fitting.is_empty() {
+                    return Err(JwtError::UnknownKey);
+                }
+                fitting
+                    .iter()
+                    .any(|k| jwt::verify_signature(d.header.alg, k, d.signing_input, &d.signature))
+            }
+        };
+        if !ok {
+            return Err(JwtError::BadSignature);
+        }
+        let exp = jwt::check_claims(&d.claims, &self.rules, now)?;
+        let subject: Arc<str> = match d.claims.get(&self.consumer_claim) {
+            Some(Value::String(s)) if !s.is_empty() => Arc::from(s.as_str()),
+            Some(Value::Number(n)) => Arc::from(n.to_string()),
+            _ => return Err(JwtError::Claims),
+        };
+        let scopes = jwt::scopes(&d.claims, &self.scopes_claim).into();
+        Ok(Verified {
+            claims: Arc::new(d.claims),
+            exp,
+            subject,
+            scopes,
+        })
+    }
+
+    /// Verify `token`; an unknown `kid` (or no key set yet) may trigger one refetch,
+    /// subject to the cooldown.
+    pub async fn verify(&self, token: &str, now: i64) -> Result<Arc<Verified>, JwtError> {
+        match self.verify_sync(token, now) {
+            Err(e @ (JwtError::UnknownKey | JwtError::NoKeys)) if self.url.is_some() => {
+                if self.refetch().await {
+                    self.verify_sync(token, now)
+                } else {
+                    Err(e)
+                }
+            }
+            r => r,
+        }
+    }
+
+    fn cooldown_passed(&self) -> bool {
+        let last = self.last_attempt.lock().unwrap_or_else(|p| p.into_inner());
+        last.is_none_or(|t| t.elapsed() >= self.cooldown)
+    }
+
+    fn mark_attempt(&self) {
+        *self.last_attempt.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// One refetch if the cooldown allows; true when the caller should look again.
+    async fn refetch(&self) -> bool {
+        if !self.cooldown_passed() {
+            return false;
+        }
+        let _g = self.fetch_lock.lock().await;
+        if !self.cooldown_passed() {
+            // Another request fetched while this one waited.
+            return true;
+        }
+        self.mark_attempt();
+        self.fetch_now().await
+    }
+
+    /// Fetch and install the JWKS; false on failure (the last good set stays).
+    async fn fetch_now(&self) -> bool {
+        let Some(url) = &self.url else {
+            return false;
+        };
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let got = super::fetch::get(url, FETCH_TIMEOUT, jwk::MAX_JWKS_BYTES)
+            .await
+            .and_then(|body| jwk::parse_jwks(&body));
+        match got {
+            Ok(set) => {
+                let changed = self
+                    .keys
+                    .load()
+                    .as_ref()
+                    .is_none_or(|old| old.kids() != set.kids());
+                if changed {
+                    log::info!("jwt provider `{}`: key set updated ({} keys)", self.name, set.keys.len());
+                }
+                self.set_keys(set);
+                true
+            }
+            Err(e) => {
+                let kept = if self.keys.load().is_some() {
+                    "keeping the last good key set"
+                } else {
+                    "no key set yet: its routes answer 503"
+                };
+                log::warn!("jwt provider `{}`: JWKS fetch failed: {e}; {kept}", self.name);
+                false
+            }
+        }
+    }
+}
+
+/// Start the refresh loop of a `jwks_url` provider on the current tokio runtime. It holds
+/// a `Weak` reference and ends once the provider (its config generation) is dropped.
+pub fn spawn_refresh(p: &Arc<JwtProvider>) {
+    if p.url.is_none() {
+        return;
+    }
+    let weak = Arc::downgrade(p);
+    tokio::spawn(async move {
+        loop {
+            let wait = {
+                let Some(p) = weak.upgrade() else {
+                    break;
+                };
+                let ok = {
+                    let _g = p.fetch_lock.lock().await;
+                    p.mark_attempt();
+                    p.fetch_now().await
+                };
+                if ok {
+                    p.refresh
+                } else {
+                    p.cooldown.max(Duration::from_secs(1)).min(p.refresh)
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    });
+}
+
+#[cfg(test)]
+#[path = "provider_tests.rs"]
+mod tests;

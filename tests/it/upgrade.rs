@@ -1,0 +1,115 @@
+//! Graceful binary upgrade through the real binary: new processes take the sockets over
+//! from old ones under load, and a long streaming response started before an upgrade
+//! completes intact.
+
+use crate::harness::load::Load;
+use crate::harness::moat::temp_dir;
+use crate::harness::{free_port, Moat};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+fn start(body: &str) -> Moat {
+    let dir = temp_dir("upgrade");
+    let (port, admin) = (free_port(), free_port());
+    let text = format!(
+        "server:\n  threads: 1\n  pid_file: {d}/moat.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 1s\n  shutdown_timeout: 10s\nlisteners:\n  - name: public\n    address: 127.0.0.1:{port}\nadmin:\n  address: 127.0.0.1:{admin}\n{body}",
+        d = dir.display()
+    );
+    Moat::start_raw(&text, port, admin, dir, &[])
+}
+
+#[test]
+fn three_upgrades_under_load_lose_nothing() {
+    let up = crate::harness::Upstream::start("app");
+    let mut m = start(&format!(
+        "upstreams:\n  app: {{ targets: [\"{}\"] }}\nroutes:\n  - name: r\n    match: {{ path_prefix: / }}\n    upstream: app\n",
+        up.address()
+    ));
+    let load = Load::start(m.port, "/x", 2, Duration::from_secs(40));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut old = Vec::new();
+    for _ in 0..3 {
+        let new = m.upgrade();
+        old.push(std::mem::replace(&mut m, new));
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let outcomes = load.finish();
+    let failed: Vec<_> = outcomes.iter().filter(|o| o.status != 200).collect();
+    assert!(outcomes.len() > 200, "only {} requests", outcomes.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        outcomes.len(),
+        &failed[..failed.len().min(5)]
+    );
+    // The old processes finished their work and exited by themselves.
+    for mut o in old {
+        assert!(
+            crate::harness::wait_until(Duration::from_secs(15), || o.exited()),
+            "old moat still running"
+        );
+    }
+}
+
+/// An upstream that streams `chunks` chunks of 64 KiB, one every `gap`, chunked encoding.
+fn streaming_upstream(chunks: usize, gap: Duration) -> (u16, Vec<u8>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let payload: Vec<u8> = (0..chunks * 65536).map(|i| (i * 7 % 251) as u8).collect();
+    let data = payload.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten().take(4) {
+            let data = data.clone();
+            std::thread::spawn(move || serve_stream(conn, &data, gap));
+        }
+    });
+    (port, payload)
+}
+
+fn serve_stream(mut conn: TcpStream, data: &[u8], gap: Duration) {
+    let mut buf = [0u8; 4096];
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/octet-stream\r\n\r\n");
+    for chunk in data.chunks(65536) {
+        std::thread::sleep(gap);
+        let _ = conn.write_all(format!("{:x}\r\n", chunk.len()).as_bytes());
+        let _ = conn.write_all(chunk);
+        let _ = conn.write_all(b"\r\n");
+    }
+    let _ = conn.write_all(b"0\r\n\r\n");
+}
+
+#[test]
+fn streaming_response_survives_an_upgrade() {
+    let (up_port, payload) = streaming_upstream(5, Duration::from_secs(1));
+    let mut m = start(&format!(
+        "upstreams:\n  s: {{ targets: [\"127.0.0.1:{up_port}\"], read_timeout: 10s }}\nroutes:\n  - name: s\n    match: {{ path_prefix: / }}\n    upstream: s\n"
+    ));
+    let port = m.port;
+    let reader = std::thread::spawn(move || {
+        let out = crate::harness::send_raw(
+            port,
+            b"GET /stream HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        );
+        crate::harness::client::parse_all(&out).into_iter().next()
+    });
+    std::thread::sleep(Duration::from_millis(1200));
+    let _new = m.upgrade();
+    let resp = reader.join().unwrap().expect("a response");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body.len(), payload.len());
+    assert_eq!(
+        Sha256::digest(&resp.body),
+        Sha256::digest(&payload),
+        "body changed in transit"
+    );
+}
