@@ -168,6 +168,7 @@ pub fn run(path: PathBuf, cfg: Config, opts: RunOptions) -> Result<(), String> {
     let admin_cfg = cfg.admin.clone();
     let log_path = cfg.access_log.as_ref().map(|l| l.path.clone());
     let conf = server_conf(&cfg, opts.daemon);
+    let pid_file = conf.pid_file.clone();
     let runtime = Runtime::compile(cfg, 1, &metrics, None).map_err(|e| e.to_string())?;
     prime_pools(&runtime);
     metrics.config_generation.set(1);
@@ -191,6 +192,14 @@ pub fn run(path: PathBuf, cfg: Config, opts: RunOptions) -> Result<(), String> {
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
+    if !opts.daemon {
+        // Pingora writes the pid file only when it daemonizes; a foreground moat (systemd
+        // Type=simple, containers, an upgrade started in the foreground) writes it here,
+        // after taking the sockets, so the file always names the serving process.
+        if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+            log::warn!("cannot write pid file {pid_file}: {e}");
+        }
+    }
 
     let moat = Moat {
         runtime: Arc::clone(&shared),

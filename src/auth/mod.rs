@@ -14,6 +14,7 @@
 pub mod cache;
 pub mod cli;
 pub mod consumers;
+pub mod credentials;
 pub mod dates;
 pub mod fetch;
 pub mod hmac;

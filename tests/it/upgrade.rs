@@ -113,3 +113,58 @@ fn streaming_response_survives_an_upgrade() {
         "body changed in transit"
     );
 }
+
+#[test]
+fn upgrade_script_hands_over_or_refuses() {
+    let mut m =
+        start("routes:\n  - name: r\n    match: { path_prefix: / }\n    respond: { body: ok }\n");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/moat-upgrade.sh");
+    let pid_file = m.dir().join("moat.pid");
+    assert!(crate::harness::wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == m.pid().to_string())
+    }));
+    let admin_addr = format!("127.0.0.1:{}", m.admin);
+    let run = |config: &std::path::Path| {
+        std::process::Command::new("bash")
+            .arg(script)
+            .args([
+                "-c",
+                &config.display().to_string(),
+                "-p",
+                &pid_file.display().to_string(),
+            ])
+            .args(["-a", &admin_addr, "-b", crate::harness::moat::bin()])
+            .output()
+            .expect("run upgrade script")
+    };
+    // A config the new binary rejects: refused before anything is touched.
+    let bad = m.dir().join("bad.yaml");
+    std::fs::write(&bad, "routes: [ { name: x } ]\n").unwrap();
+    let out = run(&bad);
+    assert!(!out.status.success());
+    assert!(!m.exited());
+    assert_eq!(m.admin_get("/status").json()["pid"], m.pid());
+
+    let config = m.config.clone();
+    let out = run(&config);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    let new_pid: u32 = m.admin_get("/status").json()["pid"].as_u64().unwrap() as u32;
+    assert_ne!(new_pid, m.pid());
+    assert_eq!(
+        crate::harness::request(m.port, "GET", "/", &[], b"").text(),
+        "ok"
+    );
+    assert!(
+        crate::harness::wait_until(Duration::from_secs(15), || m.exited()),
+        "old moat still running"
+    );
+    // The new one was daemonized by the script: stop it.
+    let _ = std::process::Command::new("kill")
+        .arg(new_pid.to_string())
+        .status();
+}

@@ -1,0 +1,191 @@
+//! Finding credentials in a request and removing them from what goes upstream: query
+//! parameters (percent-decoded), cookies, and `Authorization` schemes. Every lookup
+//! reports how many times the credential appears, so a repeated credential can be
+//! refused rather than guessed at.
+
+use pingora_http::RequestHeader;
+
+/// How often a credential appeared, with the first value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Not present.
+    None,
+    /// Present once.
+    One(String),
+    /// Present more than once (ambiguous).
+    Many,
+}
+
+impl Found {
+    fn push(&mut self, v: String) {
+        *self = match self {
+            Found::None => Found::One(v),
+            _ => Found::Many,
+        };
+    }
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Percent-decode (and `+` as space); invalid escapes are kept as written.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                match (hex_val(b[i + 1]), hex_val(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push(h * 16 + l);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The query parameter `name` of `req`.
+pub fn query_param(req: &RequestHeader, name: &str) -> Found {
+    let mut f = Found::None;
+    if let Some(q) = req.uri.query() {
+        for pair in q.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if percent_decode(k) == name {
+                f.push(percent_decode(v));
+            }
+        }
+    }
+    f
+}
+
+/// The cookie `name` across every `Cookie` header of `req`.
+pub fn cookie(req: &RequestHeader, name: &str) -> Found {
+    let mut f = Found::None;
+    for h in req.headers.get_all(http::header::COOKIE) {
+        let Ok(h) = h.to_str() else { continue };
+        for c in h.split(';') {
+            if let Some((k, v)) = c.trim().split_once('=') {
+                if k.trim() == name {
+                    f.push(v.trim().trim_matches('"').to_string());
+                }
+            }
+        }
+    }
+    f
+}
+
+/// The values of header `name`.
+pub fn header(req: &RequestHeader, name: &str) -> Found {
+    let mut f = Found::None;
+    for v in req.headers.get_all(name) {
+        f.push(String::from_utf8_lossy(v.as_bytes()).trim().to_string());
+    }
+    f
+}
+
+/// Split `Authorization` into (scheme, rest).
+pub fn scheme(value: &str) -> (&str, &str) {
+    match value.split_once(' ') {
+        Some((s, r)) => (s, r.trim()),
+        None => (value, ""),
+    }
+}
+
+/// `path?query` with the parameters in `names` removed (`None` when nothing changed).
+pub fn strip_query(target: &str, names: &[String]) -> Option<String> {
+    let (path, q) = target.split_once('?')?;
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|p| {
+            let k = p.split_once('=').map(|(k, _)| k).unwrap_or(p);
+            !names.iter().any(|n| percent_decode(k) == *n)
+        })
+        .collect();
+    if kept.len() == q.split('&').count() {
+        return None;
+    }
+    Some(if kept.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    })
+}
+
+/// Remove the cookies in `names` from every `Cookie` header of `up`.
+pub fn strip_cookies(up: &mut RequestHeader, names: &[String]) {
+    let mut kept = Vec::new();
+    let mut changed = false;
+    for h in up.headers.get_all(http::header::COOKIE) {
+        let Ok(h) = h.to_str() else {
+            changed = true;
+            continue;
+        };
+        for c in h.split(';') {
+            let c = c.trim();
+            let k = c.split_once('=').map(|(k, _)| k.trim()).unwrap_or(c);
+            if names.iter().any(|n| n == k) {
+                changed = true;
+            } else if !c.is_empty() {
+                kept.push(c.to_string());
+            }
+        }
+    }
+    if !changed {
+        return;
+    }
+    up.remove_header(&http::header::COOKIE);
+    if !kept.is_empty() {
+        let _ = up.insert_header(http::header::COOKIE, kept.join("; "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(target: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn finds_once_or_many() {
+        let r = req("/x?access_token=a%2Eb&x=1&k=1&k=2", &[("cookie", "a=1; tok=t1"), ("cookie", "tok=t2")]);
+        assert_eq!(query_param(&r, "access_token"), Found::One("a.b".into()));
+        assert_eq!(query_param(&r, "k"), Found::Many);
+        assert_eq!(query_param(&r, "nope"), Found::None);
+        assert_eq!(cookie(&r, "a"), Found::One("1".into()));
+        assert_eq!(cookie(&r, "tok"), Found::Many);
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn strips() {
+        let names = vec!["access_token".to_string()];
+        assert_eq!(
+            strip_query("/p?a=1&access_token=x&b=2", &names).as_deref(),
+            Some("/p?a=1&b=2")
+        );
+        assert_eq!(strip_query("/p?access_token=x", &names).as_deref(), Some("/p"));
+        assert_eq!(strip_query("/p?a=1", &names), None);
+        let mut r = req("/", &[("cookie", "a=1; access_token=x; b=2")]);
+        strip_cookies(&mut r, &names);
+        assert_eq!(r.headers["cookie"], "a=1; b=2");
+        let mut r = req("/", &[("cookie", "access_token=x")]);
+        strip_cookies(&mut r, &names);
+        assert!(r.headers.get("cookie").is_none());
+    }
+}
