@@ -1,7 +1,7 @@
 # Container image for moat. NOTE: written without a Docker engine and NOT BUILT here; build and test it before relying on it.
 #
 #   docker build -t moat .
-#   docker run --rm -p 8080:8080 moat                      # serves conf/quickstart.yaml
+#   docker run --rm -p 8080:8080 moat                      # serves conf/container.yaml (the quick start on 0.0.0.0)
 #   docker run --rm -p 8080:8080 -v $PWD/my.yaml:/etc/moat/moat.yaml moat run -c /etc/moat/moat.yaml
 #
 # Stopping: `docker stop` sends SIGTERM, which stops moat fast. For a graceful drain
@@ -19,18 +19,20 @@ WORKDIR /build
 
 # Dependency layer: compile every dependency against stub sources, so that editing
 # src/ does not rebuild them. Every target that Cargo.toml names explicitly needs a
-# stub here (currently src/lib.rs, src/main.rs and benches/router.rs).
+# stub here (currently src/lib.rs, src/main.rs, benches/router.rs and benches/auth.rs).
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
  && echo 'fn main() {}' > benches/router.rs \
+ && echo 'fn main() {}' > benches/auth.rs \
  && cargo build --release --locked \
  && rm -rf src benches
 
 # The real build. COPY keeps the files' old mtimes, which can look older than the
 # stub build's outputs: drop the stub's fingerprints so cargo rebuilds the crate.
 COPY src ./src
+COPY docs ./docs
 COPY benches ./benches
 COPY examples ./examples
 RUN rm -rf target/release/.fingerprint/moat-* target/release/deps/moat-* target/release/deps/libmoat-* \
@@ -57,4 +59,4 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
   CMD curl -fsS -o /dev/null http://127.0.0.1:9901/healthz || exit 1
 
 ENTRYPOINT ["moat"]
-CMD ["run", "-c", "/etc/moat/quickstart.yaml"]
+CMD ["run", "-c", "/etc/moat/container.yaml"]

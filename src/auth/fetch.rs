@@ -64,9 +64,9 @@ async fn get_inner(url: &str, max: usize) -> Result<Vec<u8>, String> {
     let (mut session, _) = connector
         .get_http_session(&peer)
         .await
-        .map_err(|e| format!("connect: {}", e.etype()))?;
+        .map_err(|e| format!("connect: {}", e.etype().as_str()))?;
     let mut req = RequestHeader::build("GET", t.path.as_bytes(), None)
-        .map_err(|e| format!("request: {}", e.etype()))?;
+        .map_err(|e| format!("request: {}", e.etype().as_str()))?;
     let host_header = if (t.tls && t.port == 443) || (!t.tls && t.port == 80) {
         t.host.clone()
     } else {
@@ -79,20 +79,20 @@ async fn get_inner(url: &str, max: usize) -> Result<Vec<u8>, String> {
         ("Connection", "close"),
     ] {
         req.insert_header(k, v)
-            .map_err(|e| format!("request: {}", e.etype()))?;
+            .map_err(|e| format!("request: {}", e.etype().as_str()))?;
     }
     session
         .write_request_header(Box::new(req))
         .await
-        .map_err(|e| format!("send: {}", e.etype()))?;
+        .map_err(|e| format!("send: {}", e.etype().as_str()))?;
     session
         .finish_request_body()
         .await
-        .map_err(|e| format!("send: {}", e.etype()))?;
+        .map_err(|e| format!("send: {}", e.etype().as_str()))?;
     session
         .read_response_header()
         .await
-        .map_err(|e| format!("response: {}", e.etype()))?;
+        .map_err(|e| format!("response: {}", e.etype().as_str()))?;
     let status = session
         .response_header()
         .map(|r| r.status.as_u16())
@@ -104,7 +104,7 @@ async fn get_inner(url: &str, max: usize) -> Result<Vec<u8>, String> {
     while let Some(chunk) = session
         .read_response_body()
         .await
-        .map_err(|e| format!("body: {}", e.etype()))?
+        .map_err(|e| format!("body: {}", e.etype().as_str()))?
     {
         if body.len() + chunk.len() > max {
             return Err(format!("body larger than {max} bytes"));

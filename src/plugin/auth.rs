@@ -208,11 +208,13 @@ impl Auth {
     fn pick(&self, req: &RequestHeader) -> Result<Cred, Refusal> {
         let mut found: Vec<Cred> = Vec::new();
         let mut many = false;
-        let mut add = |f: Found, make: &dyn Fn(String) -> Cred| match f {
-            Found::None => {}
-            Found::One(v) => found.push(make(v)),
-            Found::Many => many = true,
-        };
+        fn add(found: &mut Vec<Cred>, many: &mut bool, f: Found, make: fn(String) -> Cred) {
+            match f {
+                Found::None => {}
+                Found::One(v) => found.push(make(v)),
+                Found::Many => *many = true,
+            }
+        }
         match credentials::header(req, "authorization") {
             Found::One(v) => {
                 let (scheme, rest) = credentials::scheme(&v);
@@ -228,17 +230,17 @@ impl Auth {
             Found::None => {}
         }
         if let Some((h, q)) = &self.api_key {
-            add(credentials::header(req, h.as_str()), &Cred::ApiKey);
+            add(&mut found, &mut many, credentials::header(req, h.as_str()), Cred::ApiKey);
             if let Some(q) = q {
-                add(credentials::query_param(req, q), &Cred::ApiKey);
+                add(&mut found, &mut many, credentials::query_param(req, q), Cred::ApiKey);
             }
         }
         if let Some(j) = &self.jwt {
             for q in &j.query {
-                add(credentials::query_param(req, q), &Cred::Jwt);
+                add(&mut found, &mut many, credentials::query_param(req, q), Cred::Jwt);
             }
             for c in &j.cookies {
-                add(credentials::cookie(req, c), &Cred::Jwt);
+                add(&mut found, &mut many, credentials::cookie(req, c), Cred::Jwt);
             }
         }
         if many || found.len() > 1 {

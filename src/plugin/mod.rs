@@ -11,7 +11,9 @@
 //! A plugin states the phases it implements with [`Plugin::phases`], so a route's chain only
 //! calls what does something. Custom plugins implement the same trait (see `plugins/`).
 
+pub mod auth;
 pub mod headers;
+pub mod ip_filter;
 pub mod request_id;
 
 use crate::config::error::{join, ConfigErrors};
@@ -101,20 +103,36 @@ impl Chain {
     }
 }
 
+/// What plugins may use beyond their own settings when they compile: the generation's
+/// shared, already-compiled parts.
+pub struct CompileEnv<'a> {
+    /// Consumers, JWT providers and the HMAC replay guard.
+    pub auth: &'a crate::auth::AuthState,
+    /// Metrics (counters plugins increment).
+    pub metrics: &'a crate::metrics::Metrics,
+}
+
 /// Compile one plugin config found at `path`. Plugins whose behaviour has not landed yet
 /// are refused with "not supported yet", never ignored.
-pub fn compile(cfg: &PluginConfig, path: &str, errs: &mut ConfigErrors) -> Option<Arc<dyn Plugin>> {
+pub fn compile(
+    cfg: &PluginConfig,
+    path: &str,
+    env: &CompileEnv,
+    errs: &mut ConfigErrors,
+) -> Option<Arc<dyn Plugin>> {
     let here = join(path, cfg.name());
     match cfg {
         PluginConfig::RequestId(c) => Some(Arc::new(request_id::RequestId::new(c))),
         PluginConfig::Headers(c) => {
             headers::Headers::compile(c, &here, errs).map(|p| Arc::new(p) as _)
         }
-        PluginConfig::Auth(_)
-        | PluginConfig::RateLimit(_)
+        PluginConfig::Auth(c) => auth::Auth::compile(c, &here, env, errs).map(|p| Arc::new(p) as _),
+        PluginConfig::IpFilter(c) => {
+            ip_filter::IpFilter::compile(c, &here, errs).map(|p| Arc::new(p) as _)
+        }
+        PluginConfig::RateLimit(_)
         | PluginConfig::Quota(_)
         | PluginConfig::Concurrency(_)
-        | PluginConfig::IpFilter(_)
         | PluginConfig::Cors(_)
         | PluginConfig::SecurityHeaders(_)
         | PluginConfig::Compression(_) => {

@@ -5,6 +5,7 @@
 mod routes;
 mod upstreams;
 
+use crate::auth::AuthState;
 use crate::config::error::ConfigErrors;
 use crate::config::model::Config;
 use crate::config::validate;
@@ -42,6 +43,9 @@ pub struct Runtime {
     pub pools: BTreeMap<String, Arc<Pool>>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: CidrSet,
+    /// Consumers, JWT providers and the replay guard (`auth::start_background` starts
+    /// the JWKS refresh loops of a generation).
+    pub auth: Arc<AuthState>,
 }
 
 /// A compiled route.
@@ -138,6 +142,7 @@ impl Runtime {
             global_chain: Chain::default(),
             pools: BTreeMap::new(),
             trusted_proxies: CidrSet::default(),
+            auth: Arc::default(),
         }
     }
 
@@ -161,7 +166,13 @@ impl Runtime {
             }
         };
         let pools = upstreams::compile(&cfg, metrics, previous.map(|p| &p.pools), &mut errs);
-        let (router, routes, global_chain) = routes::compile(&cfg, &pools, metrics, &mut errs);
+        let auth = Arc::new(AuthState::compile(&cfg, &mut errs));
+        let env = crate::plugin::CompileEnv {
+            auth: &auth,
+            metrics,
+        };
+        let (router, routes, global_chain) =
+            routes::compile(&cfg, &pools, metrics, &env, &mut errs);
         errs.sort_by_file_order();
         errs.into_result(())?;
         Ok(Runtime {
@@ -173,6 +184,7 @@ impl Runtime {
             global_chain,
             pools,
             trusted_proxies,
+            auth,
         })
     }
 }

@@ -19,13 +19,14 @@ pub(super) fn compile(
     cfg: &Config,
     pools: &BTreeMap<String, Arc<Pool>>,
     metrics: &Metrics,
+    env: &plugin::CompileEnv,
     errs: &mut ConfigErrors,
 ) -> (Router, Vec<Arc<Route>>, Chain) {
     let globals: Vec<Arc<dyn Plugin>> = cfg
         .global_plugins
         .iter()
         .enumerate()
-        .filter_map(|(i, p)| plugin::compile(p, &index("global_plugins", i), errs))
+        .filter_map(|(i, p)| plugin::compile(p, &index("global_plugins", i), env, errs))
         .collect();
     let mut names = HashSet::new();
     let mut specs = Vec::new();
@@ -47,7 +48,7 @@ pub(super) fn compile(
             r.plugins
                 .iter()
                 .enumerate()
-                .filter_map(|(j, p)| plugin::compile(p, &index(&join(&path, "plugins"), j), errs)),
+                .filter_map(|(j, p)| plugin::compile(p, &index(&join(&path, "plugins"), j), env, errs)),
         );
         if r.max_body.is_some() {
             errs.push(join(&path, "max_body"), "not supported yet");
