@@ -9,13 +9,15 @@
 # If the new process dies before step 3, the old one is never touched.
 #
 # Usage: moat-upgrade.sh -c /etc/moat/moat.yaml -p /run/moat/moat.pid -a 127.0.0.1:9901 \
-#          [-b /usr/local/bin/moat] [-t ADMIN_TOKEN_ENV_VAR]
+#          [-u /run/moat/upgrade.sock] [-b /usr/local/bin/moat] [-t ADMIN_TOKEN_ENV_VAR]
+# With -u (server.upgrade_sock), the script also waits for the new process to listen on the
+# upgrade socket before it signals the old one.
 set -euo pipefail
 
-config="" pidfile="" admin="" bin="$(command -v moat || echo /usr/local/bin/moat)" token_env=""
-while getopts "c:p:a:b:t:" o; do
+config="" pidfile="" admin="" bin="$(command -v moat || echo /usr/local/bin/moat)" token_env="" sock=""
+while getopts "c:p:a:b:t:u:" o; do
   case "$o" in
-    c) config=$OPTARG ;; p) pidfile=$OPTARG ;; a) admin=$OPTARG ;; b) bin=$OPTARG ;; t) token_env=$OPTARG ;;
+    c) config=$OPTARG ;; p) pidfile=$OPTARG ;; a) admin=$OPTARG ;; b) bin=$OPTARG ;; t) token_env=$OPTARG ;; u) sock=$OPTARG ;;
     *) echo "usage: $0 -c CONFIG -p PIDFILE -a ADMIN_ADDR [-b BINARY] [-t TOKEN_ENV]" >&2; exit 2 ;;
   esac
 done
@@ -32,13 +34,19 @@ echo "moat-upgrade: checking $config with $bin"
 "$bin" check -c "$config"
 
 log=$(mktemp /tmp/moat-upgrade.XXXXXX.log)
+marker=$(mktemp /tmp/moat-upgrade.XXXXXX.start)
 echo "moat-upgrade: starting the new process (log: $log)"
 "$bin" run -c "$config" --upgrade -d >"$log" 2>&1 &
 launcher=$!
 
-# Wait until the new process is waiting for the sockets.
-for _ in $(seq 1 100); do
-  grep -q "Bootstrap starting" "$log" 2>/dev/null && break
+# Wait until the new process is waiting for the sockets (up to 30 s: it compiles the config
+# and probes the pools first).
+waiting() {
+  grep -q "Bootstrap starting" "$log" 2>/dev/null || return 1
+  [[ -z "$sock" ]] || [[ -S "$sock" && "$sock" -nt "$marker" ]]
+}
+for _ in $(seq 1 300); do
+  waiting && break
   if ! kill -0 "$launcher" 2>/dev/null && ! grep -q "Bootstrap starting" "$log"; then
     echo "moat-upgrade: the new process exited before taking over; the old one ($old) keeps serving" >&2
     cat "$log" >&2
@@ -46,13 +54,14 @@ for _ in $(seq 1 100); do
   fi
   sleep 0.1
 done
-grep -q "Bootstrap starting" "$log" || { echo "moat-upgrade: the new process never got ready; old one untouched" >&2; exit 1; }
+rm -f "$marker"
+waiting || { echo "moat-upgrade: the new process never got ready; old one untouched" >&2; exit 1; }
 sleep 0.2
 
 echo "moat-upgrade: handing the sockets over (SIGQUIT $old)"
 kill -QUIT "$old"
 
-for _ in $(seq 1 100); do
+for _ in $(seq 1 300); do
   now=$(status_pid || true)
   if [[ -n "$now" && "$now" != "$old" ]]; then
     echo "moat-upgrade: pid $now is serving; $old drains and exits by itself"

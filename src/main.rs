@@ -1,4 +1,4 @@
-//! The `moat` command line: `run`, `check` (and, as they land, `keygen` and `sign`).
+//! The `moat` command line: `run`, `check`, `keygen` and `sign`.
 
 use clap::{Parser, Subcommand};
 use moat::config;
@@ -34,6 +34,34 @@ enum Command {
         #[arg(short = 'c', long = "config")]
         config: PathBuf,
     },
+    /// Print a new random API key and its SHA-256 (for `consumers[].api_keys[].sha256`).
+    Keygen {
+        /// Text put in front of the random part (e.g. `mk_live_`).
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Print the HMAC headers a client must send (the reference signer).
+    Sign {
+        /// The credential's key id (`consumers[].hmac[].key_id`).
+        #[arg(long = "key-id")]
+        key_id: String,
+        /// Environment variable holding the shared secret.
+        #[arg(long = "secret-env")]
+        secret_env: String,
+        /// hmac-sha256, hmac-sha384 or hmac-sha512.
+        #[arg(long, default_value = "hmac-sha256")]
+        algorithm: String,
+        /// Extra header to send and sign, `Name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// File holding the request body (adds a signed `Digest`).
+        #[arg(long = "body-file")]
+        body_file: Option<PathBuf>,
+        /// HTTP method.
+        method: String,
+        /// The URL (or `/path?query`); the path and query are signed.
+        url: String,
+    },
 }
 
 fn load(path: &std::path::Path) -> Result<(config::Config, Runtime), String> {
@@ -43,10 +71,75 @@ fn load(path: &std::path::Path) -> Result<(config::Config, Runtime), String> {
     Ok((cfg, rt))
 }
 
+fn sign(
+    key_id: String,
+    secret_env: String,
+    algorithm: String,
+    headers: Vec<String>,
+    body_file: Option<PathBuf>,
+    method: String,
+    url: String,
+) -> ExitCode {
+    let Some(secret) = std::env::var_os(&secret_env).filter(|v| !v.is_empty()) else {
+        eprintln!("environment variable `{secret_env}` is not set");
+        return ExitCode::FAILURE;
+    };
+    let body = match &body_file {
+        Some(f) => match std::fs::read(f) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("cannot read `{}`: {e}", f.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let secret = secret.into_encoded_bytes();
+    let req = moat::auth::cli::SignRequest {
+        key_id: &key_id,
+        secret: &secret,
+        algorithm: &algorithm,
+        method: &method,
+        url: &url,
+        headers: &headers,
+        body: body.as_deref(),
+        now: moat::auth::dates::now_secs(),
+    };
+    match moat::auth::cli::sign(&req) {
+        Ok(out) => {
+            for (k, v) in out {
+                println!("{k}: {v}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Keygen { prefix } => {
+            let (key, hash) = moat::auth::cli::keygen(&prefix);
+            println!("key:    {key}");
+            println!("sha256: {hash}");
+            ExitCode::SUCCESS
+        }
+        Command::Sign {
+            key_id,
+            secret_env,
+            algorithm,
+            headers,
+            body_file,
+            method,
+            url,
+        } => sign(
+            key_id, secret_env, algorithm, headers, body_file, method, url,
+        ),
         Command::Check { config } => match load(&config) {
             Ok((cfg, rt)) => {
                 let n = |count: usize, what: &str| {

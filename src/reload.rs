@@ -179,6 +179,7 @@ impl Reloader {
         for p in &fresh {
             crate::upstream::health::start(p);
         }
+        crate::auth::start_background(&compiled);
         for (name, old) in &current.pools {
             if compiled.pools.values().any(|p| Arc::ptr_eq(p, old)) {
                 continue;

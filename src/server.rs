@@ -87,8 +87,12 @@ fn modified(path: &std::path::Path) -> Option<(SystemTime, u64)> {
 impl BackgroundService for Supervisor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         use tokio::signal::unix::{signal, SignalKind};
-        for pool in self.runtime.load().pools.values() {
-            crate::upstream::health::start(pool);
+        {
+            let rt = self.runtime.load();
+            for pool in rt.pools.values() {
+                crate::upstream::health::start(pool);
+            }
+            crate::auth::start_background(&rt);
         }
         let (Ok(mut hup), Ok(mut usr1), Ok(mut quit), Ok(mut term)) = (
             signal(SignalKind::hangup()),

@@ -69,7 +69,10 @@ pub fn sign(r: &SignRequest) -> Result<Vec<(String, String)>, String> {
             return Err(format!("header `{h}` has no valid name"));
         }
         let lower = n.to_ascii_lowercase();
-        if matches!(lower.as_str(), "date" | "digest" | "authorization" | "request-line") {
+        if matches!(
+            lower.as_str(),
+            "date" | "digest" | "authorization" | "request-line"
+        ) {
             return Err(format!("`{n}` is set by the signer"));
         }
         out.push((n.to_string(), v.trim().to_string()));
@@ -127,8 +130,7 @@ mod tests {
         .unwrap();
         let get = |n: &str| out.iter().find(|(k, _)| k == n).unwrap().1.clone();
         assert_eq!(get("Date"), "Sat, 23 Nov 2024 07:00:00 GMT");
-        assert!(get("Authorization")
-            .contains("headers=\"date request-line digest x-tenant\""));
+        assert!(get("Authorization").contains("headers=\"date request-line digest x-tenant\""));
         let expected = include_str!("../../tests/fixtures/hmac_reference.expected");
         let want_sig = expected
             .lines()

@@ -84,16 +84,18 @@ impl ConsumerStore {
             for (j, k) in c.api_keys.iter().enumerate() {
                 let kp = index(&join(&p, "api_keys"), j);
                 let expires = match &k.expires {
-                    Some(s) => match dates::parse_rfc3339(s) {
-                        Some(t) => Some(t),
-                        None => {
-                            errs.push(
+                    Some(s) => {
+                        match dates::parse_rfc3339(s) {
+                            Some(t) => Some(t),
+                            None => {
+                                errs.push(
                                 join(&kp, "expires"),
                                 format!("`{s}` is not an RFC 3339 time such as 2027-12-31T00:00:00Z"),
                             );
-                            None
+                                None
+                            }
                         }
-                    },
+                    }
                     None => None,
                 };
                 let mut hash = [0u8; 32];
@@ -179,10 +181,7 @@ mod tests {
             s.api_key("old-key", dates::now_secs()).unwrap_err(),
             KeyRefusal::Expired
         );
-        assert_eq!(
-            s.api_key("nope", 0).unwrap_err(),
-            KeyRefusal::Unknown
-        );
+        assert_eq!(s.api_key("nope", 0).unwrap_err(), KeyRefusal::Unknown);
         assert!(s.consumer("acme").is_some());
     }
 

@@ -36,16 +36,14 @@ pub fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'%' if i + 2 < b.len() => {
-                match (hex_val(b[i + 1]), hex_val(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h * 16 + l);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match (hex_val(b[i + 1]), hex_val(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b'+' => out.push(b' '),
             c => out.push(c),
         }
@@ -123,6 +121,9 @@ pub fn strip_query(target: &str, names: &[String]) -> Option<String> {
 
 /// Remove the cookies in `names` from every `Cookie` header of `up`.
 pub fn strip_cookies(up: &mut RequestHeader, names: &[String]) {
+    if names.is_empty() {
+        return;
+    }
     let mut kept = Vec::new();
     let mut changed = false;
     for h in up.headers.get_all(http::header::COOKIE) {
@@ -149,6 +150,47 @@ pub fn strip_cookies(up: &mut RequestHeader, names: &[String]) {
     }
 }
 
+/// Where a route's credentials travel, to remove them from the upstream request.
+#[derive(Debug, Clone, Default)]
+pub struct Carriers {
+    /// The API-key header.
+    pub header: Option<http::HeaderName>,
+    /// Query parameters carrying a token or key.
+    pub params: Vec<String>,
+    /// Cookies carrying a token.
+    pub cookies: Vec<String>,
+}
+
+impl Carriers {
+    /// Remove every credential from `up`: an `Authorization` with a scheme moat
+    /// authenticates (Bearer, ApiKey, hmac), the API-key header, parameters and cookies.
+    pub fn hide(&self, up: &mut RequestHeader) {
+        let is_cred = up
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                let (s, _) = scheme(v);
+                ["bearer", "apikey", "hmac"]
+                    .iter()
+                    .any(|x| s.eq_ignore_ascii_case(x))
+            });
+        if is_cred {
+            up.remove_header(&http::header::AUTHORIZATION);
+        }
+        if let Some(h) = &self.header {
+            up.remove_header(h);
+        }
+        strip_cookies(up, &self.cookies);
+        if !self.params.is_empty() {
+            let target = String::from_utf8_lossy(up.raw_path()).into_owned();
+            if let Some(t) = strip_query(&target, &self.params) {
+                let _ = up.set_raw_path(t.as_bytes());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,7 +205,10 @@ mod tests {
 
     #[test]
     fn finds_once_or_many() {
-        let r = req("/x?access_token=a%2Eb&x=1&k=1&k=2", &[("cookie", "a=1; tok=t1"), ("cookie", "tok=t2")]);
+        let r = req(
+            "/x?access_token=a%2Eb&x=1&k=1&k=2",
+            &[("cookie", "a=1; tok=t1"), ("cookie", "tok=t2")],
+        );
         assert_eq!(query_param(&r, "access_token"), Found::One("a.b".into()));
         assert_eq!(query_param(&r, "k"), Found::Many);
         assert_eq!(query_param(&r, "nope"), Found::None);
@@ -179,7 +224,10 @@ mod tests {
             strip_query("/p?a=1&access_token=x&b=2", &names).as_deref(),
             Some("/p?a=1&b=2")
         );
-        assert_eq!(strip_query("/p?access_token=x", &names).as_deref(), Some("/p"));
+        assert_eq!(
+            strip_query("/p?access_token=x", &names).as_deref(),
+            Some("/p")
+        );
         assert_eq!(strip_query("/p?a=1", &names), None);
         let mut r = req("/", &[("cookie", "a=1; access_token=x; b=2")]);
         strip_cookies(&mut r, &names);

@@ -142,8 +142,14 @@ mod tests {
     fn rfc3339() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2024-11-23T07:00:00Z"), Some(1_732_345_200));
-        assert_eq!(parse_rfc3339("2024-11-23T07:00:00.123Z"), Some(1_732_345_200));
-        assert_eq!(parse_rfc3339("2024-11-23T09:00:00+02:00"), Some(1_732_345_200));
+        assert_eq!(
+            parse_rfc3339("2024-11-23T07:00:00.123Z"),
+            Some(1_732_345_200)
+        );
+        assert_eq!(
+            parse_rfc3339("2024-11-23T09:00:00+02:00"),
+            Some(1_732_345_200)
+        );
         assert_eq!(parse_rfc3339("2024-11-23"), Some(1_732_320_000));
         for bad in [
             "",
@@ -166,7 +172,10 @@ mod tests {
             parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
             Some(784_111_777)
         );
-        assert_eq!(format_http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(
+            format_http_date(784_111_777),
+            "Sun, 06 Nov 1994 08:49:37 GMT"
+        );
         assert_eq!(format_http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
         let now = now_secs();
         assert_eq!(parse_http_date(&format_http_date(now)), Some(now));

@@ -37,7 +37,10 @@ fn parse(url: &str) -> Result<Target, String> {
         _ => return Err("the URL must start with http:// or https://".into()),
     };
     let host = uri.host().ok_or("the URL has no host")?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let path = uri
         .path_and_query()
@@ -134,17 +137,22 @@ mod tests {
 
     #[tokio::test]
     async fn fetches_and_bounds() {
-        let url =
-            serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{\"keys\":[]}")
-                .await;
+        let url = serve_once(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{\"keys\":[]}",
+        )
+        .await;
         let body = get(&url, Duration::from_secs(2), 1000).await.unwrap();
         assert_eq!(body, b"{\"keys\":[]}");
-        let url =
-            serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{\"keys\":[]}")
-                .await;
+        let url = serve_once(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{\"keys\":[]}",
+        )
+        .await;
         assert!(get(&url, Duration::from_secs(2), 5).await.is_err());
         let url = serve_once(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").await;
-        assert_eq!(get(&url, Duration::from_secs(2), 100).await.unwrap_err(), "status 404");
+        assert_eq!(
+            get(&url, Duration::from_secs(2), 100).await.unwrap_err(),
+            "status 404"
+        );
         // Nothing listening.
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -148,7 +148,10 @@ impl KeySet {
     }
 }
 
-fn b64_field(obj: &serde_json::Map<String, serde_json::Value>, name: &str) -> Result<Vec<u8>, String> {
+fn b64_field(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Result<Vec<u8>, String> {
     let s = obj
         .get(name)
         .and_then(|v| v.as_str())

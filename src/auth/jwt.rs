@@ -126,7 +126,8 @@ pub fn decode<'a>(token: &'a str, allowed: &[Alg]) -> Result<Decoded<'a>, JwtErr
         return Err(JwtError::Malformed);
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(JwtError::Malformed);
     };
@@ -246,7 +247,11 @@ fn numeric(v: &Value) -> Option<f64> {
 }
 
 /// Check the time and identity claims at `now`; returns `exp` (UNIX seconds).
-pub fn check_claims(claims: &Map<String, Value>, rules: &ClaimRules, now: i64) -> Result<i64, JwtError> {
+pub fn check_claims(
+    claims: &Map<String, Value>,
+    rules: &ClaimRules,
+    now: i64,
+) -> Result<i64, JwtError> {
     let exp = claims
         .get("exp")
         .and_then(numeric)

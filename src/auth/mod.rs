@@ -4,7 +4,9 @@
 //! - [`provider`] / [`jwt`] / [`jwk`] / [`fetch`] / [`cache`]: JWT verification with keys
 //!   from a JWKS URL (background refresh, on-demand refetch with cooldown), a JWKS file,
 //!   a PEM key or an HS* secret, and the verified-token cache;
-//! - [`hmac`]: the Kong-compatible HMAC request-signing scheme and replay guard;
+//! - [`hmac`] / [`signed`]: the Kong-compatible HMAC request-signing scheme, the replay
+//!   guard, and the request-path check (bounded signed bodies);
+//! - [`credentials`]: finding and hiding credentials; [`require`]: scopes and claims;
 //! - [`cli`]: `moat keygen` and `moat sign`; [`dates`]: RFC 3339 and HTTP dates;
 //! - [`testkit`]: key and token helpers for tests and benches.
 //!
@@ -21,6 +23,8 @@ pub mod hmac;
 pub mod jwk;
 pub mod jwt;
 pub mod provider;
+pub mod require;
+pub mod signed;
 pub mod testkit;
 
 use crate::config::error::ConfigErrors;

@@ -69,7 +69,11 @@ pub struct JwtProvider {
 impl JwtProvider {
     /// Compile one provider; keys from files and the environment are loaded now, a
     /// `jwks_url` is only checked (fetched later by [`spawn_refresh`] or on demand).
-    pub fn compile(name: &str, c: &JwtProviderConfig, errs: &mut ConfigErrors) -> Option<JwtProvider> {
+    pub fn compile(
+        name: &str,
+        c: &JwtProviderConfig,
+        errs: &mut ConfigErrors,
+    ) -> Option<JwtProvider> {
         let path = join("jwt_providers", name);
         let algs: Vec<Alg> = c.algorithms.iter().filter_map(|a| Alg::parse(a)).collect();
         let mut keys = None;
@@ -94,11 +98,15 @@ impl JwtProvider {
                 errs.push(join(&path, "jwks_url"), e);
             }
         }
-        let mut p = JwtProvider::new(name, algs, ClaimRules {
-            issuer: c.issuer.clone(),
-            audiences: c.audiences.clone(),
-            leeway: c.leeway.map(|d| d.get().as_secs() as i64).unwrap_or(0),
-        });
+        let mut p = JwtProvider::new(
+            name,
+            algs,
+            ClaimRules {
+                issuer: c.issuer.clone(),
+                audiences: c.audiences.clone(),
+                leeway: c.leeway.map(|d| d.get().as_secs() as i64).unwrap_or(0),
+            },
+        );
         p.url = c.jwks_url.clone();
         p.keys = ArcSwapOption::from(keys.map(Arc::new));
         if let Some(cc) = &c.consumer_claim {
@@ -107,7 +115,11 @@ impl JwtProvider {
         if let Some(sc) = &c.scopes_claim {
             p.scopes_claim = sc.clone();
         }
-        p.refresh = c.jwks_refresh.map(|d| d.get()).unwrap_or(DEFAULT_REFRESH).max(Duration::from_secs(1));
+        p.refresh = c
+            .jwks_refresh
+            .map(|d| d.get())
+            .unwrap_or(DEFAULT_REFRESH)
+            .max(Duration::from_secs(1));
         p.cooldown = c.jwks_cooldown.map(|d| d.get()).unwrap_or(DEFAULT_COOLDOWN);
         Some(p)
     }
@@ -225,14 +237,13 @@ impl JwtProvider {
         *self.last_attempt.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
-    /// One refetch if the cooldown allows; true when the caller should look again.
+    /// One refetch if the cooldown allows; true when the caller should look again. A fetch
+    /// already in flight (the refresh loop's, or another request's) is waited for rather
+    /// than repeated, so a request arriving while the first key set loads is not refused.
     async fn refetch(&self) -> bool {
-        if !self.cooldown_passed() {
-            return false;
-        }
         let _g = self.fetch_lock.lock().await;
         if !self.cooldown_passed() {
-            // Another request fetched while this one waited.
+            // Someone fetched within the cooldown (perhaps while this one waited).
             return true;
         }
         self.mark_attempt();
@@ -256,7 +267,11 @@ impl JwtProvider {
                     .as_ref()
                     .is_none_or(|old| old.kids() != set.kids());
                 if changed {
-                    log::info!("jwt provider `{}`: key set updated ({} keys)", self.name, set.keys.len());
+                    log::info!(
+                        "jwt provider `{}`: key set updated ({} keys)",
+                        self.name,
+                        set.keys.len()
+                    );
                 }
                 self.set_keys(set);
                 true
@@ -267,7 +282,10 @@ impl JwtProvider {
                 } else {
                     "no key set yet: its routes answer 503"
                 };
-                log::warn!("jwt provider `{}`: JWKS fetch failed: {e}; {kept}", self.name);
+                log::warn!(
+                    "jwt provider `{}`: JWKS fetch failed: {e}; {kept}",
+                    self.name
+                );
                 false
             }
         }

@@ -88,7 +88,12 @@ pub fn sign(key: &SigningKey, header: &Value, claims: &Value) -> Result<String, 
 }
 
 /// Sign with `alg` and an optional `kid`.
-pub fn token(key: &SigningKey, alg: &str, kid: Option<&str>, claims: &Value) -> Result<String, String> {
+pub fn token(
+    key: &SigningKey,
+    alg: &str,
+    kid: Option<&str>,
+    claims: &Value,
+) -> Result<String, String> {
     let mut h = json!({"alg": alg, "typ": "JWT"});
     if let Some(k) = kid {
         h["kid"] = json!(k);
@@ -107,7 +112,11 @@ fn md_for(alg: &str) -> MessageDigest {
 }
 
 /// The raw JWS signature of `input`.
-pub fn sign_bytes(key: &SigningKey, alg: &str, input: &[u8]) -> Result<Vec<u8>, openssl::error::ErrorStack> {
+pub fn sign_bytes(
+    key: &SigningKey,
+    alg: &str,
+    input: &[u8],
+) -> Result<Vec<u8>, openssl::error::ErrorStack> {
     let md = md_for(alg);
     match key {
         SigningKey::Secret(s) => {

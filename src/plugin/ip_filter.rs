@@ -46,7 +46,9 @@ impl IpFilter {
     pub fn allows(&self, ip: Option<IpAddr>) -> bool {
         match ip {
             None => self.allow.is_empty() && self.deny.is_empty(),
-            Some(ip) => !self.deny.contains(ip) && (self.allow.is_empty() || self.allow.contains(ip)),
+            Some(ip) => {
+                !self.deny.contains(ip) && (self.allow.is_empty() || self.allow.contains(ip))
+            }
         }
     }
 }

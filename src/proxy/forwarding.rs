@@ -73,6 +73,9 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
 }
 
 /// Set the forwarding headers on the upstream request.
+///
+/// On the hot path: each header is written with one `insert` (which replaces any client
+/// copy), and removals happen only for headers actually present.
 pub fn apply(
     up: &mut RequestHeader,
     peer: Option<IpAddr>,
@@ -85,49 +88,63 @@ pub fn apply(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    // X-Forwarded-For.
+    // X-Forwarded-For: the trusted incoming chain plus the peer, or just the peer.
     let peer_s = peer.map(|p| canonical(p).to_string()).unwrap_or_default();
-    let chain = if peer_trusted {
-        let incoming: Vec<&str> = up
-            .headers
-            .get_all(XFF)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        if incoming.is_empty() {
-            peer_s
-        } else {
-            format!("{}, {peer_s}", incoming.join(", "))
+    let mut incoming = up
+        .headers
+        .get_all(XFF)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let chain = match (peer_trusted, incoming.next()) {
+        (true, Some(first)) => {
+            let mut c = first.to_string();
+            for more in incoming {
+                c.push_str(", ");
+                c.push_str(more);
+            }
+            c.push_str(", ");
+            c.push_str(&peer_s);
+            c
         }
-    } else {
-        peer_s
+        _ => peer_s,
     };
-    let _ = up.remove_header(XFF);
-    if let Ok(v) = HeaderValue::from_str(&chain) {
-        let _ = up.insert_header(XFF, v);
+    match HeaderValue::from_str(&chain) {
+        Ok(v) => {
+            let _ = up.insert_header(XFF, v);
+        }
+        Err(_) => {
+            let _ = up.remove_header(XFF);
+        }
     }
-    // X-Real-IP.
-    let _ = up.remove_header(X_REAL_IP);
-    if let Some(c) = client {
-        if let Ok(v) = HeaderValue::from_str(&c.to_string()) {
+    // X-Real-IP: the resolved client.
+    match client.and_then(|c| HeaderValue::from_str(&c.to_string()).ok()) {
+        Some(v) => {
             let _ = up.insert_header(X_REAL_IP, v);
         }
+        None if up.headers.contains_key(X_REAL_IP) => {
+            let _ = up.remove_header(X_REAL_IP);
+        }
+        None => {}
     }
     // X-Forwarded-Proto and -Host: kept from a trusted peer, else ours.
-    let keep = |up: &RequestHeader, name: &str| peer_trusted && up.headers.contains_key(name);
-    if !keep(up, XFP) {
+    if !(peer_trusted && up.headers.contains_key(XFP)) {
         let _ = up.insert_header(XFP, if tls { "https" } else { "http" });
     }
-    if !keep(up, XFH) {
-        let _ = up.remove_header(XFH);
-        if let Some(h) = host {
-            let _ = up.insert_header(XFH, h);
+    if !(peer_trusted && up.headers.contains_key(XFH)) {
+        match host {
+            Some(h) => {
+                let _ = up.insert_header(XFH, h);
+            }
+            None if up.headers.contains_key(XFH) => {
+                let _ = up.remove_header(XFH);
+            }
+            None => {}
         }
     }
-    if !peer_trusted {
+    if !peer_trusted && up.headers.contains_key(FORWARDED) {
         let _ = up.remove_header(FORWARDED);
     }
-    // Identity headers only moat may set.
+    // Identity headers only moat may set (no allocation unless a client sent some).
     let forged: Vec<HeaderName> = up
         .headers
         .keys()

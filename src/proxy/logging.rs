@@ -27,7 +27,6 @@ impl Moat {
                 .with_label_values(&[""])
                 .observe(elapsed.as_secs_f64()),
         }
-        let rid = ctx.request_id().to_string();
         let up = &ctx.upstream;
         let upstream_ms = up.started.map(|s| {
             let d = up
@@ -42,6 +41,8 @@ impl Moat {
         let Some(log) = &self.access_log else {
             return;
         };
+        let rid = ctx.request_id().to_string();
+        let up = &ctx.upstream;
         let target = match (&up.pool, &up.current) {
             (Some(pool), Some(cur)) => Some(pool.targets[cur.index()].label.clone()),
             _ => None,

@@ -44,12 +44,9 @@ pub(super) fn compile(
         let spec = match_spec(r, &path, errs);
         let action = action(r, &path, cfg, pools, errs);
         let mut plugins = globals.clone();
-        plugins.extend(
-            r.plugins
-                .iter()
-                .enumerate()
-                .filter_map(|(j, p)| plugin::compile(p, &index(&join(&path, "plugins"), j), env, errs)),
-        );
+        plugins.extend(r.plugins.iter().enumerate().filter_map(|(j, p)| {
+            plugin::compile(p, &index(&join(&path, "plugins"), j), env, errs)
+        }));
         if r.max_body.is_some() {
             errs.push(join(&path, "max_body"), "not supported yet");
         }

@@ -4,6 +4,7 @@
 mod harness;
 
 mod admin;
+mod auth;
 mod check;
 mod conf_files;
 mod forwarding;

@@ -124,6 +124,7 @@ fn upgrade_script_hands_over_or_refuses() {
         std::fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == m.pid().to_string())
     }));
     let admin_addr = format!("127.0.0.1:{}", m.admin);
+    let sock = m.dir().join("upgrade.sock").display().to_string();
     let run = |config: &std::path::Path| {
         std::process::Command::new("bash")
             .arg(script)
@@ -134,6 +135,7 @@ fn upgrade_script_hands_over_or_refuses() {
                 &pid_file.display().to_string(),
             ])
             .args(["-a", &admin_addr, "-b", crate::harness::moat::bin()])
+            .args(["-u", &sock])
             .output()
             .expect("run upgrade script")
     };

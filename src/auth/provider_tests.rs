@@ -1,0 +1,335 @@
+//! Unit tests of JWT verification through a provider: every algorithm, the attack
+//! catalogue (alg confusion, none, crit, kid abuse, malformed tokens, claims, ECDSA
+//! signature abuse) and the cache.
+
+use super::*;
+use crate::auth::dates::now_secs;
+use crate::auth::testkit::{self, b64, SigningKey};
+use serde_json::json;
+
+fn provider(algs: &[Alg], jwks: &str) -> JwtProvider {
+    let p = JwtProvider::new(
+        "t",
+        algs.to_vec(),
+        ClaimRules {
+            issuer: Some("https://issuer".into()),
+            audiences: vec!["api".into()],
+            leeway: 30,
+        },
+    );
+    p.set_keys(jwk::parse_jwks(jwks.as_bytes()).unwrap());
+    p
+}
+
+fn claims(exp_in: i64) -> serde_json::Value {
+    json!({"sub": "alice", "iss": "https://issuer", "aud": "api", "exp": now_secs() + exp_in, "scope": "read write"})
+}
+
+#[test]
+fn every_algorithm_verifies() {
+    let (rsa, rsa_jwk) = testkit::rsa("r").unwrap();
+    let (ec256, ec256_jwk) = testkit::ec("e2", false).unwrap();
+    let (ec384, ec384_jwk) = testkit::ec("e3", true).unwrap();
+    let (ed, ed_jwk) = testkit::ed25519("d").unwrap();
+    let doc = testkit::jwks(&[&rsa_jwk, &ec256_jwk, &ec384_jwk, &ed_jwk]);
+    let all = [
+        Alg::RS256,
+        Alg::RS384,
+        Alg::RS512,
+        Alg::PS256,
+        Alg::PS384,
+        Alg::PS512,
+        Alg::ES256,
+        Alg::ES384,
+        Alg::EdDSA,
+    ];
+    let p = provider(&all, &doc);
+    let now = now_secs();
+    for (alg, key, kid) in [
+        ("RS256", &rsa, "r"),
+        ("RS384", &rsa, "r"),
+        ("RS512", &rsa, "r"),
+        ("PS256", &rsa, "r"),
+        ("PS384", &rsa, "r"),
+        ("PS512", &rsa, "r"),
+        ("ES256", &ec256, "e2"),
+        ("ES384", &ec384, "e3"),
+        ("EdDSA", &ed, "d"),
+    ] {
+        let t = testkit::token(key, alg, Some(kid), &claims(60)).unwrap();
+        let v = p
+            .verify_uncached(&t, now)
+            .unwrap_or_else(|e| panic!("{alg}: {e:?}"));
+        assert_eq!(&*v.subject, "alice");
+        assert_eq!(&*v.scopes, ["read".to_string(), "write".to_string()]);
+        // Without kid: the fitting keys are tried.
+        let t = testkit::token(key, alg, None, &claims(60)).unwrap();
+        assert!(p.verify_uncached(&t, now).is_ok(), "{alg} without kid");
+        // ES256 key never verifies ES384 and the like.
+        if alg == "ES256" {
+            let t = testkit::token(key, "ES256", Some("e3"), &claims(60)).unwrap();
+            assert_eq!(
+                p.verify_uncached(&t, now).unwrap_err(),
+                JwtError::BadSignature
+            );
+        }
+    }
+}
+
+#[test]
+fn hs256_with_secret_and_confusion_refused() {
+    let secret = b"0123456789abcdef0123456789abcdef".to_vec();
+    let p = JwtProvider::new("h", vec![Alg::HS256], ClaimRules::default());
+    p.set_keys(jwk::hmac_set(secret.clone()).unwrap());
+    let good = testkit::token(&SigningKey::Secret(secret), "HS256", None, &claims(60)).unwrap();
+    assert!(p.verify_uncached(&good, now_secs()).is_ok());
+
+    // HS256 signed with the RSA public key (PEM bytes as the secret) against an RS256 provider.
+    let (_, jwk) = testkit::rsa("r").unwrap();
+    let rs = provider(&[Alg::RS256], &testkit::jwks(&[&jwk]));
+    let pem = b"-----BEGIN PUBLIC KEY-----\nMIIB...\n-----END PUBLIC KEY-----\n".to_vec();
+    let forged = testkit::token(&SigningKey::Secret(pem), "HS256", Some("r"), &claims(60)).unwrap();
+    assert_eq!(
+        rs.verify_uncached(&forged, now_secs()).unwrap_err(),
+        JwtError::Algorithm
+    );
+}
+
+#[test]
+fn alg_none_and_empty_signature() {
+    let (rsa, jwk) = testkit::rsa("r").unwrap();
+    let p = provider(&[Alg::RS256], &testkit::jwks(&[&jwk]));
+    let body = claims(60).to_string();
+    for alg in ["none", "None", "nOnE", "NONE", ""] {
+        let t = testkit::raw(&format!("{{\"alg\":\"{alg}\",\"kid\":\"r\"}}"), &body, b"");
+        let e = p.verify_uncached(&t, now_secs()).unwrap_err();
+        assert_eq!(e, JwtError::Algorithm, "{alg}");
+        let t = format!(
+            "{}.{}.",
+            b64(format!("{{\"alg\":\"{alg}\"}}").as_bytes()),
+            b64(body.as_bytes())
+        );
+        assert!(p.verify_uncached(&t, now_secs()).is_err());
+    }
+    let good = testkit::token(&rsa, "RS256", Some("r"), &claims(60)).unwrap();
+    let stripped = format!("{}.", good.rsplit_once('.').unwrap().0);
+    assert_eq!(
+        p.verify_uncached(&stripped, now_secs()).unwrap_err(),
+        JwtError::BadSignature
+    );
+    // Outside the allowlist though the key could verify it.
+    let rs512 = testkit::token(&rsa, "RS512", Some("r"), &claims(60)).unwrap();
+    assert_eq!(
+        p.verify_uncached(&rs512, now_secs()).unwrap_err(),
+        JwtError::Algorithm
+    );
+}
+
+#[test]
+fn header_abuse() {
+    let (rsa, jwk) = testkit::rsa("r").unwrap();
+    let p = provider(&[Alg::RS256], &testkit::jwks(&[&jwk]));
+    let now = now_secs();
+    let c = claims(60);
+    let sign = |h: serde_json::Value| testkit::sign(&rsa, &h, &c).unwrap();
+    assert_eq!(
+        p.verify_uncached(&sign(json!({"alg":"RS256","kid":"nope"})), now)
+            .unwrap_err(),
+        JwtError::UnknownKey
+    );
+    assert_eq!(
+        p.verify_uncached(&sign(json!({"alg":"RS256","kid":"../../etc/passwd"})), now)
+            .unwrap_err(),
+        JwtError::UnknownKey
+    );
+    assert_eq!(
+        p.verify_uncached(&sign(json!({"alg":"RS256","kid":"k".repeat(10_000)})), now)
+            .unwrap_err(),
+        JwtError::Malformed
+    );
+    assert_eq!(
+        p.verify_uncached(&sign(json!({"alg":"RS256","kid":7})), now)
+            .unwrap_err(),
+        JwtError::Malformed
+    );
+    assert_eq!(
+        p.verify_uncached(&sign(json!({"alg":"RS256","kid":"r","crit":["exp"]})), now)
+            .unwrap_err(),
+        JwtError::Malformed
+    );
+    // jku / x5u / jwk are ignored: the token verifies with the configured key only.
+    let (other, other_jwk) = testkit::rsa("r").unwrap();
+    let with_jku = json!({"alg":"RS256","kid":"r","jku":"http://127.0.0.1:1/jwks","x5u":"http://127.0.0.1:1/x","jwk": other_jwk});
+    assert!(p.verify_uncached(&sign(with_jku.clone()), now).is_ok());
+    let forged = testkit::sign(&other, &with_jku, &c).unwrap();
+    assert_eq!(
+        p.verify_uncached(&forged, now).unwrap_err(),
+        JwtError::BadSignature
+    );
+}
+
+#[test]
+fn malformed_tokens() {
+    let (rsa, jwk) = testkit::rsa("r").unwrap();
+    let p = provider(&[Alg::RS256], &testkit::jwks(&[&jwk]));
+    let now = now_secs();
+    let good = testkit::token(&rsa, "RS256", Some("r"), &claims(60)).unwrap();
+    let parts: Vec<&str> = good.split('.').collect();
+    for bad in [
+        format!("{}.{}", parts[0], parts[1]),
+        format!("{good}.extra"),
+        format!("{}.{}!.{}", parts[0], parts[1], parts[2]),
+        format!("{}=.{}.{}", parts[0], parts[1], parts[2]),
+        "a.b.c".to_string(),
+        String::new(),
+        format!("{good}{}", "A".repeat(9000)),
+    ] {
+        assert!(p.verify_uncached(&bad, now).is_err(), "{bad}");
+        assert!(p.verify_sync(&bad, now).is_err());
+    }
+    // Duplicate keys in header and payload.
+    let dup_h = testkit::raw(
+        "{\"alg\":\"none\",\"alg\":\"RS256\",\"kid\":\"r\"}",
+        &claims(60).to_string(),
+        b"x",
+    );
+    assert_eq!(
+        p.verify_uncached(&dup_h, now).unwrap_err(),
+        JwtError::Malformed
+    );
+    let exp = now + 60;
+    let payload = format!("{{\"sub\":\"alice\",\"sub\":\"admin\",\"iss\":\"https://issuer\",\"aud\":\"api\",\"exp\":{exp}}}");
+    let h = "{\"alg\":\"RS256\",\"kid\":\"r\"}";
+    let input = format!("{}.{}", b64(h.as_bytes()), b64(payload.as_bytes()));
+    let sig = testkit::sign_bytes(&rsa, "RS256", input.as_bytes()).unwrap();
+    let dup_p = format!("{input}.{}", b64(&sig));
+    assert_eq!(
+        p.verify_uncached(&dup_p, now).unwrap_err(),
+        JwtError::Malformed
+    );
+}
+
+#[test]
+fn claims_and_leeway() {
+    let (rsa, jwk) = testkit::rsa("r").unwrap();
+    let p = provider(&[Alg::RS256], &testkit::jwks(&[&jwk]));
+    let now = now_secs();
+    let tok = |c: serde_json::Value| testkit::token(&rsa, "RS256", Some("r"), &c).unwrap();
+    let base = |exp: serde_json::Value| json!({"sub":"a","iss":"https://issuer","aud":["x","api"],"exp":exp});
+    assert!(
+        p.verify_uncached(&tok(base(json!(now - 25))), now).is_ok(),
+        "inside leeway"
+    );
+    assert_eq!(
+        p.verify_uncached(&tok(base(json!(now - 35))), now)
+            .unwrap_err(),
+        JwtError::Expired
+    );
+    assert_eq!(
+        p.verify_uncached(&tok(base(json!((now + 60).to_string()))), now)
+            .unwrap_err(),
+        JwtError::Claims
+    );
+    assert_eq!(
+        p.verify_uncached(
+            &tok(json!({"sub":"a","iss":"https://issuer","aud":"api"})),
+            now
+        )
+        .unwrap_err(),
+        JwtError::Claims
+    );
+    let mut c = base(json!(now + 60));
+    c["nbf"] = json!(now + 120);
+    assert_eq!(
+        p.verify_uncached(&tok(c.clone()), now).unwrap_err(),
+        JwtError::NotYetValid
+    );
+    c["nbf"] = json!(now + 20);
+    assert!(p.verify_uncached(&tok(c), now).is_ok());
+    let mut c = base(json!(now + 60));
+    c["iss"] = json!("https://evil");
+    assert_eq!(
+        p.verify_uncached(&tok(c), now).unwrap_err(),
+        JwtError::Claims
+    );
+    let mut c = base(json!(now + 60));
+    c["aud"] = json!("other");
+    assert_eq!(
+        p.verify_uncached(&tok(c), now).unwrap_err(),
+        JwtError::Claims
+    );
+    let mut c = base(json!(now + 60));
+    c.as_object_mut().unwrap().remove("sub");
+    assert_eq!(
+        p.verify_uncached(&tok(c), now).unwrap_err(),
+        JwtError::Claims
+    );
+}
+
+#[test]
+fn ecdsa_signature_abuse() {
+    let (ec, jwk) = testkit::ec("e", false).unwrap();
+    let p = provider(&[Alg::ES256], &testkit::jwks(&[&jwk]));
+    let now = now_secs();
+    let good = testkit::token(&ec, "ES256", Some("e"), &claims(60)).unwrap();
+    assert!(p.verify_uncached(&good, now).is_ok());
+    let input = good.rsplit_once('.').unwrap().0;
+    for sig in [
+        vec![0u8; 64],
+        vec![0u8; 63],
+        vec![1u8; 65],
+        vec![0xffu8; 64],
+        vec![],
+    ] {
+        let t = format!("{input}.{}", b64(&sig));
+        let e = p.verify_uncached(&t, now).unwrap_err();
+        assert!(matches!(e, JwtError::BadSignature), "{e:?}");
+    }
+    // A DER signature instead of r||s.
+    let der = {
+        let SigningKey::Private(pk) = &ec else {
+            unreachable!()
+        };
+        let digest =
+            openssl::hash::hash(openssl::hash::MessageDigest::sha256(), input.as_bytes()).unwrap();
+        openssl::ecdsa::EcdsaSig::sign(&digest, &pk.ec_key().unwrap())
+            .unwrap()
+            .to_der()
+            .unwrap()
+    };
+    let t = format!("{input}.{}", b64(&der));
+    assert_eq!(
+        p.verify_uncached(&t, now).unwrap_err(),
+        JwtError::BadSignature
+    );
+}
+
+#[test]
+fn cache_is_bounded_by_exp_and_cleared_on_rotation() {
+    let (rsa, jwk) = testkit::rsa("r").unwrap();
+    let p = provider(&[Alg::RS256], &testkit::jwks(&[&jwk]));
+    let now = now_secs();
+    let t = testkit::token(&rsa, "RS256", Some("r"), &claims(10)).unwrap();
+    let a = p.verify_sync(&t, now).unwrap();
+    let b = p.verify_sync(&t, now).unwrap();
+    assert!(Arc::ptr_eq(&a, &b), "second verify served from cache");
+    // At exp the cached entry is gone; verification runs again (and honours leeway).
+    let c = p.verify_sync(&t, now + 10).unwrap();
+    assert!(!Arc::ptr_eq(&a, &c));
+    assert_eq!(p.verify_sync(&t, now + 41).unwrap_err(), JwtError::Expired);
+    // New key set: the cache is cleared and the old token no longer verifies.
+    let (_, jwk2) = testkit::rsa("r2").unwrap();
+    p.set_keys(jwk::parse_jwks(testkit::jwks(&[&jwk2]).as_bytes()).unwrap());
+    assert_eq!(p.verify_sync(&t, now).unwrap_err(), JwtError::UnknownKey);
+}
+
+#[tokio::test]
+async fn no_keys_fails_closed() {
+    let p = JwtProvider::new("n", vec![Alg::RS256], ClaimRules::default());
+    let (rsa, _) = testkit::rsa("r").unwrap();
+    let t = testkit::token(&rsa, "RS256", Some("r"), &claims(60)).unwrap();
+    assert_eq!(
+        p.verify(&t, now_secs()).await.unwrap_err(),
+        JwtError::NoKeys
+    );
+}
