@@ -4,7 +4,9 @@
 //! It is sharded (16 mutex-protected maps chosen by the key's first byte) so concurrent
 //! requests rarely contend. Eviction is an approximate LRU: when a shard is full, expired
 //! entries go first, then the least recently used eighth of the shard, so one insert
-//! costs O(1) amortized and the size never exceeds the bound.
+//! costs O(1) amortized and the size never exceeds the bound. [`ExpiringCache::insert_new`]
+//! (the replay guard) never evicts a live entry: forgetting a signature inside its window
+//! would let it be replayed, so a shard full of live entries refuses new ones instead.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -89,13 +91,19 @@ impl<V: Clone> ExpiringCache<V> {
     }
 
     /// Store `value` only if no live entry exists; true when it was stored (the key is
-    /// new), false when it was already there (a replay).
+    /// new), false when it was already there (a replay) or when the shard is full of live
+    /// entries (fail closed: live entries are never evicted to make room).
     pub fn insert_new(&self, key: Key, value: V, expires: i64, now: i64) -> bool {
         let mut s = self.shard(&key);
         if s.map.get(&key).is_some_and(|e| e.expires > now) {
             return false;
         }
-        self.make_room(&mut s, now);
+        if s.map.len() >= self.per_shard {
+            s.map.retain(|_, e| e.expires > now);
+            if s.map.len() >= self.per_shard {
+                return false;
+            }
+        }
         s.tick += 1;
         let used = s.tick;
         s.map.insert(
@@ -191,5 +199,21 @@ mod tests {
         assert!(c.insert_new(k(1), (), 10, 0));
         assert!(!c.insert_new(k(1), (), 10, 5));
         assert!(c.insert_new(k(1), (), 20, 10));
+    }
+
+    #[test]
+    fn insert_new_never_evicts_live_entries() {
+        // Regression: a full shard used to drop its least recently used entries, so a
+        // flood of fresh signatures made an earlier one replayable inside its window.
+        let c = ExpiringCache::new(16 * 2); // 2 per shard
+        assert!(c.insert_new(k(1), (), 100, 0));
+        assert!(c.insert_new(k(2), (), 100, 0));
+        assert!(
+            !c.insert_new(k(3), (), 100, 1),
+            "full of live entries: refused"
+        );
+        assert!(!c.insert_new(k(1), (), 100, 2), "k(1) is still remembered");
+        assert!(c.insert_new(k(3), (), 200, 100), "room once entries expire");
+        assert!(c.len() <= 2);
     }
 }

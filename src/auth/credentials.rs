@@ -100,23 +100,27 @@ pub fn scheme(value: &str) -> (&str, &str) {
 }
 
 /// `path?query` with the parameters in `names` removed (`None` when nothing changed).
-pub fn strip_query(target: &str, names: &[String]) -> Option<String> {
-    let (path, q) = target.split_once('?')?;
-    let kept: Vec<&str> = q
-        .split('&')
-        .filter(|p| {
-            let k = p.split_once('=').map(|(k, _)| k).unwrap_or(p);
-            !names.iter().any(|n| percent_decode(k) == *n)
-        })
-        .collect();
-    if kept.len() == q.split('&').count() {
+/// It works on the raw bytes, so other parameters (even ones that are not UTF-8) are
+/// forwarded exactly as the client sent them.
+pub fn strip_query(target: &[u8], names: &[String]) -> Option<Vec<u8>> {
+    let at = target.iter().position(|&b| b == b'?')?;
+    let (path, q) = (&target[..at], &target[at + 1..]);
+    let is_cred = |p: &&[u8]| {
+        let k = p.split(|&b| b == b'=').next().unwrap_or(p);
+        let k = percent_decode(&String::from_utf8_lossy(k));
+        names.contains(&k)
+    };
+    let total = q.split(|&b| b == b'&').count();
+    let kept: Vec<&[u8]> = q.split(|&b| b == b'&').filter(|p| !is_cred(p)).collect();
+    if kept.len() == total {
         return None;
     }
-    Some(if kept.is_empty() {
-        path.to_string()
-    } else {
-        format!("{path}?{}", kept.join("&"))
-    })
+    let mut out = path.to_vec();
+    if !kept.is_empty() {
+        out.push(b'?');
+        out.extend_from_slice(&kept.join(&b'&'));
+    }
+    Some(out)
 }
 
 /// Remove the cookies in `names` from every `Cookie` header of `up`.
@@ -183,9 +187,8 @@ impl Carriers {
         }
         strip_cookies(up, &self.cookies);
         if !self.params.is_empty() {
-            let target = String::from_utf8_lossy(up.raw_path()).into_owned();
-            if let Some(t) = strip_query(&target, &self.params) {
-                let _ = up.set_raw_path(t.as_bytes());
+            if let Some(t) = strip_query(up.raw_path(), &self.params) {
+                let _ = up.set_raw_path(&t);
             }
         }
     }
@@ -221,14 +224,32 @@ mod tests {
     fn strips() {
         let names = vec!["access_token".to_string()];
         assert_eq!(
-            strip_query("/p?a=1&access_token=x&b=2", &names).as_deref(),
-            Some("/p?a=1&b=2")
+            strip_query(b"/p?a=1&access_token=x&b=2", &names).as_deref(),
+            Some(&b"/p?a=1&b=2"[..])
         );
         assert_eq!(
-            strip_query("/p?access_token=x", &names).as_deref(),
-            Some("/p")
+            strip_query(b"/p?access_token=x", &names).as_deref(),
+            Some(&b"/p"[..])
         );
-        assert_eq!(strip_query("/p?a=1", &names), None);
+        assert_eq!(strip_query(b"/p?a=1", &names), None);
+        // Percent-encoded name, and repeated: every copy goes.
+        assert_eq!(
+            strip_query(b"/p?access%5Ftoken=x&c=3&access_token=y", &names).as_deref(),
+            Some(&b"/p?c=3"[..])
+        );
+        // Regression: the target went through a lossy UTF-8 conversion, so hiding the
+        // credential rewrote other parameters' non-UTF-8 bytes to U+FFFD.
+        assert_eq!(
+            strip_query(b"/p?n=\xff\xfe&access_token=x&m=%FF", &names).as_deref(),
+            Some(&b"/p?n=\xff\xfe&m=%FF"[..])
+        );
+        let mut r = RequestHeader::build("GET", &b"/p?n=\xff&access_token=x"[..], None).unwrap();
+        Carriers {
+            params: names.clone(),
+            ..Carriers::default()
+        }
+        .hide(&mut r);
+        assert_eq!(r.raw_path(), b"/p?n=\xff");
         let mut r = req("/", &[("cookie", "a=1; access_token=x; b=2")]);
         strip_cookies(&mut r, &names);
         assert_eq!(r.headers["cookie"], "a=1; b=2");

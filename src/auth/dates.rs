@@ -51,6 +51,9 @@ fn to_secs(y: i64, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> Option<i64> {
 /// accepted; a bare date `2027-12-31` means its midnight UTC).
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let s = s.trim();
+    if !s.is_ascii() {
+        return None;
+    }
     if s.len() == 10 {
         let (y, mo, d) = (num(&s[0..4])?, num(&s[5..7])?, num(&s[8..10])?);
         if &s[4..5] != "-" || &s[7..8] != "-" {
@@ -58,7 +61,7 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         }
         return to_secs(y as i64, mo, d, 0, 0, 0);
     }
-    if s.len() < 20 || !s.is_ascii() {
+    if s.len() < 20 {
         return None;
     }
     let b = s.as_bytes();
@@ -160,6 +163,8 @@ mod tests {
             "2024-11-23T07:00:00+0200",
             "x024-11-23T07:00:00Z",
             "2024-11-23T07:00:00.Z",
+            "202\u{e9}-11-1",
+            "2024-1\u{e9}01",
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }

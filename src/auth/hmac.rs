@@ -250,13 +250,14 @@ pub fn digest_matches(value: &str, body: &[u8]) -> bool {
     found
 }
 
-/// Which date header a signed request relies on, checked against `now` and `skew`.
+/// Which date header a signed request relies on, checked against `now` and `skew`; the
+/// signed time (UNIX seconds).
 pub fn check_date(
     auth: &HmacAuthorization,
     req: &RequestHeader,
     now: i64,
     skew: i64,
-) -> Result<(), HmacError> {
+) -> Result<i64, HmacError> {
     let name = ["x-date", "date"]
         .into_iter()
         .find(|n| auth.headers.iter().any(|h| h == n))
@@ -266,7 +267,15 @@ pub fn check_date(
     if (t - now).abs() > skew {
         return Err(HmacError::Date);
     }
-    Ok(())
+    Ok(t)
+}
+
+/// How long (seconds from `now`) the replay guard must remember a request signed at
+/// `signed_at`: the configured `window`, and at least until the signed date falls outside
+/// the clock skew (a shorter memory would let the same request be replayed while its date
+/// is still accepted).
+pub fn replay_ttl(window: i64, signed_at: i64, skew: i64, now: i64) -> i64 {
+    window.max(signed_at.saturating_add(skew).saturating_sub(now) + 1)
 }
 
 /// Remembers signatures for the replay window. The local guard is per instance; a Redis

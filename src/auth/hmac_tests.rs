@@ -154,3 +154,36 @@ async fn replay_guard() {
     assert!(!g.first_use(k, 300, 1100).await);
     assert!(g.first_use(k, 300, 1300).await);
 }
+
+#[tokio::test]
+async fn replay_remembered_while_the_date_is_accepted() {
+    // Regression: the guard remembered a signature for `replay_window` from first use only,
+    // so with replay_window <= clock_skew (the reference config has 300s and 300s) the same
+    // request was accepted again once the window passed while its date was still in skew.
+    let k = [9u8; 32];
+    let (t, skew) = (1_000_000, 300);
+    let d = format_http_date(t);
+    let r = request("GET", "/", &[("Date", &d)]);
+    let a = HmacAuthorization {
+        key_id: "k".into(),
+        alg: HmacAlg::Sha256,
+        headers: vec!["date".into(), "request-line".into()],
+        signature: vec![],
+    };
+    for window in [60, 300] {
+        let g = LocalReplay::new(100);
+        assert_eq!(check_date(&a, &r, t, skew), Ok(t));
+        assert!(g.first_use(k, replay_ttl(window, t, skew, t), t).await);
+        let later = t + skew;
+        assert!(
+            check_date(&a, &r, later, skew).is_ok(),
+            "date still accepted"
+        );
+        let ttl = replay_ttl(window, t, skew, later);
+        assert!(!g.first_use(k, ttl, later).await, "window {window}: replay");
+        assert!(check_date(&a, &r, later + 1, skew).is_err());
+    }
+    // A date signed ahead of the receiver's clock is remembered until it leaves the skew.
+    assert_eq!(replay_ttl(60, t + 250, skew, t), 551);
+    assert_eq!(replay_ttl(600, t, skew, t), 600);
+}

@@ -142,6 +142,12 @@ impl KeySet {
         self.by_kid.get(kid)
     }
 
+    /// True when some key has a `kid` (a PEM key or an HS* secret has none, and a
+    /// token's `kid` is then ignored rather than refused).
+    pub fn has_kids(&self) -> bool {
+        !self.by_kid.is_empty()
+    }
+
     /// A fingerprint of the kids, to notice rotations.
     pub fn kids(&self) -> Vec<Option<String>> {
         self.keys.iter().map(|k| k.kid.clone()).collect()

@@ -10,7 +10,9 @@
 //!   ([`JwtError::NoKeys`], answered 503).
 //!
 //! Verified tokens are cached by SHA-256 of the token until their `exp` (never longer);
-//! the cache is cleared whenever the key set changes.
+//! the cache is cleared whenever the key set changes, and each entry carries the key-set
+//! generation it was verified under, so a verification racing a rotation cannot leave a
+//! token signed by a removed key in the cache.
 
 use super::cache::ExpiringCache;
 use super::consumers::sha256;
@@ -58,7 +60,8 @@ pub struct JwtProvider {
     scopes_claim: String,
     url: Option<String>,
     keys: ArcSwapOption<KeySet>,
-    cache: ExpiringCache<Arc<Verified>>,
+    cache: ExpiringCache<(u64, Arc<Verified>)>,
+    generation: AtomicU64,
     fetch_lock: tokio::sync::Mutex<()>,
     last_attempt: Mutex<Option<Instant>>,
     refresh: Duration,
@@ -136,6 +139,7 @@ impl JwtProvider {
             url: None,
             keys: ArcSwapOption::empty(),
             cache: ExpiringCache::new(CACHE_CAPACITY),
+            generation: AtomicU64::new(0),
             fetch_lock: tokio::sync::Mutex::new(()),
             last_attempt: Mutex::new(None),
             refresh: DEFAULT_REFRESH,
@@ -147,6 +151,7 @@ impl JwtProvider {
     /// Replace the key set (clears the token cache).
     pub fn set_keys(&self, keys: KeySet) {
         self.keys.store(Some(Arc::new(keys)));
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.cache.clear();
     }
 
@@ -161,12 +166,17 @@ impl JwtProvider {
             return Err(JwtError::Malformed);
         }
         let key = sha256(token.as_bytes());
-        if let Some(v) = self.cache.get(&key, now) {
-            return Ok(v);
+        // Read before the keys are loaded: `set_keys` stores the keys, then bumps it.
+        let generation = self.generation.load(Ordering::SeqCst);
+        if let Some((g, v)) = self.cache.get(&key, now) {
+            if g == generation {
+                return Ok(v);
+            }
         }
         let v = Arc::new(self.verify_uncached(token, now)?);
         if v.exp > now {
-            self.cache.insert(key, Arc::clone(&v), v.exp, now);
+            self.cache
+                .insert(key, (generation, Arc::clone(&v)), v.exp, now);
         }
         Ok(v)
     }
@@ -175,7 +185,7 @@ impl JwtProvider {
     pub fn verify_uncached(&self, token: &str, now: i64) -> Result<Verified, JwtError> {
         let d = jwt::decode(token, &self.algs)?;
         let keys = self.keys.load_full().ok_or(JwtError::NoKeys)?;
-        let ok = match &d.header.kid {
+        let ok = match d.header.kid.as_ref().filter(|_| keys.has_kids()) {
             Some(kid) => {
                 let k = keys.by_kid(kid).ok_or(JwtError::UnknownKey)?;
                 jwt::verify_signature(d.header.alg, k, d.signing_input, &d.signature)

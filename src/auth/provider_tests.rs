@@ -333,3 +333,49 @@ async fn no_keys_fails_closed() {
         JwtError::NoKeys
     );
 }
+
+#[test]
+fn entry_cached_under_an_old_key_set_is_not_served() {
+    // Regression: a verification racing `set_keys` could insert, after the clear, a token
+    // verified with the removed key; it was then served until its `exp`. Simulate the
+    // losing interleaving by inserting the entry tagged with the previous generation.
+    let (rsa, jwk) = testkit::rsa("r").unwrap();
+    let p = provider(&[Alg::RS256], &testkit::jwks(&[&jwk]));
+    let now = now_secs();
+    let t = testkit::token(&rsa, "RS256", Some("r"), &claims(3600)).unwrap();
+    let v = Arc::new(p.verify_uncached(&t, now).unwrap());
+    let old = p.generation.load(Ordering::SeqCst);
+    let (_, jwk2) = testkit::rsa("r2").unwrap();
+    p.set_keys(jwk::parse_jwks(testkit::jwks(&[&jwk2]).as_bytes()).unwrap());
+    p.cache
+        .insert(sha256(t.as_bytes()), (old, v), now + 3600, now);
+    assert_eq!(p.verify_sync(&t, now).unwrap_err(), JwtError::UnknownKey);
+}
+
+#[test]
+fn kid_ignored_when_the_keys_have_none() {
+    // Regression: a PEM key or an HS* secret has no kid, and every token naming one (most
+    // issuers set `kid`) was refused as an unknown key.
+    let secret = b"0123456789abcdef0123456789abcdef".to_vec();
+    let p = JwtProvider::new("h", vec![Alg::HS256], ClaimRules::default());
+    p.set_keys(jwk::hmac_set(secret.clone()).unwrap());
+    let key = SigningKey::Secret(secret);
+    let t = testkit::token(&key, "HS256", Some("k1"), &claims(60)).unwrap();
+    assert!(p.verify_uncached(&t, now_secs()).is_ok());
+    let (rsa, _) = testkit::rsa("r").unwrap();
+    let SigningKey::Private(pk) = &rsa else {
+        unreachable!()
+    };
+    let pem = pk.public_key_to_pem().unwrap();
+    let p = JwtProvider::new("p", vec![Alg::RS256], ClaimRules::default());
+    p.set_keys(jwk::parse_pem(&pem).unwrap());
+    let t = testkit::token(&rsa, "RS256", Some("any"), &claims(60)).unwrap();
+    assert!(p.verify_uncached(&t, now_secs()).is_ok());
+    // Still only the configured key: another key's token with a kid fails.
+    let (other, _) = testkit::rsa("r").unwrap();
+    let t = testkit::token(&other, "RS256", Some("any"), &claims(60)).unwrap();
+    assert_eq!(
+        p.verify_uncached(&t, now_secs()).unwrap_err(),
+        JwtError::BadSignature
+    );
+}

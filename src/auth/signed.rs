@@ -85,7 +85,7 @@ pub async fn verify(
     if s.require_digest && has_body && digest.is_none() {
         return Err(HmacError::Digest.into());
     }
-    hmac::check_date(&auth, req, now, s.skew)?;
+    let signed_at = hmac::check_date(&auth, req, now, s.skew)?;
     let line = hmac::request_line(req);
     let sstr = hmac::signing_string(&auth.headers, &line, |n| hmac::single_header(req, n))?;
     if !hmac::verify_mac(auth.alg, &key.secret, sstr.as_bytes(), &auth.signature) {
@@ -101,7 +101,8 @@ pub async fn verify(
         }
     }
     if let Some(w) = s.replay_window {
-        if !replay.first_use(hmac::replay_key(&auth), w, now).await {
+        let ttl = hmac::replay_ttl(w, signed_at, s.skew, now);
+        if !replay.first_use(hmac::replay_key(&auth), ttl, now).await {
             return Err(HmacError::Replay.into());
         }
     }

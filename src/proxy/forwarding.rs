@@ -61,6 +61,31 @@ pub fn client_ip(
     (Some(client), true)
 }
 
+/// An IP address as text; IPv4 is formatted by hand (the `Display` machinery costs more
+/// than the rest of the forwarding work).
+pub fn ip_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut s = String::with_capacity(15);
+            for (i, octet) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                let o = *octet;
+                if o >= 100 {
+                    s.push((b'0' + o / 100) as char);
+                }
+                if o >= 10 {
+                    s.push((b'0' + (o / 10) % 10) as char);
+                }
+                s.push((b'0' + o % 10) as char);
+            }
+            s
+        }
+        IpAddr::V6(v6) => v6.to_string(),
+    }
+}
+
 /// One `X-Forwarded-For` entry: an IP, `ip:port`, or `[v6]:port`.
 fn parse_hop(s: &str) -> Option<IpAddr> {
     if let Ok(ip) = s.parse::<IpAddr>() {
@@ -89,7 +114,8 @@ pub fn apply(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     // X-Forwarded-For: the trusted incoming chain plus the peer, or just the peer.
-    let peer_s = peer.map(|p| canonical(p).to_string()).unwrap_or_default();
+    let peer = peer.map(canonical);
+    let peer_s = peer.map(ip_text).unwrap_or_default();
     let mut incoming = up
         .headers
         .get_all(XFF)
@@ -116,8 +142,16 @@ pub fn apply(
             let _ = up.remove_header(XFF);
         }
     }
-    // X-Real-IP: the resolved client.
-    match client.and_then(|c| HeaderValue::from_str(&c.to_string()).ok()) {
+    // X-Real-IP: the resolved client (usually the peer: its text is reused).
+    let client_v = client.and_then(|c| {
+        if Some(c) == peer {
+            up.headers.get(XFF).filter(|_| !peer_trusted).cloned()
+        } else {
+            None
+        }
+        .or_else(|| HeaderValue::from_str(&ip_text(c)).ok())
+    });
+    match client_v {
         Some(v) => {
             let _ = up.insert_header(X_REAL_IP, v);
         }
@@ -197,6 +231,22 @@ mod tests {
         let ported = req(&["[2001:db8::1]:443, 1.2.3.4:80"]);
         assert_eq!(client_ip(ip("127.0.0.1"), &ported, &t).0, ip("1.2.3.4"));
         assert_eq!(client_ip(ip("127.0.0.1"), &req(&[]), &t).0, ip("127.0.0.1"));
+    }
+
+    #[test]
+    fn ip_text_matches_display() {
+        for s in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.0.100.255",
+            "192.168.1.10",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = s.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use pingora_load_balancing::selection::{Consistent, Random, RoundRobin};
 use pingora_load_balancing::{discovery, Backend, Backends, LoadBalancer};
 use prometheus::{Histogram, IntCounter, IntGauge};
 use rand::Rng;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,10 +27,6 @@ fn clock_ms() -> u64 {
     static EPOCH: Lazy<Instant> = Lazy::new(Instant::now);
     EPOCH.elapsed().as_millis() as u64 + 1
 }
-
-/// Position of a target in its pool, carried in the `Backend`'s extensions.
-#[derive(Clone, Copy)]
-struct TargetIdx(usize);
 
 /// One target and its live state.
 pub struct Target {
@@ -106,6 +102,8 @@ pub struct Pool {
     selector: Selector,
     /// Targets in config order.
     pub targets: Vec<Target>,
+    /// Target index by address (for pools too large for a linear scan).
+    by_addr: HashMap<SocketAddr, usize>,
     hash_key: Option<Template>,
     connect_timeout: Duration,
     read_timeout: Duration,
@@ -166,11 +164,12 @@ impl Pool {
     pub fn new(s: PoolSettings, metrics: &Metrics) -> Result<Pool, String> {
         let mut targets = Vec::with_capacity(s.targets.len());
         let mut set = BTreeSet::new();
+        let mut by_addr = HashMap::with_capacity(s.targets.len());
         for (i, (addr, weight)) in s.targets.iter().enumerate() {
-            let mut backend = Backend::new_with_weight(&addr.to_string(), *weight)
+            let backend = Backend::new_with_weight(&addr.to_string(), *weight)
                 .map_err(|e| format!("target {addr}: {e}"))?;
-            backend.ext.insert(TargetIdx(i));
             set.insert(backend.clone());
+            by_addr.insert(*addr, i);
             let label = addr.to_string();
             let healthy_gauge = metrics
                 .target_healthy
@@ -216,6 +215,7 @@ impl Pool {
             name: Arc::from(name),
             selector,
             targets,
+            by_addr,
             hash_key: s.hash_key,
             connect_timeout: s.connect_timeout,
             read_timeout: s.read_timeout,
@@ -250,14 +250,24 @@ impl Pool {
         self.targets[idx].ejected(clock_ms())
     }
 
+    /// The index of the target a backend stands for.
+    fn index_of(&self, b: &Backend) -> Option<usize> {
+        let addr = b.addr.as_inet()?;
+        if self.targets.len() <= 16 {
+            self.targets.iter().position(|t| t.addr == *addr)
+        } else {
+            self.by_addr.get(addr).copied()
+        }
+    }
+
     /// Choose a target not in `exclude`; `key` is the hash key (ignored unless hashing).
     pub fn select(&self, key: &[u8], exclude: &[usize]) -> Option<usize> {
         let now = clock_ms();
         let accept = |b: &Backend, healthy: bool| {
             healthy
-                && b.ext
-                    .get::<TargetIdx>()
-                    .is_some_and(|i| !exclude.contains(&i.0) && !self.targets[i.0].ejected(now))
+                && self
+                    .index_of(b)
+                    .is_some_and(|i| !exclude.contains(&i) && !self.targets[i].ejected(now))
         };
         let max = 256;
         let chosen = match &self.selector {
@@ -266,7 +276,7 @@ impl Pool {
             Selector::Hash(lb) => lb.select_with(key, max, accept),
             Selector::Least(_) => return self.least_requests(exclude, now),
         };
-        chosen.and_then(|b| b.ext.get::<TargetIdx>().map(|i| i.0))
+        chosen.and_then(|b| self.index_of(&b))
     }
 
     fn usable(&self, i: usize, exclude: &[usize], now: u64) -> bool {
