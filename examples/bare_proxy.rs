@@ -68,6 +68,10 @@ fn parse_args() -> Result<Args, String> {
     })
 }
 
+/// The same allocator as the `moat` binary, so the floor is measured like for like.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args = parse_args().unwrap_or_else(|e| {
         eprintln!("bare_proxy: {e}\n{USAGE}");

@@ -119,6 +119,12 @@ fn sign(
     }
 }
 
+/// mimalloc: measured cheaper than glibc malloc for Pingora's many small per-request
+/// allocations (see docs/performance.md); `examples/bare_proxy` uses it too, so
+/// comparisons stay like for like.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();

@@ -13,7 +13,7 @@
 //!   standard upstream request policy, which every peer uses.
 
 use crate::net::{canonical, CidrSet};
-use http::{HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
 
@@ -97,96 +97,93 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
     None
 }
 
-/// Set the forwarding headers on the upstream request.
+/// Set the forwarding headers on the headers of the upstream request. `authority` is the
+/// request URI's authority (HTTP/2), used when there is no `Host` header.
 ///
 /// On the hot path: each header is written with one `insert` (which replaces any client
 /// copy), and removals happen only for headers actually present.
 pub fn apply(
-    up: &mut RequestHeader,
+    headers: &mut HeaderMap,
+    authority: Option<&str>,
     peer: Option<IpAddr>,
     client: Option<IpAddr>,
     peer_trusted: bool,
     tls: bool,
 ) {
-    let host = up.headers.get(http::header::HOST).cloned().or_else(|| {
-        up.uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    headers.reserve(4);
+    let host = headers
+        .get(http::header::HOST)
+        .cloned()
+        .or_else(|| authority.and_then(|a| HeaderValue::from_str(a).ok()));
     // X-Forwarded-For: the trusted incoming chain plus the peer, or just the peer.
     let peer = peer.map(canonical);
-    let peer_s = peer.map(ip_text).unwrap_or_default();
-    let mut incoming = up
-        .headers
-        .get_all(XFF)
-        .iter()
-        .filter_map(|v| v.to_str().ok());
-    let chain = match (peer_trusted, incoming.next()) {
-        (true, Some(first)) => {
+    let peer_v = peer.and_then(|p| HeaderValue::from_str(&ip_text(p)).ok());
+    let mut incoming = headers.get_all(XFF).iter().filter_map(|v| v.to_str().ok());
+    let chain = match (peer_trusted, incoming.next(), &peer_v) {
+        (true, Some(first), Some(p)) => {
             let mut c = first.to_string();
             for more in incoming {
                 c.push_str(", ");
                 c.push_str(more);
             }
             c.push_str(", ");
-            c.push_str(&peer_s);
-            c
+            c.push_str(p.to_str().unwrap_or(""));
+            HeaderValue::from_str(&c).ok()
         }
-        _ => peer_s,
+        _ => peer_v.clone(),
     };
-    match HeaderValue::from_str(&chain) {
-        Ok(v) => {
-            let _ = up.insert_header(XFF, v);
+    match chain {
+        Some(v) => {
+            headers.insert(XFF, v);
         }
-        Err(_) => {
-            let _ = up.remove_header(XFF);
+        None => {
+            headers.remove(XFF);
         }
     }
     // X-Real-IP: the resolved client (usually the peer: its text is reused).
     let client_v = client.and_then(|c| {
         if Some(c) == peer {
-            up.headers.get(XFF).filter(|_| !peer_trusted).cloned()
+            peer_v.clone()
         } else {
-            None
+            HeaderValue::from_str(&ip_text(c)).ok()
         }
-        .or_else(|| HeaderValue::from_str(&ip_text(c)).ok())
     });
     match client_v {
         Some(v) => {
-            let _ = up.insert_header(X_REAL_IP, v);
+            headers.insert(X_REAL_IP, v);
         }
-        None if up.headers.contains_key(X_REAL_IP) => {
-            let _ = up.remove_header(X_REAL_IP);
+        None => {
+            headers.remove(X_REAL_IP);
         }
-        None => {}
     }
     // X-Forwarded-Proto and -Host: kept from a trusted peer, else ours.
-    if !(peer_trusted && up.headers.contains_key(XFP)) {
-        let _ = up.insert_header(XFP, if tls { "https" } else { "http" });
+    if !(peer_trusted && headers.contains_key(XFP)) {
+        headers.insert(
+            XFP,
+            HeaderValue::from_static(if tls { "https" } else { "http" }),
+        );
     }
-    if !(peer_trusted && up.headers.contains_key(XFH)) {
+    if !(peer_trusted && headers.contains_key(XFH)) {
         match host {
             Some(h) => {
-                let _ = up.insert_header(XFH, h);
+                headers.insert(XFH, h);
             }
-            None if up.headers.contains_key(XFH) => {
-                let _ = up.remove_header(XFH);
+            None => {
+                headers.remove(XFH);
             }
-            None => {}
         }
     }
-    if !peer_trusted && up.headers.contains_key(FORWARDED) {
-        let _ = up.remove_header(FORWARDED);
+    if !peer_trusted {
+        headers.remove(FORWARDED);
     }
     // Identity headers only moat may set (no allocation unless a client sent some).
-    let forged: Vec<HeaderName> = up
-        .headers
+    let forged: Vec<HeaderName> = headers
         .keys()
         .filter(|k| k.as_str().starts_with("x-consumer-") || k.as_str().starts_with("x-auth-"))
         .cloned()
         .collect();
     for name in forged {
-        let _ = up.remove_header(&name);
+        headers.remove(&name);
     }
 }
 
@@ -251,25 +248,47 @@ mod tests {
 
     #[test]
     fn headers_set_upstream() {
-        let mut up = req(&["6.6.6.6"]);
-        up.insert_header("x-real-ip", "9.9.9.9").unwrap();
-        up.insert_header("x-forwarded-proto", "https").unwrap();
-        up.insert_header("x-consumer-id", "admin").unwrap();
-        up.insert_header("x-auth-method", "jwt").unwrap();
-        up.insert_header("forwarded", "for=9.9.9.9").unwrap();
-        apply(&mut up, ip("203.0.113.9"), ip("203.0.113.9"), false, false);
-        assert_eq!(up.headers[XFF], "203.0.113.9");
-        assert_eq!(up.headers[X_REAL_IP], "203.0.113.9");
-        assert_eq!(up.headers[XFP], "http");
-        assert_eq!(up.headers[XFH], "api.example.com");
-        for gone in ["x-consumer-id", "x-auth-method", "forwarded"] {
-            assert!(up.headers.get(gone).is_none(), "{gone}");
+        let mut h = req(&["6.6.6.6"]).headers.clone();
+        for (k, v) in [
+            ("x-real-ip", "9.9.9.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-consumer-id", "admin"),
+            ("x-auth-method", "jwt"),
+            ("forwarded", "for=9.9.9.9"),
+        ] {
+            h.insert(k, HeaderValue::from_static(v));
         }
-        let mut up = req(&["6.6.6.6"]);
-        up.insert_header("x-forwarded-proto", "https").unwrap();
-        apply(&mut up, ip("127.0.0.1"), ip("6.6.6.6"), true, false);
-        assert_eq!(up.headers[XFF], "6.6.6.6, 127.0.0.1");
-        assert_eq!(up.headers[X_REAL_IP], "6.6.6.6");
-        assert_eq!(up.headers[XFP], "https");
+        apply(
+            &mut h,
+            None,
+            ip("203.0.113.9"),
+            ip("203.0.113.9"),
+            false,
+            false,
+        );
+        assert_eq!(h[XFF], "203.0.113.9");
+        assert_eq!(h[X_REAL_IP], "203.0.113.9");
+        assert_eq!(h[XFP], "http");
+        assert_eq!(h[XFH], "api.example.com");
+        for gone in ["x-consumer-id", "x-auth-method", "forwarded"] {
+            assert!(h.get(gone).is_none(), "{gone}");
+        }
+        let mut h = req(&["6.6.6.6"]).headers.clone();
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        apply(&mut h, None, ip("127.0.0.1"), ip("6.6.6.6"), true, false);
+        assert_eq!(h[XFF], "6.6.6.6, 127.0.0.1");
+        assert_eq!(h[X_REAL_IP], "6.6.6.6");
+        assert_eq!(h[XFP], "https");
+        let mut h2 = HeaderMap::new();
+        apply(
+            &mut h2,
+            Some("h2.example.com"),
+            ip("10.0.0.1"),
+            ip("10.0.0.1"),
+            false,
+            true,
+        );
+        assert_eq!(h2[XFH], "h2.example.com");
+        assert_eq!(h2[XFP], "https");
     }
 }

@@ -328,7 +328,8 @@ impl Pool {
         let mut p = HttpPeer::new(t.addr, tls, sni);
         p.options.connection_timeout = Some(self.connect_timeout);
         p.options.read_timeout = Some(self.read_timeout);
-        p.options.write_timeout = Some(self.read_timeout);
+        // No write timeout: a slow upstream reader is bounded by the read timeout of the
+        // response, and a timer per write costs measurable CPU per request.
         p.options.idle_timeout = Some(Duration::from_secs(60));
         if let Some(tls) = &self.tls {
             p.options.verify_cert = tls.verify;
