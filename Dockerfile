@@ -19,20 +19,24 @@ WORKDIR /build
 
 # Dependency layer: compile every dependency against stub sources, so that editing
 # src/ does not rebuild them. Every target that Cargo.toml names explicitly needs a
-# stub here (currently src/lib.rs, src/main.rs, benches/router.rs and benches/auth.rs).
+# stub here (currently src/lib.rs, src/main.rs, benches/router.rs, benches/auth.rs and the
+# workspace member plugins/stamp).
 COPY Cargo.toml Cargo.lock ./
+COPY plugins/stamp/Cargo.toml plugins/stamp/Cargo.toml
 RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
  && echo 'fn main() {}' > benches/router.rs \
  && echo 'fn main() {}' > benches/auth.rs \
+ && mkdir -p plugins/stamp/src && echo 'fn main() {}' > plugins/stamp/src/main.rs \
  && cargo build --release --locked \
- && rm -rf src benches
+ && rm -rf src benches plugins/stamp/src
 
 # The real build. COPY keeps the files' old mtimes, which can look older than the
 # stub build's outputs: drop the stub's fingerprints so cargo rebuilds the crate.
 COPY src ./src
 COPY docs ./docs
+COPY plugins ./plugins
 COPY benches ./benches
 COPY examples ./examples
 RUN rm -rf target/release/.fingerprint/moat-* target/release/deps/moat-* target/release/deps/libmoat-* \

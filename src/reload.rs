@@ -11,6 +11,7 @@
 use crate::access_log::AccessLog;
 use crate::config::{self, Config, ConfigErrors};
 use crate::metrics::Metrics;
+use crate::plugin::registry::Extensions;
 use crate::runtime::{Runtime, SharedRuntime};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ pub struct Reloader {
     runtime: SharedRuntime,
     metrics: Arc<Metrics>,
     access_log: Option<AccessLog>,
+    extensions: Arc<Extensions>,
     lock: tokio::sync::Mutex<()>,
 }
 
@@ -83,12 +85,14 @@ impl Reloader {
         runtime: SharedRuntime,
         metrics: Arc<Metrics>,
         access_log: Option<AccessLog>,
+        extensions: Arc<Extensions>,
     ) -> Reloader {
         Reloader {
             path,
             runtime,
             metrics,
             access_log,
+            extensions,
             lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -125,11 +129,12 @@ impl Reloader {
         let path = self.path.clone();
         let metrics = Arc::clone(&self.metrics);
         let old = Arc::clone(&current);
+        let extensions = Arc::clone(&self.extensions);
         // Parsing, DNS resolution and regex compilation are blocking work.
         let compiled = tokio::task::spawn_blocking(move || -> Result<Runtime, ConfigErrors> {
             let cfg = config::load_file(&path)?;
             check_process_level(&old.config, &cfg)?;
-            Runtime::compile(cfg, old.generation + 1, &metrics, Some(&old))
+            Runtime::compile(cfg, old.generation + 1, &metrics, Some(&old), &extensions)
         })
         .await
         .map_err(|e| {

@@ -7,6 +7,7 @@ use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::plugin::registry::Extensions;
 use crate::proxy::Moat;
 use crate::reload::Reloader;
 use crate::runtime::{Runtime, SharedRuntime};
@@ -166,14 +167,21 @@ fn prime_pools(rt: &Runtime) {
 
 /// Compile the config at `path` and serve until shut down. Returns only on a start-up
 /// error.
-pub fn run(path: PathBuf, cfg: Config, opts: RunOptions) -> Result<(), String> {
+pub fn run(
+    path: PathBuf,
+    cfg: Config,
+    opts: RunOptions,
+    extensions: Extensions,
+) -> Result<(), String> {
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     let listeners: Vec<String> = cfg.listeners.iter().map(|l| l.address.clone()).collect();
     let admin_cfg = cfg.admin.clone();
     let log_path = cfg.access_log.as_ref().map(|l| l.path.clone());
     let conf = server_conf(&cfg, opts.daemon);
     let pid_file = conf.pid_file.clone();
-    let runtime = Runtime::compile(cfg, 1, &metrics, None).map_err(|e| e.to_string())?;
+    let extensions = Arc::new(extensions);
+    let runtime =
+        Runtime::compile(cfg, 1, &metrics, None, &extensions).map_err(|e| e.to_string())?;
     prime_pools(&runtime);
     metrics.config_generation.set(1);
     let shared: SharedRuntime = Arc::new(ArcSwap::from_pointee(runtime));
@@ -187,6 +195,7 @@ pub fn run(path: PathBuf, cfg: Config, opts: RunOptions) -> Result<(), String> {
         Arc::clone(&shared),
         Arc::clone(&metrics),
         access_log.clone(),
+        extensions,
     ));
 
     let opt = Opt {

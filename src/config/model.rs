@@ -404,6 +404,29 @@ pub enum PluginConfig {
     Cors(CorsConfig),
     SecurityHeaders(SecurityHeadersConfig),
     Compression(CompressionConfig),
+    /// A plugin registered by a custom build (see `plugins/`); its settings are checked by
+    /// its factory when the config is compiled, so a name nobody registered is still an
+    /// error at load time.
+    #[serde(untagged)]
+    External(ExternalPluginConfig),
+}
+
+/// A plugin outside the built-in registry: its name and its settings, unparsed.
+#[derive(Debug, Clone)]
+pub struct ExternalPluginConfig {
+    /// The name it is registered under.
+    pub name: String,
+    /// Its settings, decoded by its factory.
+    pub settings: serde_yaml::Value,
+}
+
+impl Serialize for ExternalPluginConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry(&self.name, &self.settings)?;
+        m.end()
+    }
 }
 
 /// Every plugin name, for error messages.
@@ -449,7 +472,10 @@ impl<'de> Deserialize<'de> for PluginConfig {
                     "cors" => PluginConfig::Cors(m.next_value()?),
                     "security_headers" => PluginConfig::SecurityHeaders(m.next_value()?),
                     "compression" => PluginConfig::Compression(m.next_value()?),
-                    other => return Err(A::Error::unknown_variant(other, PLUGIN_NAMES)),
+                    other => PluginConfig::External(ExternalPluginConfig {
+                        name: other.to_string(),
+                        settings: m.next_value()?,
+                    }),
                 };
                 if m.next_key::<String>()?.is_some() {
                     return Err(A::Error::custom(
@@ -465,7 +491,7 @@ impl<'de> Deserialize<'de> for PluginConfig {
 
 impl PluginConfig {
     /// The plugin's name as written in the config.
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> &str {
         match self {
             PluginConfig::RequestId(_) => "request_id",
             PluginConfig::Headers(_) => "headers",
@@ -477,6 +503,7 @@ impl PluginConfig {
             PluginConfig::Cors(_) => "cors",
             PluginConfig::SecurityHeaders(_) => "security_headers",
             PluginConfig::Compression(_) => "compression",
+            PluginConfig::External(e) => &e.name,
         }
     }
 }

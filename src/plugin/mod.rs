@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod headers;
 pub mod ip_filter;
+pub mod registry;
 pub mod request_id;
 
 use crate::config::error::{join, ConfigErrors};
@@ -110,6 +111,8 @@ pub struct CompileEnv<'a> {
     pub auth: &'a crate::auth::AuthState,
     /// Metrics (counters plugins increment).
     pub metrics: &'a crate::metrics::Metrics,
+    /// Plugins registered by a custom build.
+    pub extensions: &'a registry::Extensions,
 }
 
 /// Compile one plugin config found at `path`. Plugins whose behaviour has not landed yet
@@ -139,5 +142,21 @@ pub fn compile(
             errs.push(here, "not supported yet");
             None
         }
+        PluginConfig::External(ext) => match env.extensions.get(&ext.name) {
+            Some(factory) => factory.compile(&ext.settings, &here, errs),
+            None => {
+                let mut known: Vec<&str> = crate::config::model::PLUGIN_NAMES.to_vec();
+                known.extend(env.extensions.names());
+                errs.push(
+                    here,
+                    format!(
+                        "unknown plugin `{}`, expected one of {}",
+                        ext.name,
+                        known.join(", ")
+                    ),
+                );
+                None
+            }
+        },
     }
 }

@@ -153,6 +153,7 @@ impl Runtime {
         generation: u64,
         metrics: &Metrics,
         previous: Option<&Runtime>,
+        extensions: &crate::plugin::registry::Extensions,
     ) -> Result<Runtime, ConfigErrors> {
         let mut errs = ConfigErrors::default();
         validate::validate(&cfg, &mut errs);
@@ -166,10 +167,17 @@ impl Runtime {
             }
         };
         let pools = upstreams::compile(&cfg, metrics, previous.map(|p| &p.pools), &mut errs);
-        let auth = Arc::new(AuthState::compile(&cfg, &mut errs));
+        let mut auth = AuthState::compile(&cfg, &mut errs);
+        if let Some(prev) = previous {
+            // Signatures seen before a reload stay seen: a reload must not reopen the
+            // replay window.
+            auth.replay = Arc::clone(&prev.auth.replay);
+        }
+        let auth = Arc::new(auth);
         let env = crate::plugin::CompileEnv {
             auth: &auth,
             metrics,
+            extensions,
         };
         let (router, routes, global_chain) =
             routes::compile(&cfg, &pools, metrics, &env, &mut errs);
