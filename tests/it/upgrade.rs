@@ -149,6 +149,12 @@ fn upgrade_script_hands_over_or_refuses() {
 
     let config = m.config.clone();
     let out = run(&config);
+    // Whatever happens next, the daemon the script started must not outlive the test.
+    let _daemon = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .filter(|p| *p != m.pid())
+        .map(KillOnDrop);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -162,11 +168,18 @@ fn upgrade_script_hands_over_or_refuses() {
         "ok"
     );
     assert!(
-        crate::harness::wait_until(Duration::from_secs(15), || m.exited()),
+        crate::harness::wait_until(Duration::from_secs(30), || m.exited()),
         "old moat still running"
     );
-    // The new one was daemonized by the script: stop it.
-    let _ = std::process::Command::new("kill")
-        .arg(new_pid.to_string())
-        .status();
+}
+
+/// SIGKILLs a process when dropped (processes the harness did not spawn itself).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &self.0.to_string()])
+            .status();
+    }
 }
