@@ -151,6 +151,7 @@ if (( MOAT_BUILT )); then
         mkdir -p "$run"
         sed -e "s|{{LISTEN_PORT}}|$port|g" -e "s|{{ADMIN_PORT}}|$admin|g" \
             -e "s|{{UPSTREAM_PORT}}|$UP_PORT|g" -e "s|{{RUN_DIR}}|$run|g" \
+            -e "s|{{SCENARIO_DIR}}|$LT_DIR/scenarios|g" \
             "$LT_DIR/scenarios/$s.yaml" >"$run/moat.yaml"
         LT_STOP_SIGNAL=INT lt_start "moat-$s" "$LT_PROXY_CPU" "$REL/moat" run -c "$run/moat.yaml"
         # 20 s: moat may check upstream health first

@@ -52,6 +52,9 @@ pub struct RequestCtx {
     pub reply_code: Option<ErrorCode>,
     /// The rate-limit outcome for the access log, when a limiter ran.
     pub ratelimit: Option<&'static str>,
+    /// Limiter state: `RateLimit-*` headers to send, concurrency slots held (released
+    /// when the context drops, however the request ended).
+    pub limits: crate::limit::ReqLimits,
     /// `moat_connections_active`, decremented when the request ends.
     active: Option<prometheus::IntGauge>,
 }
@@ -79,6 +82,7 @@ impl RequestCtx {
             upstream: UpstreamState::default(),
             reply_code: None,
             ratelimit: None,
+            limits: Default::default(),
             active: None,
         }
     }

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod ctx;
 pub mod identity;
+pub mod limit;
 pub mod metrics;
 pub mod net;
 pub mod plugin;

@@ -649,6 +649,8 @@ pub struct RateLimitConfig {
     pub on_redis_error: Option<OnRedisError>,
     pub mode: Option<ClusterMode>,
     pub sync_interval: Option<Dur>,
+    /// Keys tracked at most (addition to the reference file; default 1,000,000).
+    pub max_keys: Option<usize>,
 }
 
 /// `quota`.
@@ -659,6 +661,8 @@ pub struct QuotaConfig {
     pub limit: Rate,
     #[serde(default)]
     pub tiers: BTreeMap<String, Rate>,
+    /// Keys tracked at most (addition to the reference file; default 1,000,000).
+    pub max_keys: Option<usize>,
 }
 
 /// `concurrency`.

@@ -12,8 +12,10 @@
 //! calls what does something. Custom plugins implement the same trait (see `plugins/`).
 
 pub mod auth;
+pub mod concurrency;
 pub mod headers;
 pub mod ip_filter;
+pub mod rate_limit;
 pub mod registry;
 pub mod request_id;
 
@@ -113,6 +115,8 @@ pub struct CompileEnv<'a> {
     pub metrics: &'a crate::metrics::Metrics,
     /// Plugins registered by a custom build.
     pub extensions: &'a registry::Extensions,
+    /// Limiter state, carried over from the previous generation when unchanged.
+    pub limits: &'a crate::limit::Registry,
 }
 
 /// Compile one plugin config found at `path`. Plugins whose behaviour has not landed yet
@@ -133,10 +137,16 @@ pub fn compile(
         PluginConfig::IpFilter(c) => {
             ip_filter::IpFilter::compile(c, &here, errs).map(|p| Arc::new(p) as _)
         }
-        PluginConfig::RateLimit(_)
-        | PluginConfig::Quota(_)
-        | PluginConfig::Concurrency(_)
-        | PluginConfig::Cors(_)
+        PluginConfig::RateLimit(c) => {
+            rate_limit::RateLimit::compile(c, &here, env, errs).map(|p| Arc::new(p) as _)
+        }
+        PluginConfig::Quota(c) => {
+            rate_limit::RateLimit::compile_quota(c, &here, env, errs).map(|p| Arc::new(p) as _)
+        }
+        PluginConfig::Concurrency(c) => {
+            concurrency::Concurrency::compile(c, &here, env, errs).map(|p| Arc::new(p) as _)
+        }
+        PluginConfig::Cors(_)
         | PluginConfig::SecurityHeaders(_)
         | PluginConfig::Compression(_) => {
             errs.push(here, "not supported yet");

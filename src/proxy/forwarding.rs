@@ -110,7 +110,9 @@ pub fn apply(
     peer_trusted: bool,
     tls: bool,
 ) {
-    headers.reserve(4);
+    // The four forwarding headers, plus room for what plugins add next (request id,
+    // traceparent, consumer id, auth method) without another rehash.
+    headers.reserve(8);
     let host = headers
         .get(http::header::HOST)
         .cloned()

@@ -46,6 +46,8 @@ pub struct Runtime {
     /// Consumers, JWT providers and the replay guard (`auth::start_background` starts
     /// the JWKS refresh loops of a generation).
     pub auth: Arc<AuthState>,
+    /// Limiter state of this generation's plugins (see `limit::Registry`).
+    pub limits: Arc<crate::limit::Registry>,
 }
 
 /// A compiled route.
@@ -143,6 +145,7 @@ impl Runtime {
             pools: BTreeMap::new(),
             trusted_proxies: CidrSet::default(),
             auth: Arc::default(),
+            limits: Arc::default(),
         }
     }
 
@@ -174,13 +177,18 @@ impl Runtime {
             auth.replay = Arc::clone(&prev.auth.replay);
         }
         let auth = Arc::new(auth);
+        let limits = Arc::new(crate::limit::Registry::inherit(
+            previous.map(|p| &*p.limits),
+        ));
         let env = crate::plugin::CompileEnv {
             auth: &auth,
             metrics,
             extensions,
+            limits: &limits,
         };
         let (router, routes, global_chain) =
             routes::compile(&cfg, &pools, metrics, &env, &mut errs);
+        limits.finish();
         errs.sort_by_file_order();
         errs.into_result(())?;
         Ok(Runtime {
@@ -193,6 +201,7 @@ impl Runtime {
             pools,
             trusted_proxies,
             auth,
+            limits,
         })
     }
 }

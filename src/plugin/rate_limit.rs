@@ -1,0 +1,275 @@
+//! `rate_limit` and `quota`: request counting per key on this instance (`scope: local`).
+//!
+//! - `rate_limit`: `key`, `rate`, `algorithm` (sliding_window by default, token_bucket
+//!   with capacity `burst`, fixed_window; see `limit::algo` for each one's error), `tiers`
+//!   overriding the rate by the consumer's tier. Refusals: 429 `RATE_LIMITED`.
+//! - `quota`: a fixed window aligned on UTC calendar minutes, hours or days (the unit of
+//!   `limit`), tiered the same way. Refusals: 429 `QUOTA_EXCEEDED`, `Retry-After` until the
+//!   window ends.
+//!
+//! Both record `RateLimit-Limit/Remaining/Reset` for the response (the most restrictive
+//! limiter of the request wins; the response phase writes them on upstream answers and on
+//! moat's own replies alike), `Retry-After` on 429, the access log's `ratelimit` field
+//! (`allowed` / `limited`) and `moat_ratelimit_decisions_total{route,plugin,result}`.
+//! Several limiters on one route all apply, each with its own counters.
+
+use super::{CompileEnv, Flow, Phases, Plugin};
+use crate::config::error::{join, ConfigErrors};
+use crate::config::model::{LimitScope, QuotaConfig, RateAlgorithm, RateLimitConfig};
+use crate::config::units::Rate;
+use crate::ctx::RequestCtx;
+use crate::limit::algo::{now_us, Algorithm, Limit, SEC};
+use crate::limit::store::{Store, DEFAULT_MAX_KEYS};
+use crate::limit::{KeySource, RateHeaders};
+use crate::reply::{ErrorCode, Reply};
+use async_trait::async_trait;
+use http::{HeaderName, HeaderValue};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+use prometheus::IntCounterVec;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+/// One rate with its refusal message.
+struct Tiered {
+    limit: Limit,
+    message: String,
+}
+
+/// The compiled `rate_limit` or `quota` plugin.
+pub struct RateLimit {
+    name: &'static str,
+    code: ErrorCode,
+    key: KeySource,
+    algo: Algorithm,
+    base: Tiered,
+    tiers: HashMap<Box<str>, Tiered>,
+    idle_after: u64,
+    store: Arc<Store>,
+    decisions: IntCounterVec,
+}
+
+fn limit_of(r: &Rate, burst: Option<u64>) -> Limit {
+    Limit {
+        count: r.count,
+        window_us: (r.per.as_micros() as u64).max(SEC),
+        burst: burst.unwrap_or(r.count),
+    }
+}
+
+impl RateLimit {
+    /// Compile a `rate_limit`.
+    pub fn compile(
+        c: &RateLimitConfig,
+        path: &str,
+        env: &CompileEnv,
+        errs: &mut ConfigErrors,
+    ) -> Option<RateLimit> {
+        let before = errs.0.len();
+        if c.scope == LimitScope::Cluster {
+            errs.push(join(path, "scope"), "cluster scope is not supported yet");
+        }
+        for (k, set) in [
+            ("on_redis_error", c.on_redis_error.is_some()),
+            ("mode", c.mode.is_some()),
+            ("sync_interval", c.sync_interval.is_some()),
+        ] {
+            if set && c.scope == LimitScope::Local {
+                errs.push(join(path, k), "only applies with scope: cluster");
+            }
+        }
+        let algo = match c.algorithm.unwrap_or(RateAlgorithm::SlidingWindow) {
+            RateAlgorithm::SlidingWindow => Algorithm::SlidingWindow,
+            RateAlgorithm::TokenBucket => Algorithm::TokenBucket,
+            RateAlgorithm::FixedWindow => Algorithm::FixedWindow,
+        };
+        match c.burst {
+            Some(_) if algo != Algorithm::TokenBucket => errs.push(
+                join(path, "burst"),
+                "burst applies to algorithm: token_bucket only",
+            ),
+            Some(0) => errs.push(join(path, "burst"), "must be at least 1"),
+            _ => {}
+        }
+        // With tiers, `burst` scales with each tier's rate (burst / rate × tier rate).
+        let scale = |r: &Rate| {
+            c.burst.map(|b| {
+                ((b as u128 * r.count as u128).div_ceil(c.rate.count.max(1) as u128) as u64).max(1)
+            })
+        };
+        let tiered = |r: &Rate| Tiered {
+            limit: limit_of(r, scale(r)),
+            message: format!("rate limit of {r} exceeded"),
+        };
+        let p = Self::build(
+            "rate_limit",
+            ErrorCode::RateLimited,
+            &c.key,
+            algo,
+            tiered(&c.rate),
+            c.tiers.iter().map(|(k, r)| (k.as_str(), tiered(r))),
+            c.max_keys,
+            path,
+            &serde_json::to_string(c).unwrap_or_default(),
+            env,
+            errs,
+        );
+        (errs.0.len() == before).then_some(p).flatten()
+    }
+
+    /// Compile a `quota`.
+    pub fn compile_quota(
+        c: &QuotaConfig,
+        path: &str,
+        env: &CompileEnv,
+        errs: &mut ConfigErrors,
+    ) -> Option<RateLimit> {
+        let tiered = |r: &Rate| Tiered {
+            limit: limit_of(r, None),
+            message: format!("quota of {r} exceeded"),
+        };
+        Self::build(
+            "quota",
+            ErrorCode::QuotaExceeded,
+            &c.key,
+            Algorithm::FixedWindow,
+            tiered(&c.limit),
+            c.tiers.iter().map(|(k, r)| (k.as_str(), tiered(r))),
+            c.max_keys,
+            path,
+            &serde_json::to_string(c).unwrap_or_default(),
+            env,
+            errs,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build<'a>(
+        name: &'static str,
+        code: ErrorCode,
+        key: &str,
+        algo: Algorithm,
+        base: Tiered,
+        tiers: impl Iterator<Item = (&'a str, Tiered)>,
+        max_keys: Option<usize>,
+        path: &str,
+        settings: &str,
+        env: &CompileEnv,
+        errs: &mut ConfigErrors,
+    ) -> Option<RateLimit> {
+        let key = match KeySource::parse(key) {
+            Ok(k) => k,
+            Err(e) => {
+                let p = join(path, "key");
+                if errs.0.iter().all(|x| x.path != p) {
+                    errs.push(p, e);
+                }
+                return None;
+            }
+        };
+        if max_keys == Some(0) {
+            errs.push(join(path, "max_keys"), "must be at least 1");
+            return None;
+        }
+        let tiers: HashMap<Box<str>, Tiered> = tiers.map(|(k, t)| (k.into(), t)).collect();
+        let idle_after = tiers
+            .values()
+            .chain([&base])
+            .map(|t| algo.idle_after_us(&t.limit))
+            .max()
+            .unwrap_or(0);
+        let max_keys = max_keys.unwrap_or(DEFAULT_MAX_KEYS);
+        let store = env
+            .limits
+            .get_or_make(format!("{path}|{settings}"), || Store::new(max_keys));
+        Some(RateLimit {
+            name,
+            code,
+            key,
+            algo,
+            base,
+            tiers,
+            idle_after,
+            store,
+            decisions: env.metrics.ratelimit_decisions.clone(),
+        })
+    }
+
+    /// The rate that applies to a consumer of `tier`.
+    fn tier(&self, tier: Option<&str>) -> &Tiered {
+        tier.and_then(|t| self.tiers.get(t)).unwrap_or(&self.base)
+    }
+
+    /// Decide for `key` at `now` (the request-independent core, used by benches).
+    pub fn decide(&self, key: &str, tier: Option<&str>, now: u64) -> crate::limit::algo::Outcome {
+        let t = self.tier(tier);
+        self.store.with_slot(key, now, self.idle_after, |s| {
+            self.algo.decide(s, &t.limit, now)
+        })
+    }
+}
+
+/// Write the noted `RateLimit-*` headers into `resp`.
+pub fn write_headers(ctx: &RequestCtx, resp: &mut ResponseHeader) {
+    if let Some(h) = ctx.limits.headers {
+        for (name, v) in [
+            (&LIMIT, h.limit),
+            (&REMAINING, h.remaining),
+            (&RESET, h.reset),
+        ] {
+            let _ = resp.insert_header(name.clone(), HeaderValue::from(v));
+        }
+    }
+}
+
+#[async_trait]
+impl Plugin for RateLimit {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn phases(&self) -> Phases {
+        Phases {
+            request: true,
+            response: true,
+            ..Phases::default()
+        }
+    }
+
+    async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Flow {
+        let mut key = String::with_capacity(48);
+        self.key.extract(session.req_header(), ctx, &mut key);
+        let tier = ctx.identity.as_ref().and_then(|i| i.tier.as_deref());
+        let t = self.tier(tier);
+        let now = now_us();
+        let out = self.store.with_slot(&key, now, self.idle_after, |s| {
+            self.algo.decide(s, &t.limit, now)
+        });
+        ctx.limits.note(RateHeaders {
+            limit: out.limit,
+            remaining: out.remaining,
+            reset: out.reset_s,
+        });
+        let result = if out.allowed { "allowed" } else { "limited" };
+        self.decisions
+            .with_label_values(&[ctx.route_name(), self.name, result])
+            .inc();
+        if out.allowed {
+            ctx.ratelimit.get_or_insert("allowed");
+            return Flow::Continue;
+        }
+        ctx.ratelimit = Some("limited");
+        Flow::Reply(Reply::error(self.code, t.message.clone()).with_header(
+            http::header::RETRY_AFTER,
+            HeaderValue::from(out.retry_after_s),
+        ))
+    }
+
+    fn response(&self, _req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHeader) {
+        write_headers(ctx, resp);
+    }
+}
