@@ -205,7 +205,7 @@ fn bucket(s: &mut Slot, l: &Limit, now: u64) -> Outcome {
 mod tests {
     use super::*;
 
-    const T0: u64 = 1_700_000_000 * SEC; // a window boundary for 1 s .. 1 d
+    const T0: u64 = 1_699_920_000 * SEC; // a UTC midnight: a boundary for 1 s .. 1 d
 
     fn lim(count: u64, secs: u64) -> Limit {
         Limit {

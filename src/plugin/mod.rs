@@ -146,9 +146,7 @@ pub fn compile(
         PluginConfig::Concurrency(c) => {
             concurrency::Concurrency::compile(c, &here, env, errs).map(|p| Arc::new(p) as _)
         }
-        PluginConfig::Cors(_)
-        | PluginConfig::SecurityHeaders(_)
-        | PluginConfig::Compression(_) => {
+        PluginConfig::Cors(_) | PluginConfig::SecurityHeaders(_) | PluginConfig::Compression(_) => {
             errs.push(here, "not supported yet");
             None
         }
