@@ -50,6 +50,8 @@ pub struct RequestCtx {
     pub upstream: UpstreamState,
     /// The error code of a reply moat made, for logs and metrics.
     pub reply_code: Option<ErrorCode>,
+    /// Whether the response is one moat made itself (error, `respond`, redirect, preflight).
+    pub own_response: bool,
     /// The rate-limit outcome for the access log, when a limiter ran.
     pub ratelimit: Option<&'static str>,
     /// Limiter state: `RateLimit-*` headers to send, concurrency slots held (released
@@ -81,6 +83,7 @@ impl RequestCtx {
             identity: None,
             upstream: UpstreamState::default(),
             reply_code: None,
+            own_response: false,
             ratelimit: None,
             limits: Default::default(),
             active: None,

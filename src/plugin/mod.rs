@@ -13,11 +13,13 @@
 
 pub mod auth;
 pub mod concurrency;
+pub mod cors;
 pub mod headers;
 pub mod ip_filter;
 pub mod rate_limit;
 pub mod registry;
 pub mod request_id;
+pub mod security_headers;
 
 use crate::config::error::{join, ConfigErrors};
 use crate::config::model::PluginConfig;
@@ -69,6 +71,13 @@ pub trait Plugin: Send + Sync {
         _ctx: &RequestCtx,
         _upstream: &mut RequestHeader,
     ) {
+    }
+
+    /// Answer a CORS preflight (`OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method`) before any request phase runs; `None` to let it
+    /// through. Called only on preflights, on plugins with a response phase.
+    fn preflight(&self, _req: &RequestHeader) -> Option<Reply> {
+        None
     }
 
     /// Edit a response head before it goes downstream.
@@ -146,7 +155,11 @@ pub fn compile(
         PluginConfig::Concurrency(c) => {
             concurrency::Concurrency::compile(c, &here, env, errs).map(|p| Arc::new(p) as _)
         }
-        PluginConfig::Cors(_) | PluginConfig::SecurityHeaders(_) | PluginConfig::Compression(_) => {
+        PluginConfig::Cors(c) => cors::Cors::compile(c, &here, errs).map(|p| Arc::new(p) as _),
+        PluginConfig::SecurityHeaders(c) => {
+            security_headers::SecurityHeaders::compile(c, &here, errs).map(|p| Arc::new(p) as _)
+        }
+        PluginConfig::Compression(_) => {
             errs.push(here, "not supported yet");
             None
         }

@@ -136,6 +136,7 @@ impl Moat {
         settle_request_body(session).await;
         let (mut head, body) = reply.build(ctx.request_id())?;
         ctx.reply_code = reply.code;
+        ctx.own_response = true;
         let route = ctx.route.clone();
         let rt = Arc::clone(&ctx.rt);
         let chain = route
@@ -222,9 +223,24 @@ impl ProxyHttp for Moat {
         } else {
             raw_host
         };
-        let found = rt
+        let preflight = crate::plugin::cors::is_preflight(req);
+        let mut found = rt
             .router
             .lookup(host, req.uri.path(), &req.method, &req.headers);
+        if preflight && !matches!(found, RouteMatch::Found(_)) {
+            // A preflight asks about the method it names: route it as that method.
+            let asked = req
+                .headers
+                .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+                .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok());
+            if let Some(m) = asked {
+                if let f @ RouteMatch::Found(_) =
+                    rt.router.lookup(host, req.uri.path(), &m, &req.headers)
+                {
+                    found = f;
+                }
+            }
+        }
         if let RouteMatch::Found(i) = found {
             ctx.route = rt.routes.get(i).cloned();
         }
@@ -233,6 +249,17 @@ impl ProxyHttp for Moat {
             .as_deref()
             .map(|r| &r.chain)
             .unwrap_or(&rt.global_chain);
+        if preflight {
+            // CORS preflights carry no credentials: answered before any other plugin.
+            let answer = chain
+                .response
+                .iter()
+                .find_map(|p| p.preflight(session.req_header()));
+            if let Some(reply) = answer {
+                self.send_reply(session, ctx, reply).await?;
+                return Ok(true);
+            }
+        }
         for p in &chain.request {
             if let Flow::Reply(reply) = p.request(session, ctx).await {
                 self.send_reply(session, ctx, reply).await?;

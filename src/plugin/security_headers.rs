@@ -1,0 +1,187 @@
+//! `security_headers`: a sane preset of response security headers, with per-header
+//! override (`set`) and removal (`remove`).
+//!
+//! Preset: `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY`, `Referrer-Policy:
+//! no-referrer`, and with `hsts: SECONDS` `Strict-Transport-Security: max-age=SECONDS;
+//! includeSubDomains`. An upstream's own value for a preset header is kept (the service
+//! knows its pages best); `set` always wins. Responses moat makes itself (errors, `respond`,
+//! redirects, preflights) also get a restrictive `Content-Security-Policy: default-src
+//! 'none'; frame-ancestors 'none'`, since they never need to load anything.
+
+use super::{Phases, Plugin};
+use crate::config::error::{index, join, ConfigErrors};
+use crate::config::model::SecurityHeadersConfig;
+use crate::ctx::RequestCtx;
+use crate::template::safe_header_value;
+use async_trait::async_trait;
+use http::{HeaderName, HeaderValue};
+use pingora_http::{RequestHeader, ResponseHeader};
+
+/// The CSP of moat's own responses.
+pub const OWN_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+
+/// The compiled plugin.
+pub struct SecurityHeaders {
+    /// Preset headers, set when the response has none.
+    preset: Vec<(HeaderName, HeaderValue)>,
+    /// Configured values, always set.
+    set: Vec<(HeaderName, HeaderValue)>,
+    /// Removed from every response.
+    remove: Vec<HeaderName>,
+    own_csp: bool,
+}
+
+impl SecurityHeaders {
+    /// Compile, recording every bad header name or value under `path`.
+    pub fn compile(
+        c: &SecurityHeadersConfig,
+        path: &str,
+        errs: &mut ConfigErrors,
+    ) -> Option<SecurityHeaders> {
+        let before = errs.0.len();
+        let mut remove = Vec::new();
+        for (i, n) in c.remove.iter().enumerate() {
+            match HeaderName::from_bytes(n.as_bytes()) {
+                Ok(h) => remove.push(h),
+                Err(_) => errs.push(
+                    index(&join(path, "remove"), i),
+                    format!("`{n}` is not a header name"),
+                ),
+            }
+        }
+        let mut set = Vec::new();
+        for (name, value) in &c.set {
+            let here = join(&join(path, "set"), name);
+            match (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                (Ok(n), Ok(v)) if safe_header_value(value.as_bytes()) => set.push((n, v)),
+                (Err(_), _) => errs.push(here, format!("`{name}` is not a header name")),
+                _ => errs.push(here, "value contains characters not allowed in a header"),
+            }
+        }
+        if c.hsts == Some(0) {
+            errs.push(
+                join(path, "hsts"),
+                "must be more than 0 seconds (omit it to send no HSTS)",
+            );
+        }
+        if errs.0.len() != before {
+            return None;
+        }
+        let mut preset = vec![
+            (
+                http::header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (
+                http::header::X_FRAME_OPTIONS,
+                HeaderValue::from_static("DENY"),
+            ),
+            (
+                http::header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ),
+        ];
+        if let Some(secs) = c.hsts {
+            let v = HeaderValue::from_str(&format!("max-age={secs}; includeSubDomains")).ok()?;
+            preset.push((http::header::STRICT_TRANSPORT_SECURITY, v));
+        }
+        let overridden = |n: &HeaderName| set.iter().any(|(s, _)| s == n) || remove.contains(n);
+        preset.retain(|(n, _)| !overridden(n));
+        let own_csp = !overridden(&http::header::CONTENT_SECURITY_POLICY);
+        Some(SecurityHeaders {
+            preset,
+            set,
+            remove,
+            own_csp,
+        })
+    }
+}
+
+#[async_trait]
+impl Plugin for SecurityHeaders {
+    fn name(&self) -> &'static str {
+        "security_headers"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases {
+            request: false,
+            upstream_request: false,
+            response: true,
+        }
+    }
+
+    fn response(&self, _req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHeader) {
+        for n in &self.remove {
+            let _ = resp.remove_header(n);
+        }
+        for (n, v) in &self.preset {
+            if !resp.headers.contains_key(n) {
+                let _ = resp.insert_header(n.clone(), v.clone());
+            }
+        }
+        if self.own_csp && ctx.own_response {
+            let _ = resp.insert_header(
+                http::header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(OWN_CSP),
+            );
+        }
+        for (n, v) in &self.set {
+            let _ = resp.insert_header(n.clone(), v.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::Runtime;
+    use std::sync::Arc;
+
+    fn plugin(yaml: &str) -> SecurityHeaders {
+        let c: SecurityHeadersConfig = serde_yaml::from_str(yaml).unwrap();
+        let mut errs = ConfigErrors::default();
+        SecurityHeaders::compile(&c, "p", &mut errs).unwrap_or_else(|| panic!("{errs}"))
+    }
+
+    #[test]
+    fn preset_override_and_removal() {
+        let p = plugin("hsts: 31536000\nset: { referrer-policy: same-origin }\nremove: [x-frame-options, server]\n");
+        let req = RequestHeader::build("GET", b"/", None).unwrap();
+        let mut ctx = RequestCtx::new(Arc::new(Runtime::empty()));
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("server", "upstream/1.0").unwrap();
+        resp.insert_header("x-content-type-options", "upstream-value")
+            .unwrap();
+        p.response(&req, &ctx, &mut resp);
+        assert_eq!(
+            resp.headers["strict-transport-security"],
+            "max-age=31536000; includeSubDomains"
+        );
+        assert_eq!(resp.headers["referrer-policy"], "same-origin");
+        assert_eq!(resp.headers["x-content-type-options"], "upstream-value");
+        assert!(resp.headers.get("x-frame-options").is_none());
+        assert!(resp.headers.get("server").is_none());
+        assert!(
+            resp.headers.get("content-security-policy").is_none(),
+            "upstream response"
+        );
+        ctx.own_response = true;
+        let mut own = ResponseHeader::build(404, None).unwrap();
+        p.response(&req, &ctx, &mut own);
+        assert_eq!(own.headers["content-security-policy"], OWN_CSP);
+        assert_eq!(own.headers["x-content-type-options"], "nosniff");
+    }
+
+    #[test]
+    fn bad_configs() {
+        let c: SecurityHeadersConfig =
+            serde_yaml::from_str("hsts: 0\nset: { 'a b': x }\nremove: ['c d']\n").unwrap();
+        let mut errs = ConfigErrors::default();
+        assert!(SecurityHeaders::compile(&c, "p", &mut errs).is_none());
+        assert_eq!(errs.0.len(), 3, "{errs}");
+    }
+}
