@@ -50,6 +50,10 @@ pub struct RequestCtx {
     pub upstream: UpstreamState,
     /// The error code of a reply moat made, for logs and metrics.
     pub reply_code: Option<ErrorCode>,
+    /// The body limit for this request (route's, else the server's).
+    pub body_limit: u64,
+    /// Request body bytes seen so far.
+    pub body_seen: u64,
     /// Whether the response is one moat made itself (error, `respond`, redirect, preflight).
     pub own_response: bool,
     /// The rate-limit outcome for the access log, when a limiter ran.
@@ -84,6 +88,8 @@ impl RequestCtx {
             upstream: UpstreamState::default(),
             reply_code: None,
             own_response: false,
+            body_limit: u64::MAX,
+            body_seen: 0,
             ratelimit: None,
             limits: Default::default(),
             active: None,

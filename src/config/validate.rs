@@ -100,17 +100,22 @@ fn server(cfg: &Config, errs: &mut ConfigErrors) {
         }
     }
     if let Some(l) = &s.limits {
-        let set = [
-            ("max_header_bytes", l.max_header_bytes.is_some()),
-            ("max_headers", l.max_headers.is_some()),
-            ("header_timeout", l.header_timeout.is_some()),
-            ("max_body", l.max_body.is_some()),
-            ("idle_timeout", l.idle_timeout.is_some()),
-        ];
-        for (k, present) in set {
-            if present {
-                errs.push(format!("server.limits.{k}"), NOT_YET);
+        if l.header_timeout.is_some() {
+            errs.push("server.limits.header_timeout", NOT_YET);
+        }
+        if l.max_headers == Some(0) {
+            errs.push("server.limits.max_headers", "must be at least 1");
+        }
+        for (k, v) in [
+            ("max_header_bytes", l.max_header_bytes),
+            ("max_body", l.max_body),
+        ] {
+            if v.is_some_and(|s| s.0 == 0) {
+                errs.push(format!("server.limits.{k}"), "must be more than 0");
             }
+        }
+        if l.idle_timeout.is_some_and(|d| d.get().as_secs() == 0) {
+            errs.push("server.limits.idle_timeout", "must be at least 1s");
         }
     }
 }

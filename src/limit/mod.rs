@@ -78,7 +78,10 @@ impl KeySource {
                 .and_then(|i| i.claims.as_ref())
                 .and_then(|m| m.get(c))
                 .and_then(|v| match v {
-                    serde_json::Value::String(s) => Some(push_value(out, s.as_bytes())),
+                    serde_json::Value::String(s) => {
+                        push_value(out, s.as_bytes());
+                        Some(())
+                    }
                     serde_json::Value::Number(n) => {
                         let _ = write!(out, "{n}");
                         Some(())

@@ -126,10 +126,12 @@ impl Store {
     }
 }
 
+type Counts = HashMap<Box<str>, u32>;
+
 /// In-flight counts by key; entries are removed when they reach zero, so memory follows
 /// the requests in flight.
 pub struct Inflight {
-    shards: Box<[Mutex<HashMap<Box<str>, u32>>]>,
+    shards: Box<[Mutex<Counts>]>,
     hasher: RandomState,
 }
 

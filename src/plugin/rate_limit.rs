@@ -15,10 +15,13 @@
 
 use super::{CompileEnv, Flow, Phases, Plugin};
 use crate::config::error::{join, ConfigErrors};
-use crate::config::model::{LimitScope, QuotaConfig, RateAlgorithm, RateLimitConfig};
+use crate::config::model::{
+    ClusterMode, LimitScope, OnRedisError, QuotaConfig, RateAlgorithm, RateLimitConfig,
+};
 use crate::config::units::Rate;
 use crate::ctx::RequestCtx;
-use crate::limit::algo::{now_us, Algorithm, Limit, SEC};
+use crate::limit::algo::{now_us, Algorithm, Limit, Outcome, SEC};
+use crate::limit::cluster::Cluster;
 use crate::limit::store::{Store, DEFAULT_MAX_KEYS};
 use crate::limit::{KeySource, RateHeaders};
 use crate::reply::{ErrorCode, Reply};
@@ -50,6 +53,9 @@ pub struct RateLimit {
     tiers: HashMap<Box<str>, Tiered>,
     idle_after: u64,
     store: Arc<Store>,
+    /// Cluster scope: Redis, and what to do when it fails (the local store above is the
+    /// `local` fallback).
+    cluster: Option<(Cluster, OnRedisError)>,
     decisions: IntCounterVec,
 }
 
@@ -70,9 +76,33 @@ impl RateLimit {
         errs: &mut ConfigErrors,
     ) -> Option<RateLimit> {
         let before = errs.0.len();
-        if c.scope == LimitScope::Cluster {
-            errs.push(join(path, "scope"), "cluster scope is not supported yet");
-        }
+        let settings = serde_json::to_string(c).unwrap_or_default();
+        let cluster = if c.scope == LimitScope::Cluster {
+            if c.mode == Some(ClusterMode::Fast) {
+                errs.push(join(path, "mode"), "mode: fast is not supported yet");
+            }
+            if c.sync_interval.is_some() {
+                errs.push(
+                    join(path, "sync_interval"),
+                    "not supported yet (mode: fast only)",
+                );
+            }
+            match env.redis {
+                Some(r) => Some((
+                    Cluster::new(Arc::clone(r), &format!("{path}|{settings}")),
+                    c.on_redis_error.unwrap_or(OnRedisError::Local),
+                )),
+                None => {
+                    errs.push(
+                        join(path, "scope"),
+                        "scope: cluster needs the redis: section",
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         for (k, set) in [
             ("on_redis_error", c.on_redis_error.is_some()),
             ("mode", c.mode.is_some()),
@@ -105,7 +135,7 @@ impl RateLimit {
             limit: limit_of(r, scale(r)),
             message: format!("rate limit of {r} exceeded"),
         };
-        let p = Self::build(
+        let mut p = Self::build(
             "rate_limit",
             ErrorCode::RateLimited,
             &c.key,
@@ -114,10 +144,13 @@ impl RateLimit {
             c.tiers.iter().map(|(k, r)| (k.as_str(), tiered(r))),
             c.max_keys,
             path,
-            &serde_json::to_string(c).unwrap_or_default(),
+            &settings,
             env,
             errs,
         );
+        if let Some(p) = &mut p {
+            p.cluster = cluster;
+        }
         (errs.0.len() == before).then_some(p).flatten()
     }
 
@@ -195,6 +228,7 @@ impl RateLimit {
             tiers,
             idle_after,
             store,
+            cluster: None,
             decisions: env.metrics.ratelimit_decisions.clone(),
         })
     }

@@ -4,6 +4,7 @@
 
 pub mod failure;
 pub mod forwarding;
+pub mod limits;
 mod logging;
 pub mod path;
 
@@ -197,10 +198,16 @@ impl ProxyHttp for Moat {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let rt = Arc::clone(&ctx.rt);
         if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
             session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(rt.request_limits.idle_timeout_secs));
         }
-        let rt = Arc::clone(&ctx.rt);
+        if let Some(reply) = limits::check_head(session.req_header(), &rt.request_limits) {
+            self.send_reply(session, ctx, reply).await?;
+            return Ok(true);
+        }
         let (client, trusted) =
             forwarding::client_ip(peer_ip(session), session.req_header(), &rt.trusted_proxies);
         ctx.client_ip = client;
@@ -266,6 +273,15 @@ impl ProxyHttp for Moat {
                 return Ok(true);
             }
         }
+        if let Some(r) = route.as_deref() {
+            ctx.body_limit = r.max_body.unwrap_or(rt.request_limits.max_body);
+        } else {
+            ctx.body_limit = rt.request_limits.max_body;
+        }
+        if let Some(reply) = limits::check_length(session.req_header(), ctx.body_limit) {
+            self.send_reply(session, ctx, reply).await?;
+            return Ok(true);
+        }
         let Some(route) = route else {
             let req = session.req_header();
             let reply = match found {
@@ -293,6 +309,22 @@ impl ProxyHttp for Moat {
                 Ok(true)
             }
         }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_seen += b.len() as u64;
+            if ctx.body_seen > ctx.body_limit {
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the limit");
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(

@@ -43,6 +43,8 @@ pub struct Runtime {
     pub pools: BTreeMap<String, Arc<Pool>>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: CidrSet,
+    /// Request size and keep-alive limits.
+    pub request_limits: Limits,
     /// Consumers, JWT providers and the replay guard (`auth::start_background` starts
     /// the JWKS refresh loops of a generation).
     pub auth: Arc<AuthState>,
@@ -60,8 +62,59 @@ pub struct Route {
     pub rewrite: Option<Rewrite>,
     /// Global plugins then the route's own.
     pub chain: Chain,
+    /// The route's body limit, overriding `server.limits.max_body`.
+    pub max_body: Option<u64>,
     /// `moat_http_request_duration_seconds{route}`.
     pub duration: Histogram,
+}
+
+/// Request limits (`server.limits`), with the defaults an edge wants.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// All request header names and values together (plus 4 bytes a line).
+    pub max_header_bytes: u64,
+    /// Number of request header lines.
+    pub max_headers: usize,
+    /// Request body bytes, unless a route says otherwise.
+    pub max_body: u64,
+    /// Keep-alive idle time of a downstream connection, in seconds.
+    pub idle_timeout_secs: u64,
+}
+
+/// The longest request target (path and query) accepted; longer gets 414.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_body: 10 * 1024 * 1024,
+            idle_timeout_secs: 60,
+        }
+    }
+}
+
+impl Limits {
+    /// `server.limits` over the defaults.
+    pub fn from_config(cfg: &Config) -> Limits {
+        let d = Limits::default();
+        let Some(l) = &cfg.server.limits else {
+            return d;
+        };
+        Limits {
+            max_header_bytes: l
+                .max_header_bytes
+                .map(|s| s.0)
+                .unwrap_or(d.max_header_bytes),
+            max_headers: l.max_headers.unwrap_or(d.max_headers),
+            max_body: l.max_body.map(|s| s.0).unwrap_or(d.max_body),
+            idle_timeout_secs: l
+                .idle_timeout
+                .map(|t| t.get().as_secs())
+                .unwrap_or(d.idle_timeout_secs),
+        }
+    }
 }
 
 /// A route's action.
@@ -144,6 +197,7 @@ impl Runtime {
             global_chain: Chain::default(),
             pools: BTreeMap::new(),
             trusted_proxies: CidrSet::default(),
+            request_limits: Limits::default(),
             auth: Arc::default(),
             limits: Arc::default(),
         }
@@ -191,6 +245,7 @@ impl Runtime {
         limits.finish();
         errs.sort_by_file_order();
         errs.into_result(())?;
+        let request_limits = Limits::from_config(&cfg);
         Ok(Runtime {
             generation,
             loaded_at: SystemTime::now(),
@@ -200,6 +255,7 @@ impl Runtime {
             global_chain,
             pools,
             trusted_proxies,
+            request_limits,
             auth,
             limits,
         })

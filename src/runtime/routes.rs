@@ -47,8 +47,8 @@ pub(super) fn compile(
         plugins.extend(r.plugins.iter().enumerate().filter_map(|(j, p)| {
             plugin::compile(p, &index(&join(&path, "plugins"), j), env, errs)
         }));
-        if r.max_body.is_some() {
-            errs.push(join(&path, "max_body"), "not supported yet");
+        if r.max_body.is_some_and(|s| s.0 == 0) {
+            errs.push(join(&path, "max_body"), "must be more than 0");
         }
         let rewrite = r.rewrite.as_ref().map(|rw| {
             let here = join(&path, "rewrite");
@@ -82,6 +82,7 @@ pub(super) fn compile(
                 name: Arc::from(r.name.as_str()),
                 action,
                 rewrite,
+                max_body: r.max_body.map(|s| s.0),
                 chain: Chain::new(&plugins),
                 duration: metrics
                     .request_duration

@@ -11,6 +11,7 @@ mod edge_headers;
 mod forwarding;
 mod limits;
 mod reload;
+mod request_limits;
 mod routing;
 mod upgrade;
 mod upstream_tls;

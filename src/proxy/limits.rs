@@ -1,0 +1,95 @@
+//! Request limits checked before routing and plugins: the request target (414), the header
+//! count and total size (431), and a declared body over the limit (413). A streamed body
+//! is counted chunk by chunk in `request_body_filter` against the same limit.
+//!
+//! Pingora itself accepts up to 1 MiB of request head, so these limits are what an edge
+//! operator actually sets (`server.limits`, defaults in [`crate::runtime::Limits`]).
+
+use crate::reply::{ErrorCode, Reply};
+use crate::runtime::{Limits, MAX_URI_BYTES};
+use pingora_http::RequestHeader;
+
+/// A reply for a request head over the limits, if it is.
+pub fn check_head(req: &RequestHeader, limits: &Limits) -> Option<Reply> {
+    if req.raw_path().len() > MAX_URI_BYTES {
+        return Some(Reply::error(
+            ErrorCode::UriTooLong,
+            format!("request target over {MAX_URI_BYTES} bytes"),
+        ));
+    }
+    if req.headers.len() > limits.max_headers {
+        return Some(Reply::error(
+            ErrorCode::HeadersTooLarge,
+            format!("more than {} request headers", limits.max_headers),
+        ));
+    }
+    let bytes: u64 = req
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
+        .sum();
+    if bytes > limits.max_header_bytes {
+        return Some(Reply::error(
+            ErrorCode::HeadersTooLarge,
+            format!("request headers over {} bytes", limits.max_header_bytes),
+        ));
+    }
+    None
+}
+
+/// A reply for a declared `Content-Length` over `limit`.
+pub fn check_length(req: &RequestHeader, limit: u64) -> Option<Reply> {
+    let declared = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())?;
+    (declared > limit).then(|| {
+        Reply::error(
+            ErrorCode::PayloadTooLarge,
+            format!("request body over {limit} bytes"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(path: &str, headers: usize, value_len: usize) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
+        for i in 0..headers {
+            r.append_header(format!("x-h{i}"), "v".repeat(value_len))
+                .unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn limits() {
+        let l = Limits {
+            max_header_bytes: 1000,
+            max_headers: 10,
+            max_body: 100,
+            idle_timeout_secs: 60,
+        };
+        assert!(check_head(&req("/ok", 5, 10), &l).is_none());
+        let long = format!("/{}", "a".repeat(MAX_URI_BYTES));
+        assert_eq!(
+            check_head(&req(&long, 0, 0), &l).map(|r| r.status),
+            Some(414)
+        );
+        assert_eq!(
+            check_head(&req("/", 11, 1), &l).map(|r| r.status),
+            Some(431)
+        );
+        assert_eq!(
+            check_head(&req("/", 2, 600), &l).map(|r| r.status),
+            Some(431)
+        );
+        let mut r = req("/", 0, 0);
+        r.insert_header("content-length", "101").unwrap();
+        assert_eq!(check_length(&r, 100).map(|r| r.status), Some(413));
+        assert!(check_length(&r, 101).is_none());
+    }
+}
