@@ -173,6 +173,14 @@ pub fn run(
     opts: RunOptions,
     extensions: Extensions,
 ) -> Result<(), String> {
+    // SIGHUP and SIGUSR1 would kill the process by default until the supervisor installs
+    // its handlers; from here on they are caught (one arriving before the supervisor runs
+    // is dropped, never fatal).
+    for sig in [signal_hook::consts::SIGHUP, signal_hook::consts::SIGUSR1] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::new(AtomicBool::new(false))) {
+            log::warn!("cannot catch signal {sig} early: {e}");
+        }
+    }
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     let listeners: Vec<String> = cfg.listeners.iter().map(|l| l.address.clone()).collect();
     let admin_cfg = cfg.admin.clone();

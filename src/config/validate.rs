@@ -42,8 +42,13 @@ pub fn validate(cfg: &Config, errs: &mut ConfigErrors) {
             parent_exists(&log.path, "access_log.path", errs);
         }
     }
-    if cfg.redis.is_some() {
-        errs.push("redis", NOT_YET);
+    if let Some(r) = &cfg.redis {
+        if r.cluster.is_some() {
+            errs.push("redis.cluster", NOT_YET);
+        }
+        if r.url.is_none() && r.cluster.is_none() {
+            errs.push("redis", "give url");
+        }
     }
     consumers(cfg, errs);
     providers(cfg, errs);

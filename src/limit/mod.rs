@@ -11,6 +11,10 @@
 //! missing. Header values over 128 bytes are keyed by their SHA-256.
 
 pub mod algo;
+pub mod cluster;
+pub mod fast;
+pub mod redis;
+pub mod replay;
 pub mod store;
 
 use crate::ctx::RequestCtx;

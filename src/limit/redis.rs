@@ -172,11 +172,28 @@ impl Redis {
         keys: &[&str],
         args: &[&str],
     ) -> Result<Value, RedisError> {
+        self.guarded(self.eval_inner(script, keys, args)).await
+    }
+
+    /// Run one plain command (e.g. `SET k v NX PX ms`), bounded like [`Redis::eval`].
+    pub async fn command(&self, args: &[&[u8]]) -> Result<Value, RedisError> {
+        self.guarded(async {
+            let mut conn = self.conn().await?;
+            let v = call(&mut conn, args).await?;
+            self.put_back(conn);
+            v.map_err(RedisError::Reply)
+        })
+        .await
+    }
+
+    async fn guarded(
+        &self,
+        f: impl std::future::Future<Output = Result<Value, RedisError>>,
+    ) -> Result<Value, RedisError> {
         if !self.breaker.admit() {
             return Err(RedisError::Open);
         }
-        let r = match tokio::time::timeout(self.timeout, self.eval_inner(script, keys, args)).await
-        {
+        let r = match tokio::time::timeout(self.timeout, f).await {
             Ok(r) => r,
             Err(_) => Err(RedisError::Timeout),
         };
@@ -197,10 +214,7 @@ impl Redis {
         keys: &[&str],
         args: &[&str],
     ) -> Result<Value, RedisError> {
-        let mut conn = match self.idle.lock().ok().and_then(|mut v| v.pop()) {
-            Some(c) => c,
-            None => self.connect().await?,
-        };
+        let mut conn = self.conn().await?;
         let n = keys.len().to_string();
         let mut cmd: Vec<&[u8]> = vec![b"EVALSHA", script.sha.as_bytes(), n.as_bytes()];
         cmd.extend(keys.iter().map(|k| k.as_bytes()));
@@ -211,12 +225,23 @@ impl Redis {
             cmd[1] = script.text.as_bytes();
             v = call(&mut conn, &cmd).await?;
         }
+        self.put_back(conn);
+        v.map_err(RedisError::Reply)
+    }
+
+    async fn conn(&self) -> Result<Conn, RedisError> {
+        match self.idle.lock().ok().and_then(|mut v| v.pop()) {
+            Some(c) => Ok(c),
+            None => self.connect().await,
+        }
+    }
+
+    fn put_back(&self, conn: Conn) {
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < MAX_IDLE {
                 idle.push(conn);
             }
         }
-        v.map_err(RedisError::Reply)
     }
 
     async fn connect(&self) -> Result<Conn, RedisError> {

@@ -47,16 +47,33 @@ fn shard_index(h: &RandomState, key: &str) -> usize {
     (h.hash_one(key) >> 32) as usize % SHARDS
 }
 
+/// A per-key state a [`Store`] can sweep: it knows when it was last used.
+pub trait Entry: Default {
+    /// Last use, µs since the epoch.
+    fn touched(&self) -> u64;
+    /// Mark used at `now`.
+    fn touch(&mut self, now: u64);
+}
+
+impl Entry for Slot {
+    fn touched(&self) -> u64 {
+        self.touched
+    }
+    fn touch(&mut self, now: u64) {
+        self.touched = now;
+    }
+}
+
 /// Rate-limit state of one limiter, by key.
-pub struct Store {
-    shards: Box<[Mutex<Shard<Slot>>]>,
+pub struct Store<V = Slot> {
+    shards: Box<[Mutex<Shard<V>>]>,
     shard_cap: usize,
     hasher: RandomState,
 }
 
-impl Store {
+impl<V: Entry> Store<V> {
     /// A store tracking at most about `max_keys` keys.
-    pub fn new(max_keys: usize) -> Store {
+    pub fn new(max_keys: usize) -> Store<V> {
         // Keys hash unevenly over shards: 3 standard deviations of slack per shard let
         // `max_keys` distinct keys fit (the cap is then up to ~2.5 % above it at 1M).
         let per = max_keys.div_ceil(SHARDS);
@@ -68,7 +85,7 @@ impl Store {
                         map: HashMap::new(),
                         sweep_at: MIN_SWEEP.min(shard_cap),
                         next_full_sweep: 0,
-                        overflow: Slot::default(),
+                        overflow: V::default(),
                     })
                 })
                 .collect(),
@@ -84,20 +101,20 @@ impl Store {
         key: &str,
         now: u64,
         idle_after: u64,
-        f: impl FnOnce(&mut Slot) -> R,
+        f: impl FnOnce(&mut V) -> R,
     ) -> R {
         let Some(m) = self.shards.get(shard_index(&self.hasher, key)) else {
-            return f(&mut Slot::default());
+            return f(&mut V::default());
         };
         let mut g = lock(m);
         let sh = &mut *g;
         if let Some(s) = sh.map.get_mut(key) {
-            s.touched = now;
+            s.touch(now);
             return f(s);
         }
         if sh.map.len() >= sh.sweep_at && now >= sh.next_full_sweep {
             sh.map
-                .retain(|_, s| now.saturating_sub(s.touched) < idle_after);
+                .retain(|_, s| now.saturating_sub(s.touched()) < idle_after);
             let len = sh.map.len();
             if len < sh.map.capacity() / 4 {
                 sh.map.shrink_to(len * 2);
@@ -111,7 +128,7 @@ impl Store {
             return f(&mut sh.overflow);
         }
         let slot = sh.map.entry(key.into()).or_default();
-        slot.touched = now;
+        slot.touch(now);
         f(slot)
     }
 

@@ -151,10 +151,7 @@ impl Cors {
             return Some(HeaderValue::from_static("*"));
         }
         let lower = o.to_ascii_lowercase();
-        self.origins
-            .iter()
-            .any(|a| *a == lower)
-            .then(|| origin.clone())
+        self.origins.contains(&lower).then(|| origin.clone())
     }
 
     /// Answer a preflight.

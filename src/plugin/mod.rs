@@ -126,6 +126,8 @@ pub struct CompileEnv<'a> {
     pub extensions: &'a registry::Extensions,
     /// Limiter state, carried over from the previous generation when unchanged.
     pub limits: &'a crate::limit::Registry,
+    /// The Redis client when `redis:` is configured (cluster-scope limits).
+    pub redis: Option<&'a Arc<crate::limit::redis::Redis>>,
 }
 
 /// Compile one plugin config found at `path`. Plugins whose behaviour has not landed yet

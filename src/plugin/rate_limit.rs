@@ -1,7 +1,8 @@
 //! `rate_limit` and `quota`: request counting per key on this instance (`scope: local`).
 //!
 //! - `rate_limit`: `key`, `rate`, `algorithm` (sliding_window by default, token_bucket
-//!   with capacity `burst`, fixed_window; see `limit::algo` for each one's error), `tiers`
+//!   with capacity `burst` — the default when `burst` is given —, fixed_window; see
+//!   `limit::algo` for each one's error), `tiers`
 //!   overriding the rate by the consumer's tier. Refusals: 429 `RATE_LIMITED`.
 //! - `quota`: a fixed window aligned on UTC calendar minutes, hours or days (the unit of
 //!   `limit`), tiered the same way. Refusals: 429 `QUOTA_EXCEEDED`, `Retry-After` until the
@@ -22,6 +23,7 @@ use crate::config::units::Rate;
 use crate::ctx::RequestCtx;
 use crate::limit::algo::{now_us, Algorithm, Limit, Outcome, SEC};
 use crate::limit::cluster::Cluster;
+use crate::limit::fast::{Fast, DEFAULT_SYNC_US};
 use crate::limit::store::{Store, DEFAULT_MAX_KEYS};
 use crate::limit::{KeySource, RateHeaders};
 use crate::reply::{ErrorCode, Reply};
@@ -36,6 +38,14 @@ use std::sync::Arc;
 static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+/// How a cluster-scope limiter decides.
+enum Scope {
+    /// One Redis call per decision.
+    Exact(Cluster),
+    /// Local decisions, reconciled every `sync_interval`.
+    Fast(Arc<Fast>),
+}
 
 /// One rate with its refusal message.
 struct Tiered {
@@ -55,7 +65,7 @@ pub struct RateLimit {
     store: Arc<Store>,
     /// Cluster scope: Redis, and what to do when it fails (the local store above is the
     /// `local` fallback).
-    cluster: Option<(Cluster, OnRedisError)>,
+    cluster: Option<(Scope, OnRedisError)>,
     decisions: IntCounterVec,
 }
 
@@ -77,21 +87,33 @@ impl RateLimit {
     ) -> Option<RateLimit> {
         let before = errs.0.len();
         let settings = serde_json::to_string(c).unwrap_or_default();
+        let fast = c.mode == Some(ClusterMode::Fast);
+        if c.sync_interval.is_some() && !fast && c.scope == LimitScope::Cluster {
+            errs.push(join(path, "sync_interval"), "only applies with mode: fast");
+        }
+        let bucket = c.algorithm == Some(RateAlgorithm::TokenBucket)
+            || (c.algorithm.is_none() && c.burst.is_some());
+        if fast && bucket {
+            errs.push(
+                join(path, "mode"),
+                "mode: fast supports fixed_window and sliding_window (token_bucket: not supported yet)",
+            );
+        }
         let cluster = if c.scope == LimitScope::Cluster {
-            if c.mode == Some(ClusterMode::Fast) {
-                errs.push(join(path, "mode"), "mode: fast is not supported yet");
-            }
-            if c.sync_interval.is_some() {
-                errs.push(
-                    join(path, "sync_interval"),
-                    "not supported yet (mode: fast only)",
-                );
-            }
+            let fingerprint = format!("{path}|{settings}");
+            let scope = |r: &Arc<crate::limit::redis::Redis>| match fast {
+                false => Scope::Exact(Cluster::new(Arc::clone(r), &fingerprint)),
+                true => Scope::Fast(Arc::new(Fast::new(
+                    Arc::clone(r),
+                    &fingerprint,
+                    c.sync_interval
+                        .map(|d| d.get().as_micros() as u64)
+                        .unwrap_or(DEFAULT_SYNC_US),
+                    c.max_keys.unwrap_or(DEFAULT_MAX_KEYS),
+                ))),
+            };
             match env.redis {
-                Some(r) => Some((
-                    Cluster::new(Arc::clone(r), &format!("{path}|{settings}")),
-                    c.on_redis_error.unwrap_or(OnRedisError::Local),
-                )),
+                Some(r) => Some((scope(r), c.on_redis_error.unwrap_or(OnRedisError::Local))),
                 None => {
                     errs.push(
                         join(path, "scope"),
@@ -112,7 +134,12 @@ impl RateLimit {
                 errs.push(join(path, k), "only applies with scope: cluster");
             }
         }
-        let algo = match c.algorithm.unwrap_or(RateAlgorithm::SlidingWindow) {
+        // `burst` without an algorithm means a token bucket (the reference file's form).
+        let default = match c.burst {
+            Some(_) => RateAlgorithm::TokenBucket,
+            None => RateAlgorithm::SlidingWindow,
+        };
+        let algo = match c.algorithm.unwrap_or(default) {
             RateAlgorithm::SlidingWindow => Algorithm::SlidingWindow,
             RateAlgorithm::TokenBucket => Algorithm::TokenBucket,
             RateAlgorithm::FixedWindow => Algorithm::FixedWindow,
@@ -279,19 +306,81 @@ impl Plugin for RateLimit {
         self.key.extract(session.req_header(), ctx, &mut key);
         let tier = ctx.identity.as_ref().and_then(|i| i.tier.as_deref());
         let t = self.tier(tier);
-        let now = now_us();
-        let out = self.store.with_slot(&key, now, self.idle_after, |s| {
-            self.algo.decide(s, &t.limit, now)
-        });
-        ctx.limits.note(RateHeaders {
-            limit: out.limit,
-            remaining: out.remaining,
-            reset: out.reset_s,
-        });
+        let local = || {
+            let now = now_us();
+            self.store.with_slot(&key, now, self.idle_after, |s| {
+                self.algo.decide(s, &t.limit, now)
+            })
+        };
+        let decided = match &self.cluster {
+            None => Ok(local()),
+            Some((Scope::Exact(c), _)) => c.decide(&key, self.algo, &t.limit).await.map_err(|_| ()),
+            Some((Scope::Fast(f), on_error)) => {
+                let healthy = f.healthy();
+                // Always decided (and synced) locally, so syncs keep probing Redis while
+                // it is unhealthy and `healthy` comes back by itself.
+                let out = f.decide(&key, self.algo, &t.limit, now_us(), self.idle_after);
+                match (healthy, on_error) {
+                    (true, _) => Ok(out),
+                    (false, OnRedisError::Local) => {
+                        self.decisions
+                            .with_label_values(&[ctx.route_name(), self.name, "error"])
+                            .inc();
+                        ctx.ratelimit = Some("error");
+                        note(ctx, &out);
+                        return self.verdict(ctx, t, out);
+                    }
+                    (false, _) => Err(()),
+                }
+            }
+        };
+        let out: Outcome = match (decided, &self.cluster) {
+            (Ok(out), _) => out,
+            (Err(()), None) => local(),
+            (Err(()), Some((_, on_error))) => {
+                self.decisions
+                    .with_label_values(&[ctx.route_name(), self.name, "error"])
+                    .inc();
+                ctx.ratelimit = Some("error");
+                match on_error {
+                    OnRedisError::Allow => return Flow::Continue,
+                    OnRedisError::Deny => {
+                        return Flow::Reply(Reply::error(
+                            ErrorCode::ServiceUnavailable,
+                            "the rate limiter is unavailable",
+                        ))
+                    }
+                    OnRedisError::Local => {
+                        let out = local();
+                        note(ctx, &out);
+                        return self.verdict(ctx, t, out);
+                    }
+                }
+            }
+        };
+        note(ctx, &out);
         let result = if out.allowed { "allowed" } else { "limited" };
         self.decisions
             .with_label_values(&[ctx.route_name(), self.name, result])
             .inc();
+        self.verdict(ctx, t, out)
+    }
+
+    fn response(&self, _req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHeader) {
+        write_headers(ctx, resp);
+    }
+}
+
+fn note(ctx: &mut RequestCtx, out: &Outcome) {
+    ctx.limits.note(RateHeaders {
+        limit: out.limit,
+        remaining: out.remaining,
+        reset: out.reset_s,
+    });
+}
+
+impl RateLimit {
+    fn verdict(&self, ctx: &mut RequestCtx, t: &Tiered, out: Outcome) -> Flow {
         if out.allowed {
             ctx.ratelimit.get_or_insert("allowed");
             return Flow::Continue;
@@ -301,9 +390,5 @@ impl Plugin for RateLimit {
             http::header::RETRY_AFTER,
             HeaderValue::from(out.retry_after_s),
         ))
-    }
-
-    fn response(&self, _req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHeader) {
-        write_headers(ctx, resp);
     }
 }

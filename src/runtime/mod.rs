@@ -50,6 +50,10 @@ pub struct Runtime {
     pub auth: Arc<AuthState>,
     /// Limiter state of this generation's plugins (see `limit::Registry`).
     pub limits: Arc<crate::limit::Registry>,
+    /// The Redis client (`redis:`), kept across reloads while its settings do not change.
+    pub redis: Option<Arc<crate::limit::redis::Redis>>,
+    /// This instance's own HMAC replay guard (behind the Redis one when `redis:` is set).
+    pub local_replay: Arc<dyn crate::auth::hmac::ReplayGuard>,
 }
 
 /// A compiled route.
@@ -200,6 +204,10 @@ impl Runtime {
             request_limits: Limits::default(),
             auth: Arc::default(),
             limits: Arc::default(),
+            redis: None,
+            local_replay: Arc::new(crate::auth::hmac::LocalReplay::new(
+                crate::auth::hmac::REPLAY_CAPACITY,
+            )),
         }
     }
 
@@ -225,11 +233,21 @@ impl Runtime {
         };
         let pools = upstreams::compile(&cfg, metrics, previous.map(|p| &p.pools), &mut errs);
         let mut auth = AuthState::compile(&cfg, &mut errs);
-        if let Some(prev) = previous {
-            // Signatures seen before a reload stay seen: a reload must not reopen the
-            // replay window.
-            auth.replay = Arc::clone(&prev.auth.replay);
-        }
+        // Signatures seen before a reload stay seen: a reload must not reopen the replay
+        // window. With `redis:`, the guard is shared by every instance through Redis and
+        // falls back on this instance's own one.
+        let local_replay = match previous {
+            Some(prev) => Arc::clone(&prev.local_replay),
+            None => Arc::clone(&auth.replay),
+        };
+        let redis = redis_client(&cfg, metrics, previous, &mut errs);
+        auth.replay = match &redis {
+            Some(r) => Arc::new(crate::limit::replay::RedisReplay::new(
+                Arc::clone(r),
+                Arc::clone(&local_replay),
+            )),
+            None => Arc::clone(&local_replay),
+        };
         let auth = Arc::new(auth);
         let limits = Arc::new(crate::limit::Registry::inherit(
             previous.map(|p| &*p.limits),
@@ -239,6 +257,7 @@ impl Runtime {
             metrics,
             extensions,
             limits: &limits,
+            redis: redis.as_ref(),
         };
         let (router, routes, global_chain) =
             routes::compile(&cfg, &pools, metrics, &env, &mut errs);
@@ -258,7 +277,37 @@ impl Runtime {
             request_limits,
             auth,
             limits,
+            redis,
+            local_replay,
         })
+    }
+}
+
+/// The Redis client of `cfg`: the previous generation's when `redis:` did not change
+/// (its connections and breaker state carry over), else a new one (no I/O here).
+fn redis_client(
+    cfg: &Config,
+    metrics: &Metrics,
+    previous: Option<&Runtime>,
+    errs: &mut ConfigErrors,
+) -> Option<Arc<crate::limit::redis::Redis>> {
+    let rc = cfg
+        .redis
+        .as_ref()
+        .filter(|r| r.cluster.is_none() && r.url.is_some())?;
+    if let Some(prev) = previous.filter(|p| {
+        serde_json::to_string(&p.config.redis).ok() == serde_json::to_string(&cfg.redis).ok()
+    }) {
+        if let Some(r) = &prev.redis {
+            return Some(Arc::clone(r));
+        }
+    }
+    match crate::limit::redis::Redis::new(rc, metrics.redis_errors.clone()) {
+        Ok(r) => Some(Arc::new(r)),
+        Err(e) => {
+            errs.push("redis.url", e);
+            None
+        }
     }
 }
 

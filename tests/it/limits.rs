@@ -269,7 +269,7 @@ fn bad_limiter_settings_are_refused_with_their_paths() {
     let cfg = dir.join("bad.yaml");
     std::fs::write(
         &cfg,
-        "listeners:\n  - { name: public, address: 127.0.0.1:1 }\nroutes:\n  - name: p\n    match: { path: /p }\n    respond: { status: 200 }\n    plugins:\n      - rate_limit: { key: ip, rate: 5/s, burst: 3, scope: cluster }\n      - rate_limit: { key: \"header:bad header\", rate: 5/s, on_redis_error: deny }\n      - concurrency: { key: ip, max: 0 }\n",
+        "listeners:\n  - { name: public, address: 127.0.0.1:1 }\nroutes:\n  - name: p\n    match: { path: /p }\n    respond: { status: 200 }\n    plugins:\n      - rate_limit: { key: ip, rate: 5/s, algorithm: fixed_window, burst: 3, scope: cluster }\n      - rate_limit: { key: ip, rate: 5/s, scope: cluster, mode: fast, algorithm: token_bucket }\n      - rate_limit: { key: \"header:bad header\", rate: 5/s, on_redis_error: deny }\n      - concurrency: { key: ip, max: 0 }\n",
     )
     .unwrap();
     let out = std::process::Command::new(crate::harness::moat::bin())
@@ -281,11 +281,12 @@ fn bad_limiter_settings_are_refused_with_their_paths() {
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     for want in [
-        "routes[0].plugins[0].rate_limit.scope: cluster scope is not supported yet",
+        "routes[0].plugins[0].rate_limit.scope: scope: cluster needs the redis: section",
+        "routes[0].plugins[1].rate_limit.mode: mode: fast supports fixed_window and sliding_window",
         "routes[0].plugins[0].rate_limit.burst: burst applies to algorithm: token_bucket only",
-        "routes[0].plugins[1].rate_limit.on_redis_error: only applies with scope: cluster",
-        "routes[0].plugins[1].rate_limit.key: `header:bad header`",
-        "routes[0].plugins[2].concurrency.max: must be at least 1",
+        "routes[0].plugins[2].rate_limit.on_redis_error: only applies with scope: cluster",
+        "routes[0].plugins[2].rate_limit.key: `header:bad header`",
+        "routes[0].plugins[3].concurrency.max: must be at least 1",
     ] {
         assert!(err.contains(want), "missing `{want}` in:\n{err}");
     }

@@ -10,6 +10,7 @@ mod conf_files;
 mod edge_headers;
 mod forwarding;
 mod limits;
+mod limits_cluster;
 mod reload;
 mod request_limits;
 mod routing;

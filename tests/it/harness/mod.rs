@@ -6,6 +6,7 @@
 pub mod client;
 pub mod load;
 pub mod moat;
+pub mod redis;
 pub mod tls;
 pub mod upstream;
 
