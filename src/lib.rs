@@ -24,5 +24,6 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod template;
+pub mod tls;
 pub mod upstream;
 pub mod util;

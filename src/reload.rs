@@ -53,11 +53,22 @@ pub fn check_process_level(old: &Config, new: &Config) -> Result<(), ConfigError
     if serde_json::to_value(&old.server).ok() != serde_json::to_value(&new.server).ok() {
         errs.push("server", UPGRADE_HINT);
     }
+    // Certificates may change (they are re-read); TLS on/off, min_version and http2 are
+    // part of the listening socket's settings.
     let addrs = |c: &Config| {
-        let mut v: Vec<(String, String)> = c
+        let mut v: Vec<String> = c
             .listeners
             .iter()
-            .map(|l| (l.name.clone(), l.address.clone()))
+            .map(|l| {
+                format!(
+                    "{} {} tls={} min={:?} h2={:?}",
+                    l.name,
+                    l.address,
+                    l.tls.is_some(),
+                    l.tls.as_ref().and_then(|t| t.min_version.as_deref()),
+                    l.http2
+                )
+            })
             .collect();
         v.sort();
         v
@@ -150,7 +161,14 @@ impl Reloader {
                 .all(|(k, p)| current.pools.get(k).is_some_and(|o| Arc::ptr_eq(o, p)));
         let same_config = serde_json::to_value(&compiled.config).ok()
             == serde_json::to_value(&current.config).ok();
-        if same_pools && same_config {
+        let same_certs = compiled.tls.len() == current.tls.len()
+            && compiled.tls.iter().all(|(k, s)| {
+                current
+                    .tls
+                    .get(k)
+                    .is_some_and(|o| o.fingerprint == s.fingerprint)
+            });
+        if same_pools && same_config && same_certs {
             return Ok(Reloaded::Unchanged(current.generation));
         }
 

@@ -183,6 +183,7 @@ pub fn run(
     }
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     let listeners: Vec<String> = cfg.listeners.iter().map(|l| l.address.clone()).collect();
+    let listener_cfgs = cfg.listeners.clone();
     let admin_cfg = cfg.admin.clone();
     let log_path = cfg.access_log.as_ref().map(|l| l.path.clone());
     let conf = server_conf(&cfg, opts.daemon);
@@ -230,8 +231,13 @@ pub fn run(
     };
     let mut proxy =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, moat, "moat");
-    for addr in &listeners {
-        proxy.add_tcp(addr);
+    for l in &listener_cfgs {
+        if l.tls.is_some() {
+            let settings = crate::tls::settings(Arc::clone(&shared), l)?;
+            proxy.add_tls_with_settings(&l.address, None, settings);
+        } else {
+            proxy.add_tcp(&l.address);
+        }
     }
     server.add_service(proxy);
 

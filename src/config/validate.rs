@@ -157,14 +157,15 @@ fn listeners(cfg: &Config, errs: &mut ConfigErrors) {
                 format!("`{}` is not an ip:port address", l.address),
             ),
         }
-        if l.tls.is_some() {
-            errs.push(join(&p, "tls"), NOT_YET);
-        }
+
         if l.redirect_https.is_some() {
             errs.push(join(&p, "redirect_https"), NOT_YET);
         }
-        if l.http2.is_some() {
-            errs.push(join(&p, "http2"), NOT_YET);
+        if l.http2 == Some(true) && l.tls.is_none() {
+            errs.push(
+                join(&p, "http2"),
+                "HTTP/2 without TLS (h2c): not supported yet",
+            );
         }
     }
 }

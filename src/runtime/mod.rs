@@ -45,6 +45,8 @@ pub struct Runtime {
     pub trusted_proxies: CidrSet,
     /// Request size and keep-alive limits.
     pub request_limits: Limits,
+    /// Certificates of each TLS listener, by listener name (re-read on every reload).
+    pub tls: BTreeMap<String, Arc<crate::tls::CertStore>>,
     /// Consumers, JWT providers and the replay guard (`auth::start_background` starts
     /// the JWKS refresh loops of a generation).
     pub auth: Arc<AuthState>,
@@ -202,6 +204,7 @@ impl Runtime {
             pools: BTreeMap::new(),
             trusted_proxies: CidrSet::default(),
             request_limits: Limits::default(),
+            tls: BTreeMap::new(),
             auth: Arc::default(),
             limits: Arc::default(),
             redis: None,
@@ -232,6 +235,7 @@ impl Runtime {
             }
         };
         let pools = upstreams::compile(&cfg, metrics, previous.map(|p| &p.pools), &mut errs);
+        let tls = crate::tls::compile(&cfg.listeners, &mut errs);
         let mut auth = AuthState::compile(&cfg, &mut errs);
         // Signatures seen before a reload stay seen: a reload must not reopen the replay
         // window. With `redis:`, the guard is shared by every instance through Redis and
@@ -275,6 +279,7 @@ impl Runtime {
             pools,
             trusted_proxies,
             request_limits,
+            tls,
             auth,
             limits,
             redis,
