@@ -121,6 +121,22 @@ impl Router {
         self.specs.is_empty()
     }
 
+    /// Whether some route names `host` (lower-case, no port) in its `hosts`, exactly or by a
+    /// wildcard. Host-less routes do not count.
+    pub fn names_host(&self, host: &str) -> bool {
+        if self.exact_hosts.contains_key(host) {
+            return true;
+        }
+        let mut rest = host;
+        while let Some(dot) = rest.find('.') {
+            rest = &rest[dot + 1..];
+            if self.wildcard_hosts.contains_key(rest) {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Find the route for a request. `host` must be lower-case without port.
     pub fn lookup(
         &self,

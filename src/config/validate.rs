@@ -158,8 +158,13 @@ fn listeners(cfg: &Config, errs: &mut ConfigErrors) {
             ),
         }
 
-        if l.redirect_https.is_some() {
-            errs.push(join(&p, "redirect_https"), NOT_YET);
+        match l.redirect_https {
+            Some(0) => errs.push(join(&p, "redirect_https"), "must be a port (1-65535)"),
+            Some(_) if l.tls.is_some() => errs.push(
+                join(&p, "redirect_https"),
+                "only for plain listeners: this one already speaks TLS",
+            ),
+            _ => {}
         }
         if l.http2 == Some(true) && l.tls.is_none() {
             errs.push(

@@ -118,6 +118,29 @@ fn rebuild_with_forwarding(
     Ok(())
 }
 
+/// The answer of a `redirect_https` listener: 308 to the same host and URI on the HTTPS
+/// port, only for a host a route names (a forged `Host` never ends up in `Location`).
+fn redirect_to_https(
+    req: &RequestHeader,
+    host: &str,
+    port: u16,
+    router: &crate::router::Router,
+) -> Reply {
+    if !router.names_host(host) {
+        return Reply::error(ErrorCode::NotFound, "no route serves this host");
+    }
+    let authority = if port == 443 {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    };
+    let target = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    match HeaderValue::from_str(&format!("https://{authority}{target}")) {
+        Ok(v) => Reply::raw(308, vec![(http::header::LOCATION, v)], Bytes::new()),
+        Err(_) => Reply::error(ErrorCode::BadRequest, "cannot build the redirect target"),
+    }
+}
+
 /// The chain that applies to this request: the route's, or the global one.
 fn chain_of(ctx: &RequestCtx) -> &Chain {
     match ctx.route.as_deref() {
@@ -230,6 +253,17 @@ impl ProxyHttp for Moat {
         } else {
             raw_host
         };
+        if !rt.redirect_https.is_empty() {
+            let local = session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.port());
+            if let Some(https) = local.and_then(|p| rt.redirect_https.get(&p)) {
+                let reply = redirect_to_https(req, host, *https, &rt.router);
+                self.send_reply(session, ctx, reply).await?;
+                return Ok(true);
+            }
+        }
         let preflight = crate::plugin::cors::is_preflight(req);
         let mut found = rt
             .router

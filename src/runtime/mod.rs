@@ -45,6 +45,8 @@ pub struct Runtime {
     pub trusted_proxies: CidrSet,
     /// Request size and keep-alive limits.
     pub request_limits: Limits,
+    /// Plain listeners answering everything with a redirect: listener port → HTTPS port.
+    pub redirect_https: BTreeMap<u16, u16>,
     /// Certificates of each TLS listener, by listener name (re-read on every reload).
     pub tls: BTreeMap<String, Arc<crate::tls::CertStore>>,
     /// Consumers, JWT providers and the replay guard (`auth::start_background` starts
@@ -205,6 +207,7 @@ impl Runtime {
             trusted_proxies: CidrSet::default(),
             request_limits: Limits::default(),
             tls: BTreeMap::new(),
+            redirect_https: BTreeMap::new(),
             auth: Arc::default(),
             limits: Arc::default(),
             redis: None,
@@ -269,6 +272,14 @@ impl Runtime {
         errs.sort_by_file_order();
         errs.into_result(())?;
         let request_limits = Limits::from_config(&cfg);
+        let redirect_https = cfg
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                let port = l.address.parse::<std::net::SocketAddr>().ok()?.port();
+                Some((port, l.redirect_https?))
+            })
+            .collect();
         Ok(Runtime {
             generation,
             loaded_at: SystemTime::now(),
@@ -279,6 +290,7 @@ impl Runtime {
             pools,
             trusted_proxies,
             request_limits,
+            redirect_https,
             tls,
             auth,
             limits,

@@ -194,3 +194,34 @@ fn min_version_1_3_refuses_1_2() {
     )
     .is_ok());
 }
+
+#[test]
+fn redirect_https_only_for_named_hosts() {
+    let dir = temp_dir("redir");
+    let (port, plain2, admin) = (free_port(), free_port(), free_port());
+    let text = format!(
+        "server: {{ threads: 1, pid_file: {d}/p.pid, upgrade_sock: {d}/u.sock }}\nlisteners:\n  - {{ name: web, address: \"127.0.0.1:{port}\", redirect_https: 8443 }}\n  - {{ name: other, address: \"127.0.0.1:{plain2}\" }}\nadmin: {{ address: \"127.0.0.1:{admin}\" }}\nroutes:\n  - name: api\n    match: {{ hosts: [api.example.com, \"*.apps.example.com\"] }}\n    respond: {{ body: ok }}\n",
+        d = dir.display()
+    );
+    let m = Moat::start_raw(&text, port, admin, dir, &[]);
+    let get = |host: &str, path: &str| {
+        crate::harness::request(m.port, "GET", path, &[("Host", host)], b"")
+    };
+    let r = get("API.example.com:80", "/a/b?c=1");
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        Some("https://api.example.com:8443/a/b?c=1")
+    );
+    assert_eq!(
+        get("x.apps.example.com", "/").header("location"),
+        Some("https://x.apps.example.com:8443/")
+    );
+    // A host no route names never ends up in Location.
+    let r = get("evil.example.net", "/");
+    assert_eq!(r.status, 404);
+    assert!(r.header("location").is_none());
+    // The other listener serves normally.
+    let r = crate::harness::request(plain2, "GET", "/", &[("Host", "api.example.com")], b"");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+}
