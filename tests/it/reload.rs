@@ -217,14 +217,26 @@ fn sigusr1_reopens_the_access_log() {
     std::fs::rename(&log, &rotated).unwrap();
     m.signal("USR1");
     assert!(wait_until(Duration::from_secs(5), || log.exists()));
-    request(m.port, "GET", "/second", &[], b"");
+    // The writer switches files right after the new one is created: a line written in
+    // that instant may still land in the old file, as with any log rotation. Keep
+    // writing until lines arrive in the new file; they must not go to the old one after.
+    let mut n = 0;
+    let arrived = wait_until(Duration::from_secs(5), || {
+        n += 1;
+        request(m.port, "GET", &format!("/second-{n}"), &[], b"");
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("/second-")
+    });
+    assert!(arrived, "no line reached the reopened file");
+    request(m.port, "GET", "/third", &[], b"");
     assert!(wait_until(Duration::from_secs(5), || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
-            .contains("/second")
+            .contains("/third")
     }));
     assert!(!std::fs::read_to_string(&rotated)
         .unwrap()
-        .contains("/second"));
+        .contains("/third"));
     let _ = std::fs::remove_dir_all(dir);
 }
