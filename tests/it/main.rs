@@ -14,6 +14,7 @@ mod limits_cluster;
 mod reload;
 mod request_limits;
 mod routing;
+mod streaming;
 mod tls;
 mod upgrade;
 mod upstream_tls;
