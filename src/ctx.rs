@@ -50,6 +50,10 @@ pub struct RequestCtx {
     pub upstream: UpstreamState,
     /// The error code of a reply moat made, for logs and metrics.
     pub reply_code: Option<ErrorCode>,
+    /// Encodings and levels a `compression` plugin chose for this response (set once).
+    pub compression: std::sync::OnceLock<
+        std::sync::Arc<[(pingora_core::protocols::http::compression::Algorithm, u32)]>,
+    >,
     /// The body limit for this request (route's, else the server's).
     pub body_limit: u64,
     /// Request body bytes seen so far.
@@ -88,6 +92,7 @@ impl RequestCtx {
             upstream: UpstreamState::default(),
             reply_code: None,
             own_response: false,
+            compression: std::sync::OnceLock::new(),
             body_limit: u64::MAX,
             body_seen: 0,
             ratelimit: None,

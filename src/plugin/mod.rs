@@ -12,6 +12,7 @@
 //! calls what does something. Custom plugins implement the same trait (see `plugins/`).
 
 pub mod auth;
+pub mod compression;
 pub mod concurrency;
 pub mod cors;
 pub mod headers;
@@ -161,9 +162,8 @@ pub fn compile(
         PluginConfig::SecurityHeaders(c) => {
             security_headers::SecurityHeaders::compile(c, &here, errs).map(|p| Arc::new(p) as _)
         }
-        PluginConfig::Compression(_) => {
-            errs.push(here, "not supported yet");
-            None
+        PluginConfig::Compression(c) => {
+            compression::Compression::compile(c, &here, errs).map(|p| Arc::new(p) as _)
         }
         PluginConfig::External(ext) => match env.extensions.get(&ext.name) {
             Some(factory) => factory.compile(&ext.settings, &here, errs),

@@ -19,6 +19,7 @@ use crate::template::request_host;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
+use pingora_core::modules::http::compression::ResponseCompression;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -141,6 +142,29 @@ fn redirect_to_https(
     }
 }
 
+/// Tell Pingora's compression module what the `compression` plugin decided for this
+/// response: its algorithms and levels, or off.
+fn apply_compression(session: &mut Session, ctx: &RequestCtx) {
+    if !ctx.rt.compression_used {
+        return;
+    }
+    let Some(c) = session
+        .downstream_modules_ctx
+        .get_mut::<ResponseCompression>()
+    else {
+        return;
+    };
+    if !c.is_header_phase() {
+        return;
+    }
+    c.adjust_level(0);
+    if let Some(levels) = ctx.compression.get() {
+        for (alg, level) in levels.iter() {
+            c.adjust_algorithm_level(*alg, *level);
+        }
+    }
+}
+
 /// The chain that applies to this request: the route's, or the global one.
 fn chain_of(ctx: &RequestCtx) -> &Chain {
     match ctx.route.as_deref() {
@@ -170,6 +194,7 @@ impl Moat {
         for p in &chain.response {
             p.response(session.req_header(), ctx, &mut head);
         }
+        apply_compression(session, ctx);
         let head_only = body.is_empty() || session.req_header().method == http::Method::HEAD;
         session
             .write_response_header(Box::new(head), head_only)
@@ -218,6 +243,24 @@ impl ProxyHttp for Moat {
         let mut ctx = RequestCtx::new(self.runtime.load_full());
         ctx.track_active(&self.metrics.connections_active);
         ctx
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.rt.compression_used {
+            // Pingora's module reads Accept-Encoding only while enabled: enable it now, and
+            // let the response phase decide per response (see apply_compression).
+            if let Some(c) = session
+                .downstream_modules_ctx
+                .get_mut::<ResponseCompression>()
+            {
+                c.adjust_level(1);
+            }
+        }
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -474,6 +517,7 @@ impl ProxyHttp for Moat {
         for p in &chain_of(ctx).response {
             p.response(session.req_header(), ctx, resp);
         }
+        apply_compression(session, ctx);
         Ok(())
     }
 

@@ -45,6 +45,8 @@ pub struct Runtime {
     pub trusted_proxies: CidrSet,
     /// Request size and keep-alive limits.
     pub request_limits: Limits,
+    /// Whether any plugin chain compresses (Pingora's module then reads `Accept-Encoding`).
+    pub compression_used: bool,
     /// Plain listeners answering everything with a redirect: listener port → HTTPS port.
     pub redirect_https: BTreeMap<u16, u16>,
     /// Certificates of each TLS listener, by listener name (re-read on every reload).
@@ -208,6 +210,7 @@ impl Runtime {
             request_limits: Limits::default(),
             tls: BTreeMap::new(),
             redirect_https: BTreeMap::new(),
+            compression_used: false,
             auth: Arc::default(),
             limits: Arc::default(),
             redis: None,
@@ -272,6 +275,14 @@ impl Runtime {
         errs.sort_by_file_order();
         errs.into_result(())?;
         let request_limits = Limits::from_config(&cfg);
+        let is_compression = |p: &crate::config::model::PluginConfig| {
+            matches!(p, crate::config::model::PluginConfig::Compression(_))
+        };
+        let compression_used = cfg.global_plugins.iter().any(is_compression)
+            || cfg
+                .routes
+                .iter()
+                .any(|r| r.plugins.iter().any(is_compression));
         let redirect_https = cfg
             .listeners
             .iter()
@@ -291,6 +302,7 @@ impl Runtime {
             trusted_proxies,
             request_limits,
             redirect_https,
+            compression_used,
             tls,
             auth,
             limits,
