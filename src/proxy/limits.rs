@@ -9,8 +9,15 @@ use crate::reply::{ErrorCode, Reply};
 use crate::runtime::{Limits, MAX_URI_BYTES};
 use pingora_http::RequestHeader;
 
-/// A reply for a request head over the limits, if it is.
+/// A reply for a request head over the limits (or malformed), if it is.
 pub fn check_head(req: &RequestHeader, limits: &Limits) -> Option<Reply> {
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host gets 400 (HTTP/2 carries :authority).
+    if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
+        return Some(Reply::error(
+            ErrorCode::BadRequest,
+            "an HTTP/1.1 request needs a Host header",
+        ));
+    }
     if req.raw_path().len() > MAX_URI_BYTES {
         return Some(Reply::error(
             ErrorCode::UriTooLong,
@@ -58,6 +65,7 @@ mod tests {
 
     fn req(path: &str, headers: usize, value_len: usize) -> RequestHeader {
         let mut r = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
+        r.insert_header("host", "h").unwrap();
         for i in 0..headers {
             r.append_header(format!("x-h{i}"), "v".repeat(value_len))
                 .unwrap();

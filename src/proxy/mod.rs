@@ -514,6 +514,11 @@ impl ProxyHttp for Moat {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if resp.status == http::StatusCode::NO_CONTENT {
+            // RFC 9110 §8.6: no Content-Length on a 204 (an upstream that sends one would
+            // make careful clients wait for a body that never comes).
+            let _ = resp.remove_header(&http::header::CONTENT_LENGTH);
+        }
         for p in &chain_of(ctx).response {
             p.response(session.req_header(), ctx, resp);
         }
