@@ -1,5 +1,6 @@
-//! Request limits checked before routing and plugins: the request target (414), the header
-//! count and total size (431), and a declared body over the limit (413). A streamed body
+//! Request limits checked before routing and plugins: a missing `Host` or a header name
+//! with an underscore (400), the request target (414), the header count and total size
+//! (431), and a declared body over the limit (413). A streamed body
 //! is counted chunk by chunk in `request_body_filter` against the same limit.
 //!
 //! Pingora itself accepts up to 1 MiB of request head, so these limits are what an edge
@@ -16,6 +17,14 @@ pub fn check_head(req: &RequestHeader, limits: &Limits) -> Option<Reply> {
         return Some(Reply::error(
             ErrorCode::BadRequest,
             "an HTTP/1.1 request needs a Host header",
+        ));
+    }
+    // Underscores let `X_Consumer_ID` slip past checks on `X-Consumer-ID` in upstreams
+    // that fold `_` into `-` (CGI-style stacks); refused, as nginx drops them by default.
+    if req.headers.keys().any(|k| k.as_str().contains('_')) {
+        return Some(Reply::error(
+            ErrorCode::BadRequest,
+            "header names may not contain underscores",
         ));
     }
     if req.raw_path().len() > MAX_URI_BYTES {
