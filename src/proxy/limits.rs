@@ -104,6 +104,11 @@ mod tests {
             check_head(&req("/", 2, 600), &l).map(|r| r.status),
             Some(431)
         );
+        let no_host = RequestHeader::build("GET", b"/", None).unwrap();
+        assert_eq!(check_head(&no_host, &l).map(|r| r.status), Some(400));
+        let mut underscore = req("/", 0, 0);
+        underscore.insert_header("x_consumer_id", "admin").unwrap();
+        assert_eq!(check_head(&underscore, &l).map(|r| r.status), Some(400));
         let mut r = req("/", 0, 0);
         r.insert_header("content-length", "101").unwrap();
         assert_eq!(check_length(&r, 100).map(|r| r.status), Some(413));
