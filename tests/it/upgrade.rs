@@ -161,15 +161,23 @@ fn upgrade_script_hands_over_or_refuses() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    let new_pid: u32 = m.admin_get("/status").json()["pid"].as_u64().unwrap() as u32;
-    assert_ne!(new_pid, m.pid());
-    assert_eq!(
-        crate::harness::request(m.port, "GET", "/", &[], b"").text(),
-        "ok"
-    );
+    // The old process drains and exits by itself; until it stops accepting (its grace
+    // period) either may answer, afterwards only the new one does.
     assert!(
         crate::harness::wait_until(Duration::from_secs(30), || m.exited()),
         "old moat still running"
+    );
+    let new_pid = m.admin_get("/status").json()["pid"].as_u64().unwrap_or(0) as u32;
+    assert_ne!(new_pid, m.pid());
+    assert_eq!(
+        std::fs::read_to_string(&pid_file)
+            .unwrap_or_default()
+            .trim(),
+        new_pid.to_string()
+    );
+    assert_eq!(
+        crate::harness::request(m.port, "GET", "/", &[], b"").text(),
+        "ok"
     );
 }
 
