@@ -22,6 +22,7 @@ pub struct AccessLog {
 enum Msg {
     Line(String),
     Sink(Box<dyn Write + Send>),
+    Flush(std::sync::mpsc::Sender<()>),
 }
 
 fn open_sink(path: &str) -> std::io::Result<Box<dyn Write + Send>> {
@@ -113,6 +114,14 @@ impl AccessLog {
             .map_err(|_| std::io::Error::other("access log writer stopped"))
     }
 
+    /// Write out what is queued, waiting at most 200 ms (before a fast exit).
+    pub fn flush_now(&self) {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        if self.tx.send(Msg::Flush(done_tx)).is_ok() {
+            let _ = done_rx.recv_timeout(Duration::from_millis(200));
+        }
+    }
+
     /// Lines dropped because the writer could not keep up.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -128,6 +137,10 @@ fn writer(rx: Receiver<Msg>, sink: Box<dyn Write + Send>) {
         Msg::Sink(new) => {
             let _ = out.flush();
             *out = BufWriter::with_capacity(64 * 1024, new);
+        }
+        Msg::Flush(done) => {
+            let _ = out.flush();
+            let _ = done.send(());
         }
     };
     loop {

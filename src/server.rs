@@ -1,7 +1,8 @@
 //! Starting the server: `server:` mapped onto Pingora's `ServerConf`, the proxy service on
 //! every listener, the admin service, and the supervisor: a background service that runs
 //! health checks and handles SIGHUP (reload), SIGUSR1 (reopen the access log), SIGQUIT
-//! and SIGTERM (report draining on `/readyz`) and, with `watch: true`, file changes.
+//! (report draining on `/readyz` while Pingora drains), SIGTERM (stop now) and, with
+//! `watch: true`, file changes.
 
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
@@ -124,7 +125,14 @@ impl BackgroundService for Supervisor {
                     }
                 }
                 _ = quit.recv() => self.draining.store(true, Ordering::SeqCst),
-                _ = term.recv() => self.draining.store(true, Ordering::SeqCst),
+                _ = term.recv() => {
+                    // The contract: SIGTERM stops fast (Pingora would drain as for SIGQUIT).
+                    log::info!("SIGTERM: stopping now");
+                    if let Some(log) = &self.access_log {
+                        log.flush_now();
+                    }
+                    std::process::exit(0);
+                }
                 _ = tick.tick() => {
                     if !self.runtime.load().config.watch {
                         continue;

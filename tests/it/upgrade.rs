@@ -191,3 +191,40 @@ impl Drop for KillOnDrop {
             .status();
     }
 }
+
+#[test]
+fn sigterm_stops_fast_and_sigquit_drains() {
+    let make = || {
+        let dir = temp_dir("term");
+        let (port, admin) = (free_port(), free_port());
+        let log = dir.join("access.log");
+        let text = format!(
+            "server:\n  threads: 1\n  pid_file: {d}/moat.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 5s\n  shutdown_timeout: 10s\nlisteners:\n  - name: public\n    address: 127.0.0.1:{port}\nadmin:\n  address: 127.0.0.1:{admin}\naccess_log: {{ path: \"{}\" }}\nroutes:\n  - name: r\n    match: {{ path_prefix: / }}\n    respond: {{ body: ok }}\n",
+            log.display(),
+            d = dir.display()
+        );
+        (Moat::start_raw(&text, port, admin, dir, &[]), log)
+    };
+    // SIGTERM: gone at once, whatever grace_period says, with the access log written out.
+    let (mut m, log) = make();
+    crate::harness::request(m.port, "GET", "/before-term", &[], b"");
+    let t = std::time::Instant::now();
+    m.signal("TERM");
+    assert!(crate::harness::wait_until(Duration::from_secs(3), || m.exited()));
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("/before-term"));
+    // SIGQUIT: draining, /readyz turns 503 while the grace period runs.
+    let (mut m, _log) = make();
+    m.signal("QUIT");
+    assert!(crate::harness::wait_until(Duration::from_secs(3), || {
+        std::net::TcpStream::connect(("127.0.0.1", m.admin)).is_ok()
+            && m.admin_get("/readyz").status == 503
+    }));
+    assert!(!m.exited(), "still draining");
+}
