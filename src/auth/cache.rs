@@ -34,6 +34,22 @@ pub struct ExpiringCache<V> {
     per_shard: usize,
 }
 
+impl<V> Shard<V> {
+    /// Insert as the most recently used entry.
+    fn put(&mut self, key: Key, value: V, expires: i64) {
+        self.tick += 1;
+        let used = self.tick;
+        self.map.insert(
+            key,
+            Entry {
+                value,
+                expires,
+                used,
+            },
+        );
+    }
+}
+
 impl<V: Clone> ExpiringCache<V> {
     /// A cache holding at most about `capacity` entries (at least one per shard).
     pub fn new(capacity: usize) -> ExpiringCache<V> {
@@ -78,16 +94,7 @@ impl<V: Clone> ExpiringCache<V> {
     pub fn insert(&self, key: Key, value: V, expires: i64, now: i64) {
         let mut s = self.shard(&key);
         self.make_room(&mut s, now);
-        s.tick += 1;
-        let used = s.tick;
-        s.map.insert(
-            key,
-            Entry {
-                value,
-                expires,
-                used,
-            },
-        );
+        s.put(key, value, expires);
     }
 
     /// Store `value` only if no live entry exists; true when it was stored (the key is
@@ -104,16 +111,7 @@ impl<V: Clone> ExpiringCache<V> {
                 return false;
             }
         }
-        s.tick += 1;
-        let used = s.tick;
-        s.map.insert(
-            key,
-            Entry {
-                value,
-                expires,
-                used,
-            },
-        );
+        s.put(key, value, expires);
         true
     }
 

@@ -275,18 +275,6 @@ fn providers(cfg: &Config, errs: &mut ConfigErrors) {
     }
 }
 
-fn limiter_key(key: &str, path: &str, errs: &mut ConfigErrors) {
-    let ok = matches!(key, "consumer" | "ip" | "route")
-        || key.strip_prefix("header:").is_some_and(|h| !h.is_empty())
-        || key.strip_prefix("claim:").is_some_and(|c| !c.is_empty());
-    if !ok {
-        errs.push(
-            path,
-            format!("`{key}`: expected consumer, ip, route, header:NAME or claim:NAME"),
-        );
-    }
-}
-
 fn plugin_refs(cfg: &Config, path: &str, p: &PluginConfig, errs: &mut ConfigErrors) {
     match p {
         PluginConfig::Auth(a) => {
@@ -302,11 +290,6 @@ fn plugin_refs(cfg: &Config, path: &str, p: &PluginConfig, errs: &mut ConfigErro
                 }
             }
         }
-        PluginConfig::RateLimit(r) => {
-            limiter_key(&r.key, &join(path, "key"), errs);
-        }
-        PluginConfig::Quota(q) => limiter_key(&q.key, &join(path, "key"), errs),
-        PluginConfig::Concurrency(c) => limiter_key(&c.key, &join(path, "key"), errs),
         PluginConfig::IpFilter(f) => {
             for (k, list) in [("allow", &f.allow), ("deny", &f.deny)] {
                 if let Err(bad) = CidrSet::parse(list) {

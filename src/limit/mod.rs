@@ -17,6 +17,7 @@ pub mod redis;
 pub mod replay;
 pub mod store;
 
+use crate::config::error::ConfigErrors;
 use crate::ctx::RequestCtx;
 use http::HeaderName;
 use pingora_http::RequestHeader;
@@ -44,6 +45,12 @@ const LONG: usize = 128;
 
 impl KeySource {
     /// Parse `consumer | ip | route | header:NAME | claim:NAME`.
+    /// Parse the key written at `path`, recording the error there.
+    pub fn compile(s: &str, path: &str, errs: &mut ConfigErrors) -> Option<KeySource> {
+        KeySource::parse(s).map_err(|e| errs.push(path, e)).ok()
+    }
+
+    /// Parse `consumer`, `ip`, `route`, `header:NAME` or `claim:NAME`.
     pub fn parse(s: &str) -> Result<KeySource, String> {
         let bad = || format!("`{s}`: expected consumer, ip, route, header:NAME or claim:NAME");
         Ok(match s {

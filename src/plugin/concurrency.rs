@@ -33,16 +33,7 @@ impl Concurrency {
         env: &CompileEnv,
         errs: &mut ConfigErrors,
     ) -> Option<Concurrency> {
-        let key = match KeySource::parse(&c.key) {
-            Ok(k) => k,
-            Err(e) => {
-                let p = join(path, "key");
-                if errs.0.iter().all(|x| x.path != p) {
-                    errs.push(p, e);
-                }
-                return None;
-            }
-        };
+        let key = KeySource::compile(&c.key, &join(path, "key"), errs)?;
         if c.max == 0 {
             errs.push(join(path, "max"), "must be at least 1");
             return None;

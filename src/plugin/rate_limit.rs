@@ -221,16 +221,7 @@ impl RateLimit {
         env: &CompileEnv,
         errs: &mut ConfigErrors,
     ) -> Option<RateLimit> {
-        let key = match KeySource::parse(key) {
-            Ok(k) => k,
-            Err(e) => {
-                let p = join(path, "key");
-                if errs.0.iter().all(|x| x.path != p) {
-                    errs.push(p, e);
-                }
-                return None;
-            }
-        };
+        let key = KeySource::compile(key, &join(path, "key"), errs)?;
         if max_keys == Some(0) {
             errs.push(join(path, "max_keys"), "must be at least 1");
             return None;
