@@ -58,6 +58,11 @@ pub struct RequestCtx {
     pub body_limit: u64,
     /// Request body bytes seen so far.
     pub body_seen: u64,
+    /// A signed body held back until its digest is checked (HMAC, long or chunked bodies).
+    pub held_body: Option<Box<crate::auth::held_body::HeldBody>>,
+    /// The reply for a refusal decided while proxying (a held body that failed its
+    /// digest), sent by `fail_to_proxy` instead of the generic error.
+    pub pending_reply: Option<crate::reply::Reply>,
     /// Whether the response is one moat made itself (error, `respond`, redirect, preflight).
     pub own_response: bool,
     /// The rate-limit outcome for the access log, when a limiter ran.
@@ -95,6 +100,8 @@ impl RequestCtx {
             compression: std::sync::OnceLock::new(),
             body_limit: u64::MAX,
             body_seen: 0,
+            held_body: None,
+            pending_reply: None,
             ratelimit: None,
             limits: Default::default(),
             active: None,

@@ -19,6 +19,7 @@ pub mod consumers;
 pub mod credentials;
 pub mod dates;
 pub mod fetch;
+pub mod held_body;
 pub mod hmac;
 pub mod jwk;
 pub mod jwt;

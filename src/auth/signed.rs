@@ -3,13 +3,12 @@
 //! and the replay guard, in that order (the replay guard only records requests that
 //! passed everything else, so forged requests cannot fill it).
 //!
-//! Bodies: when the request carries `Digest`, its body is read here, before anything
-//! reaches the upstream, and checked. Pingora forwards a body already read in
-//! `request_filter` only from its retry buffer ([`enable_retry_buffering`], 64 KiB in
-//! Pingora 0.9), so [`HMAC_MAX_BODY`] is that size: a larger signed body is refused with
-//! 413 rather than buffered without bound or forwarded unchecked. (Signed bodies up to the
-//! server's `max_body` would need a `request_body_filter` phase that holds the body back
-//! until its digest is checked; the upstream would then see the request head first.)
+//! Bodies: when the request carries `Digest`, its body must match it before the upstream
+//! sees a byte of it. A body of known length up to [`HMAC_MAX_BODY`] is read here, before
+//! anything reaches the upstream, and checked; Pingora then forwards it from its retry
+//! buffer ([`enable_retry_buffering`], 64 KiB in Pingora 0.9). A longer or chunked body
+//! is held back as it streams in (`auth::held_body`, bounded by `max_body`) and released
+//! to the upstream only once its digest matches; [`Verified::held_digest`] says so.
 //!
 //! [`enable_retry_buffering`]: pingora_core::protocols::http::ServerSession::enable_retry_buffering
 
@@ -23,7 +22,8 @@ use pingora_proxy::Session;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Largest signed body read to check a `Digest` (Pingora's request retry-buffer size).
+/// Largest signed body read before proxying (Pingora's request retry-buffer size); longer
+/// ones are held back while streaming.
 pub const HMAC_MAX_BODY: usize = 64 * 1024;
 /// Time allowed to receive a signed body.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,8 +53,16 @@ impl From<HmacError> for Refused {
     }
 }
 
-/// Verify the signed request in `session` whose Authorization value is `value`; the
-/// consumer it belongs to.
+/// A signed request that passed.
+pub struct Verified {
+    /// The consumer the key belongs to.
+    pub consumer: Arc<Consumer>,
+    /// The `Digest` the body must still match while it streams (a body not read yet:
+    /// chunked, or longer than [`HMAC_MAX_BODY`]).
+    pub held_digest: Option<String>,
+}
+
+/// Verify the signed request in `session` whose Authorization value is `value`.
 pub async fn verify(
     session: &mut Session,
     value: &str,
@@ -62,7 +70,7 @@ pub async fn verify(
     consumers: &ConsumerStore,
     replay: &dyn ReplayGuard,
     now: i64,
-) -> Result<Arc<Consumer>, Refused> {
+) -> Result<Verified, Refused> {
     let auth = hmac::parse_authorization(value)?;
     let req = session.req_header();
     let key = consumers
@@ -92,12 +100,18 @@ pub async fn verify(
         return Err(HmacError::BadSignature.into());
     }
     let consumer = Arc::clone(&key.consumer);
+    let mut held_digest = None;
     if let Some(d) = digest {
-        let body = read_body(session, HMAC_MAX_BODY)
-            .await
-            .map_err(Refused::Body)?;
-        if !hmac::digest_matches(&d, &body) {
-            return Err(HmacError::Digest.into());
+        let small = content_length(req).is_some_and(|n| n <= HMAC_MAX_BODY as u64);
+        if small && !req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+            let body = read_body(session, HMAC_MAX_BODY)
+                .await
+                .map_err(Refused::Body)?;
+            if !hmac::digest_matches(&d, &body) {
+                return Err(HmacError::Digest.into());
+            }
+        } else {
+            held_digest = Some(d);
         }
     }
     if let Some(w) = s.replay_window {
@@ -106,7 +120,10 @@ pub async fn verify(
             return Err(HmacError::Replay.into());
         }
     }
-    Ok(consumer)
+    Ok(Verified {
+        consumer,
+        held_digest,
+    })
 }
 
 fn content_length(req: &RequestHeader) -> Option<u64> {

@@ -5,19 +5,20 @@
 //! - Exactly one credential must be present: none → 401, two (or one repeated) → 401.
 //! - 401 `UNAUTHORIZED` carries `WWW-Authenticate` (`Bearer error="invalid_token"` for a
 //!   refused JWT); 403 `FORBIDDEN` when authenticated but `require` fails; 503 when a JWT
-//!   provider has no key set yet (fail closed); 413 when a signed body exceeds
-//!   `auth::signed::HMAC_MAX_BODY`.
+//!   provider has no key set yet (fail closed); 413 when a signed body exceeds `max_body`.
 //! - Messages, logs and metrics carry a short category only, never the credential.
 //! - Upstream gets `X-Consumer-ID` and `X-Auth-Method`; with `hide_credentials` the
 //!   credential (header, query parameter or cookie) is removed first.
 //!
-//! HMAC requests are checked by `auth::signed` (which reads a signed body, bounded, before
-//! anything reaches the upstream).
+//! HMAC requests are checked by `auth::signed`: a small signed body is read and checked
+//! before anything reaches the upstream; a longer or chunked one is held back
+//! (`auth::held_body`, up to `max_body`) and released only once its digest matches.
 
 use super::{Flow, Phases, Plugin};
 use crate::auth::consumers::{ConsumerStore, KeyRefusal};
 use crate::auth::credentials::{self, Found};
 use crate::auth::dates::now_secs;
+use crate::auth::held_body::HeldBody;
 use crate::auth::hmac::{self, ReplayGuard};
 use crate::auth::jwt::JwtError;
 use crate::auth::provider::JwtProvider;
@@ -49,6 +50,8 @@ struct Authenticated {
     method: &'static str,
     scopes: Arc<[String]>,
     claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// The `Digest` a held-back signed body must still match.
+    held_digest: Option<String>,
 }
 
 /// A refusal: reply plus the metric labels.
@@ -335,6 +338,7 @@ impl Auth {
                             method: "jwt",
                             scopes: Arc::clone(&v.scopes),
                             claims: Some(Arc::clone(&v.claims)),
+                            held_digest: None,
                         })
                     }
                     Err(JwtError::NoKeys) => Err(Refusal {
@@ -371,6 +375,7 @@ impl Auth {
                         method: "api_key",
                         scopes: Arc::clone(&k.scopes),
                         claims: None,
+                        held_digest: None,
                     }),
                     Err(KeyRefusal::Expired) => Err(self.unauthorized(
                         "api_key",
@@ -398,12 +403,13 @@ impl Auth {
                 let replay = self.replay.as_ref();
                 match signed::verify(session, &value, settings, &self.consumers, replay, now).await
                 {
-                    Ok(key) => Ok(Authenticated {
-                        consumer: Arc::clone(&key.id),
-                        tier: key.tier.clone(),
+                    Ok(v) => Ok(Authenticated {
+                        consumer: Arc::clone(&v.consumer.id),
+                        tier: v.consumer.tier.clone(),
                         method: "hmac",
                         scopes: Arc::from(Vec::new()),
                         claims: None,
+                        held_digest: v.held_digest,
                     }),
                     Err(signed::Refused::Body(reply)) => Err(Refusal {
                         method: "hmac",
@@ -453,6 +459,18 @@ impl Plugin for Auth {
         };
         let refusal = match result {
             Ok(who) if self.require.allows(&who.scopes, who.claims.as_deref()) => {
+                if let Some(d) = who.held_digest {
+                    let refusal = self.unauthorized(
+                        "hmac",
+                        "digest",
+                        "invalid request signature",
+                        Some(HMAC),
+                    );
+                    let failures =
+                        self.failures
+                            .with_label_values(&[ctx.route_name(), "hmac", "digest"]);
+                    ctx.held_body = Some(Box::new(HeldBody::new(d, refusal.reply, failures)));
+                }
                 ctx.identity = Some(Identity {
                     consumer_id: who.consumer,
                     tier: who.tier,

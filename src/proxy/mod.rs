@@ -392,13 +392,19 @@ impl ProxyHttp for Moat {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(b) = body {
             ctx.body_seen += b.len() as u64;
             if ctx.body_seen > ctx.body_limit {
                 return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the limit");
+            }
+        }
+        if let Some(held) = ctx.held_body.as_mut() {
+            if let Err(reply) = held.filter(body, end_of_stream) {
+                ctx.pending_reply = Some(reply);
+                return Error::e_explain(ErrorType::HTTPStatus(401), "signed body digest mismatch");
             }
         }
         Ok(())
@@ -422,6 +428,13 @@ impl ProxyHttp for Moat {
         };
         ctx.upstream.tried.push(idx);
         ctx.upstream.attempts += 1;
+        if ctx.upstream.attempts > 1 {
+            // A retry sends the body again from its start (Pingora's retry buffer).
+            ctx.body_seen = 0;
+            if let Some(held) = ctx.held_body.as_mut() {
+                held.restart();
+            }
+        }
         ctx.upstream.current = Some(pool.begin(idx));
         ctx.upstream.started.get_or_insert_with(Instant::now);
         Ok(pool.peer(idx))
@@ -545,8 +558,13 @@ impl ProxyHttp for Moat {
                 can_reuse_downstream: false,
             };
         }
-        let upstream = ctx.upstream.pool.as_deref().map(|p| p.name.clone());
-        let reply = Reply::error(code, failure::message(code, upstream.as_deref()));
+        let reply = match ctx.pending_reply.take() {
+            Some(r) => r,
+            None => {
+                let upstream = ctx.upstream.pool.as_deref().map(|p| p.name.clone());
+                Reply::error(code, failure::message(code, upstream.as_deref()))
+            }
+        };
         let sent = self.send_reply(session, ctx, reply).await.is_ok();
         FailToProxy {
             error_code: code.status(),
