@@ -178,6 +178,18 @@ fn upstream_reset_is_502_and_post_is_never_retried() {
 }
 
 #[test]
+fn h2c_to_a_target_that_only_speaks_http1_is_502() {
+    let up = Upstream::start("h1-only");
+    let m = Moat::start(&config(&[up.address()], ", retries: 0"));
+    let r = request(m.port, "GET", "/x", &[], b"");
+    assert_eq!(r.status, 502, "{}", r.text());
+    // It saw the connection preface (as a `PRI *` line), never the request.
+    let seen = up.traffic();
+    assert!(seen.iter().any(|r| r.method == "PRI"), "{seen:?}");
+    assert!(seen.iter().all(|r| r.target != "/x"), "{seen:?}");
+}
+
+#[test]
 fn tls_upstream_negotiates_h2_by_alpn_or_falls_back() {
     let dir = temp_dir("h2tls");
     let authority = ca();
@@ -329,11 +341,13 @@ fn h2c_requests(port: u16, reqs: &[(&str, &str, &[u8])]) -> Vec<(u16, Vec<u8>)> 
 #[test]
 fn h2c_listener_takes_prior_knowledge_and_http1() {
     let up = Upstream::start("app");
+    let h2_up = H2Upstream::start();
     let dir = temp_dir("h2c");
     let (port, admin) = (free_port(), free_port());
     let text = format!(
-        "server:\n  threads: 1\n  pid_file: {d}/moat.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 0s\n  shutdown_timeout: 1s\nlisteners:\n  - name: public\n    address: 127.0.0.1:{port}\n    http2: true\nadmin:\n  address: 127.0.0.1:{admin}\nupstreams:\n  app: {{ targets: [\"{}\"] }}\nroutes:\n  - name: r\n    match: {{ path_prefix: / }}\n    upstream: app\n",
+        "server:\n  threads: 1\n  pid_file: {d}/moat.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 0s\n  shutdown_timeout: 1s\nlisteners:\n  - name: public\n    address: 127.0.0.1:{port}\n    http2: true\nadmin:\n  address: 127.0.0.1:{admin}\nupstreams:\n  app: {{ targets: [\"{}\"] }}\n  h2: {{ targets: [\"{}\"], http2: true }}\nroutes:\n  - name: r\n    match: {{ path_prefix: / }}\n    upstream: app\n  - name: big\n    match: {{ path: /big }}\n    upstream: h2\n  - name: echo\n    match: {{ path_prefix: /echo }}\n    upstream: h2\n",
         up.address(),
+        h2_up.address(),
         d = dir.display()
     );
     let m = Moat::start_raw(&text, port, admin, dir, &[]);
@@ -361,6 +375,34 @@ fn h2c_listener_takes_prior_knowledge_and_http1() {
     assert_eq!(two.body, b"h2c body");
     assert_eq!(two.header("host"), Some("h2c.example.com"));
     assert_eq!(two.header("x-forwarded-proto"), Some("http"));
+
+    // HTTP/2 end to end, 1 MiB each way.
+    let big = pattern(1 << 20);
+    let got = h2c_requests(
+        m.port,
+        &[
+            ("GET", "/big?bytes=1048576", b""),
+            ("POST", "/echo/up", &big),
+        ],
+    );
+    assert_eq!(got[0].0, 200);
+    assert!(
+        got[0].1 == big,
+        "streamed body differs ({} bytes)",
+        got[0].1.len()
+    );
+    assert_eq!(got[1].0, 200);
+    assert!(
+        got[1].1 == big,
+        "echoed body differs ({} bytes)",
+        got[1].1.len()
+    );
+    let s = h2_up
+        .seen_at("/echo/up")
+        .pop()
+        .expect("h2 upstream request");
+    assert_eq!((s.version, s.body.len()), (http::Version::HTTP_2, 1 << 20));
+    assert_eq!(s.authority.as_deref(), Some("h2c.example.com"));
 
     // HTTP/1.1 on the same listener still works; `Upgrade: h2c` is not taken up.
     assert_eq!(request(m.port, "GET", "/h1", &[], b"").status, 200);
