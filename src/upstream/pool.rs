@@ -542,6 +542,20 @@ mod tests {
     }
 
     #[test]
+    fn http2_peers() {
+        use pingora_core::protocols::ALPN;
+        let mut plain = PeerOptions::new();
+        set_http2(&mut plain, false);
+        assert_eq!(
+            (plain.alpn, plain.max_h2_streams),
+            (ALPN::H2, H2_MAX_STREAMS)
+        );
+        let mut tls = PeerOptions::new();
+        set_http2(&mut tls, true);
+        assert_eq!(tls.alpn, ALPN::H2H1);
+    }
+
+    #[test]
     fn weighted_round_robin_respects_weights() {
         let p = pool(
             Balance::RoundRobin,
