@@ -239,15 +239,39 @@ pub fn run(
     };
     let mut proxy =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, moat, "moat");
+    let mut h2c_listeners = Vec::new();
     for l in &listener_cfgs {
         if l.tls.is_some() {
             let settings = crate::tls::settings(Arc::clone(&shared), l)?;
             proxy.add_tls_with_settings(&l.address, None, settings);
+        } else if l.http2 == Some(true) {
+            h2c_listeners.push(l.address.as_str());
         } else {
             proxy.add_tcp(&l.address);
         }
     }
     server.add_service(proxy);
+    if !h2c_listeners.is_empty() {
+        // Plain listeners with `http2: true` also take HTTP/2 with prior knowledge (h2c).
+        // Pingora sets this per service, so they get a service of their own.
+        let moat = Moat {
+            runtime: Arc::clone(&shared),
+            metrics: Arc::clone(&metrics),
+            access_log: access_log.clone(),
+            draining: Arc::clone(&draining),
+        };
+        let mut h2c =
+            pingora_proxy::http_proxy_service_with_name(&server.configuration, moat, "moat h2c");
+        if let Some(app) = h2c.app_logic_mut() {
+            let mut options = pingora_core::apps::HttpServerOptions::default();
+            options.h2c = true;
+            app.server_options = Some(options);
+        }
+        for addr in h2c_listeners {
+            h2c.add_tcp(addr);
+        }
+        server.add_service(h2c);
+    }
 
     if let Some(a) = admin_cfg {
         let token = a.token_env.as_ref().and_then(|v| std::env::var(v).ok());

@@ -288,6 +288,19 @@ mod tests {
     }
 
     #[test]
+    fn http2_on_plain_listeners_and_upstreams() {
+        let cfg = parse(
+            "listeners:\n  - { name: p, address: 127.0.0.1:8080, http2: true }\nupstreams:\n  u: { targets: [127.0.0.1:9000], http2: true }\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.listeners[0].http2, Some(true));
+        assert_eq!(cfg.upstreams["u"].http2, Some(true));
+        let e = errors("upstreams:\n  u: { targets: [127.0.0.1:9000], http2: maybe }\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("upstreams.u.http2: "), "{e:?}");
+    }
+
+    #[test]
     fn unknown_key_path_names_the_key() {
         let e = errors(
             "routes:\n  - name: a\n    respond: {status: 200}\n  - name: b\n    respond: {}\n    plugins:\n      - request_id: {}\n      - rate_limit: { key: ip, rat: 1/s }\n",

@@ -157,6 +157,9 @@ pub struct UpstreamConfig {
     pub read_timeout: Option<Dur>,
     pub retries: Option<u32>,
     pub tls: Option<UpstreamTlsConfig>,
+    /// Speak HTTP/2 to the targets (an addition to the contract): h2 by ALPN over TLS
+    /// (HTTP/1.1 when the target does not offer h2), h2c with prior knowledge without TLS.
+    pub http2: Option<bool>,
 }
 
 /// A target: `"host:port"` or `{ address, weight }`.

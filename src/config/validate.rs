@@ -166,12 +166,6 @@ fn listeners(cfg: &Config, errs: &mut ConfigErrors) {
             ),
             _ => {}
         }
-        if l.http2 == Some(true) && l.tls.is_none() {
-            errs.push(
-                join(&p, "http2"),
-                "HTTP/2 without TLS (h2c): not supported yet",
-            );
-        }
     }
 }
 

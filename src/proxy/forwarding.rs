@@ -10,7 +10,9 @@
 //!   dropped. Client-sent `X-Consumer-*` and `X-Auth-*` headers are always removed: only
 //!   moat's authentication sets them.
 //! - Hop-by-hop headers and those named in `Connection` are stripped by Pingora's
-//!   standard upstream request policy, which every peer uses.
+//!   standard upstream request policy, which every peer uses; towards an HTTP/2 upstream
+//!   Pingora also drops every connection-specific header (`TE` included) and turns `Host`
+//!   into `:authority`. Plugins cannot add them back (`plugin::headers::FORBIDDEN`).
 
 use crate::net::{canonical, CidrSet};
 use http::{HeaderMap, HeaderName, HeaderValue};

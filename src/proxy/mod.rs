@@ -437,7 +437,7 @@ impl ProxyHttp for Moat {
         }
         ctx.upstream.current = Some(pool.begin(idx));
         ctx.upstream.started.get_or_insert_with(Instant::now);
-        Ok(pool.peer(idx))
+        Ok(pool.peer(idx, session.is_upgrade_req()))
     }
 
     fn fail_to_connect(

@@ -214,9 +214,15 @@ fn compile_one(
         if errs.0.len() != hb {
             return None;
         }
-        health::build(name, hc, tls.as_ref(), &metrics.target_healthy)
-            .map_err(|e| errs.push(hp, e))
-            .ok()
+        health::build(
+            name,
+            hc,
+            tls.as_ref(),
+            u.http2.unwrap_or(false),
+            &metrics.target_healthy,
+        )
+        .map_err(|e| errs.push(hp, e))
+        .ok()
     });
     if errs.0.len() != before {
         return None;
@@ -241,6 +247,7 @@ fn compile_one(
                 .as_ref()
                 .map(|o| (o.consecutive_failures, o.eject_for.get())),
             tls,
+            http2: u.http2.unwrap_or(false),
             health,
             unhealthy_after: u
                 .health_check

@@ -39,11 +39,13 @@ impl HealthObserve for GaugeObserver {
 /// TLS used by probes to a TLS upstream: the pool's own settings.
 pub type ProbeTls<'a> = Option<&'a super::pool::PeerTls>;
 
-/// Build the check for a pool from its `health_check:` settings.
+/// Build the check for a pool from its `health_check:` settings. HTTP probes to an
+/// `http2` pool speak HTTP/2 as its requests do (h2 by ALPN over TLS, h2c otherwise).
 pub fn build(
     upstream: &str,
     hc: &HealthCheckConfig,
     tls: ProbeTls,
+    http2: bool,
     gauge: &IntGaugeVec,
 ) -> Result<(Box<dyn HealthCheck + Send + Sync>, Duration), String> {
     let timeout = hc.timeout.map(|d| d.get()).unwrap_or(DEFAULT_TIMEOUT);
@@ -65,6 +67,17 @@ pub fn build(
         let mut c = HttpHealthCheck::new(&host, tls.is_some());
         let mut req = RequestHeader::build("GET", http.path.as_bytes(), None)
             .map_err(|e| format!("health_check.http.path: {e}"))?;
+        if http2 && tls.is_none() {
+            // Over h2c the URI carries scheme and authority, so the probe's `:scheme` is
+            // `http` (Pingora's HTTP/2 client otherwise says `https`).
+            let uri = http::Uri::builder()
+                .scheme("http")
+                .authority(host.as_str())
+                .path_and_query(http.path.as_str())
+                .build()
+                .map_err(|e| format!("health_check.http: {e}"))?;
+            req.set_uri(uri);
+        }
         req.insert_header("Host", host.as_str())
             .map_err(|e| format!("health_check.http.host: {e}"))?;
         req.insert_header("User-Agent", "moat-health-check")
@@ -85,6 +98,9 @@ pub fn build(
         c.consecutive_failure = unhealthy_after;
         c.peer_template.options.connection_timeout = Some(timeout);
         c.peer_template.options.read_timeout = Some(timeout);
+        if http2 {
+            super::pool::set_http2(&mut c.peer_template.options, tls.is_some());
+        }
         if let Some(t) = tls {
             c.peer_template.sni = t.sni.clone();
             c.peer_template.options.verify_cert = t.verify;

@@ -11,7 +11,7 @@ use crate::template::Template;
 use futures::FutureExt;
 use once_cell::sync::Lazy;
 use pingora_core::protocols::tls::CaType;
-use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::upstreams::peer::{HttpPeer, PeerOptions};
 use pingora_load_balancing::selection::{Consistent, Random, RoundRobin};
 use pingora_load_balancing::{discovery, Backend, Backends, LoadBalancer};
 use prometheus::{Histogram, IntCounter, IntGauge};
@@ -85,6 +85,8 @@ pub struct PoolSettings {
     pub retries: u32,
     pub outlier: Option<(u32, Duration)>,
     pub tls: Option<PeerTls>,
+    /// Speak HTTP/2 to the targets (`http2: true`).
+    pub http2: bool,
     pub health: Option<(
         Box<dyn pingora_load_balancing::health_check::HealthCheck + Send + Sync>,
         Duration,
@@ -111,6 +113,7 @@ pub struct Pool {
     pub retries: u32,
     outlier: Option<(u32, Duration)>,
     tls: Option<PeerTls>,
+    http2: bool,
     health_interval: Option<Duration>,
     unhealthy_after: usize,
     health_started: AtomicBool,
@@ -222,6 +225,7 @@ impl Pool {
             retries: s.retries,
             outlier: s.outlier,
             tls: s.tls,
+            http2: s.http2,
             health_interval,
             unhealthy_after: s.unhealthy_after.max(1),
             health_started: AtomicBool::new(false),
@@ -318,8 +322,11 @@ impl Pool {
         }
     }
 
-    /// The peer to connect to for target `idx`.
-    pub fn peer(&self, idx: usize) -> Box<HttpPeer> {
+    /// The peer to connect to for target `idx`. On an `http2` pool the peer speaks HTTP/2
+    /// (see [`set_http2`]), except for `upgrade` requests (WebSocket...): Pingora cannot
+    /// carry an HTTP/1.1 upgrade over HTTP/2 (no RFC 8441 extended CONNECT to upstreams),
+    /// so those go to the target over HTTP/1.1.
+    pub fn peer(&self, idx: usize, upgrade: bool) -> Box<HttpPeer> {
         let t = &self.targets[idx];
         let (tls, sni) = match &self.tls {
             Some(tls) => (true, tls.sni.clone()),
@@ -335,6 +342,9 @@ impl Pool {
             p.options.verify_cert = tls.verify;
             p.options.verify_hostname = tls.verify;
             p.options.ca = tls.ca.clone();
+        }
+        if self.http2 && !upgrade {
+            set_http2(&mut p.options, self.tls.is_some());
         }
         Box::new(p)
     }
@@ -446,6 +456,23 @@ impl Pool {
     }
 }
 
+/// Most concurrent requests (streams) moat opens on one HTTP/2 connection to a target; the
+/// target's own `SETTINGS_MAX_CONCURRENT_STREAMS` lowers it. More requests open more
+/// connections.
+pub const H2_MAX_STREAMS: usize = 100;
+
+/// Make a peer speak HTTP/2: over TLS, offer `h2` and `http/1.1` by ALPN (the target
+/// chooses; one that only speaks HTTP/1.1 still works); without TLS, h2c with prior
+/// knowledge (there is nothing to negotiate with, so the target must speak h2c).
+pub fn set_http2(options: &mut PeerOptions, tls: bool) {
+    if tls {
+        options.set_http_version(2, 1);
+    } else {
+        options.set_http_version(2, 2);
+    }
+    options.max_h2_streams = H2_MAX_STREAMS;
+}
+
 /// Counts one request in flight to a target; dropping it ends the count.
 pub struct InFlight {
     pool: Arc<Pool>,
@@ -492,6 +519,7 @@ mod tests {
                     retries: 1,
                     outlier,
                     tls: None,
+                    http2: false,
                     health: None,
                     unhealthy_after: 3,
                     definition: UpstreamConfig {
@@ -504,12 +532,27 @@ mod tests {
                         read_timeout: None,
                         retries: None,
                         tls: None,
+                        http2: None,
                     },
                 },
                 &m,
             )
             .unwrap(),
         )
+    }
+
+    #[test]
+    fn http2_peers() {
+        use pingora_core::protocols::ALPN;
+        let mut plain = PeerOptions::new();
+        set_http2(&mut plain, false);
+        assert_eq!(
+            (plain.alpn, plain.max_h2_streams),
+            (ALPN::H2, H2_MAX_STREAMS)
+        );
+        let mut tls = PeerOptions::new();
+        set_http2(&mut tls, true);
+        assert_eq!(tls.alpn, ALPN::H2H1);
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod conf_files;
 mod edge_headers;
 mod forwarding;
 mod framing;
+mod http2;
 mod limits;
 mod limits_cluster;
 mod reload;

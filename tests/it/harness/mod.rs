@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod h2_upstream;
 pub mod load;
 pub mod moat;
 pub mod redis;
