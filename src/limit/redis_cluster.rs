@@ -346,7 +346,10 @@ mod tests {
     fn seeds() {
         let d = Duration::from_millis(50);
         assert!(ClusterClient::new(&[], d).is_err());
-        let ok = ["redis://:pw@127.0.0.1:7000".to_string(), "redis://h:7001/0".into()];
+        let ok = [
+            "redis://:pw@127.0.0.1:7000".to_string(),
+            "redis://h:7001/0".into(),
+        ];
         let c = ClusterClient::new(&ok, d).unwrap();
         assert_eq!(c.inner.seeds[1].db, None);
         // A learnt node logs in like the first seed, a seed like itself.
@@ -355,21 +358,27 @@ mod tests {
         assert_eq!(c.inner.node_for("h:7001").endpoint.auth, None);
         assert!(Arc::ptr_eq(&n, &c.inner.node_for("10.0.0.5:7005")));
         let e = ClusterClient::new(&[ok[0].clone(), "redis://h:1/3".into()], d);
-        assert_eq!(e.err().as_deref(), Some("entry 1: Redis Cluster has database 0 only"));
+        assert_eq!(
+            e.err().as_deref(),
+            Some("entry 1: Redis Cluster has database 0 only")
+        );
         assert!(ClusterClient::new(&["http://h".to_string()], d).is_err());
     }
 
     #[test]
     fn map_from_ranges_and_moved() {
-        let c = ClusterClient::new(&["redis://127.0.0.1:7000".to_string()], Duration::ZERO)
-            .unwrap();
+        let c =
+            ClusterClient::new(&["redis://127.0.0.1:7000".to_string()], Duration::ZERO).unwrap();
         let i = &c.inner;
         let r = |start, end, addr: &str| SlotRange {
             start,
             end,
             addr: addr.into(),
         };
-        i.install_ranges(&[r(0, 8000, "127.0.0.1:7000"), r(8001, 16383, "127.0.0.1:7001")]);
+        i.install_ranges(&[
+            r(0, 8000, "127.0.0.1:7000"),
+            r(8001, 16383, "127.0.0.1:7001"),
+        ]);
         let m = i.current();
         assert_eq!(m.nodes.len(), 2);
         let addr = |m: &SlotMap, s| m.node(s).map(|n| n.endpoint.addr.clone());

@@ -13,6 +13,7 @@ mod forwarding;
 mod framing;
 mod limits;
 mod limits_cluster;
+mod redis_cluster;
 mod reload;
 mod request_limits;
 mod routing;
