@@ -14,6 +14,9 @@ pub mod algo;
 pub mod cluster;
 pub mod fast;
 pub mod redis;
+pub mod redis_cluster;
+pub mod redis_node;
+pub mod redis_slots;
 pub mod replay;
 pub mod store;
 

@@ -1,25 +1,27 @@
-//! A small Redis client for cluster-scope limits (`redis.url`, one server): RESP over a
-//! tokio `TcpStream`, a few pooled connections, Lua scripts called by their SHA
-//! (`EVALSHA`, falling back to `EVAL` — which caches the script — on `NOSCRIPT`), every
-//! call bounded by `redis.timeout` as a whole (connect, retry and reply included), and a
-//! breaker: after [`TRIP_AFTER`] consecutive failures calls are skipped for [`OPEN_FOR`],
-//! then one probe call at a time decides whether Redis is back. Each failed call counts
-//! in `moat_redis_errors_total`. Nothing connects before the first call, so `moat check`
-//! never needs Redis. The URL (which may hold a password) is never logged.
+//! The Redis client of cluster-scope limits: one server (`redis.url`) or a Redis Cluster
+//! (`redis.cluster`, see [`super::redis_cluster`]). RESP over pooled tokio `TcpStream`s
+//! ([`super::redis_node`]), Lua scripts called by their SHA (`EVALSHA`, falling back to
+//! `EVAL` — which caches the script on that server — on `NOSCRIPT`), every call bounded
+//! by `redis.timeout` as a whole (connect, slot discovery, redirections, retry and reply
+//! included), and a breaker per server: after [`TRIP_AFTER`] consecutive failures calls
+//! to it are skipped for [`OPEN_FOR`], then one probe call at a time decides whether it
+//! is back. Each failed call counts in `moat_redis_errors_total`. Nothing connects before
+//! the first call, so `moat check` never needs Redis. URLs (which may hold a password)
+//! are never logged.
+//!
+//! In a cluster a call goes to the master of its key's slot: the first of `keys` for
+//! [`Redis::eval`] (a script's keys must share one slot: give them one `{hash tag}`), the
+//! second word for [`Redis::command`] (`SET key ...`, `GET key`, `INCR key`...).
 
+use super::redis_cluster::ClusterClient;
+use super::redis_node::{call, Breaker, Conn, Endpoint, Node};
 use crate::config::model::RedisConfig;
 use prometheus::IntCounter;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Consecutive failures that open the breaker.
-pub const TRIP_AFTER: u32 = 3;
-/// How long an open breaker skips Redis before probing.
-pub const OPEN_FOR: Duration = Duration::from_millis(500);
-const MAX_IDLE: usize = 32;
+pub use super::redis_node::{OPEN_FOR, TRIP_AFTER};
+
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// A Redis reply.
@@ -60,107 +62,53 @@ impl Script {
     }
 }
 
-struct Breaker {
-    failures: AtomicU32,
-    open_until_ms: AtomicU64,
-    probing: AtomicBool,
-    epoch: Instant,
+/// One call, before it is routed.
+pub enum Request<'a> {
+    /// A script with its keys and arguments.
+    Eval(&'a Script, &'a [&'a str], &'a [&'a str]),
+    /// A plain command, words in order.
+    Command(&'a [&'a [u8]]),
 }
 
-impl Breaker {
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    /// Whether a call may go out now.
-    fn admit(&self) -> bool {
-        let until = self.open_until_ms.load(Ordering::Acquire);
-        if until == 0 {
-            return true;
+impl Request<'_> {
+    /// The key that routes the call in a cluster: a script's first key, a command's second
+    /// word; `None` (any master) without one.
+    pub fn key(&self) -> Option<&[u8]> {
+        match self {
+            Request::Eval(_, keys, _) => keys.first().map(|k| k.as_bytes()),
+            Request::Command(args) => args.get(1).copied(),
         }
-        self.now_ms() >= until && !self.probing.swap(true, Ordering::AcqRel)
     }
+}
 
-    fn success(&self) {
-        self.failures.store(0, Ordering::Release);
-        self.open_until_ms.store(0, Ordering::Release);
-        self.probing.store(false, Ordering::Release);
-    }
-
-    fn failure(&self) {
-        let f = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        if f >= TRIP_AFTER || self.probing.load(Ordering::Acquire) {
-            let until = self.now_ms() + OPEN_FOR.as_millis() as u64;
-            self.open_until_ms.store(until.max(1), Ordering::Release);
-        }
-        self.probing.store(false, Ordering::Release);
-    }
+enum Backend {
+    Single(Arc<Node>),
+    Cluster(ClusterClient),
 }
 
 /// The client shared by every cluster-scope limiter of a config.
 pub struct Redis {
-    addr: String,
-    auth: Option<(Option<String>, String)>,
-    db: Option<u32>,
+    backend: Backend,
     timeout: Duration,
     /// Prefix of every key (`redis.key_prefix`, default `moat:`).
     pub prefix: String,
-    idle: Mutex<Vec<BufReader<TcpStream>>>,
-    breaker: Breaker,
     errors: IntCounter,
 }
-
-type Conn = BufReader<TcpStream>;
 
 impl Redis {
     /// Build from `redis:` (no I/O). Errors are operator messages.
     pub fn new(c: &RedisConfig, errors: IntCounter) -> Result<Redis, String> {
-        let url = c
-            .url
-            .as_deref()
-            .ok_or("give url (cluster is not supported yet)")?;
-        let rest = url
-            .strip_prefix("redis://")
-            .ok_or("expected redis://[user:password@]host:port[/db]")?;
-        let (auth, rest) = match rest.rsplit_once('@') {
-            Some((cred, r)) => {
-                let (user, pass) = match cred.split_once(':') {
-                    Some((u, p)) => ((!u.is_empty()).then(|| u.to_string()), p.to_string()),
-                    None => (None, cred.to_string()),
-                };
-                (Some((user, pass)), r)
-            }
-            None => (None, rest),
+        let timeout = c.timeout.map(|d| d.get()).unwrap_or(DEFAULT_TIMEOUT);
+        let backend = match (&c.url, &c.cluster) {
+            (Some(url), None) => Backend::Single(Arc::new(Node::new(Endpoint::parse(url)?))),
+            (None, Some(urls)) => Backend::Cluster(ClusterClient::new(urls, timeout)?),
+            (Some(_), Some(_)) => return Err("give url or cluster, not both".into()),
+            (None, None) => return Err("give url or cluster".into()),
         };
-        let (hostport, db) = match rest.split_once('/') {
-            Some((h, "")) => (h, None),
-            Some((h, d)) => (
-                h,
-                Some(d.parse::<u32>().map_err(|_| "bad database number")?),
-            ),
-            None => (rest, None),
-        };
-        let addr = if hostport.contains(':') {
-            hostport.to_string()
-        } else {
-            format!("{hostport}:6379")
-        };
-        if hostport.is_empty() {
-            return Err("the url names no host".into());
-        }
         Ok(Redis {
-            addr,
-            auth,
-            db,
-            timeout: c.timeout.map(|d| d.get()).unwrap_or(DEFAULT_TIMEOUT),
+            backend,
+            timeout,
             prefix: c.key_prefix.clone().unwrap_or_else(|| "moat:".into()),
-            idle: Mutex::new(Vec::new()),
-            breaker: Breaker {
-                failures: AtomicU32::new(0),
-                open_until_ms: AtomicU64::new(0),
-                probing: AtomicBool::new(false),
-                epoch: Instant::now(),
-            },
             errors,
         })
     }
@@ -172,215 +120,132 @@ impl Redis {
         keys: &[&str],
         args: &[&str],
     ) -> Result<Value, RedisError> {
-        self.guarded(self.eval_inner(script, keys, args)).await
+        self.run(&Request::Eval(script, keys, args)).await
     }
 
     /// Run one plain command (e.g. `SET k v NX PX ms`), bounded like [`Redis::eval`].
     pub async fn command(&self, args: &[&[u8]]) -> Result<Value, RedisError> {
-        self.guarded(async {
-            let mut conn = self.conn().await?;
-            let v = call(&mut conn, args).await?;
-            self.put_back(conn);
-            v.map_err(RedisError::Reply)
-        })
-        .await
+        self.run(&Request::Command(args)).await
     }
 
-    async fn guarded(
-        &self,
-        f: impl std::future::Future<Output = Result<Value, RedisError>>,
-    ) -> Result<Value, RedisError> {
-        if !self.breaker.admit() {
-            return Err(RedisError::Open);
-        }
-        let r = match tokio::time::timeout(self.timeout, f).await {
+    async fn run(&self, req: &Request<'_>) -> Result<Value, RedisError> {
+        // The breaker of the server the call depends on when it ends.
+        let mut used: Option<Arc<Breaker>> = None;
+        let call = async {
+            match &self.backend {
+                Backend::Single(node) => {
+                    if !node.breaker.admit() {
+                        return Err(RedisError::Open);
+                    }
+                    used = Some(Arc::clone(&node.breaker));
+                    exec(node, req, false).await?.map_err(RedisError::Reply)
+                }
+                Backend::Cluster(c) => c.call(req, &mut used).await,
+            }
+        };
+        let r = match tokio::time::timeout(self.timeout, call).await {
             Ok(r) => r,
             Err(_) => Err(RedisError::Timeout),
         };
         match &r {
-            Ok(_) => self.breaker.success(),
+            Err(RedisError::Open) => {}
+            Ok(_) => {
+                if let Some(b) = used {
+                    b.success();
+                }
+            }
             Err(e) => {
                 self.errors.inc();
-                self.breaker.failure();
+                if let Some(b) = used {
+                    b.failure();
+                }
                 log::warn!("redis call failed: {e:?}");
             }
         }
         r
     }
+}
 
-    async fn eval_inner(
-        &self,
-        script: &Script,
-        keys: &[&str],
-        args: &[&str],
-    ) -> Result<Value, RedisError> {
-        let mut conn = self.conn().await?;
-        let n = keys.len().to_string();
-        let mut cmd: Vec<&[u8]> = vec![b"EVALSHA", script.sha.as_bytes(), n.as_bytes()];
-        cmd.extend(keys.iter().map(|k| k.as_bytes()));
-        cmd.extend(args.iter().map(|a| a.as_bytes()));
-        let mut v = call(&mut conn, &cmd).await?;
-        if matches!(&v, Err(e) if e.starts_with("NOSCRIPT")) {
-            cmd[0] = b"EVAL";
-            cmd[1] = script.text.as_bytes();
-            v = call(&mut conn, &cmd).await?;
-        }
-        self.put_back(conn);
-        v.map_err(RedisError::Reply)
-    }
-
-    async fn conn(&self) -> Result<Conn, RedisError> {
-        match self.idle.lock().ok().and_then(|mut v| v.pop()) {
-            Some(c) => Ok(c),
-            None => self.connect().await,
-        }
-    }
-
-    fn put_back(&self, conn: Conn) {
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < MAX_IDLE {
-                idle.push(conn);
+/// Run `req` on `node` (after `ASKING` when `asking`): the outer error is the
+/// connection's, the inner one Redis's reply.
+pub(super) async fn exec(
+    node: &Node,
+    req: &Request<'_>,
+    asking: bool,
+) -> Result<Result<Value, String>, RedisError> {
+    let mut conn = node.conn().await?;
+    let r = match req {
+        Request::Command(args) => send(&mut conn, asking, args).await?,
+        Request::Eval(script, keys, args) => {
+            let n = keys.len().to_string();
+            let mut cmd: Vec<&[u8]> = vec![b"EVALSHA", script.sha.as_bytes(), n.as_bytes()];
+            cmd.extend(keys.iter().map(|k| k.as_bytes()));
+            cmd.extend(args.iter().map(|a| a.as_bytes()));
+            let mut v = send(&mut conn, asking, &cmd).await?;
+            if matches!(&v, Err(e) if e.starts_with("NOSCRIPT")) {
+                cmd[0] = b"EVAL";
+                cmd[1] = script.text.as_bytes();
+                v = send(&mut conn, asking, &cmd).await?;
             }
+            v
         }
-    }
-
-    async fn connect(&self) -> Result<Conn, RedisError> {
-        let s = TcpStream::connect(&self.addr)
-            .await
-            .map_err(|e| RedisError::Io(e.kind().to_string()))?;
-        let _ = s.set_nodelay(true);
-        let mut conn = BufReader::new(s);
-        if let Some((user, pass)) = &self.auth {
-            let mut cmd: Vec<&[u8]> = vec![b"AUTH"];
-            if let Some(u) = user {
-                cmd.push(u.as_bytes());
-            }
-            cmd.push(pass.as_bytes());
-            call(&mut conn, &cmd).await?.map_err(RedisError::Reply)?;
-        }
-        if let Some(db) = self.db {
-            let d = db.to_string();
-            call(&mut conn, &[b"SELECT", d.as_bytes()])
-                .await?
-                .map_err(RedisError::Reply)?;
-        }
-        Ok(conn)
-    }
-}
-
-fn io(e: std::io::Error) -> RedisError {
-    RedisError::Io(e.kind().to_string())
-}
-
-/// Send one command; the outer error is the connection's, the inner one Redis's reply.
-async fn call(conn: &mut Conn, args: &[&[u8]]) -> Result<Result<Value, String>, RedisError> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    conn.get_mut().write_all(&out).await.map_err(io)?;
-    match read_scalar(conn).await? {
-        Reply::Value(v) => Ok(Ok(v)),
-        Reply::Error(e) => Ok(Err(e)),
-        Reply::Array(n) => {
-            let mut items = Vec::with_capacity(n.min(64));
-            for _ in 0..n {
-                match read_scalar(conn).await? {
-                    Reply::Value(v) => items.push(v),
-                    Reply::Error(e) => return Ok(Err(e)),
-                    Reply::Array(_) => return Err(RedisError::Io("nested array".into())),
-                }
-            }
-            Ok(Ok(Value::Array(items)))
-        }
-    }
-}
-
-enum Reply {
-    Value(Value),
-    Error(String),
-    Array(usize),
-}
-
-async fn read_scalar(conn: &mut Conn) -> Result<Reply, RedisError> {
-    let mut line = Vec::with_capacity(32);
-    let n = conn.read_until(b'\n', &mut line).await.map_err(io)?;
-    if n < 3 || !line.ends_with(b"\r\n") {
-        return Err(RedisError::Io("connection closed".into()));
-    }
-    let body = String::from_utf8_lossy(&line[1..n - 2]).into_owned();
-    let num = || {
-        body.parse::<i64>()
-            .map_err(|_| RedisError::Io("bad reply".into()))
     };
-    Ok(match line[0] {
-        b'+' => Reply::Value(Value::Bytes(body.into_bytes())),
-        b'-' => Reply::Error(body),
-        b':' => Reply::Value(Value::Int(num()?)),
-        b'$' => match num()? {
-            len if len < 0 => Reply::Value(Value::Nil),
-            len => {
-                let mut buf = vec![0u8; len as usize + 2];
-                conn.read_exact(&mut buf).await.map_err(io)?;
-                buf.truncate(len as usize);
-                Reply::Value(Value::Bytes(buf))
-            }
-        },
-        b'*' => match num()? {
-            len if len < 0 => Reply::Value(Value::Nil),
-            len => Reply::Array(len as usize),
-        },
-        _ => return Err(RedisError::Io("bad reply".into())),
-    })
+    node.put_back(conn);
+    Ok(r)
+}
+
+/// `cmd`, preceded by `ASKING` (which holds for the next command only) when `asking`.
+async fn send(
+    conn: &mut Conn,
+    asking: bool,
+    cmd: &[&[u8]],
+) -> Result<Result<Value, String>, RedisError> {
+    if asking {
+        if let Err(e) = call(conn, &[b"ASKING"]).await? {
+            return Ok(Err(e));
+        }
+    }
+    call(conn, cmd).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn cfg(url: &str) -> RedisConfig {
+    fn cfg(url: Option<&str>, cluster: Option<&[&str]>) -> RedisConfig {
         RedisConfig {
-            url: Some(url.into()),
-            cluster: None,
+            url: url.map(Into::into),
+            cluster: cluster.map(|c| c.iter().map(|u| u.to_string()).collect()),
             timeout: None,
             key_prefix: None,
         }
     }
 
     #[test]
-    fn urls() {
+    fn builds_from_config() {
         let c = IntCounter::new("x", "x").unwrap();
-        let r = Redis::new(&cfg("redis://:s3cret@10.0.0.1:7000/2"), c.clone()).unwrap();
-        assert_eq!((r.addr.as_str(), r.db), ("10.0.0.1:7000", Some(2)));
-        assert_eq!(r.auth, Some((None, "s3cret".into())));
-        let r = Redis::new(&cfg("redis://cache"), c.clone()).unwrap();
-        assert_eq!(
-            (r.addr.as_str(), r.db, r.prefix.as_str()),
-            ("cache:6379", None, "moat:")
-        );
-        assert!(Redis::new(&cfg("http://x"), c.clone()).is_err());
-        assert!(Redis::new(&cfg("redis://h:1/x"), c).is_err());
+        let r = Redis::new(&cfg(Some("redis://cache"), None), c.clone()).unwrap();
+        assert!(matches!(r.backend, Backend::Single(_)));
+        assert_eq!((r.prefix.as_str(), r.timeout), ("moat:", DEFAULT_TIMEOUT));
+        let seeds = ["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"];
+        let r = Redis::new(&cfg(None, Some(&seeds)), c.clone()).unwrap();
+        assert!(matches!(r.backend, Backend::Cluster(_)));
+        assert!(Redis::new(&cfg(Some("http://x"), None), c.clone()).is_err());
+        assert!(Redis::new(&cfg(Some("redis://h"), Some(&seeds)), c.clone()).is_err());
+        assert!(Redis::new(&cfg(None, None), c.clone()).is_err());
+        assert!(Redis::new(&cfg(None, Some(&[])), c).is_err());
     }
 
     #[test]
-    fn breaker_opens_then_probes_once() {
-        let b = Breaker {
-            failures: AtomicU32::new(0),
-            open_until_ms: AtomicU64::new(0),
-            probing: AtomicBool::new(false),
-            epoch: Instant::now() - Duration::from_secs(10),
-        };
-        for _ in 0..TRIP_AFTER {
-            assert!(b.admit());
-            b.failure();
-        }
-        assert!(!b.admit());
-        b.open_until_ms.store(1, Ordering::Release); // pretend the pause is over
-        assert!(b.admit());
-        assert!(!b.admit(), "a single probe at a time");
-        b.success();
-        assert!(b.admit() && b.admit());
+    fn routing_keys() {
+        let s = Script::new("return 1");
+        assert_eq!(
+            Request::Eval(&s, &["a", "b"], &["1"]).key(),
+            Some(&b"a"[..])
+        );
+        assert_eq!(Request::Eval(&s, &[], &[]).key(), None);
+        let set: [&[u8]; 3] = [b"SET", b"k", b"1"];
+        assert_eq!(Request::Command(&set).key(), Some(&b"k"[..]));
+        assert_eq!(Request::Command(&[b"PING"]).key(), None);
     }
 }

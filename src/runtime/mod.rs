@@ -320,10 +320,7 @@ fn redis_client(
     previous: Option<&Runtime>,
     errs: &mut ConfigErrors,
 ) -> Option<Arc<crate::limit::redis::Redis>> {
-    let rc = cfg
-        .redis
-        .as_ref()
-        .filter(|r| r.cluster.is_none() && r.url.is_some())?;
+    let rc = cfg.redis.as_ref()?;
     if let Some(prev) = previous.filter(|p| {
         serde_json::to_string(&p.config.redis).ok() == serde_json::to_string(&cfg.redis).ok()
     }) {
@@ -334,7 +331,11 @@ fn redis_client(
     match crate::limit::redis::Redis::new(rc, metrics.redis_errors.clone()) {
         Ok(r) => Some(Arc::new(r)),
         Err(e) => {
-            errs.push("redis.url", e);
+            // validate() checks the same things with precise paths: report only if it
+            // did not.
+            if !errs.0.iter().any(|e| e.path.starts_with("redis")) {
+                errs.push("redis", e);
+            }
             None
         }
     }

@@ -14,6 +14,7 @@ mod framing;
 mod http2;
 mod limits;
 mod limits_cluster;
+mod redis_cluster;
 mod reload;
 mod request_limits;
 mod routing;
