@@ -13,6 +13,7 @@ mod forwarding;
 mod framing;
 mod limits;
 mod limits_cluster;
+mod limits_shared;
 mod reload;
 mod request_limits;
 mod routing;
