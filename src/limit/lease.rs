@@ -109,11 +109,6 @@ impl Leases {
         format!("{}{{cc:{}:{}}}", self.redis.prefix, self.id, key)
     }
 
-    /// Leases this instance holds for `key`.
-    pub fn held(&self, key: &str) -> usize {
-        lock(&self.live).get(key).map_or(0, Vec::len)
-    }
-
     /// Take a slot of `key` if fewer than `max` are held across the cluster (one Redis
     /// call). `Ok(None)`: refused; `Err`: Redis could not decide.
     pub async fn acquire(

@@ -1,4 +1,6 @@
-//! `rate_limit` and `quota`: request counting per key on this instance (`scope: local`).
+//! `rate_limit` and `quota`: request counting per key, on this instance (`scope: local`)
+//! or across instances through Redis (`scope: cluster`: `limit::cluster` for exact
+//! decisions, `limit::fast` and `limit::fast_bucket` for `mode: fast`).
 //!
 //! - `rate_limit`: `key`, `rate`, `algorithm` (sliding_window by default, token_bucket
 //!   with capacity `burst` — the default when `burst` is given —, fixed_window; see
@@ -6,7 +8,8 @@
 //!   overriding the rate by the consumer's tier. Refusals: 429 `RATE_LIMITED`.
 //! - `quota`: a fixed window aligned on UTC calendar minutes, hours or days (the unit of
 //!   `limit`), tiered the same way. Refusals: 429 `QUOTA_EXCEEDED`, `Retry-After` until the
-//!   window ends.
+//!   window ends. With `scope: cluster` it is the exact fixed window in Redis, on Redis's
+//!   clock and epoch-aligned, hence the same UTC calendar windows.
 //!
 //! Both record `RateLimit-Limit/Remaining/Reset` for the response (the most restrictive
 //! limiter of the request wins; the response phase writes them on upstream answers and on
