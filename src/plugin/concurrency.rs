@@ -39,6 +39,7 @@ impl Concurrency {
         env: &CompileEnv,
         errs: &mut ConfigErrors,
     ) -> Option<Concurrency> {
+        let before = errs.0.len();
         let local_only = [
             ("on_redis_error", c.on_redis_error.is_some()),
             ("lease", c.lease.is_some()),
@@ -51,9 +52,8 @@ impl Concurrency {
         let key = KeySource::compile(&c.key, &join(path, "key"), errs)?;
         if c.max == 0 {
             errs.push(join(path, "max"), "must be at least 1");
-            return None;
         }
-        if c.scope == crate::config::model::LimitScope::Cluster && redis.is_none() {
+        if errs.0.len() != before {
             return None;
         }
         // Every instance with this config names the same Redis keys; the state (live
