@@ -666,6 +666,11 @@ pub struct QuotaConfig {
     pub tiers: BTreeMap<String, Rate>,
     /// Keys tracked at most (addition to the reference file; default 1,000,000).
     pub max_keys: Option<usize>,
+    /// Where the counters live (addition to the reference file; default local).
+    #[serde(default)]
+    pub scope: LimitScope,
+    /// Cluster scope: what to do when Redis fails (addition; default local).
+    pub on_redis_error: Option<OnRedisError>,
 }
 
 /// `concurrency`.
@@ -674,6 +679,14 @@ pub struct QuotaConfig {
 pub struct ConcurrencyConfig {
     pub key: String,
     pub max: u32,
+    /// Where the slots are counted (addition to the reference file; default local).
+    #[serde(default)]
+    pub scope: LimitScope,
+    /// Cluster scope: what to do when Redis fails (addition; default local).
+    pub on_redis_error: Option<OnRedisError>,
+    /// Cluster scope: how long a slot outlives an instance that stopped renewing it
+    /// (addition; default 10s, at least 1s).
+    pub lease: Option<Dur>,
 }
 
 /// `ip_filter`.

@@ -4,7 +4,8 @@
 //! `sync_interval` (default 100 ms) in a background task: one atomic script adds this
 //! instance's new admissions to the window's shared counter and returns the totals of
 //! the current and previous windows. Windows are aligned on the instances' own clocks
-//! (keep them in NTP sync); `fixed_window` and `sliding_window` only.
+//! (keep them in NTP sync); `fixed_window` and `sliding_window` (token buckets: see
+//! `fast_bucket`).
 //!
 //! Overshoot bound: an instance's view lags the truth by the other instances'
 //! admissions not yet synced, at most what each of them received within about two sync

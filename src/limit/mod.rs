@@ -13,6 +13,8 @@
 pub mod algo;
 pub mod cluster;
 pub mod fast;
+pub mod fast_bucket;
+pub mod lease;
 pub mod redis;
 pub mod redis_cluster;
 pub mod redis_node;
@@ -145,6 +147,8 @@ pub struct ReqLimits {
     pub headers: Option<RateHeaders>,
     /// Concurrency slots held until the request ends.
     pub held: Vec<store::Held>,
+    /// Cluster concurrency leases held until the request ends.
+    pub leases: Vec<lease::Lease>,
 }
 
 impl ReqLimits {

@@ -1,12 +1,16 @@
-//! `concurrency`: at most `max` requests in flight per key on this instance. The slot is
-//! an RAII guard kept in the request context, so it is released whenever the context
-//! drops: completion, error reply, client abort, upstream timeout. Refusals: 429
-//! `CONCURRENCY_LIMITED` with `Retry-After: 1`.
+//! `concurrency`: at most `max` requests in flight per key, on this instance (`scope:
+//! local`, default) or across every instance sharing the `redis:` (`scope: cluster`: a
+//! lease per slot in Redis, see `limit::lease`; `on_redis_error` allow, deny with 503 or
+//! local — this instance's own count — [local]). The slot is an RAII guard kept in the
+//! request context, so it is released whenever the context drops: completion, error
+//! reply, client abort, upstream timeout. Refusals: 429 `CONCURRENCY_LIMITED` with
+//! `Retry-After: 1`.
 
 use super::{CompileEnv, Flow, Phases, Plugin};
 use crate::config::error::{join, ConfigErrors};
-use crate::config::model::ConcurrencyConfig;
+use crate::config::model::{ConcurrencyConfig, OnRedisError};
 use crate::ctx::RequestCtx;
+use crate::limit::lease::{Leases, DEFAULT_LEASE, MIN_LEASE};
 use crate::limit::store::Inflight;
 use crate::limit::KeySource;
 use crate::reply::{ErrorCode, Reply};
@@ -22,6 +26,8 @@ pub struct Concurrency {
     max: u32,
     message: String,
     inflight: Arc<Inflight>,
+    /// Cluster scope: the leases and what to do when Redis fails.
+    cluster: Option<(Arc<Leases>, OnRedisError)>,
     decisions: IntCounterVec,
 }
 
@@ -33,11 +39,34 @@ impl Concurrency {
         env: &CompileEnv,
         errs: &mut ConfigErrors,
     ) -> Option<Concurrency> {
+        let before = errs.0.len();
+        let local_only = [
+            ("on_redis_error", c.on_redis_error.is_some()),
+            ("lease", c.lease.is_some()),
+        ];
+        let redis = super::rate_limit::cluster_redis(c.scope, &local_only, path, env, errs);
+        let lease = c.lease.map_or(DEFAULT_LEASE, |d| d.get());
+        if lease < MIN_LEASE {
+            errs.push(join(path, "lease"), "must be at least 1s");
+        }
         let key = KeySource::compile(&c.key, &join(path, "key"), errs)?;
         if c.max == 0 {
             errs.push(join(path, "max"), "must be at least 1");
+        }
+        if errs.0.len() != before {
             return None;
         }
+        // Every instance with this config names the same Redis keys; the state (live
+        // leases, renewal task) carries over a reload that keeps the place, lease and
+        // Redis client.
+        let cluster = redis.map(|r| {
+            let name = format!("{path}|concurrency|{}", c.key);
+            let leases = env.limits.get_or_make(
+                format!("{name}|cluster|{lease:?}|{:p}", Arc::as_ptr(r)),
+                || Leases::new(Arc::clone(r), &name, lease),
+            );
+            (leases, c.on_redis_error.unwrap_or(OnRedisError::Local))
+        });
         // Slots held across a reload stay counted: the key only depends on the place.
         let inflight = env
             .limits
@@ -47,6 +76,7 @@ impl Concurrency {
             max: c.max,
             message: format!("more than {} requests in flight", c.max),
             inflight,
+            cluster,
             decisions: env.metrics.ratelimit_decisions.clone(),
         })
     }
@@ -68,24 +98,63 @@ impl Plugin for Concurrency {
     async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Flow {
         let mut key = String::with_capacity(48);
         self.key.extract(session.req_header(), ctx, &mut key);
-        let held = self.inflight.acquire(&key, self.max);
-        let result = if held.is_some() { "allowed" } else { "limited" };
-        self.decisions
-            .with_label_values(&[ctx.route_name(), "concurrency", result])
-            .inc();
-        match held {
-            Some(h) => {
-                ctx.limits.held.push(h);
+        let allowed = match &self.cluster {
+            None => self
+                .inflight
+                .acquire(&key, self.max)
+                .map(|h| ctx.limits.held.push(h)),
+            Some((leases, on_error)) => match leases.acquire(&key, self.max).await {
+                Ok(lease) => lease.map(|l| ctx.limits.leases.push(l)),
+                Err(_) => {
+                    self.count(ctx, "error");
+                    ctx.ratelimit = Some("error");
+                    match on_error {
+                        OnRedisError::Allow => return Flow::Continue,
+                        OnRedisError::Deny => {
+                            return Flow::Reply(Reply::error(
+                                ErrorCode::ServiceUnavailable,
+                                "the concurrency limiter is unavailable",
+                            ))
+                        }
+                        OnRedisError::Local => {
+                            return match self.inflight.acquire(&key, self.max) {
+                                Some(h) => {
+                                    ctx.limits.held.push(h);
+                                    Flow::Continue
+                                }
+                                None => self.refuse(ctx),
+                            };
+                        }
+                    }
+                }
+            },
+        };
+        match allowed {
+            Some(()) => {
+                self.count(ctx, "allowed");
                 ctx.ratelimit.get_or_insert("allowed");
                 Flow::Continue
             }
             None => {
-                ctx.ratelimit = Some("limited");
-                Flow::Reply(
-                    Reply::error(ErrorCode::ConcurrencyLimited, self.message.clone())
-                        .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1")),
-                )
+                self.count(ctx, "limited");
+                self.refuse(ctx)
             }
         }
+    }
+}
+
+impl Concurrency {
+    fn count(&self, ctx: &RequestCtx, result: &str) {
+        self.decisions
+            .with_label_values(&[ctx.route_name(), "concurrency", result])
+            .inc();
+    }
+
+    fn refuse(&self, ctx: &mut RequestCtx) -> Flow {
+        ctx.ratelimit = Some("limited");
+        Flow::Reply(
+            Reply::error(ErrorCode::ConcurrencyLimited, self.message.clone())
+                .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1")),
+        )
     }
 }

@@ -1,4 +1,6 @@
-//! `rate_limit` and `quota`: request counting per key on this instance (`scope: local`).
+//! `rate_limit` and `quota`: request counting per key, on this instance (`scope: local`)
+//! or across instances through Redis (`scope: cluster`: `limit::cluster` for exact
+//! decisions, `limit::fast` and `limit::fast_bucket` for `mode: fast`).
 //!
 //! - `rate_limit`: `key`, `rate`, `algorithm` (sliding_window by default, token_bucket
 //!   with capacity `burst` — the default when `burst` is given —, fixed_window; see
@@ -6,7 +8,8 @@
 //!   overriding the rate by the consumer's tier. Refusals: 429 `RATE_LIMITED`.
 //! - `quota`: a fixed window aligned on UTC calendar minutes, hours or days (the unit of
 //!   `limit`), tiered the same way. Refusals: 429 `QUOTA_EXCEEDED`, `Retry-After` until the
-//!   window ends.
+//!   window ends. With `scope: cluster` it is the exact fixed window in Redis, on Redis's
+//!   clock and epoch-aligned, hence the same UTC calendar windows.
 //!
 //! Both record `RateLimit-Limit/Remaining/Reset` for the response (the most restrictive
 //! limiter of the request wins; the response phase writes them on upstream answers and on
@@ -24,6 +27,8 @@ use crate::ctx::RequestCtx;
 use crate::limit::algo::{now_us, Algorithm, Limit, Outcome, SEC};
 use crate::limit::cluster::Cluster;
 use crate::limit::fast::{Fast, DEFAULT_SYNC_US};
+use crate::limit::fast_bucket::FastBucket;
+use crate::limit::redis::Redis;
 use crate::limit::store::{Store, DEFAULT_MAX_KEYS};
 use crate::limit::{KeySource, RateHeaders};
 use crate::reply::{ErrorCode, Reply};
@@ -45,6 +50,8 @@ enum Scope {
     Exact(Cluster),
     /// Local decisions, reconciled every `sync_interval`.
     Fast(Arc<Fast>),
+    /// A token bucket decided locally, reconciled every `sync_interval`.
+    FastBucket(Arc<FastBucket>),
 }
 
 /// One rate with its refusal message.
@@ -93,47 +100,33 @@ impl RateLimit {
         }
         let bucket = c.algorithm == Some(RateAlgorithm::TokenBucket)
             || (c.algorithm.is_none() && c.burst.is_some());
-        if fast && bucket {
-            errs.push(
-                join(path, "mode"),
-                "mode: fast supports fixed_window and sliding_window (token_bucket: not supported yet)",
-            );
-        }
-        let cluster = if c.scope == LimitScope::Cluster {
-            let fingerprint = format!("{path}|{settings}");
-            let scope = |r: &Arc<crate::limit::redis::Redis>| match fast {
-                false => Scope::Exact(Cluster::new(Arc::clone(r), &fingerprint)),
-                true => Scope::Fast(Arc::new(Fast::new(
-                    Arc::clone(r),
-                    &fingerprint,
-                    c.sync_interval
-                        .map(|d| d.get().as_micros() as u64)
-                        .unwrap_or(DEFAULT_SYNC_US),
-                    c.max_keys.unwrap_or(DEFAULT_MAX_KEYS),
-                ))),
-            };
-            match env.redis {
-                Some(r) => Some((scope(r), c.on_redis_error.unwrap_or(OnRedisError::Local))),
-                None => {
-                    errs.push(
-                        join(path, "scope"),
-                        "scope: cluster needs the redis: section",
-                    );
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        for (k, set) in [
+        let local_only = [
             ("on_redis_error", c.on_redis_error.is_some()),
             ("mode", c.mode.is_some()),
             ("sync_interval", c.sync_interval.is_some()),
-        ] {
-            if set && c.scope == LimitScope::Local {
-                errs.push(join(path, k), "only applies with scope: cluster");
-            }
-        }
+        ];
+        let cluster = cluster_redis(c.scope, &local_only, path, env, errs).map(|r| {
+            let fingerprint = format!("{path}|{settings}");
+            let interval = c
+                .sync_interval
+                .map(|d| d.get().as_micros() as u64)
+                .unwrap_or(DEFAULT_SYNC_US);
+            let max_keys = c.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
+            let r = Arc::clone(r);
+            let scope = match (fast, bucket) {
+                (false, _) => Scope::Exact(Cluster::new(r, &fingerprint)),
+                (true, false) => {
+                    Scope::Fast(Arc::new(Fast::new(r, &fingerprint, interval, max_keys)))
+                }
+                (true, true) => Scope::FastBucket(Arc::new(FastBucket::new(
+                    r,
+                    &fingerprint,
+                    interval,
+                    max_keys,
+                ))),
+            };
+            (scope, c.on_redis_error.unwrap_or(OnRedisError::Local))
+        });
         // `burst` without an algorithm means a token bucket (the reference file's form).
         let default = match c.burst {
             Some(_) => RateAlgorithm::TokenBucket,
@@ -188,11 +181,23 @@ impl RateLimit {
         env: &CompileEnv,
         errs: &mut ConfigErrors,
     ) -> Option<RateLimit> {
+        let before = errs.0.len();
+        let settings = serde_json::to_string(c).unwrap_or_default();
+        let local_only = [("on_redis_error", c.on_redis_error.is_some())];
+        let cluster = cluster_redis(c.scope, &local_only, path, env, errs).map(|r| {
+            // Fixed windows on Redis's clock, aligned on the Unix epoch: UTC calendar
+            // minutes, hours and days.
+            let exact = Cluster::new(Arc::clone(r), &format!("{path}|{settings}"));
+            (
+                Scope::Exact(exact),
+                c.on_redis_error.unwrap_or(OnRedisError::Local),
+            )
+        });
         let tiered = |r: &Rate| Tiered {
             limit: limit_of(r, None),
             message: format!("quota of {r} exceeded"),
         };
-        Self::build(
+        let mut p = Self::build(
             "quota",
             ErrorCode::QuotaExceeded,
             &c.key,
@@ -201,10 +206,14 @@ impl RateLimit {
             c.tiers.iter().map(|(k, r)| (k.as_str(), tiered(r))),
             c.max_keys,
             path,
-            &serde_json::to_string(c).unwrap_or_default(),
+            &settings,
             env,
             errs,
-        )
+        );
+        if let Some(p) = &mut p {
+            p.cluster = cluster;
+        }
+        (errs.0.len() == before).then_some(p).flatten()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -265,6 +274,33 @@ impl RateLimit {
     }
 }
 
+/// The Redis client a limiter at `path` with `scope` uses: `None` for local scope (then
+/// each `local_only` setting that is given is an error at its path) and, with an error at
+/// `path.scope`, when `scope: cluster` has no `redis:` section.
+pub(super) fn cluster_redis<'a>(
+    scope: LimitScope,
+    local_only: &[(&str, bool)],
+    path: &str,
+    env: &CompileEnv<'a>,
+    errs: &mut ConfigErrors,
+) -> Option<&'a Arc<Redis>> {
+    if scope == LimitScope::Local {
+        for (k, set) in local_only {
+            if *set {
+                errs.push(join(path, k), "only applies with scope: cluster");
+            }
+        }
+        return None;
+    }
+    if env.redis.is_none() {
+        errs.push(
+            join(path, "scope"),
+            "scope: cluster needs the redis: section",
+        );
+    }
+    env.redis
+}
+
 /// Write the noted `RateLimit-*` headers into `resp`.
 pub fn write_headers(ctx: &RequestCtx, resp: &mut ResponseHeader) {
     if let Some(h) = ctx.limits.headers {
@@ -303,17 +339,32 @@ impl Plugin for RateLimit {
                 self.algo.decide(s, &t.limit, now)
             })
         };
-        let decided = match &self.cluster {
-            None => Ok(local()),
-            Some((Scope::Exact(c), _)) => c.decide(&key, self.algo, &t.limit).await.map_err(|_| ()),
-            Some((Scope::Fast(f), on_error)) => {
-                let healthy = f.healthy();
+        let out = match &self.cluster {
+            None => local(),
+            Some((scope, on_error)) => {
                 // Always decided (and synced) locally, so syncs keep probing Redis while
                 // it is unhealthy and `healthy` comes back by itself.
-                let out = f.decide(&key, self.algo, &t.limit, now_us(), self.idle_after);
+                let (healthy, out) = match scope {
+                    Scope::FastBucket(f) => (
+                        f.healthy(),
+                        f.decide(&key, &t.limit, now_us(), self.idle_after),
+                    ),
+                    Scope::Fast(f) => (
+                        f.healthy(),
+                        f.decide(&key, self.algo, &t.limit, now_us(), self.idle_after),
+                    ),
+                    Scope::Exact(c) => (
+                        true,
+                        match c.decide(&key, self.algo, &t.limit).await {
+                            Ok(out) => out,
+                            Err(_) => return self.redis_failed(ctx, t, *on_error, local),
+                        },
+                    ),
+                };
                 match (healthy, on_error) {
-                    (true, _) => Ok(out),
+                    (true, _) => out,
                     (false, OnRedisError::Local) => {
+                        // The fast view is this instance's own limiter.
                         self.decisions
                             .with_label_values(&[ctx.route_name(), self.name, "error"])
                             .inc();
@@ -321,31 +372,7 @@ impl Plugin for RateLimit {
                         note(ctx, &out);
                         return self.verdict(ctx, t, out);
                     }
-                    (false, _) => Err(()),
-                }
-            }
-        };
-        let out: Outcome = match (decided, &self.cluster) {
-            (Ok(out), _) => out,
-            (Err(()), None) => local(),
-            (Err(()), Some((_, on_error))) => {
-                self.decisions
-                    .with_label_values(&[ctx.route_name(), self.name, "error"])
-                    .inc();
-                ctx.ratelimit = Some("error");
-                match on_error {
-                    OnRedisError::Allow => return Flow::Continue,
-                    OnRedisError::Deny => {
-                        return Flow::Reply(Reply::error(
-                            ErrorCode::ServiceUnavailable,
-                            "the rate limiter is unavailable",
-                        ))
-                    }
-                    OnRedisError::Local => {
-                        let out = local();
-                        note(ctx, &out);
-                        return self.verdict(ctx, t, out);
-                    }
+                    (false, on_error) => return self.redis_failed(ctx, t, *on_error, local),
                 }
             }
         };
@@ -371,6 +398,35 @@ fn note(ctx: &mut RequestCtx, out: &Outcome) {
 }
 
 impl RateLimit {
+    /// Redis could not decide: count the error and apply `on_error`.
+    fn redis_failed(
+        &self,
+        ctx: &mut RequestCtx,
+        t: &Tiered,
+        on_error: OnRedisError,
+        local: impl FnOnce() -> Outcome,
+    ) -> Flow {
+        self.decisions
+            .with_label_values(&[ctx.route_name(), self.name, "error"])
+            .inc();
+        ctx.ratelimit = Some("error");
+        match on_error {
+            OnRedisError::Allow => Flow::Continue,
+            OnRedisError::Deny => Flow::Reply(Reply::error(
+                ErrorCode::ServiceUnavailable,
+                match self.code {
+                    ErrorCode::QuotaExceeded => "the quota limiter is unavailable",
+                    _ => "the rate limiter is unavailable",
+                },
+            )),
+            OnRedisError::Local => {
+                let out = local();
+                note(ctx, &out);
+                self.verdict(ctx, t, out)
+            }
+        }
+    }
+
     fn verdict(&self, ctx: &mut RequestCtx, t: &Tiered, out: Outcome) -> Flow {
         if out.allowed {
             ctx.ratelimit.get_or_insert("allowed");

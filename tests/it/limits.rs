@@ -269,7 +269,7 @@ fn bad_limiter_settings_are_refused_with_their_paths() {
     let cfg = dir.join("bad.yaml");
     std::fs::write(
         &cfg,
-        "listeners:\n  - { name: public, address: 127.0.0.1:1 }\nroutes:\n  - name: p\n    match: { path: /p }\n    respond: { status: 200 }\n    plugins:\n      - rate_limit: { key: ip, rate: 5/s, algorithm: fixed_window, burst: 3, scope: cluster }\n      - rate_limit: { key: ip, rate: 5/s, scope: cluster, mode: fast, algorithm: token_bucket }\n      - rate_limit: { key: \"header:bad header\", rate: 5/s, on_redis_error: deny }\n      - concurrency: { key: ip, max: 0 }\n",
+        "listeners:\n  - { name: public, address: 127.0.0.1:1 }\nroutes:\n  - name: p\n    match: { path: /p }\n    respond: { status: 200 }\n    plugins:\n      - rate_limit: { key: ip, rate: 5/s, algorithm: fixed_window, burst: 3, scope: cluster }\n      - quota: { key: ip, limit: 5/m, scope: cluster }\n      - rate_limit: { key: \"header:bad header\", rate: 5/s, on_redis_error: deny }\n      - concurrency: { key: ip, max: 0, lease: 5s, on_redis_error: deny }\n      - concurrency: { key: ip, max: 1, scope: cluster, lease: 100ms }\n",
     )
     .unwrap();
     let out = std::process::Command::new(crate::harness::moat::bin())
@@ -282,7 +282,11 @@ fn bad_limiter_settings_are_refused_with_their_paths() {
     assert!(!out.status.success());
     for want in [
         "routes[0].plugins[0].rate_limit.scope: scope: cluster needs the redis: section",
-        "routes[0].plugins[1].rate_limit.mode: mode: fast supports fixed_window and sliding_window",
+        "routes[0].plugins[1].quota.scope: scope: cluster needs the redis: section",
+        "routes[0].plugins[3].concurrency.lease: only applies with scope: cluster",
+        "routes[0].plugins[3].concurrency.on_redis_error: only applies with scope: cluster",
+        "routes[0].plugins[4].concurrency.scope: scope: cluster needs the redis: section",
+        "routes[0].plugins[4].concurrency.lease: must be at least 1s",
         "routes[0].plugins[0].rate_limit.burst: burst applies to algorithm: token_bucket only",
         "routes[0].plugins[2].rate_limit.on_redis_error: only applies with scope: cluster",
         "routes[0].plugins[2].rate_limit.key: `header:bad header`",

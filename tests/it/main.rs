@@ -14,6 +14,7 @@ mod framing;
 mod http2;
 mod limits;
 mod limits_cluster;
+mod limits_shared;
 mod redis_cluster;
 mod reload;
 mod request_limits;
