@@ -193,6 +193,7 @@ pub fn run(
     let listeners: Vec<String> = cfg.listeners.iter().map(|l| l.address.clone()).collect();
     let listener_cfgs = cfg.listeners.clone();
     let admin_cfg = cfg.admin.clone();
+    let header_timeout = crate::slowloris::header_timeout(&cfg);
     let log_path = cfg.access_log.as_ref().map(|l| l.path.clone());
     let conf = server_conf(&cfg, opts.daemon);
     let pid_file = conf.pid_file.clone();
@@ -237,8 +238,10 @@ pub fn run(
         access_log: access_log.clone(),
         draining: Arc::clone(&draining),
     };
-    let mut proxy =
-        pingora_proxy::http_proxy_service_with_name(&server.configuration, moat, "moat");
+    // The proxy runs behind the request head deadline (`server.limits.header_timeout`).
+    let app = pingora_proxy::http_proxy(&server.configuration, moat);
+    let app = crate::slowloris::HeadTimeout::new(app, header_timeout);
+    let mut proxy = Service::new("moat".to_string(), app);
     for l in &listener_cfgs {
         if l.tls.is_some() {
             let settings = crate::tls::settings(Arc::clone(&shared), l)?;

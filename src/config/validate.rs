@@ -105,8 +105,8 @@ fn server(cfg: &Config, errs: &mut ConfigErrors) {
         }
     }
     if let Some(l) = &s.limits {
-        if l.header_timeout.is_some() {
-            errs.push("server.limits.header_timeout", NOT_YET);
+        if l.header_timeout.is_some_and(|d| d.get().as_secs() == 0) {
+            errs.push("server.limits.header_timeout", "must be at least 1s");
         }
         if l.max_headers == Some(0) {
             errs.push("server.limits.max_headers", "must be at least 1");

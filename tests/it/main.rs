@@ -16,6 +16,7 @@ mod limits_cluster;
 mod reload;
 mod request_limits;
 mod routing;
+mod slowloris;
 mod streaming;
 mod tls;
 mod upgrade;
