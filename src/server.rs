@@ -240,7 +240,8 @@ pub fn run(
     };
     // The proxy runs behind the request head deadline (`server.limits.header_timeout`).
     let app = pingora_proxy::http_proxy(&server.configuration, moat);
-    let app = crate::slowloris::HeadTimeout::new(app, header_timeout);
+    let policy = crate::slowloris::Policy::new(header_timeout, &metrics);
+    let app = crate::slowloris::HeadTimeout::new(app, policy);
     let mut proxy = Service::new("moat".to_string(), app);
     for l in &listener_cfgs {
         if l.tls.is_some() {

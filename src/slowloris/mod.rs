@@ -22,12 +22,14 @@ pub use scan::HeadScan;
 pub use stream::HeadDeadline;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
 use pingora_core::protocols::http::v2::server::H2Options;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
+use prometheus::IntCounter;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,21 +45,44 @@ pub fn header_timeout(cfg: &Config) -> Duration {
         .map_or(DEFAULT_HEADER_TIMEOUT, |d| d.get())
 }
 
-/// The listening service's application: `app` with every HTTP/1 request head limited to
-/// `limit`.
+/// What every [`HeadDeadline`] of a service shares: the limit and what to count.
+#[derive(Debug)]
+pub struct Policy {
+    /// The time a whole request head may take.
+    pub limit: Duration,
+    /// Connections closed with a head begun but not finished in time.
+    pub partial_head: IntCounter,
+    /// Connections closed because they sent nothing in time.
+    pub no_request: IntCounter,
+}
+
+impl Policy {
+    /// `limit`, counted in `moat_header_timeouts_total{kind}`.
+    pub fn new(limit: Duration, metrics: &Metrics) -> Policy {
+        let kind = |k: &str| metrics.header_timeouts.with_label_values(&[k]);
+        Policy {
+            limit,
+            partial_head: kind("partial_head"),
+            no_request: kind("no_request"),
+        }
+    }
+}
+
+/// The listening service's application: `app` with every HTTP/1 request head limited by
+/// a [`Policy`].
 pub struct HeadTimeout<A> {
     app: Arc<NextHead<A>>,
-    limit: Duration,
+    policy: Arc<Policy>,
 }
 
 impl<A> HeadTimeout<A> {
-    /// Limit the request heads `app` reads to `limit` each.
-    pub fn new(app: A, limit: Duration) -> HeadTimeout<A> {
+    /// Limit the request heads `app` reads as `policy` says.
+    pub fn new(app: A, policy: Policy) -> HeadTimeout<A> {
         HeadTimeout {
             app: Arc::new(NextHead {
                 inner: Arc::new(app),
             }),
-            limit,
+            policy: Arc::new(policy),
         }
     }
 }
@@ -75,7 +100,7 @@ where
         let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             stream
         } else {
-            Box::new(HeadDeadline::new(stream, self.limit))
+            Box::new(HeadDeadline::new(stream, Arc::clone(&self.policy)))
         };
         self.app.process_new(stream, shutdown).await
     }

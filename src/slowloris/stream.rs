@@ -19,6 +19,7 @@
 //! incomplete. Everything else is passed through to the wrapped stream.
 
 use super::scan::HeadScan;
+use super::Policy;
 use async_trait::async_trait;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::{SslDigest, TlsRef};
@@ -44,14 +45,14 @@ enum Phase {
     Idle,
     /// The head was read; reads are not timed.
     Body,
-    /// Nothing was sent before the deadline: the stream has ended.
+    /// The deadline passed: the stream has ended.
     Ended,
 }
 
 /// A [`Stream`] whose request heads are timed as a whole (see the module docs).
 pub struct HeadDeadline {
     inner: Stream,
-    limit: Duration,
+    policy: Arc<Policy>,
     phase: Phase,
     scan: HeadScan,
     /// Bytes of the current head read so far (0: nothing sent yet).
@@ -65,15 +66,15 @@ pub struct HeadDeadline {
 
 impl HeadDeadline {
     /// Wrap `inner`, timing its first request head from now: it must be complete within
-    /// `limit`.
-    pub fn new(inner: Stream, limit: Duration) -> HeadDeadline {
+    /// `policy.limit`.
+    pub fn new(inner: Stream, policy: Arc<Policy>) -> HeadDeadline {
         HeadDeadline {
             inner,
-            limit,
             phase: Phase::Head,
             scan: HeadScan::default(),
             head_bytes: 0,
-            deadline: Instant::now() + limit,
+            deadline: Instant::now() + policy.limit,
+            policy,
             sleep: None,
             next: AtomicBool::new(false),
         }
@@ -91,7 +92,7 @@ impl HeadDeadline {
             self.phase = Phase::Head;
             self.scan = HeadScan::default();
             self.head_bytes = 0;
-            self.deadline = Instant::now() + self.limit;
+            self.deadline = Instant::now() + self.policy.limit;
         }
         self.head_bytes += fresh.len();
         if self.scan.feed(fresh).is_some() {
@@ -123,18 +124,22 @@ impl HeadDeadline {
                 "connection {} sent no request within header_timeout",
                 self.inner.id()
             );
+            self.policy.no_request.inc();
             self.phase = Phase::Ended;
             return Poll::Ready(Ok(()));
         }
         Poll::Ready(Err(self.timed_out()))
     }
 
-    fn timed_out(&self) -> io::Error {
+    /// Count the timeout and end the stream: the error is returned once, then reads end.
+    fn timed_out(&mut self) -> io::Error {
+        self.policy.partial_head.inc();
+        self.phase = Phase::Ended;
         io::Error::new(
             io::ErrorKind::TimedOut,
             format!(
                 "request head not complete within header_timeout ({:?}, {} bytes read)",
-                self.limit, self.head_bytes
+                self.policy.limit, self.head_bytes
             ),
         )
     }
@@ -158,7 +163,9 @@ impl AsyncRead for HeadDeadline {
         let this = self.get_mut();
         if *this.next.get_mut() {
             *this.next.get_mut() = false;
-            this.phase = Phase::Idle;
+            if this.phase != Phase::Ended {
+                this.phase = Phase::Idle;
+            }
         }
         match this.phase {
             Phase::Body => return Pin::new(&mut this.inner).poll_read(cx, buf),

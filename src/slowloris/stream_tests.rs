@@ -5,9 +5,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 const LIMIT: Duration = Duration::from_millis(300);
 
+fn policy() -> Arc<Policy> {
+    let counter = |name: &str| prometheus::IntCounter::new(name, "test").expect("counter");
+    Arc::new(Policy {
+        limit: LIMIT,
+        partial_head: counter("partial"),
+        no_request: counter("none"),
+    })
+}
+
 fn pair() -> (DuplexStream, HeadDeadline) {
     let (client, server) = tokio::io::duplex(64 * 1024);
-    (client, HeadDeadline::new(Box::new(server), LIMIT))
+    (client, HeadDeadline::new(Box::new(server), policy()))
 }
 
 /// Read until `want` bytes arrived, the stream ends or a read fails.
@@ -49,6 +58,8 @@ async fn a_dribbled_head_fails_at_the_deadline() {
     let err = res.expect_err("the head must time out");
     assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     assert!(got > 3 && got < 40, "{got} bytes read");
+    assert_eq!(s.policy.partial_head.get(), 1);
+    assert_eq!(s.policy.no_request.get(), 0);
     let took = start.elapsed();
     assert!(took >= LIMIT && took < LIMIT * 3, "{took:?}");
 }
@@ -62,6 +73,8 @@ async fn nothing_sent_ends_the_stream_quietly() {
     assert!(start.elapsed() >= LIMIT);
     // And stays ended.
     assert_eq!(s.read(&mut buf).await.expect("no error"), 0);
+    assert_eq!(s.policy.no_request.get(), 1);
+    assert_eq!(s.policy.partial_head.get(), 0);
 }
 
 #[tokio::test]

@@ -97,6 +97,10 @@ fn dribbled_head_is_cut_and_never_reaches_the_upstream() {
     let traffic = up.traffic();
     assert_eq!(traffic.len(), 1, "{traffic:?}");
     assert_eq!(traffic[0].target, "/fast");
+    for kind in ["partial_head", "no_request"] {
+        let name = format!("moat_header_timeouts_total{{kind=\"{kind}\"}}");
+        assert_eq!(m.metric(&name), Some(1.0), "{name}");
+    }
 }
 
 #[test]
@@ -121,6 +125,8 @@ fn a_slow_body_after_a_fast_head_is_not_cut() {
     let (resp, _) = parse_one(&out).expect("a response");
     assert_eq!(resp.status, 200);
     assert_eq!(up.last().body, b"hello, world");
+    let name = "moat_header_timeouts_total{kind=\"partial_head\"}";
+    assert_eq!(m.metric(name), Some(0.0));
 }
 
 #[test]
@@ -139,6 +145,8 @@ fn keep_alive_heads_are_timed_from_their_first_byte() {
     assert_cut(dribble(&mut s, HEAD, Instant::now()));
     let targets: Vec<String> = up.traffic().into_iter().map(|r| r.target).collect();
     assert_eq!(targets, ["/one", "/two"]);
+    let name = "moat_header_timeouts_total{kind=\"partial_head\"}";
+    assert_eq!(m.metric(name), Some(1.0));
 }
 
 #[test]
@@ -175,6 +183,8 @@ fn an_idle_websocket_outlives_header_timeout() {
     s.read_exact(&mut echo).expect("echo");
     assert_eq!(&echo, b"\x81\x04ping");
     assert_eq!(handshakes.load(Ordering::SeqCst), 1);
+    let name = "moat_header_timeouts_total{kind=\"partial_head\"}";
+    assert_eq!(m.metric(name), Some(0.0));
 }
 
 #[test]
