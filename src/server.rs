@@ -264,7 +264,10 @@ pub fn run(
             Some(Arc::clone(&reloader)),
             Arc::clone(&draining),
         );
-        let mut svc = Service::new("moat admin".to_string(), HttpServer::new_app(app));
+        let app = HttpServer::new_app(app);
+        let policy = crate::slowloris::Policy::new(header_timeout, &metrics);
+        let app = crate::slowloris::HeadTimeout::new(app, policy);
+        let mut svc = Service::new("moat admin".to_string(), app);
         svc.add_tcp(&a.address);
         server.add_service(svc);
     }

@@ -14,9 +14,10 @@
 //!   [`HeadDeadline::next_head`] is called: the keep-alive wait is Pingora's idle timeout,
 //!   and the next head is timed from its first byte.
 //!
-//! Cost on the hot path: no allocation per read; the timer is allocated once per
-//! connection, the first time a head read has to wait, and only polled while a head is
-//! incomplete. Everything else is passed through to the wrapped stream.
+//! Cost on the hot path: no allocation per read; a timer exists only while a head read
+//! has to wait (typically once per connection, for its first head: later heads mostly
+//! arrive in one read), and reads after the head only check a flag. Everything else is
+//! passed through to the wrapped stream.
 
 use super::scan::HeadScan;
 use super::Policy;
@@ -58,7 +59,7 @@ pub struct HeadDeadline {
     /// Bytes of the current head read so far (0: nothing sent yet).
     head_bytes: usize,
     deadline: Instant,
-    /// Created the first time a head read has to wait; reset, never recreated.
+    /// Created when a head read has to wait, dropped when the head is complete.
     sleep: Option<Pin<Box<Sleep>>>,
     /// Set by [`HeadDeadline::next_head`] (which only has `&self`); taken by the next read.
     next: AtomicBool,
@@ -97,6 +98,8 @@ impl HeadDeadline {
         self.head_bytes += fresh.len();
         if self.scan.feed(fresh).is_some() {
             self.phase = Phase::Body;
+            // A timer left registered would wake the task for nothing when it fires.
+            self.sleep = None;
             return Ok(());
         }
         if Instant::now() >= self.deadline {

@@ -1,6 +1,6 @@
 //! `server.limits.header_timeout` through the real binary, over raw sockets: a request
 //! head dribbled a byte at a time is cut at the deadline (first request, keep-alive
-//! request, TLS listener) and never reaches the upstream; normal clients, slow bodies,
+//! request, TLS listener, admin listener) and never reaches the upstream; normal clients, slow bodies,
 //! idle keep-alive waits and idle WebSockets are not affected.
 
 use crate::harness::client::{parse_one, Conn};
@@ -101,6 +101,10 @@ fn dribbled_head_is_cut_and_never_reaches_the_upstream() {
         let name = format!("moat_header_timeouts_total{{kind=\"{kind}\"}}");
         assert_eq!(m.metric(&name), Some(1.0), "{name}");
     }
+    // The admin listener is protected the same way.
+    assert_cut(dribble(&mut connect(m.admin), HEAD, Instant::now()));
+    let name = "moat_header_timeouts_total{kind=\"partial_head\"}";
+    assert_eq!(m.metric(name), Some(2.0));
 }
 
 #[test]
