@@ -32,6 +32,8 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     /// `moat_connections_active`.
     pub connections_active: IntGauge,
+    /// `moat_header_timeouts_total{kind}` (an addition to the contract's metrics).
+    pub header_timeouts: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -108,6 +110,12 @@ impl Metrics {
         let connections_active =
             IntGauge::new("moat_connections_active", "Downstream requests in progress")?;
         registry.register(Box::new(connections_active.clone()))?;
+        let header_timeouts = counter(
+            "moat_header_timeouts_total",
+            "Connections closed by server.limits.header_timeout: partial_head (a request \
+             head begun but not finished in time) or no_request (nothing sent)",
+            &["kind"],
+        )?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -125,6 +133,7 @@ impl Metrics {
             config_reloads,
             config_generation,
             connections_active,
+            header_timeouts,
         })
     }
 

@@ -193,6 +193,7 @@ pub fn run(
     let listeners: Vec<String> = cfg.listeners.iter().map(|l| l.address.clone()).collect();
     let listener_cfgs = cfg.listeners.clone();
     let admin_cfg = cfg.admin.clone();
+    let header_timeout = crate::slowloris::header_timeout(&cfg);
     let log_path = cfg.access_log.as_ref().map(|l| l.path.clone());
     let conf = server_conf(&cfg, opts.daemon);
     let pid_file = conf.pid_file.clone();
@@ -231,14 +232,31 @@ pub fn run(
         }
     }
 
-    let moat = Moat {
-        runtime: Arc::clone(&shared),
-        metrics: Arc::clone(&metrics),
-        access_log: access_log.clone(),
-        draining: Arc::clone(&draining),
+    // Every proxy service runs behind the request head deadline
+    // (`server.limits.header_timeout`). Plain listeners with `http2: true` also take
+    // HTTP/2 with prior knowledge (h2c); Pingora sets that per service, so they get a
+    // service of their own.
+    let conf = Arc::clone(&server.configuration);
+    let proxy_service = |name: &str, h2c: bool| {
+        let moat = Moat {
+            runtime: Arc::clone(&shared),
+            metrics: Arc::clone(&metrics),
+            access_log: access_log.clone(),
+            draining: Arc::clone(&draining),
+        };
+        let mut app = pingora_proxy::http_proxy(&conf, moat);
+        if h2c {
+            let mut options = pingora_core::apps::HttpServerOptions::default();
+            options.h2c = true;
+            app.server_options = Some(options);
+        }
+        let policy = crate::slowloris::Policy::new(header_timeout, &metrics);
+        Service::new(
+            name.to_string(),
+            crate::slowloris::HeadTimeout::new(app, policy),
+        )
     };
-    let mut proxy =
-        pingora_proxy::http_proxy_service_with_name(&server.configuration, moat, "moat");
+    let mut proxy = proxy_service("moat", false);
     let mut h2c_listeners = Vec::new();
     for l in &listener_cfgs {
         if l.tls.is_some() {
@@ -252,21 +270,7 @@ pub fn run(
     }
     server.add_service(proxy);
     if !h2c_listeners.is_empty() {
-        // Plain listeners with `http2: true` also take HTTP/2 with prior knowledge (h2c).
-        // Pingora sets this per service, so they get a service of their own.
-        let moat = Moat {
-            runtime: Arc::clone(&shared),
-            metrics: Arc::clone(&metrics),
-            access_log: access_log.clone(),
-            draining: Arc::clone(&draining),
-        };
-        let mut h2c =
-            pingora_proxy::http_proxy_service_with_name(&server.configuration, moat, "moat h2c");
-        if let Some(app) = h2c.app_logic_mut() {
-            let mut options = pingora_core::apps::HttpServerOptions::default();
-            options.h2c = true;
-            app.server_options = Some(options);
-        }
+        let mut h2c = proxy_service("moat h2c", true);
         for addr in h2c_listeners {
             h2c.add_tcp(addr);
         }
@@ -284,7 +288,10 @@ pub fn run(
             Some(Arc::clone(&reloader)),
             Arc::clone(&draining),
         );
-        let mut svc = Service::new("moat admin".to_string(), HttpServer::new_app(app));
+        let app = HttpServer::new_app(app);
+        let policy = crate::slowloris::Policy::new(header_timeout, &metrics);
+        let app = crate::slowloris::HeadTimeout::new(app, policy);
+        let mut svc = Service::new("moat admin".to_string(), app);
         svc.add_tcp(&a.address);
         server.add_service(svc);
     }

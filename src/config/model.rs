@@ -1,8 +1,7 @@
 //! The config file's shape, mirrored one-to-one from `shared/contract/moat.reference.yaml`.
 //!
 //! These structs are the external schema only: every key the contract names is accepted
-//! here (with `deny_unknown_fields`), and `validate` decides what is correct and what is
-//! not supported yet. The request path never reads them; `runtime::compile` turns them
+//! here (with `deny_unknown_fields`), and `validate` decides what is correct. The request path never reads them; `runtime::compile` turns them
 //! into the runtime model.
 
 use super::units::{Dur, Rate, Size};

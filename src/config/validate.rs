@@ -1,7 +1,5 @@
 //! Semantic checks that are not part of compiling routes and pools: process settings,
-//! listeners, admin, identities and key providers, references between sections, and
-//! features whose behaviour has not landed yet (refused with "not supported yet", never
-//! silently ignored).
+//! listeners, admin, identities and key providers, and references between sections.
 
 use super::error::{index, join, ConfigErrors};
 use super::model::{Config, PluginConfig, RedisConfig};
@@ -9,8 +7,6 @@ use crate::net::CidrSet;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
-
-const NOT_YET: &str = "not supported yet";
 
 /// Record every problem of `cfg` outside routes and upstreams.
 pub fn validate(cfg: &Config, errs: &mut ConfigErrors) {
@@ -125,8 +121,8 @@ fn server(cfg: &Config, errs: &mut ConfigErrors) {
         }
     }
     if let Some(l) = &s.limits {
-        if l.header_timeout.is_some() {
-            errs.push("server.limits.header_timeout", NOT_YET);
+        if l.header_timeout.is_some_and(|d| d.get().as_secs() == 0) {
+            errs.push("server.limits.header_timeout", "must be at least 1s");
         }
         if l.max_headers == Some(0) {
             errs.push("server.limits.max_headers", "must be at least 1");

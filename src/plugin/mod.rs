@@ -131,8 +131,7 @@ pub struct CompileEnv<'a> {
     pub redis: Option<&'a Arc<crate::limit::redis::Redis>>,
 }
 
-/// Compile one plugin config found at `path`. Plugins whose behaviour has not landed yet
-/// are refused with "not supported yet", never ignored.
+/// Compile one plugin config found at `path`.
 pub fn compile(
     cfg: &PluginConfig,
     path: &str,

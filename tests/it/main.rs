@@ -19,6 +19,7 @@ mod redis_cluster;
 mod reload;
 mod request_limits;
 mod routing;
+mod slowloris;
 mod streaming;
 mod tls;
 mod upgrade;

@@ -83,7 +83,7 @@ const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC11B65";
 
 /// A WebSocket echo upstream: completes the handshake, then echoes each frame's payload
 /// back unmasked. Counts handshakes.
-fn ws_upstream(handshakes: Arc<AtomicUsize>) -> u16 {
+pub(crate) fn ws_upstream(handshakes: Arc<AtomicUsize>) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {

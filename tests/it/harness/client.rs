@@ -223,4 +223,9 @@ impl Conn {
     pub fn get(&mut self, path: &str) -> Option<Response> {
         self.exchange(format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes())
     }
+
+    /// The socket, to go on with raw bytes (anything read but not returned is dropped).
+    pub fn into_stream(self) -> TcpStream {
+        self.s
+    }
 }

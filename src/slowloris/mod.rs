@@ -1,0 +1,192 @@
+//! `server.limits.header_timeout`: every HTTP/1 request head must arrive whole within a
+//! time limit, or the connection is closed (slowloris protection).
+//!
+//! Pingora 0.9 has no hook for this (it times each read of a head on its own), so moat
+//! wraps the proxy application in two layers:
+//!
+//! - [`HeadTimeout`], the [`ServerApp`] the listening service runs, wraps each accepted
+//!   connection (after the TLS handshake, which Pingora bounds by 60 s itself) in a
+//!   [`HeadDeadline`] and hands it to the application.
+//! - [`NextHead`] sits between Pingora's HTTP/1 keep-alive loop and the proxy: when a
+//!   request is over and its connection is kept for the next one, it tells the
+//!   connection's [`HeadDeadline`] to time the next head from its first byte.
+//!
+//! Connections that negotiated HTTP/2 by ALPN are not wrapped: h2 has its own framing and
+//! Pingora's h2 server its own limits. A plaintext h2 (prior knowledge) connection is
+//! wrapped, and its preface counts as the head, after which nothing is timed.
+
+mod scan;
+mod stream;
+
+pub use scan::HeadScan;
+pub use stream::HeadDeadline;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
+use pingora_core::protocols::http::v2::server::H2Options;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::server::ShutdownWatch;
+use prometheus::IntCounter;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `header_timeout` when the config does not set one (as in the reference config).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The configured `server.limits.header_timeout`, or the default.
+pub fn header_timeout(cfg: &Config) -> Duration {
+    cfg.server
+        .limits
+        .as_ref()
+        .and_then(|l| l.header_timeout)
+        .map_or(DEFAULT_HEADER_TIMEOUT, |d| d.get())
+}
+
+/// What every [`HeadDeadline`] of a service shares: the limit and what to count.
+#[derive(Debug)]
+pub struct Policy {
+    /// The time a whole request head may take.
+    pub limit: Duration,
+    /// Connections closed with a head begun but not finished in time.
+    pub partial_head: IntCounter,
+    /// Connections closed because they sent nothing in time.
+    pub no_request: IntCounter,
+}
+
+impl Policy {
+    /// `limit`, counted in `moat_header_timeouts_total{kind}`.
+    pub fn new(limit: Duration, metrics: &Metrics) -> Policy {
+        let kind = |k: &str| metrics.header_timeouts.with_label_values(&[k]);
+        Policy {
+            limit,
+            partial_head: kind("partial_head"),
+            no_request: kind("no_request"),
+        }
+    }
+}
+
+/// The listening service's application: `app` with every HTTP/1 request head limited by
+/// a [`Policy`].
+pub struct HeadTimeout<A> {
+    app: Arc<NextHead<A>>,
+    policy: Arc<Policy>,
+}
+
+impl<A> HeadTimeout<A> {
+    /// Limit the request heads `app` reads as `policy` says.
+    pub fn new(app: A, policy: Policy) -> HeadTimeout<A> {
+        HeadTimeout {
+            app: Arc::new(NextHead {
+                inner: Arc::new(app),
+            }),
+            policy: Arc::new(policy),
+        }
+    }
+}
+
+#[async_trait]
+impl<A> ServerApp for HeadTimeout<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            stream
+        } else {
+            Box::new(HeadDeadline::new(stream, Arc::clone(&self.policy)))
+        };
+        self.app.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.app.cleanup().await
+    }
+}
+
+/// An [`HttpServerApp`] passing everything to `inner`, and re-arming the head deadline of
+/// connections kept alive for another request.
+pub struct NextHead<A> {
+    inner: Arc<A>,
+}
+
+#[async_trait]
+impl<A> HttpServerApp for NextHead<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let reused = self.inner.process_new_http(session, shutdown).await?;
+        let (stream, settings) = reused.consume();
+        if let Some(d) = stream.as_any().downcast_ref::<HeadDeadline>() {
+            d.next_head();
+        }
+        Some(ReusedHttpStream::new(stream, settings))
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        self.inner.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.inner.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        self.inner.http_cleanup().await
+    }
+
+    async fn process_custom_session(
+        self: Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        Arc::clone(&self.inner)
+            .process_custom_session(stream, shutdown)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load::parse, validate::validate, ConfigErrors};
+
+    fn config(limits: &str) -> Config {
+        let text = format!("server: {{ limits: {{ {limits} }} }}\nlisteners: [{{ name: a, address: \"127.0.0.1:1\" }}]\n");
+        parse(&text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn errors(cfg: &Config) -> Vec<String> {
+        let mut errs = ConfigErrors::default();
+        validate(cfg, &mut errs);
+        errs.0.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn header_timeout_default_and_configured() {
+        assert_eq!(header_timeout(&config("")), DEFAULT_HEADER_TIMEOUT);
+        let cfg = config("header_timeout: 3s");
+        assert_eq!(header_timeout(&cfg), Duration::from_secs(3));
+        assert!(
+            !errors(&cfg).iter().any(|e| e.contains("header_timeout")),
+            "{:?}",
+            errors(&cfg)
+        );
+        let e = errors(&config("header_timeout: 500ms"));
+        assert!(
+            e.contains(&"server.limits.header_timeout: must be at least 1s".to_string()),
+            "{e:?}"
+        );
+    }
+}

@@ -1,0 +1,293 @@
+//! [`HeadDeadline`]: a downstream connection whose request heads must arrive whole within
+//! a time limit.
+//!
+//! Pingora times each read of a request head on its own, so a client sending a byte now
+//! and then keeps a connection forever (slowloris). This wrapper times the whole head:
+//!
+//! - The first head is timed from the moment the connection is handed over (after the
+//!   TLS handshake on TLS listeners). A head not complete by then fails the read with
+//!   `TimedOut`, and Pingora closes the connection; if nothing at all was sent, the read
+//!   ends the stream instead (Pingora closes it quietly, as an idle keep-alive one).
+//! - Once the blank line ending the head was read, reads are not timed: a body (however
+//!   slow) or an upgraded connection (WebSocket after `101`) is none of its business.
+//! - When the request is over and Pingora keeps the connection for the next one,
+//!   [`HeadDeadline::next_head`] is called: the keep-alive wait is Pingora's idle timeout,
+//!   and the next head is timed from its first byte.
+//!
+//! Cost on the hot path: no allocation per read; a timer exists only while a head read
+//! has to wait (typically once per connection, for its first head: later heads mostly
+//! arrive in one read), and reads after the head only check a flag. Everything else is
+//! passed through to the wrapped stream.
+
+use super::scan::HeadScan;
+use super::Policy;
+use async_trait::async_trait;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::{SslDigest, TlsRef};
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading a head that must be complete by `deadline`.
+    Head,
+    /// Between requests: the next byte read starts a head (and its deadline).
+    Idle,
+    /// The head was read; reads are not timed.
+    Body,
+    /// The deadline passed: the stream has ended.
+    Ended,
+}
+
+/// A [`Stream`] whose request heads are timed as a whole (see the module docs).
+pub struct HeadDeadline {
+    inner: Stream,
+    policy: Arc<Policy>,
+    phase: Phase,
+    scan: HeadScan,
+    /// Bytes of the current head read so far (0: nothing sent yet).
+    head_bytes: usize,
+    deadline: Instant,
+    /// Created when a head read has to wait, dropped when the head is complete.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// Set by [`HeadDeadline::next_head`] (which only has `&self`); taken by the next read.
+    next: AtomicBool,
+}
+
+impl HeadDeadline {
+    /// Wrap `inner`, timing its first request head from now: it must be complete within
+    /// `policy.limit`.
+    pub fn new(inner: Stream, policy: Arc<Policy>) -> HeadDeadline {
+        HeadDeadline {
+            inner,
+            phase: Phase::Head,
+            scan: HeadScan::default(),
+            head_bytes: 0,
+            deadline: Instant::now() + policy.limit,
+            policy,
+            sleep: None,
+            next: AtomicBool::new(false),
+        }
+    }
+
+    /// The request on this connection is over and the connection waits for the next one:
+    /// the next head is timed from its first byte.
+    pub fn next_head(&self) {
+        self.next.store(true, Ordering::Relaxed);
+    }
+
+    /// Account for `fresh`, the bytes one read added while a head was incomplete.
+    fn head_read(&mut self, fresh: &[u8]) -> io::Result<()> {
+        if self.phase == Phase::Idle {
+            self.phase = Phase::Head;
+            self.scan = HeadScan::default();
+            self.head_bytes = 0;
+            self.deadline = Instant::now() + self.policy.limit;
+        }
+        self.head_bytes += fresh.len();
+        if self.scan.feed(fresh).is_some() {
+            self.phase = Phase::Body;
+            // A timer left registered would wake the task for nothing when it fires.
+            self.sleep = None;
+            return Ok(());
+        }
+        if Instant::now() >= self.deadline {
+            return Err(self.timed_out());
+        }
+        Ok(())
+    }
+
+    /// The head read has to wait: `Ready` with the read's outcome once the deadline has
+    /// passed.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let deadline = self.deadline;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if self.head_bytes == 0 {
+            // Nothing sent: end the stream, as an idle connection is ended.
+            log::debug!(
+                "connection {} sent no request within header_timeout",
+                self.inner.id()
+            );
+            self.policy.no_request.inc();
+            self.phase = Phase::Ended;
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Ready(Err(self.timed_out()))
+    }
+
+    /// Count the timeout and end the stream: the error is returned once, then reads end.
+    fn timed_out(&mut self) -> io::Error {
+        self.policy.partial_head.inc();
+        self.phase = Phase::Ended;
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "request head not complete within header_timeout ({:?}, {} bytes read)",
+                self.policy.limit, self.head_bytes
+            ),
+        )
+    }
+}
+
+impl std::fmt::Debug for HeadDeadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeadDeadline")
+            .field("inner", &self.inner)
+            .field("phase", &self.phase)
+            .finish()
+    }
+}
+
+impl AsyncRead for HeadDeadline {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if *this.next.get_mut() {
+            *this.next.get_mut() = false;
+            if this.phase != Phase::Ended {
+                this.phase = Phase::Idle;
+            }
+        }
+        match this.phase {
+            Phase::Body => return Pin::new(&mut this.inner).poll_read(cx, buf),
+            Phase::Ended => return Poll::Ready(Ok(())),
+            Phase::Head | Phase::Idle => {}
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let fresh = &buf.filled()[before..];
+                if fresh.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(this.head_read(fresh))
+            }
+            Poll::Pending if this.phase == Phase::Head => this.poll_deadline(cx),
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for HeadDeadline {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeadDeadline {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(&mut *self.inner).await
+    }
+}
+
+impl UniqueID for HeadDeadline {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeadDeadline {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeadDeadline {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeadDeadline {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for HeadDeadline {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for HeadDeadline {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+#[path = "stream_tests.rs"]
+mod tests;

@@ -1,0 +1,132 @@
+//! [`HeadDeadline`] over an in-memory pipe, in real time with short limits.
+
+use super::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+const LIMIT: Duration = Duration::from_millis(300);
+
+fn policy() -> Arc<Policy> {
+    let counter = |name: &str| prometheus::IntCounter::new(name, "test").expect("counter");
+    Arc::new(Policy {
+        limit: LIMIT,
+        partial_head: counter("partial"),
+        no_request: counter("none"),
+    })
+}
+
+fn pair() -> (DuplexStream, HeadDeadline) {
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    (client, HeadDeadline::new(Box::new(server), policy()))
+}
+
+/// Read until `want` bytes arrived, the stream ends or a read fails.
+async fn read_n(s: &mut HeadDeadline, want: usize) -> (usize, io::Result<()>) {
+    let mut got = 0;
+    let mut buf = [0u8; 256];
+    while got < want {
+        match s.read(&mut buf).await {
+            Ok(0) => return (got, Ok(())),
+            Ok(n) => got += n,
+            Err(e) => return (got, Err(e)),
+        }
+    }
+    (got, Ok(()))
+}
+
+/// Write `bytes` one at a time, `gap` apart, ignoring a closed pipe.
+fn dribble(mut c: DuplexStream, bytes: &'static [u8], gap: Duration) {
+    tokio::spawn(async move {
+        for b in bytes {
+            if c.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(gap).await;
+        }
+    });
+}
+
+#[tokio::test]
+async fn a_dribbled_head_fails_at_the_deadline() {
+    let (c, mut s) = pair();
+    let start = Instant::now();
+    dribble(
+        c,
+        b"GET / HTTP/1.1\r\nHost: example\r\nX-Long: aaaaaaaaaaaaaaa\r\n\r\n",
+        Duration::from_millis(30),
+    );
+    let (got, res) = read_n(&mut s, 1000).await;
+    let err = res.expect_err("the head must time out");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert!(got > 3 && got < 40, "{got} bytes read");
+    assert_eq!(s.policy.partial_head.get(), 1);
+    assert_eq!(s.policy.no_request.get(), 0);
+    let took = start.elapsed();
+    assert!(took >= LIMIT && took < LIMIT * 3, "{took:?}");
+}
+
+#[tokio::test]
+async fn nothing_sent_ends_the_stream_quietly() {
+    let (_c, mut s) = pair();
+    let start = Instant::now();
+    let mut buf = [0u8; 16];
+    assert_eq!(s.read(&mut buf).await.expect("no error"), 0);
+    assert!(start.elapsed() >= LIMIT);
+    // And stays ended.
+    assert_eq!(s.read(&mut buf).await.expect("no error"), 0);
+    assert_eq!(s.policy.no_request.get(), 1);
+    assert_eq!(s.policy.partial_head.get(), 0);
+}
+
+#[tokio::test]
+async fn a_slow_body_after_a_whole_head_is_not_timed() {
+    let (mut c, mut s) = pair();
+    let head = b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n";
+    c.write_all(head).await.expect("write");
+    assert_eq!(read_n(&mut s, head.len()).await.0, head.len());
+    dribble(c, b"0123456789", Duration::from_millis(80));
+    let (got, res) = read_n(&mut s, 10).await;
+    assert!(res.is_ok(), "{res:?}");
+    assert_eq!(got, 10);
+}
+
+#[tokio::test]
+async fn the_next_head_is_timed_from_its_first_byte() {
+    let (mut c, mut s) = pair();
+    let head = b"GET /1 HTTP/1.1\r\n\r\n";
+    c.write_all(head).await.expect("write");
+    assert_eq!(read_n(&mut s, head.len()).await.0, head.len());
+    s.next_head();
+    // Idle longer than the limit, then a whole head: fine.
+    let second = b"GET /2 HTTP/1.1\r\n\r\n";
+    tokio::spawn(async move {
+        tokio::time::sleep(LIMIT * 2).await;
+        let _ = c.write_all(second).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        dribble(
+            c,
+            b"GET /3 HTTP/1.1\r\nHost: a-slow-client\r\n\r\n",
+            Duration::from_millis(40),
+        );
+    });
+    let (got, res) = read_n(&mut s, second.len()).await;
+    assert!(res.is_ok(), "{res:?}");
+    assert_eq!(got, second.len());
+    // The third head is dribbled: cut about LIMIT after its first byte.
+    s.next_head();
+    let (_, res) = read_n(&mut s, 1000).await;
+    assert_eq!(res.map_err(|e| e.kind()), Err(io::ErrorKind::TimedOut));
+}
+
+#[tokio::test]
+async fn writes_and_identity_pass_through() {
+    let (mut c, mut s) = pair();
+    s.write_all(b"HTTP/1.1 200 OK\r\n\r\n")
+        .await
+        .expect("write");
+    s.flush().await.expect("flush");
+    let mut buf = [0u8; 19];
+    c.read_exact(&mut buf).await.expect("read");
+    assert_eq!(&buf, b"HTTP/1.1 200 OK\r\n\r\n");
+    assert_eq!(s.selected_alpn_proto(), None);
+    assert!(s.get_ssl_digest().is_none());
+}

@@ -1,0 +1,236 @@
+//! `server.limits.header_timeout` through the real binary, over raw sockets: a request
+//! head dribbled a byte at a time is cut at the deadline (first request, keep-alive
+//! request, TLS listener, admin listener) and never reaches the upstream; normal clients, slow bodies,
+//! idle keep-alive waits and idle WebSockets are not affected.
+
+use crate::harness::client::{parse_one, Conn};
+use crate::harness::moat::temp_dir;
+use crate::harness::tls::{ca, leaf};
+use crate::harness::{free_port, request, Moat, Upstream};
+use openssl::ssl::{SslConnector, SslMethod};
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
+const GAP: Duration = Duration::from_millis(200);
+/// A head that takes 12 s to dribble at one byte per `GAP`.
+const HEAD: &[u8] = b"GET /slow HTTP/1.1\r\nHost: h\r\nUser-Agent: slowloris/1.0 (abcd)\r\n\r\n";
+
+/// moat with `header_timeout: 1s`, routing everything to `up`; `tls` adds a TLS listener
+/// on `(port, cert, key)`.
+fn start(up: &str, tls: Option<(u16, &std::path::Path, &std::path::Path)>) -> Moat {
+    let dir = temp_dir("slowloris");
+    let (port, admin) = (free_port(), free_port());
+    let tls = tls
+        .map(|(p, c, k)| {
+            format!(
+                "  - name: secure\n    address: 127.0.0.1:{p}\n    tls:\n      certificates:\n        - {{ cert_file: \"{}\", key_file: \"{}\" }}\n",
+                c.display(),
+                k.display()
+            )
+        })
+        .unwrap_or_default();
+    let text = format!(
+        "server:\n  threads: 1\n  pid_file: {d}/moat.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 0s\n  shutdown_timeout: 1s\n  limits: {{ header_timeout: 1s }}\nlisteners:\n  - name: public\n    address: 127.0.0.1:{port}\n{tls}admin:\n  address: 127.0.0.1:{admin}\nupstreams:\n  app: {{ targets: [\"{up}\"] }}\nroutes:\n  - name: app\n    match: {{ path_prefix: / }}\n    upstream: app\n",
+        d = dir.display()
+    );
+    Moat::start_raw(&text, port, admin, dir, &[])
+}
+
+/// Write `bytes` one at a time, `GAP` apart, until the server closes the connection.
+/// Waits with a read, so the close is seen as soon as it happens. Returns when it was
+/// seen, measured from `since`, or `None` if everything was written and the connection
+/// is still open.
+fn dribble(s: &mut (impl Read + Write), bytes: &[u8], since: Instant) -> Option<Duration> {
+    let mut buf = [0u8; 1024];
+    for b in bytes {
+        if s.write_all(&[*b]).and_then(|_| s.flush()).is_err() {
+            return Some(since.elapsed());
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return Some(since.elapsed()),
+            Ok(n) => panic!(
+                "unexpected answer: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return Some(since.elapsed()),
+        }
+    }
+    None
+}
+
+fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(GAP)).expect("read timeout");
+    s
+}
+
+/// Closed about `HEADER_TIMEOUT` after `since` (not before, and well before the 12 s the
+/// head would take).
+fn assert_cut(cut: Option<Duration>) {
+    let cut = cut.expect("the dribbled head was not cut");
+    assert!(
+        cut >= HEADER_TIMEOUT - GAP && cut < HEADER_TIMEOUT * 3,
+        "cut after {cut:?}"
+    );
+}
+
+#[test]
+fn dribbled_head_is_cut_and_never_reaches_the_upstream() {
+    let up = Upstream::start("app");
+    let m = start(&up.address(), None);
+    let mut s = connect(m.port);
+    assert_cut(dribble(&mut s, HEAD, Instant::now()));
+    // A connection that sends nothing is closed too.
+    let mut idle = connect(m.port);
+    idle.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    assert!(matches!(idle.read(&mut buf), Ok(0)));
+    assert_cut(Some(start.elapsed()));
+    // A normal client is not affected, and nothing of the slow one got through.
+    assert_eq!(request(m.port, "GET", "/fast", &[], b"").status, 200);
+    let traffic = up.traffic();
+    assert_eq!(traffic.len(), 1, "{traffic:?}");
+    assert_eq!(traffic[0].target, "/fast");
+    for kind in ["partial_head", "no_request"] {
+        let name = format!("moat_header_timeouts_total{{kind=\"{kind}\"}}");
+        assert_eq!(m.metric(&name), Some(1.0), "{name}");
+    }
+    // The admin listener is protected the same way.
+    assert_cut(dribble(&mut connect(m.admin), HEAD, Instant::now()));
+    let name = "moat_header_timeouts_total{kind=\"partial_head\"}";
+    assert_eq!(m.metric(name), Some(2.0));
+}
+
+#[test]
+fn a_slow_body_after_a_fast_head_is_not_cut() {
+    let up = Upstream::start("app");
+    let m = start(&up.address(), None);
+    let mut s = connect(m.port);
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 12\r\nConnection: close\r\n\r\n",
+    )
+    .expect("head");
+    // 12 bytes over 2.4 s, longer than header_timeout.
+    let start = Instant::now();
+    for b in b"hello, world" {
+        s.write_all(&[*b]).expect("body byte");
+        std::thread::sleep(GAP);
+    }
+    assert!(start.elapsed() > HEADER_TIMEOUT * 2);
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let (resp, _) = parse_one(&out).expect("a response");
+    assert_eq!(resp.status, 200);
+    assert_eq!(up.last().body, b"hello, world");
+    let name = "moat_header_timeouts_total{kind=\"partial_head\"}";
+    assert_eq!(m.metric(name), Some(0.0));
+}
+
+#[test]
+fn keep_alive_heads_are_timed_from_their_first_byte() {
+    let up = Upstream::start("app");
+    let m = start(&up.address(), None);
+    let mut c = Conn::open(m.port);
+    assert_eq!(c.get("/one").map(|r| r.status), Some(200));
+    // Idle between requests for longer than header_timeout: that is idle_timeout's.
+    std::thread::sleep(HEADER_TIMEOUT + Duration::from_millis(500));
+    assert_eq!(c.get("/two").map(|r| r.status), Some(200));
+    // The next head dribbled: cut about header_timeout after its first byte.
+    let mut s = c.into_stream();
+    s.set_read_timeout(Some(GAP)).ok();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_cut(dribble(&mut s, HEAD, Instant::now()));
+    let targets: Vec<String> = up.traffic().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/one", "/two"]);
+    let name = "moat_header_timeouts_total{kind=\"partial_head\"}";
+    assert_eq!(m.metric(name), Some(1.0));
+}
+
+#[test]
+fn an_idle_websocket_outlives_header_timeout() {
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let ws = crate::streaming::ws_upstream(Arc::clone(&handshakes));
+    let m = start(&format!("127.0.0.1:{ws}"), None);
+    let mut s = connect(m.port);
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .expect("handshake");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+        s.read_exact(&mut byte).expect("101 head");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    std::thread::sleep(HEADER_TIMEOUT * 2 + Duration::from_millis(500));
+    // A masked text frame "ping", sent slowly too: the connection is no longer a head.
+    let mask = [7u8, 1, 2, 3];
+    let mut frame = vec![0x81, 0x84];
+    frame.extend_from_slice(&mask);
+    frame.extend(b"ping".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    for b in &frame {
+        s.write_all(&[*b]).expect("frame byte");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let mut echo = [0u8; 6];
+    s.read_exact(&mut echo).expect("echo");
+    assert_eq!(&echo, b"\x81\x04ping");
+    assert_eq!(handshakes.load(Ordering::SeqCst), 1);
+    let name = "moat_header_timeouts_total{kind=\"partial_head\"}";
+    assert_eq!(m.metric(name), Some(0.0));
+}
+
+#[test]
+fn dribbled_head_on_tls_is_cut() {
+    let dir = temp_dir("slowloris-tls");
+    let authority = ca();
+    let cert = leaf(&authority, &["a.example.com"]);
+    let (crt, key) = cert.write(&dir, "a");
+    let up = Upstream::start("app");
+    let tls_port = free_port();
+    let m = start(&up.address(), Some((tls_port, &crt, &key)));
+    let mut b = SslConnector::builder(SslMethod::tls_client()).expect("connector");
+    b.cert_store_mut()
+        .add_cert(authority.cert.clone())
+        .expect("ca");
+    let connector = b.build();
+    let handshake = || {
+        let tcp = connect(tls_port);
+        connector
+            .connect("a.example.com", tcp)
+            .expect("TLS handshake")
+    };
+    // A whole head goes through.
+    let mut s = handshake();
+    s.write_all(b"GET /fast HTTP/1.1\r\nHost: a.example.com\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while parse_one(&out).is_none() && Instant::now() < deadline {
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    assert_eq!(parse_one(&out).map(|(r, _)| r.status), Some(200));
+    // A dribbled one is cut, timed from the end of the handshake.
+    let mut s = handshake();
+    assert_cut(dribble(&mut s, HEAD, Instant::now()));
+    let targets: Vec<String> = up.traffic().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/fast"]);
+    drop(m);
+}
