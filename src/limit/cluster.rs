@@ -2,8 +2,10 @@
 //! atomic Lua script call on the shared Redis, so two instances can never both take the
 //! last token. The script uses Redis's own clock (`TIME`), so instance clocks do not
 //! matter, implements the same three algorithms as `algo.rs` (same documented errors),
-//! and keeps its keys under one hash tag per limiter key (`moat:{rl:<limiter>:<key>}`),
-//! expiring them once idle.
+//! and keeps the whole state of a limiter key in that one key (`moat:{rl:<limiter>:<key>}`:
+//! a hash of window totals by window index, or the bucket's time and tokens), expiring it
+//! once idle — so on Redis Cluster a decision touches one key, and a resharded slot
+//! carries the counts with it.
 
 use super::algo::{Algorithm, Limit, Outcome, SEC};
 use super::redis::{Redis, RedisError, Script, Value};
@@ -31,18 +33,24 @@ if algo == 2 then
   return {allowed, math.floor(tok), math.ceil(full), math.ceil(retry)}
 end
 local idx = math.floor(now / w)
-local cur_key = KEYS[1] .. ':' .. string.format('%.0f', idx)
-local cur = tonumber(redis.call('GET', cur_key) or '0')
+local cur_f = string.format('%.0f', idx)
+local prev_f = string.format('%.0f', idx - 1)
+local cur = tonumber(redis.call('HGET', KEYS[1], cur_f) or '0')
 local left = (idx + 1) * w - now
 local prev = 0
 if algo == 1 then
-  prev = tonumber(redis.call('GET', KEYS[1] .. ':' .. string.format('%.0f', idx - 1)) or '0')
+  prev = tonumber(redis.call('HGET', KEYS[1], prev_f) or '0')
 end
 local est = prev * left / w + cur
 local allowed = 0
 if est + 1 <= n then
-  cur = redis.call('INCR', cur_key)
-  redis.call('PEXPIRE', cur_key, math.ceil(w / 1000) * 2 + 1000)
+  cur = redis.call('HINCRBY', KEYS[1], cur_f, 1)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(w / 1000) * 2 + 1000)
+  if redis.call('HLEN', KEYS[1]) > 2 then
+    for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+      if tonumber(f) < idx - 1 then redis.call('HDEL', KEYS[1], f) end
+    end
+  end
   allowed = 1
   est = est + 1
 end

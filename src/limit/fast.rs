@@ -25,18 +25,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 const LUA: &str = r#"
--- KEYS[1]: the limiter key. ARGV: window (us), window index, admissions to add.
--- Returns {current window total, previous window total}.
-local k = KEYS[1] .. ':' .. ARGV[2]
+-- KEYS[1]: the limiter key, a hash of window totals by window index (so the whole state
+-- is the declared key: it moves with its slot). ARGV: window (us), window index,
+-- admissions to add. Returns {current window total, previous window total}.
+local idx = ARGV[2]
+local prevf = string.format('%.0f', tonumber(idx) - 1)
 local add = tonumber(ARGV[3])
 local cur
 if add > 0 then
-  cur = redis.call('INCRBY', k, add)
-  redis.call('PEXPIRE', k, math.ceil(tonumber(ARGV[1]) / 1000) * 2 + 1000)
+  cur = redis.call('HINCRBY', KEYS[1], idx, add)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[1]) / 1000) * 2 + 1000)
+  if redis.call('HLEN', KEYS[1]) > 2 then
+    for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+      if tonumber(f) < tonumber(idx) - 1 then redis.call('HDEL', KEYS[1], f) end
+    end
+  end
 else
-  cur = tonumber(redis.call('GET', k) or '0')
+  cur = tonumber(redis.call('HGET', KEYS[1], idx) or '0')
 end
-local prev = redis.call('GET', KEYS[1] .. ':' .. string.format('%.0f', tonumber(ARGV[2]) - 1))
+local prev = redis.call('HGET', KEYS[1], prevf)
 return {cur, tonumber(prev or '0')}
 "#;
 
