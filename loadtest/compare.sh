@@ -142,10 +142,14 @@ UP_PID=$LT_LAST_PID
 lt_wait_http "http://127.0.0.1:$UP_PORT/" 200 50 "$UP_PID" || { cat "$LT_TMP/upstream.log" >&2; lt_die "upstream did not start"; }
 
 REDIS_PORT= REDIS_URL=
-redis_cmds() {  # commands Redis has processed so far (0 without redis-cli)
-    command -v redis-cli >/dev/null 2>&1 || { echo 0; return; }
-    redis-cli -p "$REDIS_PORT" info stats 2>/dev/null | tr -d '\r' |
-        awk -F: '/^total_commands_processed:/ {print $2; f=1} END {if (!f) print 0}'
+# redis_cmds: "TOTAL SCRIPTS" — commands Redis has processed so far (those run inside Lua
+# scripts included) and EVAL/EVALSHA calls among them ("0 0" without redis-cli).
+redis_cmds() {
+    command -v redis-cli >/dev/null 2>&1 || { echo 0 0; return; }
+    redis-cli -p "$REDIS_PORT" info all 2>/dev/null | tr -d '\r' | awk -F'[:,=]' '
+        /^total_commands_processed:/ { t = $2 }
+        /^cmdstat_(eval|evalsha):/   { s += $3 }
+        END { print t + 0, s + 0 }'
 }
 if [[ -n ${NEED[redis]:-} ]]; then
     REDIS_PORT=$(lt_free_port) REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
@@ -165,10 +169,11 @@ fi
 # Per target: URL, PID, KIND (upstream|bare|nginx|moat), VAR (http|tls|h2), HFILE (static
 # headers), HSCRIPT (headers printed by a script at run time), ENVF (NAME=value lines for
 # moat and the script), RUN (moat's run dir, for its access log). Counted over the rounds:
-# RESP (responses), LOGLINES (access-log lines), RCMDS (Redis commands, while it ran).
+# RESP (responses), LOGLINES (access-log lines), RCMDS/RSCRIPTS (Redis commands / script
+# calls while it ran).
 TARGETS=()
 declare -A URL=() PID=() KIND=() VAR=() HFILE=() HSCRIPT=() ENVF=() RUN=()
-declare -A RESP=() LOGLINES=() RCMDS=() USES_REDIS=()
+declare -A RESP=() LOGLINES=() RCMDS=() RSCRIPTS=() USES_REDIS=()
 
 scheme() { [[ $1 == http ]] && echo http || echo https; }
 # client_args VARIANT: oha's options for this variant (curl's differ only in spelling).
@@ -273,7 +278,8 @@ printf 'name\tround\trps\tp50_ms\tp99_ms\tp999_ms\tresponses\terrors\tcpu_ticks\
 LOAD_ARGS=()
 [[ $MODE == latency ]] && LOAD_ARGS=(-q "$RATE" --latency-correction)
 run_one() {  # NAME ROUND DURATION -> appends a line to RESULTS (round 0 = warm-up, not kept)
-    local name=$1 round=$2 dur=$3 pid=${PID[$1]} json="$LT_TMP/oha-$1-$2.json" t0 t1 r c0 c1 log=
+    local name=$1 round=$2 dur=$3 pid=${PID[$1]} json="$LT_TMP/oha-$1-$2.json" t0 t1 r log=
+    local c0= c1= a0 b0 a1 b1
     header_args "$name"
     client_args "${VAR[$name]}"
     [[ -n ${RUN[$name]:-} && -f ${RUN[$name]}/access.log ]] && log=${RUN[$name]}/access.log
@@ -293,7 +299,10 @@ run_one() {  # NAME ROUND DURATION -> appends a line to RESULTS (round 0 = warm-
     read -r _ _ _ _ n _ <<<"$r"
     RESP[$name]=$(( ${RESP[$name]:-0} + n ))
     if [[ -n $log ]]; then sleep 0.2; LOGLINES[$name]=$(( ${LOGLINES[$name]:-0} + $(wc -l <"$log") )); fi
-    [[ -n $REDIS_PORT ]] && RCMDS[$name]=$(( ${RCMDS[$name]:-0} + c1 - c0 ))
+    if [[ -n $REDIS_PORT ]]; then
+        read -r a0 b0 <<<"$c0"; read -r a1 b1 <<<"$c1"
+        RCMDS[$name]=$(( ${RCMDS[$name]:-0} + a1 - a0 )) RSCRIPTS[$name]=$(( ${RSCRIPTS[$name]:-0} + b1 - b0 ))
+    fi
     return 0
 }
 
@@ -327,7 +336,7 @@ for t in "${TARGETS[@]}"; do
         NOTES+=("$t: ${LOGLINES[$t]} access-log lines for ${RESP[$t]:-0} responses")
     fi
     if [[ -n ${USES_REDIS[$t]:-} ]]; then
-        NOTES+=("$t: ${RCMDS[$t]:-0} Redis commands for ${RESP[$t]:-0} responses")
+        NOTES+=("$t: ${RSCRIPTS[$t]:-0} Redis script calls (${RCMDS[$t]:-0} commands, those inside the scripts included) for ${RESP[$t]:-0} responses")
     fi
 done
 for n in "${NOTES[@]}"; do echo "note: $n"; done
