@@ -18,7 +18,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-usage() { sed -n '4,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '4,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 SCENARIOS=() ROUNDS= DURATION= CONNS=50 USE_NGINX=1 BUILD=1 OUT= MODE=throughput RATE=5000 WS=0
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -38,8 +38,12 @@ while [[ $# -gt 0 ]]; do
 done
 if [[ $MODE == latency ]]; then ROUNDS=${ROUNDS:-1} DURATION=${DURATION:-10s}; fi
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-10s}
-if [[ ${#SCENARIOS[@]} -eq 0 ]]; then
-    for f in "$LT_DIR"/scenarios/*.yaml; do [[ -e $f ]] && SCENARIOS+=("$(basename "$f" .yaml)"); done
+if [[ ${#SCENARIOS[@]} -eq 0 ]]; then  # all: the bundled ones in this order, then any others
+    SCENARIOS=(plain jwt apikey hmac full cluster-fast cluster-exact tls h2)
+    for f in "$LT_DIR"/scenarios/*.yaml; do
+        s=$(basename "$f" .yaml)
+        [[ -e $f && " ${SCENARIOS[*]} " != *" $s "* ]] && SCENARIOS+=("$s")
+    done
 fi
 
 # What each scenario needs: its client variant (`# compare: http|tls|h2` in the template),
@@ -188,12 +192,14 @@ client_args() {
 env_args() { mapfile -t ENV_ARGS < <(lt_lines "$1"); }
 # header_args NAME: HDR_ARGS=(-H "line" ...) for target NAME (static file or script output).
 header_args() {
-    local name=$1 lines=()
+    local name=$1 lines=() out
     HDR_ARGS=()
     if [[ -n ${HSCRIPT[$name]:-} ]]; then
         env_args "${ENVF[$name]:-}"
-        if ! mapfile -t lines < <(env MOAT="$REL/moat" "${ENV_ARGS[@]}" bash "${HSCRIPT[$name]}"); then
-            lt_log "${HSCRIPT[$name]} failed"
+        if out=$(env MOAT="$REL/moat" "${ENV_ARGS[@]}" bash "${HSCRIPT[$name]}"); then
+            mapfile -t lines <<<"$out"
+        else
+            lt_log "${HSCRIPT[$name]} failed: $name gets no headers"
         fi
     elif [[ -n ${HFILE[$name]:-} ]]; then
         mapfile -t lines < <(lt_lines "${HFILE[$name]}")

@@ -9,7 +9,7 @@
 # (a route with require_digest: true refuses it). moat: $MOAT, else target/release/moat,
 # else `moat` on PATH. Prints requests/s, p50, p99, p99.9, errors.
 set -euo pipefail
-if [[ $# -lt 3 || "$1" == -h || "$1" == --help ]]; then sed -n '4,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; fi
+if [[ $# -lt 3 || "$1" == -h || "$1" == --help ]]; then sed -n '4,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; fi
 url=$1 key_id=$2 secret_env=$3 dur=${4:-10s} conns=${5:-50}
 shift $(( $# < 5 ? $# : 5 ))
 root=$(cd "$(dirname "$0")/.." && pwd)
