@@ -1,6 +1,11 @@
 //! Benchmark floor: the smallest Pingora 0.9 HTTP proxy to one upstream (no routing, no plugins).
 //!
-//! `bare_proxy --listen 127.0.0.1:PORT --upstream 127.0.0.1:PORT [--threads N]`
+//! `bare_proxy --listen 127.0.0.1:PORT --upstream 127.0.0.1:PORT [--threads N]
+//!  [--tls-cert FILE --tls-key FILE [--h2]]`
+//!
+//! With `--tls-cert`/`--tls-key` the listener terminates TLS (Pingora's Mozilla-intermediate
+//! settings, as moat's TLS listeners use); `--h2` also offers HTTP/2 by ALPN, like a moat
+//! listener with `http2: true`. The upstream is always plain HTTP/1.1.
 //!
 //! `loadtest/compare.sh` runs it beside `moat` so that moat's cost is quoted as a
 //! ratio to what Pingora itself costs on the same machine.
@@ -10,11 +15,12 @@ use std::process::exit;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 
-const USAGE: &str =
-    "usage: bare_proxy --listen 127.0.0.1:PORT --upstream 127.0.0.1:PORT [--threads N]";
+const USAGE: &str = "usage: bare_proxy --listen 127.0.0.1:PORT --upstream 127.0.0.1:PORT \
+     [--threads N] [--tls-cert FILE --tls-key FILE [--h2]]";
 
 /// Proxies every request to one fixed, plain-HTTP upstream.
 struct Bare {
@@ -37,15 +43,24 @@ struct Args {
     listen: SocketAddr,
     upstream: SocketAddr,
     threads: usize,
+    /// Certificate chain and key files (PEM) when the listener terminates TLS.
+    tls: Option<(String, String)>,
+    /// Offer HTTP/2 by ALPN (TLS only).
+    h2: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
     let (mut listen, mut upstream, mut threads) = (None, None, 1usize);
+    let (mut cert, mut key, mut h2) = (None, None, false);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
             println!("{USAGE}");
             exit(0);
+        }
+        if flag == "--h2" {
+            h2 = true;
+            continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
@@ -58,13 +73,25 @@ fn parse_args() -> Result<Args, String> {
                     return Err("--threads must be at least 1".into());
                 }
             }
+            "--tls-cert" => cert = Some(value),
+            "--tls-key" => key = Some(value),
             _ => return Err(format!("unknown argument {flag}")),
         }
+    }
+    let tls = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
+    if h2 && tls.is_none() {
+        return Err("--h2 needs --tls-cert and --tls-key (h2 is offered by ALPN)".into());
     }
     Ok(Args {
         listen: listen.ok_or("--listen is required")?,
         upstream: upstream.ok_or("--upstream is required")?,
         threads,
+        tls,
+        h2,
     })
 }
 
@@ -94,7 +121,19 @@ fn main() {
             upstream: args.upstream,
         },
     );
-    proxy.add_tcp(&args.listen.to_string());
+    match &args.tls {
+        Some((cert, key)) => {
+            let mut tls = TlsSettings::intermediate(cert, key).unwrap_or_else(|e| {
+                eprintln!("bare_proxy: TLS certificate {cert} / key {key}: {e}");
+                exit(1)
+            });
+            if args.h2 {
+                tls.enable_h2();
+            }
+            proxy.add_tls_with_settings(&args.listen.to_string(), None, tls);
+        }
+        None => proxy.add_tcp(&args.listen.to_string()),
+    }
     server.add_service(proxy);
     server.run_forever();
 }

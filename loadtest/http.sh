@@ -17,7 +17,7 @@ shift $(( $# < 3 ? $# : 3 ))
 lt_init
 LT_OHA=$(lt_oha)
 lt_run_oha "$LT_TMP/oha.json" "$url" "$dur" "$conns" "$@"
-read -r rps p50 p99 n errors < <(lt_parse_oha "$LT_TMP/oha.json")
+read -r rps p50 p99 p999 n errors < <(lt_parse_oha "$LT_TMP/oha.json")
 printf 'url:        %s (%s, %s connections)\n' "$url" "$dur" "$conns"
-printf 'requests/s: %s\np50:        %s ms\np99:        %s ms\nresponses:  %s\nerrors:     %s\n' \
-    "$rps" "$p50" "$p99" "$n" "$errors"
+printf 'requests/s: %s\np50:        %s ms\np99:        %s ms\np99.9:      %s ms\nresponses:  %s\nerrors:     %s\n' \
+    "$rps" "$p50" "$p99" "$p999" "$n" "$errors"

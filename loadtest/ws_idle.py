@@ -5,7 +5,7 @@ upstream, keep them idle, and report moat's resident memory (VmRSS) before and a
 Usage: loadtest/ws_idle.py [N=10000] [--moat target/release/moat]
        loadtest/ws_idle.py [N] --bare target/release/examples/bare_proxy   (the floor)
 Everything runs on 127.0.0.1 and stops by itself (bounded: 120 s)."""
-import asyncio, base64, hashlib, os, socket, subprocess, sys, tempfile, time
+import asyncio, base64, hashlib, os, shutil, socket, subprocess, sys, tempfile, time
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 10000
 MOAT = sys.argv[sys.argv.index("--moat") + 1] if "--moat" in sys.argv else "target/release/moat"
@@ -83,7 +83,7 @@ async def main():
         for w in opened:
             w.close()
     finally:
-        proc.kill(); proc.wait(); server.close()
+        proc.kill(); proc.wait(); server.close(); shutil.rmtree(d, ignore_errors=True)
 
 
 asyncio.run(asyncio.wait_for(main(), 120))
