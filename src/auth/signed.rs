@@ -1,7 +1,10 @@
 //! Verifying an HMAC-signed request on the request path: the `Authorization: hmac` value,
 //! the credential, the signed-header rules, the date, the signature, the body `Digest`
-//! and the replay guard, in that order (the replay guard only records requests that
-//! passed everything else, so forged requests cannot fill it).
+//! and the replay guard, in that order (the replay guard only records requests whose
+//! signature passed, so forged requests cannot fill it). A held-back body (below) is
+//! checked after the replay guard has recorded its signature: a replayed head with a
+//! junk body is refused, and also burns that signature — which only someone able to
+//! see the original request, already sent, can do.
 //!
 //! Bodies: when the request carries `Digest`, its body must match it before the upstream
 //! sees a byte of it. A body of known length up to [`HMAC_MAX_BODY`] is read here, before
@@ -72,6 +75,8 @@ pub async fn verify(
     now: i64,
 ) -> Result<Verified, Refused> {
     let auth = hmac::parse_authorization(value)?;
+    // HTTP/2 bodies may come with neither Content-Length nor Transfer-Encoding.
+    let body_follows = !session.as_mut().is_body_empty();
     let req = session.req_header();
     let key = consumers
         .hmac_key(&auth.key_id)
@@ -88,7 +93,8 @@ pub async fn verify(
     if digest.is_some() && !signed("digest") {
         return Err(HmacError::Unsigned.into());
     }
-    let has_body = req.headers.contains_key(http::header::TRANSFER_ENCODING)
+    let has_body = body_follows
+        || req.headers.contains_key(http::header::TRANSFER_ENCODING)
         || content_length(req).is_some_and(|n| n > 0);
     if s.require_digest && has_body && digest.is_none() {
         return Err(HmacError::Digest.into());

@@ -132,14 +132,19 @@ impl BucketView {
     }
 
     /// Apply a sync's answer received at `now`: Redis's tokens after debiting the
-    /// admissions sent, or `None` when the call failed (the view, already debited by every
-    /// own admission, stays as it is).
+    /// admissions sent, or `None` when the call failed: the view, already debited by every
+    /// own admission, stays as it is, and the admissions sent go back to the pending ones
+    /// so the next sync debits them from the shared bucket. (A call that ran in Redis but
+    /// whose answer timed out is debited twice: the error is on the safe side.)
     pub fn finish_sync(&mut self, answer: Option<i64>, now: u64) {
-        if let Some(tokens) = answer {
-            // Admissions made while the sync was in flight are not in Redis's answer yet.
-            self.known = tokens.saturating_sub(self.pending as i64 * MT as i64);
-            self.known_at = now;
-            self.init = true;
+        match answer {
+            Some(tokens) => {
+                // Admissions made while the sync was in flight are not in Redis's answer yet.
+                self.known = tokens.saturating_sub(self.pending as i64 * MT as i64);
+                self.known_at = now;
+                self.init = true;
+            }
+            None => self.pending += self.inflight,
         }
         self.inflight = 0;
     }
@@ -272,5 +277,7 @@ mod tests {
         let _ = v.start_sync(T0, 1);
         v.finish_sync(None, T0);
         assert_eq!(run(&mut v, T0, 5), 1);
+        // The failed sync's admissions are sent again with the next one.
+        assert_eq!(v.start_sync(T0 + 10, 1), Some(4));
     }
 }

@@ -40,6 +40,9 @@ use prometheus::IntCounterVec;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// Largest `burst`: fast-mode buckets count tokens in millionths in an `i64`.
+const MAX_BURST: u64 = 1_000_000_000_000;
+
 static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
@@ -143,6 +146,9 @@ impl RateLimit {
                 "burst applies to algorithm: token_bucket only",
             ),
             Some(0) => errs.push(join(path, "burst"), "must be at least 1"),
+            Some(b) if b > MAX_BURST => {
+                errs.push(join(path, "burst"), format!("must be at most {MAX_BURST}"))
+            }
             _ => {}
         }
         // With tiers, `burst` scales with each tier's rate (burst / rate × tier rate).

@@ -19,11 +19,11 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
 
-const XFF: &str = "x-forwarded-for";
-const XFP: &str = "x-forwarded-proto";
-const XFH: &str = "x-forwarded-host";
-const X_REAL_IP: &str = "x-real-ip";
-const FORWARDED: &str = "forwarded";
+// Names built once (inserting by `&str` would parse and validate the name every time).
+static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Resolve the client IP from the peer and, when the peer is trusted, `X-Forwarded-For`.
 /// Returns the client IP and whether the peer is trusted.
@@ -42,7 +42,7 @@ pub fn client_ip(
     // Headers in order; within each, entries right to left: walk everything from the right.
     let values: Vec<&[u8]> = req
         .headers
-        .get_all(XFF)
+        .get_all(&XFF)
         .iter()
         .map(|v| v.as_bytes())
         .collect();
@@ -122,7 +122,7 @@ pub fn apply(
     // X-Forwarded-For: the trusted incoming chain plus the peer, or just the peer.
     let peer = peer.map(canonical);
     let peer_v = peer.and_then(|p| HeaderValue::from_str(&ip_text(p)).ok());
-    let mut incoming = headers.get_all(XFF).iter().filter_map(|v| v.to_str().ok());
+    let mut incoming = headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok());
     let chain = match (peer_trusted, incoming.next(), &peer_v) {
         (true, Some(first), Some(p)) => {
             let mut c = first.to_string();
@@ -138,10 +138,10 @@ pub fn apply(
     };
     match chain {
         Some(v) => {
-            headers.insert(XFF, v);
+            headers.insert(XFF.clone(), v);
         }
         None => {
-            headers.remove(XFF);
+            headers.remove(&XFF);
         }
     }
     // X-Real-IP: the resolved client (usually the peer: its text is reused).
@@ -154,31 +154,31 @@ pub fn apply(
     });
     match client_v {
         Some(v) => {
-            headers.insert(X_REAL_IP, v);
+            headers.insert(X_REAL_IP.clone(), v);
         }
         None => {
-            headers.remove(X_REAL_IP);
+            headers.remove(&X_REAL_IP);
         }
     }
     // X-Forwarded-Proto and -Host: kept from a trusted peer, else ours.
-    if !(peer_trusted && headers.contains_key(XFP)) {
+    if !(peer_trusted && headers.contains_key(&XFP)) {
         headers.insert(
-            XFP,
+            XFP.clone(),
             HeaderValue::from_static(if tls { "https" } else { "http" }),
         );
     }
-    if !(peer_trusted && headers.contains_key(XFH)) {
+    if !(peer_trusted && headers.contains_key(&XFH)) {
         match host {
             Some(h) => {
-                headers.insert(XFH, h);
+                headers.insert(XFH.clone(), h);
             }
             None => {
-                headers.remove(XFH);
+                headers.remove(&XFH);
             }
         }
     }
     if !peer_trusted {
-        headers.remove(FORWARDED);
+        headers.remove(http::header::FORWARDED);
     }
     // Identity headers only moat may set (no allocation unless a client sent some).
     let forged: Vec<HeaderName> = headers
@@ -199,7 +199,7 @@ mod tests {
         let mut r = RequestHeader::build("GET", b"/", None).unwrap();
         r.insert_header("host", "api.example.com").unwrap();
         for v in xff {
-            r.append_header(XFF, *v).unwrap();
+            r.append_header(XFF.clone(), *v).unwrap();
         }
         r
     }
@@ -270,19 +270,19 @@ mod tests {
             false,
             false,
         );
-        assert_eq!(h[XFF], "203.0.113.9");
-        assert_eq!(h[X_REAL_IP], "203.0.113.9");
-        assert_eq!(h[XFP], "http");
-        assert_eq!(h[XFH], "api.example.com");
+        assert_eq!(h[&XFF], "203.0.113.9");
+        assert_eq!(h[&X_REAL_IP], "203.0.113.9");
+        assert_eq!(h[&XFP], "http");
+        assert_eq!(h[&XFH], "api.example.com");
         for gone in ["x-consumer-id", "x-auth-method", "forwarded"] {
             assert!(h.get(gone).is_none(), "{gone}");
         }
         let mut h = req(&["6.6.6.6"]).headers.clone();
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         apply(&mut h, None, ip("127.0.0.1"), ip("6.6.6.6"), true, false);
-        assert_eq!(h[XFF], "6.6.6.6, 127.0.0.1");
-        assert_eq!(h[X_REAL_IP], "6.6.6.6");
-        assert_eq!(h[XFP], "https");
+        assert_eq!(h[&XFF], "6.6.6.6, 127.0.0.1");
+        assert_eq!(h[&X_REAL_IP], "6.6.6.6");
+        assert_eq!(h[&XFP], "https");
         let mut h2 = HeaderMap::new();
         apply(
             &mut h2,
@@ -292,7 +292,7 @@ mod tests {
             false,
             true,
         );
-        assert_eq!(h2[XFH], "h2.example.com");
-        assert_eq!(h2[XFP], "https");
+        assert_eq!(h2[&XFH], "h2.example.com");
+        assert_eq!(h2[&XFP], "https");
     }
 }

@@ -94,28 +94,31 @@ fn rebuild_with_forwarding(
     session: &Session,
     ctx: &RequestCtx,
 ) -> Result<()> {
-    let mut parts = up.as_owned_parts();
-    forwarding::apply(
-        &mut parts.headers,
-        up.uri.authority().map(|a| a.as_str()),
-        peer_ip(session),
-        ctx.client_ip,
-        ctx.peer_trusted,
-        is_tls(session),
-    );
-    let mut rebuilt = RequestHeader::from(parts);
+    // The head is moved out (not cloned) and comes back without its case map.
     let from_uri = up
         .uri
         .path_and_query()
         .map(|p| p.as_str().as_bytes())
         .unwrap_or_default();
-    if up.raw_path() != from_uri {
-        rebuilt.set_raw_path(up.raw_path())?;
+    let raw_path = (up.raw_path() != from_uri).then(|| up.raw_path().to_vec());
+    let end = up.send_end_stream();
+    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut parts = http::request::Parts::from(std::mem::replace(up, placeholder));
+    forwarding::apply(
+        &mut parts.headers,
+        parts.uri.authority().map(|a| a.as_str()),
+        peer_ip(session),
+        ctx.client_ip,
+        ctx.peer_trusted,
+        is_tls(session),
+    );
+    *up = RequestHeader::from(parts);
+    if let Some(raw) = raw_path {
+        up.set_raw_path(&raw)?;
     }
-    if let Some(end) = up.send_end_stream() {
-        rebuilt.set_send_end_stream(end);
+    if let Some(end) = end {
+        up.set_send_end_stream(end);
     }
-    *up = rebuilt;
     Ok(())
 }
 

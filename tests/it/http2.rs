@@ -143,7 +143,7 @@ fn concurrent_requests_share_connections() {
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(up.seen_at("/slow").len(), n);
     // 40 × 300 ms one after another would take 12 s.
-    assert!(took < Duration::from_secs(4), "took {took:?}");
+    assert!(took < Duration::from_secs(8), "took {took:?}");
     let (conns, most) = (up.connections(), up.max_concurrent());
     eprintln!(
         "{n} concurrent requests: {conns} upstream connections, at most {most} streams on one"

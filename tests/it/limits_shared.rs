@@ -64,7 +64,7 @@ fn three_instances_share_one_concurrency_limit() {
     let ms: Vec<Moat> = (0..3).map(|_| Moat::start(&body)).collect();
     let ports: Vec<u16> = ms.iter().map(|m| m.port).collect();
     up.set(Behavior {
-        delay: Duration::from_millis(1500),
+        delay: Duration::from_millis(2500),
         ..Behavior::default()
     });
     let ok = Arc::new(AtomicUsize::new(0));
@@ -81,8 +81,8 @@ fn three_instances_share_one_concurrency_limit() {
                 match request(port, "GET", "/slow", &[], b"").status {
                     200 => ok.fetch_add(1, Ordering::SeqCst),
                     429 => {
-                        // Refused while the admitted ones were still upstream.
-                        assert!(t0.elapsed() < Duration::from_millis(1200));
+                        // Refused while the admitted ones were still upstream (2.5 s).
+                        assert!(t0.elapsed() < Duration::from_millis(2000));
                         limited.fetch_add(1, Ordering::SeqCst)
                     }
                     s => panic!("unexpected status {s}"),
@@ -216,7 +216,7 @@ fn leases_are_renewed_and_expire_after_an_instance_dies() {
     let took = killed.elapsed();
     eprintln!("slots of a killed instance back after {took:?} (lease 1 s)");
     assert!(back, "slots of a dead instance never came back");
-    assert!(took < Duration::from_millis(2000), "{took:?}");
+    assert!(took < Duration::from_millis(3000), "{took:?}");
     drop(held);
 }
 
