@@ -39,7 +39,7 @@ done
 if [[ $MODE == latency ]]; then ROUNDS=${ROUNDS:-1} DURATION=${DURATION:-10s}; fi
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-10s}
 if [[ ${#SCENARIOS[@]} -eq 0 ]]; then  # all: the bundled ones in this order, then any others
-    SCENARIOS=(plain jwt apikey hmac full cluster-fast cluster-exact tls h2)
+    SCENARIOS=(plain limit-local limit-fast limit-exact jwt apikey hmac full cluster-fast cluster-exact tls h2)
     for f in "$LT_DIR"/scenarios/*.yaml; do
         s=$(basename "$f" .yaml)
         [[ -e $f && " ${SCENARIOS[*]} " != *" $s "* ]] && SCENARIOS+=("$s")
