@@ -1,7 +1,9 @@
 //! `server.limits.header_timeout` through the real binary, over raw sockets: a request
 //! head dribbled a byte at a time is cut at the deadline (first request, keep-alive
-//! request, TLS listener, admin listener) and never reaches the upstream; normal clients, slow bodies,
-//! idle keep-alive waits and idle WebSockets are not affected.
+//! request, TLS listener, admin listener, h2c listener) and never reaches the upstream;
+//! normal clients, slow bodies, idle keep-alive waits and idle WebSockets are not
+//! affected. Also: an idle HTTP/2 connection is closed after `idle_timeout`, and a
+//! pipelined request is neither served (Pingora 0.9) nor timed as a head.
 
 use crate::harness::client::{parse_one, Conn};
 use crate::harness::moat::temp_dir;
