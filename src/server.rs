@@ -194,6 +194,7 @@ pub fn run(
     let listener_cfgs = cfg.listeners.clone();
     let admin_cfg = cfg.admin.clone();
     let header_timeout = crate::slowloris::header_timeout(&cfg);
+    let h2_idle = Duration::from_secs(crate::runtime::Limits::from_config(&cfg).idle_timeout_secs);
     let log_path = cfg.access_log.as_ref().map(|l| l.path.clone());
     let conf = server_conf(&cfg, opts.daemon);
     let pid_file = conf.pid_file.clone();
@@ -235,7 +236,8 @@ pub fn run(
     // Every proxy service runs behind the request head deadline
     // (`server.limits.header_timeout`). Plain listeners with `http2: true` also take
     // HTTP/2 with prior knowledge (h2c); Pingora sets that per service, so they get a
-    // service of their own.
+    // service of their own. An HTTP/2 connection with no stream open for `idle_timeout`
+    // is closed (as of start-up: reloads change it for HTTP/1 only).
     let conf = Arc::clone(&server.configuration);
     let proxy_service = |name: &str, h2c: bool| {
         let moat = Moat {
@@ -245,11 +247,10 @@ pub fn run(
             draining: Arc::clone(&draining),
         };
         let mut app = pingora_proxy::http_proxy(&conf, moat);
-        if h2c {
-            let mut options = pingora_core::apps::HttpServerOptions::default();
-            options.h2c = true;
-            app.server_options = Some(options);
-        }
+        let mut options = pingora_core::apps::HttpServerOptions::default();
+        options.h2c = h2c;
+        options.h2_idle_timeout = Some(h2_idle);
+        app.server_options = Some(options);
         let policy = crate::slowloris::Policy::new(header_timeout, &metrics);
         Service::new(
             name.to_string(),

@@ -253,6 +253,7 @@ impl ProxyHttp for Moat {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        crate::slowloris::head_parsed(session.stream());
         if ctx.rt.compression_used {
             // Pingora's module reads Accept-Encoding only while enabled: enable it now, and
             // let the response phase decide per response (see apply_compression).

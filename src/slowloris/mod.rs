@@ -10,10 +10,16 @@
 //! - [`NextHead`] sits between Pingora's HTTP/1 keep-alive loop and the proxy: when a
 //!   request is over and its connection is kept for the next one, it tells the
 //!   connection's [`HeadDeadline`] to time the next head from its first byte.
+//! - The proxy calls [`head_parsed`] once Pingora has parsed a head, so what follows is
+//!   never timed as a head even when the scanner did not see the head end (bytes carried
+//!   over from the previous request).
 //!
-//! Connections that negotiated HTTP/2 by ALPN are not wrapped: h2 has its own framing and
-//! Pingora's h2 server its own limits. A plaintext h2 (prior knowledge) connection is
-//! wrapped, and its preface counts as the head, after which nothing is timed.
+//! HTTP/2 connections (by ALPN on TLS, or with prior knowledge on h2c listeners) are
+//! wrapped too: their connection preface (`PRI * HTTP/2.0` and an empty line) counts as
+//! the head, so it must arrive within the limit, after which nothing is timed (h2 has its
+//! own framing; an idle h2 connection is closed by Pingora's `h2_idle_timeout`). On h2c
+//! listeners Pingora first peeks at 24 bytes to tell h2 from HTTP/1; that wait is bounded
+//! by the same deadline (see [`HeadDeadline`]'s `Peek`).
 
 mod scan;
 mod stream;
@@ -27,11 +33,20 @@ use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
 use pingora_core::protocols::http::v2::server::H2Options;
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use prometheus::IntCounter;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Pingora has parsed a request head read from `stream` (the downstream connection of an
+/// HTTP/1 request; `None` for HTTP/2): its head deadline, if it has one, stops timing
+/// reads. The proxy calls this first thing for every request (`early_request_filter`).
+pub fn head_parsed(stream: Option<&Stream>) {
+    if let Some(d) = stream.and_then(|s| s.as_any().downcast_ref::<HeadDeadline>()) {
+        d.head_parsed();
+    }
+}
 
 /// `header_timeout` when the config does not set one (as in the reference config).
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,8 +83,8 @@ impl Policy {
     }
 }
 
-/// The listening service's application: `app` with every HTTP/1 request head limited by
-/// a [`Policy`].
+/// The listening service's application: `app` with every HTTP/1 request head (and every
+/// HTTP/2 connection preface) limited by a [`Policy`].
 pub struct HeadTimeout<A> {
     app: Arc<NextHead<A>>,
     policy: Arc<Policy>,
@@ -97,11 +112,7 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            stream
-        } else {
-            Box::new(HeadDeadline::new(stream, Arc::clone(&self.policy)))
-        };
+        let stream: Stream = Box::new(HeadDeadline::new(stream, Arc::clone(&self.policy)));
         self.app.process_new(stream, shutdown).await
     }
 

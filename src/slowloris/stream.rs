@@ -13,6 +13,11 @@
 //! - When the request is over and Pingora keeps the connection for the next one,
 //!   [`HeadDeadline::next_head`] is called: the keep-alive wait is Pingora's idle timeout,
 //!   and the next head is timed from its first byte.
+//! - The proxy calls [`HeadDeadline::head_parsed`] when Pingora has parsed a head, which
+//!   ends the timing whatever the scanner saw: it covers a head Pingora took (in part or
+//!   whole) from bytes read with the previous request (HTTP/1.1 pipelining, off in
+//!   Pingora 0.9 unless a proxy turns it on), and any disagreement between the scanner
+//!   and Pingora's parser.
 //!
 //! Cost on the hot path: no allocation per read; a timer exists only while a head read
 //! has to wait (typically once per connection, for its first head: later heads mostly
@@ -31,7 +36,7 @@ use pingora_core::protocols::{
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -50,6 +55,11 @@ enum Phase {
     Ended,
 }
 
+/// Values of [`HeadDeadline::told`].
+const NOTHING: u8 = 0;
+const NEXT_HEAD: u8 = 1;
+const HEAD_PARSED: u8 = 2;
+
 /// A [`Stream`] whose request heads are timed as a whole (see the module docs).
 pub struct HeadDeadline {
     inner: Stream,
@@ -61,8 +71,13 @@ pub struct HeadDeadline {
     deadline: Instant,
     /// Created when a head read has to wait, dropped when the head is complete.
     sleep: Option<Pin<Box<Sleep>>>,
-    /// Set by [`HeadDeadline::next_head`] (which only has `&self`); taken by the next read.
-    next: AtomicBool,
+    /// What the request loop said last ([`HeadDeadline::next_head`] or
+    /// [`HeadDeadline::head_parsed`], which only have `&self`): `NOTHING`, `NEXT_HEAD` or
+    /// `HEAD_PARSED`, taken by the next read.
+    told: AtomicU8,
+    /// Bytes [`Peek::try_peek`] read and the next reads hand out again (h2c services peek
+    /// at a connection's first 24 bytes); not scanned until then.
+    peeked: Vec<u8>,
 }
 
 impl HeadDeadline {
@@ -77,14 +92,21 @@ impl HeadDeadline {
             deadline: Instant::now() + policy.limit,
             policy,
             sleep: None,
-            next: AtomicBool::new(false),
+            told: AtomicU8::new(NOTHING),
+            peeked: Vec::new(),
         }
     }
 
     /// The request on this connection is over and the connection waits for the next one:
     /// the next head is timed from its first byte.
     pub fn next_head(&self) {
-        self.next.store(true, Ordering::Relaxed);
+        self.told.store(NEXT_HEAD, Ordering::Relaxed);
+    }
+
+    /// Pingora has parsed the current request's head: reads are no longer timed, until
+    /// [`HeadDeadline::next_head`].
+    pub fn head_parsed(&self) {
+        self.told.store(HEAD_PARSED, Ordering::Relaxed);
     }
 
     /// Account for `fresh`, the bytes one read added while a head was incomplete.
@@ -136,7 +158,11 @@ impl HeadDeadline {
 
     /// Count the timeout and end the stream: the error is returned once, then reads end.
     fn timed_out(&mut self) -> io::Error {
-        self.policy.partial_head.inc();
+        if self.head_bytes == 0 {
+            self.policy.no_request.inc();
+        } else {
+            self.policy.partial_head.inc();
+        }
         self.phase = Phase::Ended;
         io::Error::new(
             io::ErrorKind::TimedOut,
@@ -164,18 +190,34 @@ impl AsyncRead for HeadDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if *this.next.get_mut() {
-            *this.next.get_mut() = false;
-            if this.phase != Phase::Ended {
-                this.phase = Phase::Idle;
+        // The last word wins: calls come in order from the connection's own task.
+        let told = std::mem::replace(this.told.get_mut(), NOTHING);
+        if this.phase != Phase::Ended {
+            match told {
+                NEXT_HEAD => this.phase = Phase::Idle,
+                HEAD_PARSED => {
+                    this.phase = Phase::Body;
+                    this.sleep = None;
+                }
+                _ => {}
             }
         }
-        match this.phase {
-            Phase::Body => return Pin::new(&mut this.inner).poll_read(cx, buf),
-            Phase::Ended => return Poll::Ready(Ok(())),
-            Phase::Head | Phase::Idle => {}
+        if this.phase == Phase::Ended {
+            return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
+        if !this.peeked.is_empty() {
+            let n = this.peeked.len().min(buf.remaining());
+            buf.put_slice(&this.peeked[..n]);
+            this.peeked.drain(..n);
+            if this.phase == Phase::Body {
+                return Poll::Ready(Ok(()));
+            }
+            return Poll::Ready(this.head_read(&buf.filled()[before..]));
+        }
+        if this.phase == Phase::Body {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let fresh = &buf.filled()[before..];
@@ -281,10 +323,60 @@ impl GetSocketDigest for HeadDeadline {
     }
 }
 
+/// Pingora's h2c services peek at a connection's first 24 bytes (the length of the HTTP/2
+/// preface) before choosing HTTP/2 or HTTP/1. The wait is bounded by the head deadline: a
+/// connection that has not sent 24 bytes by then (idle, a head dribbled, or a whole
+/// request shorter than that) fails the peek with `TimedOut`, and Pingora drops it. The
+/// bytes are read here and handed out again by the next reads, which scan them as usual.
 #[async_trait]
 impl Peek for HeadDeadline {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        use tokio::io::AsyncReadExt;
+        // Only a head still to come is bounded (Pingora peeks before the first one).
+        let deadline = match self.phase {
+            Phase::Ended => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "connection ended by header_timeout",
+                ))
+            }
+            Phase::Body | Phase::Idle if self.peeked.is_empty() => {
+                return self.inner.try_peek(buf).await
+            }
+            Phase::Body | Phase::Idle => None,
+            Phase::Head => Some(self.deadline),
+        };
+        let mut chunk = [0u8; 64];
+        while self.peeked.len() < buf.len() {
+            let want = (buf.len() - self.peeked.len()).min(chunk.len());
+            let read = self.inner.read(&mut chunk[..want]);
+            let read = match deadline {
+                Some(d) => tokio::time::timeout_at(d, read).await,
+                None => Ok(read.await),
+            };
+            match read {
+                Ok(Ok(0)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed while peeking",
+                    ))
+                }
+                Ok(Ok(n)) => self.peeked.extend_from_slice(&chunk[..n]),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    self.head_bytes = self.peeked.len();
+                    log::debug!(
+                        "connection {} sent {} of the {} bytes peeked at within header_timeout",
+                        self.inner.id(),
+                        self.head_bytes,
+                        buf.len()
+                    );
+                    return Err(self.timed_out());
+                }
+            }
+        }
+        buf.copy_from_slice(&self.peeked[..buf.len()]);
+        Ok(true)
     }
 }
 

@@ -130,3 +130,76 @@ async fn writes_and_identity_pass_through() {
     assert_eq!(s.selected_alpn_proto(), None);
     assert!(s.get_ssl_digest().is_none());
 }
+
+#[tokio::test]
+async fn a_peek_is_bounded_by_the_head_deadline() {
+    // Nothing sent.
+    let (_c, mut s) = pair();
+    let start = Instant::now();
+    let mut buf = [0u8; 24];
+    let err = s.try_peek(&mut buf).await.expect_err("must time out");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    let took = start.elapsed();
+    assert!(took >= LIMIT && took < LIMIT * 3, "{took:?}");
+    assert_eq!(
+        (s.policy.no_request.get(), s.policy.partial_head.get()),
+        (1, 0)
+    );
+    assert_eq!(s.read(&mut buf).await.expect("ended"), 0);
+    // A whole request shorter than the peek.
+    let (mut c, mut s) = pair();
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n").await.expect("write");
+    let err = s.try_peek(&mut buf).await.expect_err("must time out");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert_eq!(
+        (s.policy.no_request.get(), s.policy.partial_head.get()),
+        (0, 1)
+    );
+}
+
+#[tokio::test]
+async fn peeked_bytes_are_read_again_and_scanned() {
+    let (mut c, mut s) = pair();
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    c.write_all(preface).await.expect("write");
+    c.write_all(b"frames").await.expect("write");
+    let mut buf = [0u8; 24];
+    assert!(s.try_peek(&mut buf).await.expect("peek"));
+    assert_eq!(&buf, preface);
+    let mut all = [0u8; 30];
+    s.read_exact(&mut all).await.expect("read");
+    assert_eq!(&all, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nframes");
+    // The preface was the head: what follows is not timed.
+    dribble(c, b"0123456789", Duration::from_millis(80));
+    let (got, res) = read_n(&mut s, 10).await;
+    assert!(res.is_ok(), "{res:?}");
+    assert_eq!(got, 10);
+}
+
+#[tokio::test]
+async fn a_head_parsed_elsewhere_ends_the_timing() {
+    // As with a pipelined request whose head Pingora took from bytes read before: the
+    // request is announced (`next_head`), then parsed (`head_parsed`) with no read here.
+    let (mut c, mut s) = pair();
+    let head = b"GET /1 HTTP/1.1\r\n\r\n";
+    c.write_all(head).await.expect("write");
+    assert_eq!(read_n(&mut s, head.len()).await.0, head.len());
+    s.next_head();
+    s.head_parsed();
+    // Its body, slowly, with no head end in it: not timed.
+    dribble(c, b"0123456789", Duration::from_millis(80));
+    let (got, res) = read_n(&mut s, 10).await;
+    assert!(res.is_ok(), "{res:?}");
+    assert_eq!(got, 10);
+    // The last word wins: parsed, then over and waiting for the next head, which is timed.
+    let (c, mut s) = pair();
+    s.head_parsed();
+    s.next_head();
+    dribble(
+        c,
+        b"GET /3 HTTP/1.1\r\nHost: a-slow-client\r\n\r\n",
+        Duration::from_millis(40),
+    );
+    let (_, res) = read_n(&mut s, 1000).await;
+    assert_eq!(res.map_err(|e| e.kind()), Err(io::ErrorKind::TimedOut));
+}

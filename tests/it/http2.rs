@@ -290,7 +290,7 @@ fn health_checks_speak_h2_to_an_http2_upstream() {
 
 /// Send `(method, path, body)` requests on one h2c connection at once; returns
 /// (status, body) of each.
-fn h2c_requests(port: u16, reqs: &[(&str, &str, &[u8])]) -> Vec<(u16, Vec<u8>)> {
+pub(crate) fn h2c_requests(port: u16, reqs: &[(&str, &str, &[u8])]) -> Vec<(u16, Vec<u8>)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,7 +1,9 @@
 //! `server.limits.header_timeout` through the real binary, over raw sockets: a request
 //! head dribbled a byte at a time is cut at the deadline (first request, keep-alive
-//! request, TLS listener, admin listener) and never reaches the upstream; normal clients, slow bodies,
-//! idle keep-alive waits and idle WebSockets are not affected.
+//! request, TLS listener, admin listener, h2c listener) and never reaches the upstream;
+//! normal clients, slow bodies, idle keep-alive waits and idle WebSockets are not
+//! affected. Also: an idle HTTP/2 connection is closed after `idle_timeout`, and a
+//! pipelined request is neither served (Pingora 0.9) nor timed as a head.
 
 use crate::harness::client::{parse_one, Conn};
 use crate::harness::moat::temp_dir;
@@ -22,6 +24,16 @@ const HEAD: &[u8] = b"GET /slow HTTP/1.1\r\nHost: h\r\nUser-Agent: slowloris/1.0
 /// moat with `header_timeout: 1s`, routing everything to `up`; `tls` adds a TLS listener
 /// on `(port, cert, key)`.
 fn start(up: &str, tls: Option<(u16, &std::path::Path, &std::path::Path)>) -> Moat {
+    start_with(up, tls, "", "")
+}
+
+/// As [`start`], with `public` (the listener on `Moat::port`) and `limits` added to.
+fn start_with(
+    up: &str,
+    tls: Option<(u16, &std::path::Path, &std::path::Path)>,
+    public: &str,
+    limits: &str,
+) -> Moat {
     let dir = temp_dir("slowloris");
     let (port, admin) = (free_port(), free_port());
     let tls = tls
@@ -34,7 +46,7 @@ fn start(up: &str, tls: Option<(u16, &std::path::Path, &std::path::Path)>) -> Mo
         })
         .unwrap_or_default();
     let text = format!(
-        "server:\n  threads: 1\n  pid_file: {d}/moat.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 0s\n  shutdown_timeout: 1s\n  limits: {{ header_timeout: 1s }}\nlisteners:\n  - name: public\n    address: 127.0.0.1:{port}\n{tls}admin:\n  address: 127.0.0.1:{admin}\nupstreams:\n  app: {{ targets: [\"{up}\"] }}\nroutes:\n  - name: app\n    match: {{ path_prefix: / }}\n    upstream: app\n",
+        "server:\n  threads: 1\n  pid_file: {d}/moat.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 0s\n  shutdown_timeout: 1s\n  limits: {{ header_timeout: 1s{limits} }}\nlisteners:\n  - name: public\n    address: 127.0.0.1:{port}\n{public}{tls}admin:\n  address: 127.0.0.1:{admin}\nupstreams:\n  app: {{ targets: [\"{up}\"] }}\nroutes:\n  - name: app\n    match: {{ path_prefix: / }}\n    upstream: app\n",
         d = dir.display()
     );
     Moat::start_raw(&text, port, admin, dir, &[])
@@ -233,4 +245,130 @@ fn dribbled_head_on_tls_is_cut() {
     let targets: Vec<String> = up.traffic().into_iter().map(|r| r.target).collect();
     assert_eq!(targets, ["/fast"]);
     drop(m);
+}
+
+/// Read until the server closes `s` (or 5 s pass); what was read and when the close was
+/// seen, measured from `since` (`None`: still open).
+fn read_to_close(s: &mut impl Read, since: Instant) -> (Vec<u8>, Option<Duration>) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while since.elapsed() < Duration::from_secs(5) {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, Some(since.elapsed())),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return (out, Some(since.elapsed())),
+        }
+    }
+    (out, None)
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// An empty SETTINGS frame.
+const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+
+#[test]
+fn h2c_listener_cuts_connections_that_do_not_start_in_time() {
+    let up = Upstream::start("app");
+    let m = start_with(&up.address(), None, "    http2: true\n", "");
+    // Pingora waits for 24 bytes before choosing HTTP/2 or HTTP/1: that wait is bounded.
+    let mut idle = connect(m.port);
+    let (out, closed) = read_to_close(&mut idle, Instant::now());
+    assert!(out.is_empty());
+    assert_cut(closed);
+    let mut s = connect(m.port);
+    assert_cut(dribble(&mut s, HEAD, Instant::now()));
+    let mut short = connect(m.port);
+    short.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("write");
+    let (out, closed) = read_to_close(&mut short, Instant::now());
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    assert_cut(closed);
+    // HTTP/2 with prior knowledge and HTTP/1.1 still work.
+    let got = crate::http2::h2c_requests(m.port, &[("GET", "/h2", b"")]);
+    assert_eq!(got, vec![(200, b"ok".to_vec())]);
+    assert_eq!(request(m.port, "GET", "/h1", &[], b"").status, 200);
+    let targets: Vec<String> = up.traffic().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/h2", "/h1"]);
+    let count = |kind: &str| m.metric(&format!("moat_header_timeouts_total{{kind=\"{kind}\"}}"));
+    assert_eq!(count("no_request"), Some(1.0));
+    assert_eq!(count("partial_head"), Some(2.0));
+}
+
+#[test]
+fn an_idle_h2c_connection_is_closed_after_idle_timeout() {
+    let up = Upstream::start("app");
+    let m = start_with(
+        &up.address(),
+        None,
+        "    http2: true\n",
+        ", idle_timeout: 2s",
+    );
+    let mut s = connect(m.port);
+    let start = Instant::now();
+    s.write_all(&[PREFACE, SETTINGS].concat()).expect("preface");
+    let (out, closed) = read_to_close(&mut s, start);
+    // moat's SETTINGS came back: an HTTP/2 connection, not a head timeout.
+    assert_eq!(out.get(3), Some(&4), "{out:?}");
+    let closed = closed.expect("the idle h2c connection was not closed");
+    assert!(
+        closed >= Duration::from_millis(1800) && closed < Duration::from_secs(4),
+        "closed after {closed:?}"
+    );
+    let count = |kind: &str| m.metric(&format!("moat_header_timeouts_total{{kind=\"{kind}\"}}"));
+    assert_eq!(
+        (count("no_request"), count("partial_head")),
+        (Some(0.0), Some(0.0))
+    );
+}
+
+#[test]
+fn a_pipelined_request_is_not_served_and_not_cut_by_the_head_deadline() {
+    // Pingora 0.9 does not do HTTP/1.1 pipelining: bytes after a request's end close the
+    // connection once its response is written. The next request is never half-read and
+    // then timed as a head.
+    let up = Upstream::start("app");
+    let m = start(&up.address(), None);
+    let post = b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nConnection: close\r\n\r\n";
+    let gap = Duration::from_millis(400);
+    let mut s = connect(m.port);
+    let start = Instant::now();
+    s.write_all(&[b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n".as_slice(), post].concat())
+        .expect("heads");
+    let (out, closed) = read_to_close(&mut s, start);
+    let got: Vec<u16> = crate::harness::client::parse_all(&out)
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(got, [200]);
+    let closed = closed.expect("not closed");
+    assert!(closed < HEADER_TIMEOUT / 2, "closed after {closed:?}");
+    // The same POST on its own, its body 1.6 s long (over header_timeout): served.
+    let mut s = connect(m.port);
+    let start = Instant::now();
+    s.write_all(post).expect("head");
+    for b in b"abcd" {
+        std::thread::sleep(gap);
+        s.write_all(&[*b]).expect("body byte");
+    }
+    let (out, _) = read_to_close(&mut s, start);
+    let got: Vec<u16> = crate::harness::client::parse_all(&out)
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(got, [200]);
+    assert!(start.elapsed() > HEADER_TIMEOUT);
+    let seen: Vec<(String, Vec<u8>)> = up
+        .traffic()
+        .into_iter()
+        .map(|r| (r.target, r.body))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("/a".to_string(), vec![]),
+            ("/b".to_string(), b"abcd".to_vec())
+        ]
+    );
+    let name = "moat_header_timeouts_total{kind=\"partial_head\"}";
+    assert_eq!(m.metric(name), Some(0.0));
 }
