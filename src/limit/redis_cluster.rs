@@ -8,7 +8,7 @@
 //! idle or dropped client). A refresh asks the known masters then the seeds, starting the
 //! next one whenever the previous has not answered within a quarter of `redis.timeout`
 //! (each given the whole `redis.timeout`), and takes the first map: a seed that drops
-//! packets only delays it. Each call goes to the master owning the slot of its key (see
+//! packets only delays it (see [`super::redis_discovery`]). Each call goes to the master owning the slot of its key (see
 //! [`super::redis::Request::key`]), on that node's own connection pool and breaker, so a
 //! failed master only affects the keys of its slots. `MOVED` updates the map and retries
 //! on the new owner, `ASK` retries once on the target after `ASKING`; at most
@@ -17,8 +17,9 @@
 //! seed.
 
 use super::redis::{exec, RedisError, Request, Value};
-use super::redis_node::{call, Breaker, Endpoint, Node};
-use super::redis_slots::{host_of, key_slot, parse_redirect, parse_slots, SlotRange, SLOTS};
+use super::redis_discovery::ask_slots;
+use super::redis_node::{Breaker, Endpoint, Node};
+use super::redis_slots::{host_of, key_slot, parse_redirect, SlotRange, SLOTS};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -30,8 +31,6 @@ pub const MAX_REDIRECTS: usize = 3;
 pub const REFRESH_EVERY: Duration = Duration::from_millis(100);
 /// Longest time a client in use keeps a slot map without asking for it again.
 pub const REFRESH_PERIOD: Duration = Duration::from_secs(15);
-/// Least wait before a refresh asks the next node when the previous has not answered.
-const HEDGE_MIN: Duration = Duration::from_millis(5);
 const NO_NODE: u16 = u16::MAX;
 
 /// Which master serves each slot.
@@ -255,14 +254,15 @@ impl Inner {
         }
         if !self.refreshing.swap(true, Ordering::AcqRel) {
             // None under way: start one, unless the seeds keep failing.
-            if !self.discovery.admit() {
+            let admitted = match tokio::runtime::Handle::try_current() {
+                Ok(rt) if self.discovery.admit() => Some(rt),
+                _ => None,
+            };
+            let Some(rt) = admitted else {
                 self.refreshing.store(false, Ordering::Release);
                 return Err(RedisError::Open);
-            }
-            self.spawn_refresh(
-                &tokio::runtime::Handle::current(),
-                Some(Arc::clone(&self.discovery)),
-            );
+            };
+            self.spawn_refresh(&rt, Some(Arc::clone(&self.discovery)));
         }
         if done.changed().await.is_err() {
             return Err(RedisError::Io("cluster client dropped".into()));
@@ -335,9 +335,7 @@ impl Inner {
     }
 
     /// Ask `CLUSTER SLOTS` to the known masters (those whose breaker is closed first),
-    /// then to the seeds, and install the first map given. Each node has the whole
-    /// `timeout`; the next one is asked as soon as the previous fails, or has not
-    /// answered within a quarter of `timeout` (at least [`HEDGE_MIN`]).
+    /// then to the seeds (see [`ask_slots`]), and install the first map given.
     async fn refresh(&self) -> Result<(), RedisError> {
         let map = self.current();
         let (closed, open): (Vec<_>, Vec<_>) = map.nodes.iter().partition(|n| !n.breaker.is_open());
@@ -348,41 +346,9 @@ impl Inner {
                 candidates.push(n);
             }
         }
-        let (timeout, hedge) = (self.timeout, (self.timeout / 4).max(HEDGE_MIN));
-        let mut left = candidates.into_iter();
-        // Dropped on return: the questions still out are abandoned.
-        let mut asking = tokio::task::JoinSet::new();
-        let mut last = RedisError::Io("no seed".into());
-        loop {
-            if let Some(n) = left.next() {
-                asking.spawn(async move {
-                    match tokio::time::timeout(timeout, slots_of(&n)).await {
-                        Ok(r) => r,
-                        Err(_) => Err(RedisError::Timeout),
-                    }
-                });
-            }
-            let joined = if left.as_slice().is_empty() {
-                asking.join_next().await
-            } else {
-                match tokio::time::timeout(hedge, asking.join_next()).await {
-                    Ok(j) => j,
-                    Err(_) => continue, // no answer yet: ask the next one too
-                }
-            };
-            let Some(joined) = joined else {
-                return Err(last);
-            };
-            match joined {
-                Ok(Ok(ranges)) if !ranges.is_empty() => {
-                    self.install_ranges(&ranges);
-                    return Ok(());
-                }
-                Ok(Ok(_)) => last = RedisError::Reply("CLUSTER SLOTS: no slot assigned".into()),
-                Ok(Err(e)) => last = e,
-                Err(e) => last = RedisError::Io(format!("CLUSTER SLOTS task: {e}")),
-            }
-        }
+        let ranges = ask_slots(candidates, self.timeout).await?;
+        self.install_ranges(&ranges);
+        Ok(())
     }
 
     fn install_ranges(&self, ranges: &[SlotRange]) {
@@ -410,15 +376,6 @@ impl Inner {
         }
         self.install(map);
     }
-}
-
-/// `CLUSTER SLOTS` asked to `node`.
-async fn slots_of(node: &Node) -> Result<Vec<SlotRange>, RedisError> {
-    let mut conn = node.conn().await?;
-    let v = call(&mut conn, &[b"CLUSTER", b"SLOTS"]).await?;
-    node.put_back(conn);
-    let v = v.map_err(RedisError::Reply)?;
-    parse_slots(&v, host_of(&node.endpoint.addr)).map_err(RedisError::Io)
 }
 
 #[cfg(test)]
