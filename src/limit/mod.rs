@@ -17,6 +17,7 @@ pub mod fast_bucket;
 pub mod lease;
 pub mod redis;
 pub mod redis_cluster;
+pub mod redis_discovery;
 pub mod redis_node;
 pub mod redis_slots;
 pub mod replay;

@@ -145,7 +145,13 @@ impl Redis {
         };
         let r = match tokio::time::timeout(self.timeout, call).await {
             Ok(r) => r,
-            Err(_) => Err(RedisError::Timeout),
+            Err(_) => {
+                // No answer is no error: a master may be down or cut off.
+                if let Backend::Cluster(c) = &self.backend {
+                    c.timed_out();
+                }
+                Err(RedisError::Timeout)
+            }
         };
         match &r {
             Err(RedisError::Open) => {}

@@ -1,17 +1,25 @@
 //! The Redis Cluster side of the limiters' client (`redis.cluster`): the seed URLs are
-//! only a way in; the slot map comes from `CLUSTER SLOTS` (asked to a seed on the first
-//! call, then refreshed in the background when a node fails, a `MOVED` arrives or the
-//! cluster says `CLUSTERDOWN`, at most once per [`REFRESH_EVERY`]). Each call goes to the
-//! master owning the slot of its key (see [`super::redis::Request::key`]), on that
-//! node's own connection pool and breaker, so a failed master only affects the keys of
-//! its slots. `MOVED` updates the map and retries on the new owner, `ASK` retries once on
-//! the target after `ASKING`; at most [`MAX_REDIRECTS`] hops, all within the call's
-//! `redis.timeout`. Nodes learnt from the map log in with the credentials of the seed
-//! of the same address, else of the first seed.
+//! only a way in; the slot map comes from `CLUSTER SLOTS`. It is always fetched by a
+//! background task that no caller's timeout cancels: first on the first call (callers
+//! wait for it within their own `redis.timeout`), then again when a node fails, stops
+//! answering (a call times out) or is skipped by its open breaker, a `MOVED` arrives or
+//! the cluster says `CLUSTERDOWN` — at most once per [`REFRESH_EVERY`] — and every
+//! [`REFRESH_PERIOD`] while calls keep coming (checked by the calls: nothing runs for an
+//! idle or dropped client). A refresh asks the known masters then the seeds, starting the
+//! next one whenever the previous has not answered within a quarter of `redis.timeout`
+//! (each given the whole `redis.timeout`), and takes the first map: a seed that drops
+//! packets only delays it (see [`super::redis_discovery`]). Each call goes to the master owning the slot of its key (see
+//! [`super::redis::Request::key`]), on that node's own connection pool and breaker, so a
+//! failed master only affects the keys of its slots. `MOVED` updates the map and retries
+//! on the new owner, `ASK` retries once on the target after `ASKING`; at most
+//! [`MAX_REDIRECTS`] hops, all within the call's `redis.timeout`. Nodes learnt from the
+//! map log in with the credentials of the seed of the same address, else of the first
+//! seed.
 
 use super::redis::{exec, RedisError, Request, Value};
-use super::redis_node::{call, Breaker, Endpoint, Node};
-use super::redis_slots::{host_of, key_slot, parse_redirect, parse_slots, SlotRange, SLOTS};
+use super::redis_discovery::ask_slots;
+use super::redis_node::{Breaker, Endpoint, Node};
+use super::redis_slots::{host_of, key_slot, parse_redirect, SlotRange, SLOTS};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -21,6 +29,8 @@ use std::time::{Duration, Instant};
 pub const MAX_REDIRECTS: usize = 3;
 /// Least time between two background refreshes of the slot map.
 pub const REFRESH_EVERY: Duration = Duration::from_millis(100);
+/// Longest time a client in use keeps a slot map without asking for it again.
+pub const REFRESH_PERIOD: Duration = Duration::from_secs(15);
 const NO_NODE: u16 = u16::MAX;
 
 /// Which master serves each slot.
@@ -66,12 +76,14 @@ struct Inner {
     /// Every node in use, by address (pools and breakers survive map refreshes).
     nodes: Mutex<HashMap<String, Arc<Node>>>,
     map: RwLock<Arc<SlotMap>>,
-    /// Serialises the first discovery (calls wait for it).
-    discovering: tokio::sync::Mutex<()>,
     /// Guards the first discovery: while the seeds fail, calls are skipped like a node's.
     discovery: Arc<Breaker>,
+    /// A refresh task is running (one at a time).
     refreshing: AtomicBool,
+    /// When the latest refresh started (ms since `epoch`, 0 before the first).
     last_refresh_ms: AtomicU64,
+    /// Sent when a refresh ends: its error, `None` when it installed a map.
+    done: tokio::sync::watch::Sender<Option<String>>,
     epoch: Instant,
     timeout: Duration,
 }
@@ -97,10 +109,10 @@ impl ClusterClient {
                 seeds,
                 nodes: Mutex::new(HashMap::new()),
                 map: RwLock::new(Arc::new(SlotMap::empty())),
-                discovering: tokio::sync::Mutex::new(()),
                 discovery: Arc::new(Breaker::new()),
                 refreshing: AtomicBool::new(false),
                 last_refresh_ms: AtomicU64::new(0),
+                done: tokio::sync::watch::channel(None).0,
                 epoch: Instant::now(),
                 timeout,
             }),
@@ -108,15 +120,17 @@ impl ClusterClient {
     }
 
     /// Run `req` on the master of its key's slot. `used` is left naming the breaker of
-    /// the node (or discovery step) the call depends on when it ends, so the caller can
-    /// record the outcome even when the call is cut short by the timeout.
+    /// the node the call depends on when it ends, so the caller can record the outcome
+    /// even when the call is cut short by the timeout (none while the first slot map is
+    /// awaited: the discovery task records its own outcome).
     pub async fn call(
         &self,
         req: &Request<'_>,
         used: &mut Option<Arc<Breaker>>,
     ) -> Result<Value, RedisError> {
         let inner = &self.inner;
-        let map = inner.map_or_discover(used).await?;
+        let map = inner.map_or_discover().await?;
+        inner.refresh_if_old();
         let slot = req.key().map(key_slot);
         let first = match slot {
             Some(s) => map.node(s),
@@ -133,6 +147,8 @@ impl ClusterClient {
         let mut asking = false;
         for _ in 0..=MAX_REDIRECTS {
             if !node.breaker.admit() {
+                // It keeps failing: it may be gone, its slots served by another master.
+                inner.stale();
                 return Err(RedisError::Open);
             }
             *used = Some(Arc::clone(&node.breaker));
@@ -163,6 +179,13 @@ impl ClusterClient {
             node = target;
         }
         Err(RedisError::Reply("too many cluster redirections".into()))
+    }
+
+    /// A call ran out of `redis.timeout`: its master may have stopped answering (a host
+    /// down or cut off drops packets, no error ever comes), and its slots be served by
+    /// another one now. Refreshes the map in the background (rate-limited).
+    pub fn timed_out(&self) {
+        self.inner.stale();
     }
 }
 
@@ -215,28 +238,41 @@ impl Inner {
         Arc::clone(n)
     }
 
-    /// The map, discovered first (waiting for a discovery under way) when still empty.
-    async fn map_or_discover(
-        self: &Arc<Self>,
-        used: &mut Option<Arc<Breaker>>,
-    ) -> Result<Arc<SlotMap>, RedisError> {
+    /// The map, discovered first (waiting for the discovery under way, or starting one)
+    /// when still empty. The discovery runs in its own task: a caller's timeout ends the
+    /// wait, not the discovery.
+    async fn map_or_discover(self: &Arc<Self>) -> Result<Arc<SlotMap>, RedisError> {
         let map = self.current();
         if !map.nodes.is_empty() {
             return Ok(map);
         }
-        let _turn = self.discovering.lock().await;
+        // Subscribe before looking again: a refresh ending from now on wakes us.
+        let mut done = self.done.subscribe();
         let map = self.current();
         if !map.nodes.is_empty() {
             return Ok(map);
         }
-        if !self.discovery.admit() {
-            return Err(RedisError::Open);
+        if !self.refreshing.swap(true, Ordering::AcqRel) {
+            // None under way: start one, unless the seeds keep failing.
+            let admitted = match tokio::runtime::Handle::try_current() {
+                Ok(rt) if self.discovery.admit() => Some(rt),
+                _ => None,
+            };
+            let Some(rt) = admitted else {
+                self.refreshing.store(false, Ordering::Release);
+                return Err(RedisError::Open);
+            };
+            self.spawn_refresh(&rt, Some(Arc::clone(&self.discovery)));
         }
-        *used = Some(Arc::clone(&self.discovery));
-        self.refresh(false).await?;
-        self.discovery.success();
-        *used = None;
-        Ok(self.current())
+        if done.changed().await.is_err() {
+            return Err(RedisError::Io("cluster client dropped".into()));
+        }
+        let map = self.current();
+        if !map.nodes.is_empty() {
+            return Ok(map);
+        }
+        let why = done.borrow().clone().unwrap_or_default();
+        Err(RedisError::Io(format!("slot map discovery failed: {why}")))
     }
 
     /// `slot` moved to `node`: route it there now, and refresh the whole map soon.
@@ -246,12 +282,24 @@ impl Inner {
         self.stale();
     }
 
+    /// Refresh the map when the latest refresh is [`REFRESH_PERIOD`] old.
+    fn refresh_if_old(self: &Arc<Self>) {
+        let last = self.last_refresh_ms.load(Ordering::Acquire);
+        if self.now_ms().saturating_sub(last) >= REFRESH_PERIOD.as_millis() as u64 {
+            self.stale();
+        }
+    }
+
     /// The map may be wrong: refresh it in the background (at most once per
-    /// [`REFRESH_EVERY`], one refresh at a time).
+    /// [`REFRESH_EVERY`], one refresh at a time; not before the first map, which the
+    /// calls ask for themselves).
     fn stale(self: &Arc<Self>) {
         let now = self.now_ms();
         let last = self.last_refresh_ms.load(Ordering::Acquire);
         if last != 0 && now.saturating_sub(last) < REFRESH_EVERY.as_millis() as u64 {
+            return;
+        }
+        if self.current().nodes.is_empty() {
             return;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -260,46 +308,47 @@ impl Inner {
         if self.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.last_refresh_ms.store(now.max(1), Ordering::Release);
+        self.spawn_refresh(&rt, None);
+    }
+
+    /// Run [`Inner::refresh`] in a task (the caller holds `refreshing`), recording its
+    /// outcome on `breaker` and waking the callers waiting for it.
+    fn spawn_refresh(self: &Arc<Self>, rt: &tokio::runtime::Handle, breaker: Option<Arc<Breaker>>) {
+        self.last_refresh_ms
+            .store(self.now_ms().max(1), Ordering::Release);
         let me = Arc::clone(self);
         rt.spawn(async move {
-            if let Err(e) = me.refresh(true).await {
-                log::warn!("redis cluster: slot map refresh failed: {e:?}");
+            let r = me.refresh().await;
+            if let Some(b) = breaker {
+                match r {
+                    Ok(()) => b.success(),
+                    Err(_) => b.failure(),
+                }
             }
+            let err = r.err().map(|e| {
+                log::warn!("redis cluster: slot map refresh failed: {e:?}");
+                format!("{e:?}")
+            });
             me.refreshing.store(false, Ordering::Release);
+            me.done.send_replace(err);
         });
     }
 
-    /// Ask `CLUSTER SLOTS` to the known masters (those whose breaker is closed first, when
-    /// `known`), then to the seeds, until one answers; install its map.
-    async fn refresh(&self, known: bool) -> Result<(), RedisError> {
-        let mut candidates: Vec<Arc<Node>> = Vec::new();
-        if known {
-            let map = self.current();
-            let (closed, open): (Vec<_>, Vec<_>) =
-                map.nodes.iter().partition(|n| !n.breaker.is_open());
-            candidates.extend(closed.into_iter().chain(open).cloned());
-        }
+    /// Ask `CLUSTER SLOTS` to the known masters (those whose breaker is closed first),
+    /// then to the seeds (see [`ask_slots`]), and install the first map given.
+    async fn refresh(&self) -> Result<(), RedisError> {
+        let map = self.current();
+        let (closed, open): (Vec<_>, Vec<_>) = map.nodes.iter().partition(|n| !n.breaker.is_open());
+        let mut candidates: Vec<Arc<Node>> = closed.into_iter().chain(open).cloned().collect();
         for s in &self.seeds {
             let n = self.node_for(&s.addr);
             if !candidates.iter().any(|c| Arc::ptr_eq(c, &n)) {
                 candidates.push(n);
             }
         }
-        let mut last = RedisError::Io("no seed".into());
-        for n in candidates {
-            let asked = tokio::time::timeout(self.timeout, slots_of(&n)).await;
-            match asked {
-                Ok(Ok(ranges)) if !ranges.is_empty() => {
-                    self.install_ranges(&ranges);
-                    return Ok(());
-                }
-                Ok(Ok(_)) => last = RedisError::Reply("CLUSTER SLOTS: no slot assigned".into()),
-                Ok(Err(e)) => last = e,
-                Err(_) => last = RedisError::Timeout,
-            }
-        }
-        Err(last)
+        let ranges = ask_slots(candidates, self.timeout).await?;
+        self.install_ranges(&ranges);
+        Ok(())
     }
 
     fn install_ranges(&self, ranges: &[SlotRange]) {
@@ -327,15 +376,6 @@ impl Inner {
         }
         self.install(map);
     }
-}
-
-/// `CLUSTER SLOTS` asked to `node`.
-async fn slots_of(node: &Node) -> Result<Vec<SlotRange>, RedisError> {
-    let mut conn = node.conn().await?;
-    let v = call(&mut conn, &[b"CLUSTER", b"SLOTS"]).await?;
-    node.put_back(conn);
-    let v = v.map_err(RedisError::Reply)?;
-    parse_slots(&v, host_of(&node.endpoint.addr)).map_err(RedisError::Io)
 }
 
 #[cfg(test)]
@@ -392,5 +432,30 @@ mod tests {
         let known: Vec<String> = i.nodes.lock().unwrap().keys().cloned().collect();
         assert_eq!(known.len(), 2, "{known:?}");
         assert_eq!(addr(&i.current(), 5).as_deref(), Some("127.0.0.1:7001"));
+    }
+
+    #[tokio::test]
+    async fn a_map_in_use_is_refreshed_periodically() {
+        // Port 1: the refresh fails at once, only its start matters here.
+        let mut c =
+            ClusterClient::new(&["redis://127.0.0.1:1".to_string()], Duration::ZERO).unwrap();
+        let i = Arc::get_mut(&mut c.inner).unwrap();
+        i.epoch -= REFRESH_PERIOD * 2;
+        let i = &c.inner;
+        let r = |start, end| SlotRange {
+            start,
+            end,
+            addr: "127.0.0.1:1".into(),
+        };
+        i.install_ranges(&[r(0, 16383)]);
+        i.last_refresh_ms.store(1, Ordering::Release);
+        let mut done = i.done.subscribe();
+        i.refresh_if_old();
+        let started = i.last_refresh_ms.load(Ordering::Acquire);
+        assert!(started >= REFRESH_PERIOD.as_millis() as u64, "{started}");
+        done.changed().await.unwrap();
+        // Recent: not again.
+        i.refresh_if_old();
+        assert_eq!(i.last_refresh_ms.load(Ordering::Acquire), started);
     }
 }

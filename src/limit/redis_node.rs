@@ -93,12 +93,24 @@ impl Node {
         }
     }
 
-    /// An idle connection, or a new one (logged in, database selected).
+    /// An idle connection still open, or a new one (logged in, database selected).
+    ///
+    /// Idle connections the server has closed meanwhile (it restarted, or dropped idle
+    /// clients) are found before anything is sent on them and thrown away: a command is
+    /// never sent on them, so it never fails for that reason (and never needs a retry).
+    /// A connection that fails after the command went out is not retried: Redis may have
+    /// run it (a limiter would count twice), and the call fails like any other.
     pub async fn conn(&self) -> Result<Conn, RedisError> {
-        match self.idle.lock().ok().and_then(|mut v| v.pop()) {
-            Some(c) => Ok(c),
-            None => self.connect().await,
+        while let Some(c) = self.pop_idle() {
+            if still_open(&c) {
+                return Ok(c);
+            }
         }
+        self.connect().await
+    }
+
+    fn pop_idle(&self) -> Option<Conn> {
+        self.idle.lock().ok().and_then(|mut v| v.pop())
     }
 
     /// Keep `conn` for later (its last reply was read in full).
@@ -193,6 +205,17 @@ impl Breaker {
         }
         self.probing.store(false, Ordering::Release);
     }
+}
+
+/// Whether an idle connection can carry a command: nothing is buffered and the socket has
+/// nothing to read (a closed one reads end of file or an error; unsolicited bytes would
+/// put replies out of step). One non-blocking read, no waiting.
+fn still_open(conn: &Conn) -> bool {
+    if !conn.buffer().is_empty() {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    matches!(conn.get_ref().try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 fn io(e: std::io::Error) -> RedisError {
@@ -325,6 +348,35 @@ mod tests {
         assert!(!b.admit(), "a single probe at a time");
         b.success();
         assert!(b.admit() && b.admit() && !b.is_open());
+    }
+
+    #[tokio::test]
+    async fn idle_connections_closed_by_the_server_are_replaced() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let node = Node::new(Endpoint::parse(&format!("redis://{addr}")).unwrap());
+        let conn = node.conn().await.unwrap();
+        let (first, _) = l.accept().await.unwrap();
+        assert!(still_open(&conn));
+        node.put_back(conn);
+        drop(first); // the server goes away: its end closes
+        let mut closed = false;
+        for _ in 0..100 {
+            let c = node.pop_idle().unwrap();
+            closed = !still_open(&c);
+            node.put_back(c);
+            if closed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(closed, "the closed end never showed");
+        // The dead idle connection is skipped: a new one is made.
+        let conn = node.conn().await.unwrap();
+        let accepted = tokio::time::timeout(Duration::from_secs(5), l.accept()).await;
+        assert!(accepted.is_ok(), "no new connection");
+        assert!(still_open(&conn));
+        assert!(node.pop_idle().is_none());
     }
 
     /// Feed `bytes` to the reader through a real socket pair.

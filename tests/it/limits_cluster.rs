@@ -1,7 +1,8 @@
 //! Cluster-scope rate limits (`scope: cluster`, `mode: exact`) with real `redis-server`
 //! processes: three moat instances sharing one limit under a concurrent burst of 10× the
 //! limit, and Redis killed, paused (SIGSTOP) and restarted: behaviour per
-//! `on_redis_error`, latency bounded by `redis.timeout`, metrics, automatic recovery.
+//! `on_redis_error`, latency bounded by `redis.timeout`, metrics, automatic recovery (a
+//! restart on the same port costs no failed call).
 
 use crate::harness::redis::RedisServer;
 use crate::harness::{request, wait_until, Moat, Upstream};
@@ -260,4 +261,26 @@ fn fast_mode_applies_on_redis_error_and_recovers() {
     let back = wait_until(Duration::from_secs(5), || status(&m, "/c") == 200);
     assert!(back, "fast mode did not recover");
     assert!(m.metric("moat_redis_errors_total").unwrap_or(0.0) >= 1.0);
+}
+
+#[test]
+fn a_restarted_redis_is_used_again_without_a_failed_call() {
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    let up = Upstream::start("app");
+    let body = format!(
+        "redis: {{ url: \"{}\", timeout: 1s }}\nupstreams:\n  app: {{ targets: [\"{}\"] }}\nroutes:\n  - name: r\n    match: {{ path_prefix: / }}\n    upstream: app\n    plugins:\n      - rate_limit: {{ key: ip, rate: 100/m, scope: cluster, on_redis_error: deny }}\n",
+        redis.url(),
+        up.address()
+    );
+    let m = Moat::start(&body);
+    for _ in 0..3 {
+        assert_eq!(status(&m, "/a"), 200);
+    }
+    // Same port, new process: the pooled connections are closed by the old one's exit.
+    redis.kill();
+    let _redis = RedisServer::start_on(port);
+    let s: Vec<u16> = (0..3).map(|_| status(&m, "/b")).collect();
+    assert_eq!(s, [200; 3], "decisions right after the restart");
+    assert_eq!(m.metric("moat_redis_errors_total"), Some(0.0));
 }

@@ -2,14 +2,16 @@
 //! limits shared by three moat instances while the tenants' keys live on different
 //! masters, one seed URL being enough, `mode: fast`, HMAC replays, a slot migrated under
 //! traffic (`ASK` then `MOVED` followed, the count carried over) and a killed master
-//! (its keys follow `on_redis_error`, the other masters' keys stay limited).
+//! (its keys follow `on_redis_error`, the other masters' keys stay limited), a master
+//! that stops answering while its slot moves elsewhere (followed), and a first seed
+//! that never answers (the next seeds are asked).
 
 use crate::harness::redis::RedisCluster;
 use crate::harness::{request, wait_until, Moat, Upstream};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const TENANTS: [&str; 8] = [
     "acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "wonka",
@@ -342,4 +344,97 @@ fn a_killed_master_fails_its_keys_only() {
     assert_eq!(tenant(m.port, alive), 429);
     assert_eq!(tenant(m.port, lost), 503);
     assert!(m.metric("moat_redis_errors_total").unwrap_or(0.0) >= 1.0);
+}
+
+#[test]
+fn a_master_that_stops_answering_is_left_for_the_new_owner_of_its_slot() {
+    let cluster = RedisCluster::start();
+    let up = Upstream::start("app");
+    let body = config(
+        &cluster.urls(),
+        &up,
+        "key: \"header:x-tenant\", rate: 100/m, scope: cluster, on_redis_error: deny",
+        "200ms",
+    );
+    let m = Moat::start(&body);
+    assert_eq!(tenant(m.port, "acme"), 200);
+    let from = owner(&cluster, "acme").expect("acme's key");
+    let key = cluster
+        .keys(from)
+        .into_iter()
+        .find(|k| k.contains(":acme}"))
+        .unwrap();
+    let slot = cluster.cli(from, &["CLUSTER", "KEYSLOT", &key]);
+    let live: Vec<u16> = cluster
+        .ports
+        .iter()
+        .copied()
+        .filter(|&p| p != from)
+        .collect();
+    let to_id = cluster.id(live[0]);
+    // Stopped, not killed: connections hang (no error, no refusal), as for a host gone.
+    cluster.signal(from, "STOP");
+    for _ in 0..5 {
+        assert_eq!(tenant(m.port, "acme"), 503, "acme on the stopped master");
+    }
+    // Its slot is handed to a live master (as a failover would), on every live node.
+    for &p in &live {
+        assert_eq!(
+            cluster.cli(p, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]),
+            "OK"
+        );
+    }
+    let moved = Instant::now();
+    let back = wait_until(Duration::from_secs(5), || tenant(m.port, "acme") == 200);
+    assert!(back, "acme still sent to the stopped master");
+    eprintln!(
+        "slot map refreshed {:?} after the slot moved",
+        moved.elapsed()
+    );
+    let t = Instant::now();
+    assert_eq!(tenant(m.port, "acme"), 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(owner_among(&cluster, &live, "acme"), Some(live[0]));
+}
+
+/// [`owner`] among `ports` only (a stopped node would never answer `--scan`).
+fn owner_among(cluster: &RedisCluster, ports: &[u16], tenant: &str) -> Option<u16> {
+    let tag = format!(":{tenant}}}");
+    ports
+        .iter()
+        .copied()
+        .find(|&p| cluster.keys(p).iter().any(|k| k.contains(&tag)))
+}
+
+#[test]
+fn a_first_seed_that_never_answers_does_not_stop_discovery() {
+    let cluster = RedisCluster::start();
+    let up = Upstream::start("app");
+    // Connections to it are accepted by the kernel, and never answered.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut seeds = vec![format!("redis://{}", hole.local_addr().unwrap())];
+    seeds.extend(cluster.urls());
+    let body = config(
+        &seeds,
+        &up,
+        "key: \"header:x-tenant\", rate: 3/m, scope: cluster, on_redis_error: deny",
+        "500ms",
+    );
+    let m = Moat::start(&body);
+    let t = Instant::now();
+    assert_eq!(tenant(m.port, "acme"), 200, "the first call");
+    eprintln!("first call through a dead first seed: {:?}", t.elapsed());
+    for t in TENANTS {
+        let n = if t == "acme" { 3 } else { 4 };
+        let s: Vec<u16> = (0..n).map(|_| tenant(m.port, t)).collect();
+        let mut want = vec![200; n - 1];
+        want.push(429);
+        assert_eq!(s, want, "{t}");
+    }
+    assert_eq!(m.metric("moat_redis_errors_total"), Some(0.0));
+    drop(hole);
 }

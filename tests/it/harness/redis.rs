@@ -188,6 +188,18 @@ impl RedisCluster {
         self.cli(port, &["CLUSTER", "MYID"])
     }
 
+    /// Send a signal (`STOP`, `CONT`) to the master on `port`: stopped, it keeps its
+    /// connections and accepts new ones but answers nothing, like a host cut off.
+    pub fn signal(&self, port: u16, sig: &str) {
+        for (p, c) in &self.children {
+            if let (true, Some(c)) = (*p == port, c) {
+                let _ = Command::new("kill")
+                    .args([&format!("-{sig}"), &c.id().to_string()])
+                    .status();
+            }
+        }
+    }
+
     /// Kill the master on `port` now.
     pub fn kill(&mut self, port: u16) {
         for i in 0..self.children.len() {
