@@ -1,9 +1,10 @@
 //! The JSON access log: one object per request, written by a dedicated thread so that file
-//! I/O never runs on a request thread. Lines are formatted on the request thread (cheap,
-//! no I/O) and handed over through a bounded channel; when the writer falls behind, lines
+//! I/O never runs on a request thread. Lines are formatted on the request thread (by hand,
+//! about 3k instructions, no I/O) and handed over through a bounded channel; when the writer falls behind, lines
 //! are dropped and counted rather than blocking requests. `reopen` switches the writer to a
 //! freshly opened file (log rotation on SIGUSR1, or a new path on reload).
 
+use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +37,7 @@ fn open_sink(path: &str) -> std::io::Result<Box<dyn Write + Send>> {
 /// One request's access-log record. Credential values never appear in these fields:
 /// `path` carries no query string.
 pub struct Record<'a> {
-    pub ts: String,
+    pub ts: std::time::SystemTime,
     pub request_id: &'a str,
     pub client_ip: Option<std::net::IpAddr>,
     pub method: &'a str,
@@ -55,29 +56,133 @@ pub struct Record<'a> {
 }
 
 impl Record<'_> {
-    /// The record as one JSON line (with the trailing newline).
+    /// The record as one JSON line (with the trailing newline), fields in the contract's
+    /// order; absent values are `null`, durations in milliseconds with 3 decimals. Written
+    /// by hand: a `serde_json::Value` built per request cost several times more.
     pub fn to_line(&self) -> String {
-        let v = serde_json::json!({
-            "ts": self.ts,
-            "request_id": self.request_id,
-            "client_ip": self.client_ip.map(|ip| ip.to_string()),
-            "method": self.method,
-            "host": self.host,
-            "path": self.path,
-            "status": self.status,
-            "bytes_sent": self.bytes_sent,
-            "duration_ms": (self.duration_ms * 1000.0).round() / 1000.0,
-            "upstream": self.upstream,
-            "upstream_target": self.upstream_target,
-            "upstream_duration_ms": self.upstream_duration_ms.map(|d| (d * 1000.0).round() / 1000.0),
-            "route": self.route,
-            "consumer": self.consumer,
-            "auth_method": self.auth_method,
-            "ratelimit": self.ratelimit,
-        });
-        let mut s = v.to_string();
-        s.push('\n');
+        let mut s = String::with_capacity(300 + self.host.len() + self.path.len());
+        s.push_str("{\"ts\":\"");
+        crate::util::time::push_rfc3339_millis(&mut s, self.ts);
+        s.push('"');
+        key(&mut s, "request_id");
+        push_json_str(&mut s, self.request_id);
+        key(&mut s, "client_ip");
+        match self.client_ip {
+            Some(ip) => {
+                s.push('"');
+                push_ip(&mut s, ip);
+                s.push('"');
+            }
+            None => s.push_str("null"),
+        }
+        key(&mut s, "method");
+        push_json_str(&mut s, self.method);
+        key(&mut s, "host");
+        push_json_str(&mut s, self.host);
+        key(&mut s, "path");
+        push_json_str(&mut s, self.path);
+        key(&mut s, "status");
+        push_u64(&mut s, u64::from(self.status));
+        key(&mut s, "bytes_sent");
+        push_u64(&mut s, self.bytes_sent as u64);
+        key(&mut s, "duration_ms");
+        push_ms(&mut s, Some(self.duration_ms));
+        opt_str(&mut s, "upstream", self.upstream);
+        opt_str(&mut s, "upstream_target", self.upstream_target.as_deref());
+        key(&mut s, "upstream_duration_ms");
+        push_ms(&mut s, self.upstream_duration_ms);
+        opt_str(&mut s, "route", self.route);
+        opt_str(&mut s, "consumer", self.consumer);
+        opt_str(&mut s, "auth_method", self.auth_method);
+        opt_str(&mut s, "ratelimit", self.ratelimit);
+        s.push_str("}\n");
         s
+    }
+}
+
+fn key(s: &mut String, name: &str) {
+    s.push_str(",\"");
+    s.push_str(name);
+    s.push_str("\":");
+}
+
+fn opt_str(s: &mut String, name: &str, v: Option<&str>) {
+    key(s, name);
+    match v {
+        Some(v) => push_json_str(s, v),
+        None => s.push_str("null"),
+    }
+}
+
+/// `v` as a JSON string: quotes, backslashes and control characters escaped; other
+/// characters (UTF-8 included) as they are.
+fn push_json_str(s: &mut String, v: &str) {
+    s.push('"');
+    if !v.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        s.push_str(v);
+    } else {
+        for c in v.chars() {
+            match c {
+                '"' => s.push_str("\\\""),
+                '\\' => s.push_str("\\\\"),
+                '\n' => s.push_str("\\n"),
+                '\r' => s.push_str("\\r"),
+                '\t' => s.push_str("\\t"),
+                c if (c as u32) < 0x20 => {
+                    let _ = write!(s, "\\u{:04x}", c as u32);
+                }
+                c => s.push(c),
+            }
+        }
+    }
+    s.push('"');
+}
+
+fn push_u64(s: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        s.push(char::from(b));
+    }
+}
+
+/// Milliseconds with 3 decimals (microsecond precision), or `null`.
+fn push_ms(s: &mut String, ms: Option<f64>) {
+    match ms {
+        Some(ms) if ms.is_finite() && ms >= 0.0 => {
+            let us = (ms * 1000.0).round() as u64;
+            push_u64(s, us / 1000);
+            s.push('.');
+            let frac = us % 1000;
+            s.push(char::from(b'0' + (frac / 100) as u8));
+            s.push(char::from(b'0' + (frac / 10 % 10) as u8));
+            s.push(char::from(b'0' + (frac % 10) as u8));
+        }
+        _ => s.push_str("null"),
+    }
+}
+
+fn push_ip(s: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                push_u64(s, u64::from(o));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(s, "{v6}");
+        }
     }
 }
 
@@ -159,5 +264,86 @@ fn writer(rx: Receiver<Msg>, sink: Box<dyn Write + Send>) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn record<'a>(path: &'a str, target: Option<String>) -> Record<'a> {
+        Record {
+            ts: UNIX_EPOCH + Duration::from_millis(1_732_345_200_123),
+            request_id: "r-1",
+            client_ip: Some("203.0.113.9".parse().unwrap()),
+            method: "GET",
+            host: "api.example.com",
+            path,
+            status: 200,
+            bytes_sent: 1234,
+            duration_ms: 1.23456,
+            upstream: Some("users"),
+            upstream_target: target,
+            upstream_duration_ms: None,
+            route: Some("r"),
+            consumer: None,
+            auth_method: None,
+            ratelimit: Some("allowed"),
+        }
+    }
+
+    #[test]
+    fn line_is_json_in_contract_order() {
+        let line = record("/a", Some("127.0.0.1:9".into())).to_line();
+        assert!(line.ends_with("}\n"));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ts"], "2024-11-23T07:00:00.123Z");
+        assert_eq!(v["client_ip"], "203.0.113.9");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["bytes_sent"], 1234);
+        assert_eq!(v["duration_ms"].as_f64(), Some(1.235));
+        assert!(v["upstream_duration_ms"].is_null());
+        assert!(v["consumer"].is_null());
+        assert_eq!(v["upstream_target"], "127.0.0.1:9");
+        let order = [
+            "ts",
+            "request_id",
+            "client_ip",
+            "method",
+            "host",
+            "path",
+            "status",
+            "bytes_sent",
+            "duration_ms",
+            "upstream",
+            "upstream_target",
+            "upstream_duration_ms",
+            "route",
+            "consumer",
+            "auth_method",
+            "ratelimit",
+        ];
+        let mut at = 0;
+        for k in order {
+            let i = line.find(&format!("\"{k}\":")).unwrap();
+            assert!(i >= at, "{k} out of order in {line}");
+            at = i;
+        }
+    }
+
+    #[test]
+    fn strings_are_escaped() {
+        let nasty = "/a\"b\\c\n\u{1}é";
+        let line = record(nasty, None).to_line();
+        assert_eq!(line.matches('\n').count(), 1, "one line: {line}");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["path"], nasty);
+        let v6 = Record {
+            client_ip: Some("2001:db8::1".parse().unwrap()),
+            ..record("/", None)
+        };
+        let v: serde_json::Value = serde_json::from_str(&v6.to_line()).unwrap();
+        assert_eq!(v["client_ip"], "2001:db8::1");
     }
 }

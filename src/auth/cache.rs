@@ -1,5 +1,6 @@
-//! A small bounded cache with per-entry expiry, keyed by a 32-byte digest (SHA-256 of a
-//! token or of a signature). Used for verified JWTs and for HMAC replay detection.
+//! A small bounded cache with per-entry expiry, keyed by 32 bytes (a SipHash and length
+//! of a verified JWT, whose entry keeps the token to compare; the SHA-256 of an HMAC
+//! signature). Used for verified JWTs and for HMAC replay detection.
 //!
 //! It is sharded (16 mutex-protected maps chosen by the key's first byte) so concurrent
 //! requests rarely contend. Eviction is an approximate LRU: when a shard is full, expired
@@ -11,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// A cache key: a SHA-256 digest.
+/// A cache key: 32 bytes whose first byte picks the shard (so it must be well mixed).
 pub type Key = [u8; 32];
 
 const SHARDS: usize = 16;

@@ -347,8 +347,12 @@ fn entry_cached_under_an_old_key_set_is_not_served() {
     let old = p.generation.load(Ordering::SeqCst);
     let (_, jwk2) = testkit::rsa("r2").unwrap();
     p.set_keys(jwk::parse_jwks(testkit::jwks(&[&jwk2]).as_bytes()).unwrap());
-    p.cache
-        .insert(sha256(t.as_bytes()), (old, v), now + 3600, now);
+    let entry = Cached {
+        generation: old,
+        verified: v,
+        token: Arc::from(t.as_str()),
+    };
+    p.cache.insert(p.token_key(&t), entry, now + 3600, now);
     assert_eq!(p.verify_sync(&t, now).unwrap_err(), JwtError::UnknownKey);
 }
 

@@ -48,7 +48,7 @@ impl Moat {
             _ => None,
         };
         let rec = Record {
-            ts: crate::util::time::rfc3339(std::time::SystemTime::now(), true),
+            ts: std::time::SystemTime::now(),
             request_id: &rid,
             client_ip: ctx.client_ip,
             method: req.method.as_str(),

@@ -24,6 +24,34 @@ pub fn rfc3339(t: SystemTime, millis: bool) -> String {
     }
 }
 
+/// Append `t` as RFC 3339 UTC with milliseconds (`2026-11-23T07:00:00.123Z`), digits
+/// written directly (the access log's timestamp, once per request).
+pub fn push_rfc3339_millis(out: &mut String, t: SystemTime) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (y, mo, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let digits = |out: &mut String, n: u64, width: u32| {
+        for i in (0..width).rev() {
+            out.push(char::from(b'0' + (n / 10u64.pow(i) % 10) as u8));
+        }
+    };
+    digits(out, y.clamp(0, 9999) as u64, 4);
+    out.push('-');
+    digits(out, u64::from(mo), 2);
+    out.push('-');
+    digits(out, u64::from(day), 2);
+    out.push('T');
+    digits(out, rem / 3600, 2);
+    out.push(':');
+    digits(out, rem % 3600 / 60, 2);
+    out.push(':');
+    digits(out, rem % 60, 2);
+    out.push('.');
+    digits(out, u64::from(d.subsec_millis()), 3);
+    out.push('Z');
+}
+
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's
 /// algorithm).
 pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -52,5 +80,8 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_millis(1_732_345_200_123);
         assert_eq!(rfc3339(t, false), "2024-11-23T07:00:00Z");
         assert_eq!(rfc3339(t, true), "2024-11-23T07:00:00.123Z");
+        let mut s = String::new();
+        push_rfc3339_millis(&mut s, t);
+        assert_eq!(s, "2024-11-23T07:00:00.123Z");
     }
 }
