@@ -100,6 +100,7 @@ fn parse_args() -> Result<Args, String> {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    disable_transparent_huge_pages();
     let args = parse_args().unwrap_or_else(|e| {
         eprintln!("bare_proxy: {e}\n{USAGE}");
         exit(2)
@@ -137,3 +138,20 @@ fn main() {
     server.add_service(proxy);
     server.run_forever();
 }
+
+/// Transparent huge pages off, as in the `moat` binary (src/main.rs), so idle-connection RSS
+/// is measured like for like (`MOAT_ALLOW_THP=1` keeps them on here too).
+#[cfg(target_os = "linux")]
+fn disable_transparent_huge_pages() {
+    if std::env::var_os("MOAT_ALLOW_THP").is_some_and(|v| v == "1") {
+        return;
+    }
+    // SAFETY: prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) takes no pointers and only sets a flag on
+    // this process's memory descriptor.
+    if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
+        eprintln!("bare_proxy: prctl(PR_SET_THP_DISABLE) failed");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn disable_transparent_huge_pages() {}

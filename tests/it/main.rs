@@ -15,6 +15,7 @@ mod http2;
 mod limits;
 mod limits_cluster;
 mod limits_shared;
+mod memory;
 mod redis_cluster;
 mod reload;
 mod request_limits;
