@@ -18,9 +18,6 @@ use super::consumers::sha256;
 use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use openssl::hash::MessageDigest;
-use openssl::pkey::PKey;
-use openssl::sign::Signer;
 use pingora_http::RequestHeader;
 
 /// Default `clock_skew`, seconds.
@@ -90,14 +87,6 @@ impl HmacAlg {
             HmacAlg::Sha256 => "hmac-sha256",
             HmacAlg::Sha384 => "hmac-sha384",
             HmacAlg::Sha512 => "hmac-sha512",
-        }
-    }
-
-    fn md(self) -> MessageDigest {
-        match self {
-            HmacAlg::Sha256 => MessageDigest::sha256(),
-            HmacAlg::Sha384 => MessageDigest::sha384(),
-            HmacAlg::Sha512 => MessageDigest::sha512(),
         }
     }
 }
@@ -213,9 +202,11 @@ pub fn single_header(req: &RequestHeader, name: &str) -> Result<String, HmacErro
 
 /// HMAC of `data` under `secret`.
 pub fn compute(alg: HmacAlg, secret: &[u8], data: &[u8]) -> Result<Vec<u8>, HmacError> {
-    PKey::hmac(secret)
-        .and_then(|k| Signer::new(alg.md(), &k).and_then(|mut s| s.sign_oneshot_to_vec(data)))
-        .map_err(|_| HmacError::BadSignature)
+    Ok(match alg {
+        HmacAlg::Sha256 => super::mac::sha256(secret, data),
+        HmacAlg::Sha384 => super::mac::sha384(secret, data),
+        HmacAlg::Sha512 => super::mac::sha512(secret, data),
+    })
 }
 
 /// Constant-time check of `sig` against the HMAC of `data`.

@@ -23,6 +23,7 @@ pub mod held_body;
 pub mod hmac;
 pub mod jwk;
 pub mod jwt;
+pub mod mac;
 pub mod provider;
 pub mod require;
 pub mod signed;
