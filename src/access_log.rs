@@ -71,7 +71,7 @@ impl Record<'_> {
         match self.client_ip {
             Some(ip) => {
                 s.push('"');
-                push_ip(&mut s, ip);
+                crate::net::push_ip(&mut s, ip);
                 s.push('"');
             }
             None => s.push_str("null"),
@@ -168,22 +168,6 @@ fn push_ms(s: &mut String, ms: Option<f64>) {
             s.push(char::from(b'0' + (frac % 10) as u8));
         }
         _ => s.push_str("null"),
-    }
-}
-
-fn push_ip(s: &mut String, ip: std::net::IpAddr) {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    s.push('.');
-                }
-                push_u64(s, u64::from(o));
-            }
-        }
-        std::net::IpAddr::V6(v6) => {
-            let _ = write!(s, "{v6}");
-        }
     }
 }
 

@@ -80,9 +80,7 @@ impl KeySource {
         out.clear();
         let found = match self {
             KeySource::Consumer => ctx.identity.as_ref().map(|i| out.push_str(&i.consumer_id)),
-            KeySource::Ip => ctx.client_ip.map(|ip| {
-                let _ = write!(out, "{ip}");
-            }),
+            KeySource::Ip => ctx.client_ip.map(|ip| crate::net::push_ip(out, ip)),
             KeySource::Route => ctx.route.as_deref().map(|r| out.push_str(&r.name)),
             KeySource::Header(h) => req
                 .headers

@@ -33,7 +33,7 @@ use crate::limit::store::{Store, DEFAULT_MAX_KEYS};
 use crate::limit::{KeySource, RateHeaders};
 use crate::reply::{ErrorCode, Reply};
 use async_trait::async_trait;
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use prometheus::IntCounterVec;
@@ -42,10 +42,6 @@ use std::sync::Arc;
 
 /// Largest `burst`: fast-mode buckets count tokens in millionths in an `i64`.
 const MAX_BURST: u64 = 1_000_000_000_000;
-
-static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
-static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
-static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// How a cluster-scope limiter decides.
 enum Scope {
@@ -311,11 +307,12 @@ pub(super) fn cluster_redis<'a>(
 pub fn write_headers(ctx: &RequestCtx, resp: &mut ResponseHeader) {
     if let Some(h) = ctx.limits.headers {
         for (name, v) in [
-            (&LIMIT, h.limit),
-            (&REMAINING, h.remaining),
-            (&RESET, h.reset),
+            ("ratelimit-limit", h.limit),
+            ("ratelimit-remaining", h.remaining),
+            ("ratelimit-reset", h.reset),
         ] {
-            let _ = resp.insert_header(name.clone(), HeaderValue::from(v));
+            // A `&'static str` name goes into Pingora's case map without a copy.
+            let _ = resp.insert_header(name, HeaderValue::from(v));
         }
     }
 }

@@ -63,29 +63,11 @@ pub fn client_ip(
     (Some(client), true)
 }
 
-/// An IP address as text; IPv4 is formatted by hand (the `Display` machinery costs more
-/// than the rest of the forwarding work).
+/// An IP address as text (see [`crate::net::push_ip`]).
 pub fn ip_text(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut s = String::with_capacity(15);
-            for (i, octet) in v4.octets().iter().enumerate() {
-                if i > 0 {
-                    s.push('.');
-                }
-                let o = *octet;
-                if o >= 100 {
-                    s.push((b'0' + o / 100) as char);
-                }
-                if o >= 10 {
-                    s.push((b'0' + (o / 10) % 10) as char);
-                }
-                s.push((b'0' + o % 10) as char);
-            }
-            s
-        }
-        IpAddr::V6(v6) => v6.to_string(),
-    }
+    let mut s = String::with_capacity(15);
+    crate::net::push_ip(&mut s, ip);
+    s
 }
 
 /// One `X-Forwarded-For` entry: an IP, `ip:port`, or `[v6]:port`.
