@@ -296,6 +296,7 @@ pub fn run(
         svc.add_tcp(&a.address);
         server.add_service(svc);
     }
+    let final_log = access_log.clone();
     server.add_service(background_service(
         "moat supervisor",
         Supervisor {
@@ -305,5 +306,11 @@ pub fn run(
             draining,
         },
     ));
-    server.run_forever()
+    server.run(pingora_core::server::RunArgs::default());
+    // Pingora's own ends (SIGQUIT after draining, SIGINT) come back here: write out the
+    // access-log lines still queued (the writer wakes every 50 ms) before exiting.
+    if let Some(log) = final_log {
+        log.flush_now();
+    }
+    std::process::exit(0)
 }

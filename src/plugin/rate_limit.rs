@@ -150,9 +150,25 @@ impl RateLimit {
         // With tiers, `burst` scales with each tier's rate (burst / rate × tier rate).
         let scale = |r: &Rate| {
             c.burst.map(|b| {
-                ((b as u128 * r.count as u128).div_ceil(c.rate.count.max(1) as u128) as u64).max(1)
+                let scaled = (b as u128 * r.count as u128).div_ceil(c.rate.count.max(1) as u128);
+                u64::try_from(scaled).unwrap_or(u64::MAX).max(1)
             })
         };
+        // The burst a bucket really gets (scaled per tier, or the rate's count without
+        // `burst`) is bounded like `burst` itself.
+        if algo == Algorithm::TokenBucket {
+            let rates = std::iter::once(("rate".to_string(), &c.rate))
+                .chain(c.tiers.iter().map(|(k, r)| (format!("tiers.{k}"), r)));
+            for (at, r) in rates {
+                let effective = scale(r).unwrap_or(r.count);
+                if effective > MAX_BURST {
+                    errs.push(
+                        join(path, &at),
+                        format!("gives a token bucket of {effective}: at most {MAX_BURST}"),
+                    );
+                }
+            }
+        }
         let tiered = |r: &Rate| Tiered {
             limit: limit_of(r, scale(r)),
             message: format!("rate limit of {r} exceeded"),

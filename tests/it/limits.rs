@@ -269,7 +269,7 @@ fn bad_limiter_settings_are_refused_with_their_paths() {
     let cfg = dir.join("bad.yaml");
     std::fs::write(
         &cfg,
-        "listeners:\n  - { name: public, address: 127.0.0.1:1 }\nroutes:\n  - name: p\n    match: { path: /p }\n    respond: { status: 200 }\n    plugins:\n      - rate_limit: { key: ip, rate: 5/s, algorithm: fixed_window, burst: 3, scope: cluster }\n      - quota: { key: ip, limit: 5/m, scope: cluster }\n      - rate_limit: { key: \"header:bad header\", rate: 5/s, on_redis_error: deny }\n      - concurrency: { key: ip, max: 0, lease: 5s, on_redis_error: deny }\n      - concurrency: { key: ip, max: 1, scope: cluster, lease: 100ms }\n",
+        "listeners:\n  - { name: public, address: 127.0.0.1:1 }\nroutes:\n  - name: p\n    match: { path: /p }\n    respond: { status: 200 }\n    plugins:\n      - rate_limit: { key: ip, rate: 5/s, algorithm: fixed_window, burst: 3, scope: cluster }\n      - quota: { key: ip, limit: 5/m, scope: cluster }\n      - rate_limit: { key: \"header:bad header\", rate: 5/s, on_redis_error: deny }\n      - concurrency: { key: ip, max: 0, lease: 5s, on_redis_error: deny }\n      - concurrency: { key: ip, max: 1, scope: cluster, lease: 100ms }\n      - rate_limit: { key: ip, rate: 1/s, burst: 1000000000000, tiers: { gold: 100/s } }\n      - rate_limit: { key: ip, rate: 2000000000000/s, algorithm: token_bucket }\n",
     )
     .unwrap();
     let out = std::process::Command::new(crate::harness::moat::bin())
@@ -291,6 +291,8 @@ fn bad_limiter_settings_are_refused_with_their_paths() {
         "routes[0].plugins[2].rate_limit.on_redis_error: only applies with scope: cluster",
         "routes[0].plugins[2].rate_limit.key: `header:bad header`",
         "routes[0].plugins[3].concurrency.max: must be at least 1",
+        "routes[0].plugins[5].rate_limit.tiers.gold: gives a token bucket of 100000000000000",
+        "routes[0].plugins[6].rate_limit.rate: gives a token bucket of 2000000000000",
     ] {
         assert!(err.contains(want), "missing `{want}` in:\n{err}");
     }
