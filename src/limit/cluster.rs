@@ -80,10 +80,9 @@ pub struct Cluster {
 impl Cluster {
     /// A limiter identified by `fingerprint` on `redis`.
     pub fn new(redis: Arc<Redis>, fingerprint: &str) -> Cluster {
-        let h = crate::auth::consumers::sha256(fingerprint.as_bytes());
         Cluster {
             redis,
-            id: hex::encode(&h[..6]),
+            id: super::limiter_id(fingerprint),
         }
     }
 

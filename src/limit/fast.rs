@@ -90,11 +90,10 @@ pub struct Fast {
 impl Fast {
     /// A limiter named `fingerprint` (same on every instance with the same config).
     pub fn new(redis: Arc<Redis>, fingerprint: &str, interval_us: u64, max_keys: usize) -> Fast {
-        let h = crate::auth::consumers::sha256(fingerprint.as_bytes());
         Fast {
             store: Store::new(max_keys),
             redis,
-            id: hex::encode(&h[..6]),
+            id: super::limiter_id(fingerprint),
             interval_us: interval_us.max(1_000),
             healthy: AtomicBool::new(true),
         }

@@ -166,11 +166,10 @@ impl FastBucket {
         interval_us: u64,
         max_keys: usize,
     ) -> FastBucket {
-        let h = crate::auth::consumers::sha256(fingerprint.as_bytes());
         FastBucket {
             store: Store::new(max_keys),
             redis,
-            id: hex::encode(&h[..6]),
+            id: super::limiter_id(fingerprint),
             interval_us: interval_us.max(1_000),
             healthy: AtomicBool::new(true),
         }

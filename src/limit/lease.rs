@@ -94,10 +94,9 @@ impl Leases {
     /// Leases of the limiter named `fingerprint` (the same on every instance running the
     /// same config), each lasting `lease` unless renewed.
     pub fn new(redis: Arc<Redis>, fingerprint: &str, lease: Duration) -> Leases {
-        let h = crate::auth::consumers::sha256(fingerprint.as_bytes());
         Leases {
             redis,
-            id: hex::encode(&h[..6]),
+            id: super::limiter_id(fingerprint),
             lease_us: lease.max(MIN_LEASE).as_micros() as u64,
             live: Mutex::default(),
             next: AtomicU64::new(0),

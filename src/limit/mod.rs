@@ -32,6 +32,12 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 
+/// A limiter's name in Redis keys: 12 hex digits of the SHA-256 of its fingerprint (its
+/// place in the config and its settings), the same on every instance with the same config.
+pub fn limiter_id(fingerprint: &str) -> String {
+    hex::encode(&crate::auth::consumers::sha256(fingerprint.as_bytes())[..6])
+}
+
 /// What a limiter counts by.
 #[derive(Debug, Clone)]
 pub enum KeySource {

@@ -173,7 +173,7 @@ impl RateLimit {
             limit: limit_of(r, scale(r)),
             message: format!("rate limit of {r} exceeded"),
         };
-        let mut p = Self::build(
+        let p = Self::build(
             "rate_limit",
             ErrorCode::RateLimited,
             &c.key,
@@ -183,12 +183,10 @@ impl RateLimit {
             c.max_keys,
             path,
             &settings,
+            cluster,
             env,
             errs,
         );
-        if let Some(p) = &mut p {
-            p.cluster = cluster;
-        }
         (errs.0.len() == before).then_some(p).flatten()
     }
 
@@ -215,7 +213,7 @@ impl RateLimit {
             limit: limit_of(r, None),
             message: format!("quota of {r} exceeded"),
         };
-        let mut p = Self::build(
+        let p = Self::build(
             "quota",
             ErrorCode::QuotaExceeded,
             &c.key,
@@ -225,12 +223,10 @@ impl RateLimit {
             c.max_keys,
             path,
             &settings,
+            cluster,
             env,
             errs,
         );
-        if let Some(p) = &mut p {
-            p.cluster = cluster;
-        }
         (errs.0.len() == before).then_some(p).flatten()
     }
 
@@ -245,6 +241,7 @@ impl RateLimit {
         max_keys: Option<usize>,
         path: &str,
         settings: &str,
+        cluster: Option<(Scope, OnRedisError)>,
         env: &CompileEnv,
         errs: &mut ConfigErrors,
     ) -> Option<RateLimit> {
@@ -273,7 +270,7 @@ impl RateLimit {
             tiers,
             idle_after,
             store,
-            cluster: None,
+            cluster,
             decisions: env.metrics.ratelimit_decisions.clone(),
         })
     }
