@@ -23,6 +23,7 @@ pub mod reply;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod signals;
 pub mod slowloris;
 pub mod template;
 pub mod tls;

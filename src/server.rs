@@ -1,8 +1,9 @@
 //! Starting the server: `server:` mapped onto Pingora's `ServerConf`, the proxy service on
 //! every listener, the admin service, and the supervisor: a background service that runs
 //! health checks and handles SIGHUP (reload), SIGUSR1 (reopen the access log), SIGQUIT
-//! (report draining on `/readyz` while Pingora drains), SIGTERM (stop now) and, with
-//! `watch: true`, file changes.
+//! (report draining on `/readyz` while Pingora drains) and, with `watch: true`, file
+//! changes. SIGTERM/SIGINT (stop now) and SIGQUIT's drain are Pingora's main loop's, as
+//! `crate::signals` maps them.
 
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
@@ -96,11 +97,10 @@ impl BackgroundService for Supervisor {
             }
             crate::auth::start_background(&rt);
         }
-        let (Ok(mut hup), Ok(mut usr1), Ok(mut quit), Ok(mut term)) = (
+        let (Ok(mut hup), Ok(mut usr1), Ok(mut quit)) = (
             signal(SignalKind::hangup()),
             signal(SignalKind::user_defined1()),
             signal(SignalKind::quit()),
-            signal(SignalKind::terminate()),
         ) else {
             log::error!("cannot install signal handlers: SIGHUP reload and SIGUSR1 reopen are off");
             let _ = shutdown.changed().await;
@@ -125,14 +125,6 @@ impl BackgroundService for Supervisor {
                     }
                 }
                 _ = quit.recv() => self.draining.store(true, Ordering::SeqCst),
-                _ = term.recv() => {
-                    // The contract: SIGTERM stops fast (Pingora would drain as for SIGQUIT).
-                    log::info!("SIGTERM: stopping now");
-                    if let Some(log) = &self.access_log {
-                        log.flush_now();
-                    }
-                    std::process::exit(0);
-                }
                 _ = tick.tick() => {
                     if !self.runtime.load().config.watch {
                         continue;
@@ -306,9 +298,11 @@ pub fn run(
             draining,
         },
     ));
-    server.run(pingora_core::server::RunArgs::default());
-    // Pingora's own ends (SIGQUIT after draining, SIGINT) come back here: write out the
-    // access-log lines still queued (the writer wakes every 50 ms) before exiting.
+    server.run(pingora_core::server::RunArgs {
+        shutdown_signal: Box::new(crate::signals::MoatSignals),
+    });
+    // Every end comes back here (SIGTERM/SIGINT at once, SIGQUIT after draining): write
+    // out the access-log lines still queued (the writer wakes every 50 ms) before exiting.
     if let Some(log) = final_log {
         log.flush_now();
     }

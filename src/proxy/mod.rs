@@ -253,7 +253,17 @@ impl ProxyHttp for Moat {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        crate::slowloris::head_parsed(session.stream());
+        let idle = ctx.rt.request_limits.idle_timeout_secs;
+        let timed_here = crate::slowloris::head_parsed(session.stream(), idle);
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            session.set_keepalive(None);
+        } else if timed_here {
+            // The connection's HeadDeadline times the keep-alive wait (Pingora's timer
+            // would cost a timer per request); 0 = no timer of Pingora's own.
+            session.set_keepalive(Some(0));
+        } else {
+            session.set_keepalive(Some(idle));
+        }
         if ctx.rt.compression_used {
             // Pingora's module reads Accept-Encoding only while enabled: enable it now, and
             // let the response phase decide per response (see apply_compression).
@@ -269,11 +279,6 @@ impl ProxyHttp for Moat {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let rt = Arc::clone(&ctx.rt);
-        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
-            session.set_keepalive(None);
-        } else {
-            session.set_keepalive(Some(rt.request_limits.idle_timeout_secs));
-        }
         if let Some(reply) = limits::check_head(session.req_header(), &rt.request_limits) {
             self.send_reply(session, ctx, reply).await?;
             return Ok(true);

@@ -9,7 +9,9 @@
 //!   [`HeadDeadline`] and hands it to the application.
 //! - [`NextHead`] sits between Pingora's HTTP/1 keep-alive loop and the proxy: when a
 //!   request is over and its connection is kept for the next one, it tells the
-//!   connection's [`HeadDeadline`] to time the next head from its first byte.
+//!   connection's [`HeadDeadline`] to time the next head from its first byte (and the
+//!   wait for it by the keep-alive idle timeout, which the wrapper keeps instead of
+//!   Pingora: one timer per connection instead of one per request).
 //! - The proxy calls [`head_parsed`] once Pingora has parsed a head, so what follows is
 //!   never timed as a head even when the scanner did not see the head end (bytes carried
 //!   over from the previous request).
@@ -41,10 +43,20 @@ use std::time::Duration;
 
 /// Pingora has parsed a request head read from `stream` (the downstream connection of an
 /// HTTP/1 request; `None` for HTTP/2): its head deadline, if it has one, stops timing
-/// reads. The proxy calls this first thing for every request (`early_request_filter`).
-pub fn head_parsed(stream: Option<&Stream>) {
-    if let Some(d) = stream.and_then(|s| s.as_any().downcast_ref::<HeadDeadline>()) {
-        d.head_parsed();
+/// reads, and after this request the connection waits at most `idle_secs` for the next
+/// one. The proxy calls this first thing for every request (`early_request_filter`).
+///
+/// Returns whether the connection has a [`HeadDeadline`] (then it keeps the keep-alive
+/// idle timeout itself, and Pingora's own should be left off: see the module docs of
+/// [`HeadDeadline`]).
+pub fn head_parsed(stream: Option<&Stream>, idle_secs: u64) -> bool {
+    match stream.and_then(|s| s.as_any().downcast_ref::<HeadDeadline>()) {
+        Some(d) => {
+            d.head_parsed();
+            d.set_idle_timeout(u32::try_from(idle_secs).unwrap_or(u32::MAX));
+            true
+        }
+        None => false,
     }
 }
 

@@ -11,17 +11,23 @@
 //! - Once the blank line ending the head was read, reads are not timed: a body (however
 //!   slow) or an upgraded connection (WebSocket after `101`) is none of its business.
 //! - When the request is over and Pingora keeps the connection for the next one,
-//!   [`HeadDeadline::next_head`] is called: the keep-alive wait is Pingora's idle timeout,
-//!   and the next head is timed from its first byte.
+//!   [`HeadDeadline::next_head`] is called: the connection may then wait for its next
+//!   request as long as the keep-alive idle timeout the proxy set for it
+//!   ([`HeadDeadline::set_idle_timeout`], `server.limits.idle_timeout`), after which the
+//!   stream ends (Pingora closes it quietly, as a client that went away); the next head is
+//!   timed from its first byte.
 //! - The proxy calls [`HeadDeadline::head_parsed`] when Pingora has parsed a head, which
 //!   ends the timing whatever the scanner saw: it covers a head Pingora took (in part or
 //!   whole) from bytes read with the previous request (HTTP/1.1 pipelining, off in
 //!   Pingora 0.9 unless a proxy turns it on), and any disagreement between the scanner
 //!   and Pingora's parser.
 //!
-//! Cost on the hot path: no allocation per read; a timer exists only while a head read
-//! has to wait (typically once per connection, for its first head: later heads mostly
-//! arrive in one read), and reads after the head only check a flag. Everything else is
+//! Cost on the hot path: no allocation per read and no timer per request. One timer per
+//! connection serves both limits and stays registered: it is created when a head read or
+//! a keep-alive wait first has to wait, and when it fires the deadline that applies then
+//! is checked again and the timer moved to it (a wait that began later than the timer was
+//! set gets its full time). Pingora's own keep-alive timeout would register and cancel a
+//! timer for every request. Reads after the head only check a flag. Everything else is
 //! passed through to the wrapped stream.
 
 use super::scan::HeadScan;
@@ -36,7 +42,7 @@ use pingora_core::protocols::{
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -69,8 +75,14 @@ pub struct HeadDeadline {
     /// Bytes of the current head read so far (0: nothing sent yet).
     head_bytes: usize,
     deadline: Instant,
-    /// Created when a head read has to wait, dropped when the head is complete.
+    /// The connection's one timer (see the module docs), created when a head read or a
+    /// keep-alive wait first has to wait; it may be set earlier than the deadline that
+    /// applies, never later.
     sleep: Option<Pin<Box<Sleep>>>,
+    /// When the current keep-alive wait began (phase `Idle`).
+    idle_since: Instant,
+    /// The keep-alive idle timeout in seconds (0: none), set by the proxy per request.
+    idle_secs: AtomicU32,
     /// What the request loop said last ([`HeadDeadline::next_head`] or
     /// [`HeadDeadline::head_parsed`], which only have `&self`): `NOTHING`, `NEXT_HEAD` or
     /// `HEAD_PARSED`, taken by the next read.
@@ -92,6 +104,8 @@ impl HeadDeadline {
             deadline: Instant::now() + policy.limit,
             policy,
             sleep: None,
+            idle_since: Instant::now(),
+            idle_secs: AtomicU32::new(0),
             told: AtomicU8::new(NOTHING),
             peeked: Vec::new(),
         }
@@ -109,6 +123,13 @@ impl HeadDeadline {
         self.told.store(HEAD_PARSED, Ordering::Relaxed);
     }
 
+    /// After this request, wait at most `secs` seconds for the next one (0: no limit).
+    /// The proxy sets it for every request, so a reload's new value applies from the
+    /// next request on; Pingora's own keep-alive timeout is then left off.
+    pub fn set_idle_timeout(&self, secs: u32) {
+        self.idle_secs.store(secs, Ordering::Relaxed);
+    }
+
     /// Account for `fresh`, the bytes one read added while a head was incomplete.
     fn head_read(&mut self, fresh: &[u8]) -> io::Result<()> {
         if self.phase == Phase::Idle {
@@ -119,9 +140,9 @@ impl HeadDeadline {
         }
         self.head_bytes += fresh.len();
         if self.scan.feed(fresh).is_some() {
+            // The timer stays: if it fires before the next wait, it wakes the task once
+            // for nothing, which costs less than a new timer for the next wait.
             self.phase = Phase::Body;
-            // A timer left registered would wake the task for nothing when it fires.
-            self.sleep = None;
             return Ok(());
         }
         if Instant::now() >= self.deadline {
@@ -130,17 +151,51 @@ impl HeadDeadline {
         Ok(())
     }
 
-    /// The head read has to wait: `Ready` with the read's outcome once the deadline has
-    /// passed.
-    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let deadline = self.deadline;
+    /// Poll the connection's timer towards `deadline`: `Ready` once it has passed. The
+    /// timer is moved only when it would fire late (or fired early), so a wait whose
+    /// deadline is after the timer's costs nothing until the timer fires.
+    fn poll_timer(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
         let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if sleep.deadline() != deadline {
+        if sleep.deadline() > deadline {
             sleep.as_mut().reset(deadline);
         }
-        if sleep.as_mut().poll(cx).is_pending() {
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            // Fired for an earlier deadline: on to this one (registers the timer again).
+            sleep.as_mut().reset(deadline);
+        }
+    }
+
+    /// The keep-alive wait has to wait: `Ready` (the stream ends) once the idle timeout
+    /// has passed with nothing sent.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let secs = *self.idle_secs.get_mut();
+        if secs == 0 {
+            return Poll::Pending;
+        }
+        let deadline = self.idle_since + Duration::from_secs(u64::from(secs));
+        if self.poll_timer(cx, deadline).is_pending() {
+            return Poll::Pending;
+        }
+        log::debug!(
+            "connection {} idle for {secs}s between requests: closed",
+            self.inner.id()
+        );
+        self.phase = Phase::Ended;
+        Poll::Ready(Ok(()))
+    }
+
+    /// The head read has to wait: `Ready` with the read's outcome once the deadline has
+    /// passed.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.poll_timer(cx, self.deadline).is_pending() {
             return Poll::Pending;
         }
         if self.head_bytes == 0 {
@@ -194,11 +249,11 @@ impl AsyncRead for HeadDeadline {
         let told = std::mem::replace(this.told.get_mut(), NOTHING);
         if this.phase != Phase::Ended {
             match told {
-                NEXT_HEAD => this.phase = Phase::Idle,
-                HEAD_PARSED => {
-                    this.phase = Phase::Body;
-                    this.sleep = None;
+                NEXT_HEAD => {
+                    this.phase = Phase::Idle;
+                    this.idle_since = Instant::now();
                 }
+                HEAD_PARSED => this.phase = Phase::Body,
                 _ => {}
             }
         }
@@ -227,6 +282,7 @@ impl AsyncRead for HeadDeadline {
                 Poll::Ready(this.head_read(fresh))
             }
             Poll::Pending if this.phase == Phase::Head => this.poll_deadline(cx),
+            Poll::Pending if this.phase == Phase::Idle => this.poll_idle(cx),
             other => other,
         }
     }

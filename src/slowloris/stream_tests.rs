@@ -203,3 +203,46 @@ async fn a_head_parsed_elsewhere_ends_the_timing() {
     let (_, res) = read_n(&mut s, 1000).await;
     assert_eq!(res.map_err(|e| e.kind()), Err(io::ErrorKind::TimedOut));
 }
+
+#[tokio::test]
+async fn a_keep_alive_wait_ends_after_the_idle_timeout() {
+    let (mut c, mut s) = pair();
+    s.set_idle_timeout(1);
+    let head = b"GET /1 HTTP/1.1\r\n\r\n";
+    // The first head has to wait: the connection's timer is set to its deadline.
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = c.write_all(head).await;
+        // Hold the pipe open, sending nothing more.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        drop(c);
+    });
+    assert_eq!(read_n(&mut s, head.len()).await.0, head.len());
+    // The response takes longer than the head deadline the timer was set to: the wait
+    // that follows still gets its whole idle timeout.
+    tokio::time::sleep(LIMIT * 2).await;
+    s.next_head();
+    let start = Instant::now();
+    let mut buf = [0u8; 16];
+    assert_eq!(s.read(&mut buf).await.expect("a quiet end"), 0);
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(990) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+    // Not a head timeout.
+    assert_eq!(s.policy.no_request.get(), 0);
+    assert_eq!(s.policy.partial_head.get(), 0);
+}
+
+#[tokio::test]
+async fn without_an_idle_timeout_a_keep_alive_wait_is_not_timed() {
+    let (mut c, mut s) = pair();
+    let head = b"GET /1 HTTP/1.1\r\n\r\n";
+    c.write_all(head).await.expect("write");
+    assert_eq!(read_n(&mut s, head.len()).await.0, head.len());
+    s.next_head();
+    let mut buf = [0u8; 16];
+    let waited = tokio::time::timeout(LIMIT * 3, s.read(&mut buf)).await;
+    assert!(waited.is_err(), "the wait ended: {waited:?}");
+}

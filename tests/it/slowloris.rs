@@ -295,6 +295,45 @@ fn h2c_listener_cuts_connections_that_do_not_start_in_time() {
 }
 
 #[test]
+fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
+    // moat keeps HTTP/1 keep-alive waits itself (one timer per connection, see
+    // src/slowloris/stream.rs): a wait is bounded by idle_timeout, each new wait gets the
+    // whole of it, and header_timeout (1 s here) never cuts a wait between requests.
+    let up = Upstream::start("app");
+    let m = start_with(&up.address(), None, "", ", idle_timeout: 2s");
+    let mut c = Conn::open(m.port);
+    // Requests 1.5 s apart: longer than header_timeout, each wait shorter than idle_timeout,
+    // together longer than it.
+    for i in 0..3 {
+        assert_eq!(
+            c.get(&format!("/{i}")).map(|r| r.status),
+            Some(200),
+            "request {i}"
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    assert_eq!(c.get("/3").map(|r| r.status), Some(200));
+    let mut s = c.into_stream();
+    s.set_read_timeout(Some(Duration::from_millis(100))).ok();
+    let start = Instant::now();
+    let (out, closed) = read_to_close(&mut s, start);
+    assert!(out.is_empty(), "{out:?}");
+    let closed = closed.expect("the idle connection was not closed");
+    assert!(
+        closed >= Duration::from_millis(1800) && closed < Duration::from_secs(4),
+        "closed after {closed:?}"
+    );
+    let targets: Vec<String> = up.traffic().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/0", "/1", "/2", "/3"]);
+    // A quiet close, not a head timeout.
+    let count = |kind: &str| m.metric(&format!("moat_header_timeouts_total{{kind=\"{kind}\"}}"));
+    assert_eq!(
+        (count("no_request"), count("partial_head")),
+        (Some(0.0), Some(0.0))
+    );
+}
+
+#[test]
 fn an_idle_h2c_connection_is_closed_after_idle_timeout() {
     let up = Upstream::start("app");
     let m = start_with(

@@ -1,0 +1,36 @@
+//! The shutdown signals Pingora's main loop waits for, mapped to the contract:
+//! `SIGTERM` and `SIGINT` stop fast (Pingora's default would drain on `SIGTERM` as for
+//! `SIGQUIT`), `SIGQUIT` drains or hands the sockets to a new process (graceful upgrade).
+//!
+//! Pingora registers these in its main thread as soon as the services are started, so a
+//! `SIGTERM` that arrives right after the listeners opened is not missed by a background
+//! task that has not run yet.
+
+use async_trait::async_trait;
+use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// moat's [`ShutdownSignalWatch`] (see the module docs).
+pub struct MoatSignals;
+
+#[async_trait]
+impl ShutdownSignalWatch for MoatSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut quit), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            log::error!("cannot install the SIGQUIT/SIGTERM/SIGINT handlers");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+            _ = term.recv() => {
+                log::info!("SIGTERM: stopping now");
+                ShutdownSignal::FastShutdown
+            }
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+        }
+    }
+}
