@@ -19,9 +19,17 @@ pub fn check_head(req: &RequestHeader, limits: &Limits) -> Option<Reply> {
             "an HTTP/1.1 request needs a Host header",
         ));
     }
+    // One pass over the headers: their size, and whether a name has an underscore.
+    let mut bytes: u64 = 0;
+    let mut underscore = false;
+    for (k, v) in req.headers.iter() {
+        let name = k.as_str();
+        underscore |= name.as_bytes().contains(&b'_');
+        bytes += (name.len() + v.len() + 4) as u64;
+    }
     // Underscores let `X_Consumer_ID` slip past checks on `X-Consumer-ID` in upstreams
     // that fold `_` into `-` (CGI-style stacks); refused, as nginx drops them by default.
-    if req.headers.keys().any(|k| k.as_str().contains('_')) {
+    if underscore {
         return Some(Reply::error(
             ErrorCode::BadRequest,
             "header names may not contain underscores",
@@ -39,11 +47,6 @@ pub fn check_head(req: &RequestHeader, limits: &Limits) -> Option<Reply> {
             format!("more than {} request headers", limits.max_headers),
         ));
     }
-    let bytes: u64 = req
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
-        .sum();
     if bytes > limits.max_header_bytes {
         return Some(Reply::error(
             ErrorCode::HeadersTooLarge,

@@ -40,6 +40,10 @@ pub struct Target {
     inflight: AtomicUsize,
     failures: AtomicU32,
     ejected_until: AtomicU64,
+    /// Whether active checks report it healthy: a copy of the load balancer's state
+    /// (there it is a hash-map lookup by a SipHash of the backend), refreshed after every
+    /// round of checks, read on the request path.
+    ready: AtomicBool,
     /// `moat_upstream_target_healthy` for this target.
     pub healthy_gauge: IntGauge,
 }
@@ -47,6 +51,11 @@ pub struct Target {
 impl Target {
     fn ejected(&self, now: u64) -> bool {
         self.ejected_until.load(Ordering::Relaxed) > now
+    }
+    /// [`Target::ejected`] reading the clock only for a target that was ever ejected.
+    fn ejected_now(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && until > clock_ms()
     }
     /// Requests in flight to this target.
     pub fn inflight(&self) -> usize {
@@ -186,6 +195,7 @@ impl Pool {
                 inflight: AtomicUsize::new(0),
                 failures: AtomicU32::new(0),
                 ejected_until: AtomicU64::new(0),
+                ready: AtomicBool::new(true),
                 healthy_gauge,
             });
         }
@@ -206,7 +216,7 @@ impl Pool {
         }
         let name = s.name.as_str();
         let err = |kind: &str| metrics.upstream_errors.with_label_values(&[name, kind]);
-        Ok(Pool {
+        let pool = Pool {
             errors: ErrorCounters {
                 connect: err("connect"),
                 timeout: err("timeout"),
@@ -231,7 +241,21 @@ impl Pool {
             health_started: AtomicBool::new(false),
             definition: s.definition,
             retired: AtomicBool::new(false),
-        })
+        };
+        pool.refresh_ready();
+        Ok(pool)
+    }
+
+    /// Copy the load balancer's health of every target into [`Target`]'s `ready`.
+    fn refresh_ready(&self) {
+        for t in &self.targets {
+            let ready = match &self.selector {
+                Selector::RoundRobin(lb) | Selector::Least(lb) => lb.backends().ready(&t.backend),
+                Selector::Random(lb) => lb.backends().ready(&t.backend),
+                Selector::Hash(lb) => lb.backends().ready(&t.backend),
+            };
+            t.ready.store(ready, Ordering::Relaxed);
+        }
     }
 
     /// The consistent-hash key template, when the pool hashes.
@@ -239,14 +263,9 @@ impl Pool {
         self.hash_key.as_ref()
     }
 
-    /// Whether active checks report the target healthy.
+    /// Whether active checks report the target healthy (as of their last round).
     pub fn target_healthy(&self, idx: usize) -> bool {
-        let b = &self.targets[idx].backend;
-        match &self.selector {
-            Selector::RoundRobin(lb) | Selector::Least(lb) => lb.backends().ready(b),
-            Selector::Random(lb) => lb.backends().ready(b),
-            Selector::Hash(lb) => lb.backends().ready(b),
-        }
+        self.targets[idx].ready.load(Ordering::Relaxed)
     }
 
     /// Whether passive checks have ejected the target right now.
@@ -266,11 +285,11 @@ impl Pool {
 
     /// Choose a target not in `exclude`; `key` is the hash key (ignored unless hashing).
     pub fn select(&self, key: &[u8], exclude: &[usize]) -> Option<usize> {
-        let now = clock_ms();
         if self.targets.len() == 1 {
             // Every algorithm picks the only target, when it may take requests.
-            return self.usable(0, exclude, now).then_some(0);
+            return self.usable(0, exclude).then_some(0);
         }
+        let now = clock_ms();
         let accept = |b: &Backend, healthy: bool| {
             healthy
                 && self
@@ -282,24 +301,24 @@ impl Pool {
             Selector::RoundRobin(lb) => lb.select_with(key, max, accept),
             Selector::Random(lb) => lb.select_with(key, max, accept),
             Selector::Hash(lb) => lb.select_with(key, max, accept),
-            Selector::Least(_) => return self.least_requests(exclude, now),
+            Selector::Least(_) => return self.least_requests(exclude),
         };
         chosen.and_then(|b| self.index_of(&b))
     }
 
-    fn usable(&self, i: usize, exclude: &[usize], now: u64) -> bool {
-        !exclude.contains(&i) && !self.targets[i].ejected(now) && self.target_healthy(i)
+    fn usable(&self, i: usize, exclude: &[usize]) -> bool {
+        !exclude.contains(&i) && self.target_healthy(i) && !self.targets[i].ejected_now()
     }
 
     /// Power of two choices: two random usable targets, the one with fewer in-flight
     /// requests per unit of weight wins.
-    fn least_requests(&self, exclude: &[usize], now: u64) -> Option<usize> {
+    fn least_requests(&self, exclude: &[usize]) -> Option<usize> {
         let n = self.targets.len();
         let mut rng = rand::thread_rng();
         let first_usable = |start: usize, skip: Option<usize>| {
             (0..n)
                 .map(|k| (start + k) % n)
-                .find(|&i| Some(i) != skip && self.usable(i, exclude, now))
+                .find(|&i| Some(i) != skip && self.usable(i, exclude))
         };
         let a = first_usable(rng.gen_range(0..n), None)?;
         let Some(b) = first_usable(rng.gen_range(0..n), Some(a)) else {
@@ -313,8 +332,7 @@ impl Pool {
 
     /// Whether some target other than those in `exclude` could take a request now.
     pub fn has_candidate(&self, exclude: &[usize]) -> bool {
-        let now = clock_ms();
-        (0..self.targets.len()).any(|i| self.usable(i, exclude, now))
+        (0..self.targets.len()).any(|i| self.usable(i, exclude))
     }
 
     /// Count a request in flight to target `idx` until the guard drops.
@@ -415,6 +433,7 @@ impl Pool {
             Selector::Random(lb) => lb.backends().run_health_check(true).await,
             Selector::Hash(lb) => lb.backends().run_health_check(true).await,
         }
+        self.refresh_ready();
     }
 
     /// Probe every target until a dead one would be marked down (`unhealthy_after` passes
