@@ -38,8 +38,10 @@ pub(super) struct Finish {
     ctx: RequestCtx,
     /// The status to log (0: nothing reached the client).
     pub status: u16,
-    /// Body bytes sent to the client (after the response head).
-    pub bytes_sent: usize,
+    /// Bytes sent to the client after the response head, besides `relayed`.
+    pub bytes_sent: u64,
+    /// What the relay moved (`b_to_a`: upstream to client).
+    pub relayed: super::upgrade::relay::Traffic,
 }
 
 impl Finish {
@@ -52,6 +54,7 @@ impl Finish {
             ctx,
             status,
             bytes_sent: 0,
+            relayed: Default::default(),
         }
     }
 }
@@ -68,7 +71,8 @@ impl Drop for Finish {
             &self.req,
             &mut self.ctx,
             self.status,
-            self.bytes_sent,
+            usize::try_from(self.bytes_sent.saturating_add(self.relayed.b_to_a))
+                .unwrap_or(usize::MAX),
         );
     }
 }

@@ -50,6 +50,9 @@ use tokio::io::AsyncWriteExt;
 /// Everything else stays on Pingora's proxy path.
 pub(super) fn eligible(session: &mut Session, ctx: &RequestCtx) -> bool {
     let req = session.req_header();
+    if !head::is_websocket(req) {
+        return false;
+    }
     let closes = req
         .headers
         .get_all(header::CONNECTION)
@@ -57,7 +60,6 @@ pub(super) fn eligible(session: &mut Session, ctx: &RequestCtx) -> bool {
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
     session.downstream_session.as_http1().is_some()
-        && head::is_websocket(req)
         && !closes
         && ctx.held_body.is_none()
         && session.downstream_session.is_body_empty()
@@ -262,19 +264,17 @@ impl Moat {
             Err(_) => return,
         }
         finish.status = 101;
-        finish.bytes_sent = rest.len();
+        finish.bytes_sent = rest.len() as u64;
         drop((head, rest, early));
         tokio::spawn(async move {
-            // The whole guard moves in (not just the field written below): it logs when
-            // this task ends, or is dropped at shutdown.
+            // The whole guard moves in (not just a field): it logs when this task ends, or
+            // when it is dropped as the process stops.
             let mut finish = finish;
-            let out = relay::relay(&mut down, &mut up, idle).await;
-            finish.bytes_sent += usize::try_from(out.b_to_a).unwrap_or(usize::MAX);
+            let end = relay::relay(&mut down, &mut up, idle, &mut finish.relayed).await;
             log::debug!(
-                "upgraded connection ended ({:?}): {} bytes up, {} down",
-                out.end,
-                out.a_to_b,
-                out.b_to_a
+                "upgraded connection ended ({end:?}): {} bytes up, {} down",
+                finish.relayed.a_to_b,
+                finish.relayed.b_to_a
             );
         });
     }

@@ -41,15 +41,14 @@ pub enum End {
     Error(io::ErrorKind),
 }
 
-/// What a relay did.
-#[derive(Debug)]
-pub struct Outcome {
+/// Bytes a relay moved so far (updated as they move, so a relay dropped midway, at
+/// shutdown, still leaves its count behind).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Traffic {
     /// Bytes from `a` to `b`.
     pub a_to_b: u64,
     /// Bytes from `b` to `a`.
     pub b_to_a: u64,
-    /// Why it ended.
-    pub end: End,
 }
 
 /// One direction's state.
@@ -64,7 +63,6 @@ struct Half {
     read_done: bool,
     /// The destination's write half was shut down.
     shut: bool,
-    bytes: u64,
 }
 
 impl Half {
@@ -81,6 +79,7 @@ impl Half {
         src: &mut S,
         dst: &mut D,
         scratch: &mut [u8],
+        bytes: &mut u64,
         moved: &mut bool,
     ) -> Poll<io::Result<()>>
     where
@@ -139,7 +138,7 @@ impl Half {
                 self.read_done = true;
                 continue;
             }
-            self.bytes += n as u64;
+            *bytes += n as u64;
             *moved = true;
             let mut off = 0;
             while off < n {
@@ -162,8 +161,8 @@ impl Half {
 }
 
 /// Relay between `a` and `b` until both directions ended, an error, or `idle` without a
-/// byte moving.
-pub async fn relay<A, B>(a: &mut A, b: &mut B, idle: Duration) -> Outcome
+/// byte moving; `traffic` counts the bytes as they go.
+pub async fn relay<A, B>(a: &mut A, b: &mut B, idle: Duration, traffic: &mut Traffic) -> End
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -173,19 +172,33 @@ where
     let mut last = Instant::now();
     let sleep = tokio::time::sleep(idle);
     tokio::pin!(sleep);
-    let end = poll_fn(|cx| {
+    poll_fn(|cx| {
         let mut moved = false;
         let result = SCRATCH_BUF.with(|cell| match cell.try_borrow_mut() {
             Ok(mut scratch) => {
                 if scratch.len() < SCRATCH {
                     scratch.resize(SCRATCH, 0);
                 }
-                step(cx, a, b, &mut ab, &mut ba, &mut scratch, &mut moved)
+                step(
+                    cx,
+                    (a, b),
+                    (&mut ab, &mut ba),
+                    &mut scratch,
+                    traffic,
+                    &mut moved,
+                )
             }
             // Only if a stream's poll ran another relay on this thread: use the stack.
             Err(_) => {
                 let mut small = [0u8; 4096];
-                step(cx, a, b, &mut ab, &mut ba, &mut small, &mut moved)
+                step(
+                    cx,
+                    (a, b),
+                    (&mut ab, &mut ba),
+                    &mut small,
+                    traffic,
+                    &mut moved,
+                )
             }
         });
         if let Poll::Ready(end) = result {
@@ -203,22 +216,16 @@ where
         }
         Poll::Pending
     })
-    .await;
-    Outcome {
-        a_to_b: ab.bytes,
-        b_to_a: ba.bytes,
-        end,
-    }
+    .await
 }
 
 /// Poll both directions once.
 fn step<A, B>(
     cx: &mut Context<'_>,
-    a: &mut A,
-    b: &mut B,
-    ab: &mut Half,
-    ba: &mut Half,
+    (a, b): (&mut A, &mut B),
+    (ab, ba): (&mut Half, &mut Half),
     scratch: &mut [u8],
+    traffic: &mut Traffic,
     moved: &mut bool,
 ) -> Poll<End>
 where
@@ -226,12 +233,12 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     if !ab.done() {
-        if let Poll::Ready(Err(e)) = ab.poll(cx, a, b, scratch, moved) {
+        if let Poll::Ready(Err(e)) = ab.poll(cx, a, b, scratch, &mut traffic.a_to_b, moved) {
             return Poll::Ready(End::Error(e.kind()));
         }
     }
     if !ba.done() {
-        if let Poll::Ready(Err(e)) = ba.poll(cx, b, a, scratch, moved) {
+        if let Poll::Ready(Err(e)) = ba.poll(cx, b, a, scratch, &mut traffic.b_to_a, moved) {
             return Poll::Ready(End::Error(e.kind()));
         }
     }

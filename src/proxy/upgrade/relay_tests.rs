@@ -25,7 +25,13 @@ async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
 #[tokio::test]
 async fn bytes_go_both_ways_then_half_closes_end_it() {
     let (mut client, mut a, mut b, mut server) = pairs().await;
-    let task = tokio::spawn(async move { relay(&mut a, &mut b, Duration::from_secs(30)).await });
+    let task = tokio::spawn(async move {
+        {
+            let mut t = Traffic::default();
+            let end = relay(&mut a, &mut b, Duration::from_secs(30), &mut t).await;
+            (t, end)
+        }
+    });
     bounded(async {
         client.write_all(b"hello").await.unwrap();
         let mut got = [0u8; 5];
@@ -49,8 +55,8 @@ async fn bytes_go_both_ways_then_half_closes_end_it() {
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
-        let out = task.await.unwrap();
-        assert_eq!((out.a_to_b, out.b_to_a, out.end), (5, 11, End::Closed));
+        let (t, end) = task.await.unwrap();
+        assert_eq!((t.a_to_b, t.b_to_a, end), (5, 11, End::Closed));
     })
     .await;
 }
@@ -58,7 +64,13 @@ async fn bytes_go_both_ways_then_half_closes_end_it() {
 #[tokio::test]
 async fn a_slow_reader_gets_every_byte_in_order() {
     let (mut client, mut a, mut b, mut server) = pairs().await;
-    let task = tokio::spawn(async move { relay(&mut a, &mut b, Duration::from_secs(30)).await });
+    let task = tokio::spawn(async move {
+        {
+            let mut t = Traffic::default();
+            let end = relay(&mut a, &mut b, Duration::from_secs(30), &mut t).await;
+            (t, end)
+        }
+    });
     let data: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     let sent = data.clone();
     let writer = tokio::spawn(async move {
@@ -74,8 +86,8 @@ async fn a_slow_reader_gets_every_byte_in_order() {
         assert!(got == data, "{} bytes arrived, altered", got.len());
         drop(server);
         let _client = writer.await.unwrap();
-        let out = task.await.unwrap();
-        assert_eq!(out.a_to_b, data.len() as u64);
+        let (t, end) = task.await.unwrap();
+        assert_eq!((t.a_to_b, end), (data.len() as u64, End::Closed));
     })
     .await;
 }
@@ -84,15 +96,21 @@ async fn a_slow_reader_gets_every_byte_in_order() {
 async fn nothing_moving_for_the_idle_limit_ends_it() {
     let (mut client, mut a, mut b, mut server) = pairs().await;
     let started = Instant::now();
-    let task = tokio::spawn(async move { relay(&mut a, &mut b, Duration::from_millis(600)).await });
+    let task = tokio::spawn(async move {
+        {
+            let mut t = Traffic::default();
+            let end = relay(&mut a, &mut b, Duration::from_millis(600), &mut t).await;
+            (t, end)
+        }
+    });
     bounded(async {
         // Traffic before the limit keeps it open.
         tokio::time::sleep(Duration::from_millis(400)).await;
         client.write_all(b"x").await.unwrap();
         let mut got = [0u8; 1];
         server.read_exact(&mut got).await.unwrap();
-        let out = task.await.unwrap();
-        assert_eq!(out.end, End::Idle);
+        let (t, end) = task.await.unwrap();
+        assert_eq!((t.a_to_b, end), (1, End::Idle));
         let took = started.elapsed();
         assert!(
             took >= Duration::from_millis(950),
@@ -108,15 +126,21 @@ async fn nothing_moving_for_the_idle_limit_ends_it() {
 #[tokio::test]
 async fn a_reset_ends_it_with_an_error() {
     let (client, mut a, mut b, mut server) = pairs().await;
-    let task = tokio::spawn(async move { relay(&mut a, &mut b, Duration::from_secs(30)).await });
+    let task = tokio::spawn(async move {
+        {
+            let mut t = Traffic::default();
+            let end = relay(&mut a, &mut b, Duration::from_secs(30), &mut t).await;
+            (t, end)
+        }
+    });
     bounded(async {
         // Unread data at close makes the kernel send a reset.
         // Linger 0 does not block on drop; the deprecation is about the other values.
         #[allow(deprecated)]
         client.set_linger(Some(Duration::ZERO)).unwrap();
         drop(client);
-        let out = task.await.unwrap();
-        assert_eq!(out.end, End::Error(io::ErrorKind::ConnectionReset));
+        let (_, end) = task.await.unwrap();
+        assert_eq!(end, End::Error(io::ErrorKind::ConnectionReset));
         let mut rest = Vec::new();
         let _ = server.read_to_end(&mut rest).await;
     })
