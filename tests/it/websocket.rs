@@ -387,3 +387,31 @@ fn on_sigquit_a_relayed_websocket_is_closed_and_logged_when_the_process_stops() 
     assert_eq!(lines[0]["status"], 101, "{}", lines[0]);
     assert_eq!(lines[0]["bytes_sent"], 8, "{}", lines[0]);
 }
+
+#[test]
+fn an_upgrade_to_a_tls_upstream_is_verified_like_any_request() {
+    use crate::harness::tls::TlsUpstream;
+    use std::sync::atomic::Ordering;
+    let dir = temp_dir("ws-uptls");
+    let authority = ca();
+    let (ca_file, _) = authority.write(&dir, "ca");
+    // This upstream answers 200 (and closes) to anything: a refusal of the upgrade.
+    let up = TlsUpstream::start(&leaf(&authority, &["users.internal"]));
+    let tls = |sni: &str| {
+        format!(
+            ", retries: 0, tls: {{ sni: {sni}, verify: true, ca_file: \"{}\" }}",
+            ca_file.display()
+        )
+    };
+    let target = format!("\"127.0.0.1:{}\"", up.port);
+    let m = Moat::start(&route(&target, &tls("users.internal")));
+    let (resp, _) = parse_one(&send_raw(m.port, HANDSHAKE)).expect("a response");
+    assert_eq!((resp.status, resp.text().as_str()), (200, "tls-ok"));
+    assert_eq!(up.hits.load(Ordering::SeqCst), 1);
+    // A name the certificate does not carry: refused before anything is sent.
+    let m = Moat::start(&route(&target, &tls("other.internal")));
+    let (resp, _) = parse_one(&send_raw(m.port, HANDSHAKE)).expect("a response");
+    assert_eq!(resp.status, 502, "{}", resp.text());
+    assert_eq!(up.hits.load(Ordering::SeqCst), 1);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -104,6 +104,7 @@ impl Moat {
         let answered = loop {
             let Some(idx) = pool.select(&key, &ctx.upstream.tried) else {
                 pool.count_error(FailureKind::NoTarget);
+                session.set_keepalive(None);
                 let code = ErrorCode::ServiceUnavailable;
                 let reply = Reply::error(code, failure::message(code, Some(&pool.name)));
                 self.send_reply(session, ctx, reply).await?;
@@ -127,6 +128,8 @@ impl Moat {
                         continue;
                     }
                     log::warn!("upgrade to upstream `{}` failed: {e}", pool.name);
+                    // As after any failed upstream attempt (`fail_to_proxy`): close.
+                    session.set_keepalive(None);
                     let code = failure::classify(&e).unwrap_or(ErrorCode::BadGateway);
                     let reply = Reply::error(code, failure::message(code, Some(&pool.name)));
                     self.send_reply(session, ctx, reply).await?;
