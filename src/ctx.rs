@@ -70,6 +70,9 @@ pub struct RequestCtx {
     /// Limiter state: `RateLimit-*` headers to send, concurrency slots held (released
     /// when the context drops, however the request ended).
     pub limits: crate::limit::ReqLimits,
+    /// The connection was taken over by a relay task (an upgrade moat relays itself, see
+    /// `proxy::upgrade`): that task logs the request; Pingora's `logging` must not.
+    pub detached: bool,
     /// `moat_connections_active`, decremented when the request ends.
     active: Option<prometheus::IntGauge>,
 }
@@ -104,6 +107,7 @@ impl RequestCtx {
             pending_reply: None,
             ratelimit: None,
             limits: Default::default(),
+            detached: false,
             active: None,
         }
     }

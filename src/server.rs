@@ -235,12 +235,16 @@ pub fn run(
     // service of their own. An HTTP/2 connection with no stream open for `idle_timeout`
     // is closed (as of start-up: reloads change it for HTTP/1 only).
     let conf = Arc::clone(&server.configuration);
+    let connector = Arc::new(pingora_core::connectors::TransportConnector::new(Some(
+        pingora_core::connectors::ConnectorOptions::from_server_conf(&conf),
+    )));
     let proxy_service = |name: &str, h2c: bool| {
         let moat = Moat {
             runtime: Arc::clone(&shared),
             metrics: Arc::clone(&metrics),
             access_log: access_log.clone(),
             draining: Arc::clone(&draining),
+            connector: Arc::clone(&connector),
         };
         let mut app = pingora_proxy::http_proxy(&conf, moat);
         let mut options = pingora_core::apps::HttpServerOptions::default();

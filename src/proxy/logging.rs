@@ -1,70 +1,144 @@
-//! The end of every request: metrics and the access-log line.
+//! The end of every request: metrics and the access-log line. Requests Pingora carries
+//! end in `Moat::finish`; upgraded connections moat relays itself end when their
+//! [`Finish`] guard drops (however the relay task ends, cancelled included).
 
 use super::Moat;
-use crate::access_log::Record;
+use crate::access_log::{AccessLog, Record};
 use crate::ctx::RequestCtx;
+use crate::metrics::Metrics;
 use crate::template::request_host;
+use pingora_http::RequestHeader;
 use pingora_proxy::Session;
+use std::sync::Arc;
 
 impl Moat {
     /// Record metrics and write the access log for a finished request.
     pub(super) fn finish(&self, session: &Session, ctx: &mut RequestCtx, status: u16) {
-        let elapsed = ctx.start.elapsed();
-        let req = session.req_header();
-        let route = ctx.route.clone();
-        let route_name = route.as_deref().map(|r| &*r.name);
-        let status_code = http::StatusCode::from_u16(status).ok();
-        let status_s = status_code.as_ref().map(|s| s.as_str()).unwrap_or("0");
-        self.metrics
-            .requests
-            .with_label_values(&[route_name.unwrap_or(""), req.method.as_str(), status_s])
-            .inc();
-        match route.as_deref() {
-            Some(r) => r.duration.observe(elapsed.as_secs_f64()),
-            None => self
-                .metrics
-                .request_duration
-                .with_label_values(&[""])
-                .observe(elapsed.as_secs_f64()),
-        }
-        let up = &ctx.upstream;
-        let upstream_ms = up.started.map(|s| {
-            let d = up
-                .finished
-                .unwrap_or_else(std::time::Instant::now)
-                .duration_since(s);
-            if let Some(pool) = &up.pool {
-                pool.duration.observe(d.as_secs_f64());
-            }
-            d.as_secs_f64() * 1000.0
-        });
-        let Some(log) = &self.access_log else {
-            return;
-        };
-        let rid = ctx.request_id().to_string();
-        let up = &ctx.upstream;
-        let target = match (&up.pool, &up.current) {
-            (Some(pool), Some(cur)) => Some(pool.targets[cur.index()].label.clone()),
-            _ => None,
-        };
-        let rec = Record {
-            ts: std::time::SystemTime::now(),
-            request_id: &rid,
-            client_ip: ctx.client_ip,
-            method: req.method.as_str(),
-            host: request_host(req),
-            path: req.uri.path(),
+        let sent = session.body_bytes_sent();
+        record(
+            &self.metrics,
+            self.access_log.as_ref(),
+            session.req_header(),
+            ctx,
             status,
-            bytes_sent: session.body_bytes_sent(),
-            duration_ms: elapsed.as_secs_f64() * 1000.0,
-            upstream: up.pool.as_deref().map(|p| &*p.name),
-            upstream_target: target,
-            upstream_duration_ms: upstream_ms,
-            route: route_name,
-            consumer: ctx.identity.as_ref().map(|i| &*i.consumer_id),
-            auth_method: ctx.identity.as_ref().map(|i| i.method),
-            ratelimit: ctx.ratelimit,
-        };
-        log.write(rec.to_line());
+            sent,
+        );
     }
+}
+
+/// What a relayed connection logs when it ends: its request's context (moved out of
+/// Pingora's, so limiter slots, the in-flight count and `moat_connections_active` last as
+/// long as the connection) and a small copy of its request line.
+pub(super) struct Finish {
+    metrics: Arc<Metrics>,
+    access_log: Option<AccessLog>,
+    /// Method, path and `Host` of the request (not the whole parsed head, which keeps
+    /// the connection's header buffer alive).
+    req: RequestHeader,
+    ctx: RequestCtx,
+    /// The status to log (0: nothing reached the client).
+    pub status: u16,
+    /// Bytes sent to the client after the response head, besides `relayed`.
+    pub bytes_sent: u64,
+    /// What the relay moved (`b_to_a`: upstream to client).
+    pub relayed: super::upgrade::relay::Traffic,
+}
+
+impl Finish {
+    /// Log `req` with `status` when this guard drops.
+    pub(super) fn new(moat: &Moat, req: RequestHeader, ctx: RequestCtx, status: u16) -> Finish {
+        Finish {
+            metrics: Arc::clone(&moat.metrics),
+            access_log: moat.access_log.clone(),
+            req,
+            ctx,
+            status,
+            bytes_sent: 0,
+            relayed: Default::default(),
+        }
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.ctx
+            .upstream
+            .finished
+            .get_or_insert_with(std::time::Instant::now);
+        record(
+            &self.metrics,
+            self.access_log.as_ref(),
+            &self.req,
+            &mut self.ctx,
+            self.status,
+            usize::try_from(self.bytes_sent.saturating_add(self.relayed.b_to_a))
+                .unwrap_or(usize::MAX),
+        );
+    }
+}
+
+/// Count the request in the metrics and write its access-log line.
+fn record(
+    metrics: &Metrics,
+    access_log: Option<&AccessLog>,
+    req: &RequestHeader,
+    ctx: &mut RequestCtx,
+    status: u16,
+    bytes_sent: usize,
+) {
+    let elapsed = ctx.start.elapsed();
+    let route = ctx.route.clone();
+    let route_name = route.as_deref().map(|r| &*r.name);
+    let status_code = http::StatusCode::from_u16(status).ok();
+    let status_s = status_code.as_ref().map(|s| s.as_str()).unwrap_or("0");
+    metrics
+        .requests
+        .with_label_values(&[route_name.unwrap_or(""), req.method.as_str(), status_s])
+        .inc();
+    match route.as_deref() {
+        Some(r) => r.duration.observe(elapsed.as_secs_f64()),
+        None => metrics
+            .request_duration
+            .with_label_values(&[""])
+            .observe(elapsed.as_secs_f64()),
+    }
+    let up = &ctx.upstream;
+    let upstream_ms = up.started.map(|s| {
+        let d = up
+            .finished
+            .unwrap_or_else(std::time::Instant::now)
+            .duration_since(s);
+        if let Some(pool) = &up.pool {
+            pool.duration.observe(d.as_secs_f64());
+        }
+        d.as_secs_f64() * 1000.0
+    });
+    let Some(log) = access_log else {
+        return;
+    };
+    let rid = ctx.request_id().to_string();
+    let up = &ctx.upstream;
+    let target = match (&up.pool, &up.current) {
+        (Some(pool), Some(cur)) => Some(pool.targets[cur.index()].label.clone()),
+        _ => None,
+    };
+    let rec = Record {
+        ts: std::time::SystemTime::now(),
+        request_id: &rid,
+        client_ip: ctx.client_ip,
+        method: req.method.as_str(),
+        host: request_host(req),
+        path: req.uri.path(),
+        status,
+        bytes_sent,
+        duration_ms: elapsed.as_secs_f64() * 1000.0,
+        upstream: up.pool.as_deref().map(|p| &*p.name),
+        upstream_target: target,
+        upstream_duration_ms: upstream_ms,
+        route: route_name,
+        consumer: ctx.identity.as_ref().map(|i| &*i.consumer_id),
+        auth_method: ctx.identity.as_ref().map(|i| i.method),
+        ratelimit: ctx.ratelimit,
+    };
+    log.write(rec.to_line());
 }

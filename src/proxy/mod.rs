@@ -7,6 +7,8 @@ pub mod forwarding;
 pub mod limits;
 mod logging;
 pub mod path;
+mod upgrade;
+mod upstream_head;
 
 use crate::access_log::AccessLog;
 use crate::ctx::RequestCtx;
@@ -39,6 +41,9 @@ pub struct Moat {
     /// Set on SIGQUIT/SIGTERM: answers then close their connections, so clients move to
     /// the new process during a graceful upgrade instead of idling on this one.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Connects to upstreams for the WebSocket upgrades moat relays itself (see
+    /// `upgrade`); everything else goes through Pingora's own connector.
+    pub connector: Arc<pingora_core::connectors::TransportConnector>,
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
@@ -80,46 +85,6 @@ async fn settle_request_body(session: &mut Session) {
     if !drained {
         session.set_keepalive(None);
     }
-}
-
-/// Replace the upstream request head with a copy carrying the forwarding headers.
-///
-/// Pingora parses a request into header maps sized exactly to it and keeps a second map
-/// for header-name case; adding the four forwarding headers to those grows and rehashes
-/// both (measured: most of moat's added CPU per request). The copy is one map, reserved
-/// once, so header names go upstream in lower case (as over HTTP/2, and as Envoy sends
-/// them); values, order of repeated headers and the request target are kept.
-fn rebuild_with_forwarding(
-    up: &mut RequestHeader,
-    session: &Session,
-    ctx: &RequestCtx,
-) -> Result<()> {
-    // The head is moved out (not cloned) and comes back without its case map.
-    let from_uri = up
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().as_bytes())
-        .unwrap_or_default();
-    let raw_path = (up.raw_path() != from_uri).then(|| up.raw_path().to_vec());
-    let end = up.send_end_stream();
-    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
-    let mut parts = http::request::Parts::from(std::mem::replace(up, placeholder));
-    forwarding::apply(
-        &mut parts.headers,
-        parts.uri.authority().map(|a| a.as_str()),
-        peer_ip(session),
-        ctx.client_ip,
-        ctx.peer_trusted,
-        is_tls(session),
-    );
-    *up = RequestHeader::from(parts);
-    if let Some(raw) = raw_path {
-        up.set_raw_path(&raw)?;
-    }
-    if let Some(end) = end {
-        up.set_send_end_stream(end);
-    }
-    Ok(())
 }
 
 /// The answer of a `redirect_https` listener: 308 to the same host and URI on the HTTPS
@@ -387,6 +352,9 @@ impl ProxyHttp for Moat {
         match &route.action {
             Action::Upstream(pool) => {
                 ctx.upstream.pool = Some(Arc::clone(pool));
+                if upgrade::eligible(session, ctx) {
+                    return self.relay_upgrade(session, ctx).await;
+                }
                 Ok(false)
             }
             action => {
@@ -498,20 +466,7 @@ impl ProxyHttp for Moat {
         up: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        rebuild_with_forwarding(up, session, ctx)?;
-        if let Some(rw) = ctx.route.as_deref().and_then(|r| r.rewrite.as_ref()) {
-            if let Some(new_path) = rw.apply(up.uri.path()) {
-                let target = match up.uri.query() {
-                    Some(q) => format!("{new_path}?{q}"),
-                    None => new_path,
-                };
-                up.set_raw_path(target.as_bytes())?;
-            }
-        }
-        for p in &chain_of(ctx).upstream_request {
-            p.upstream_request(session.req_header(), ctx, up);
-        }
-        Ok(())
+        upstream_head::prepare(up, session, ctx)
     }
 
     async fn upstream_response_filter(
@@ -583,6 +538,10 @@ impl ProxyHttp for Moat {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.detached {
+            // A relayed upgrade: its task logs the request when the connection ends.
+            return;
+        }
         ctx.upstream.finished.get_or_insert_with(Instant::now);
         let status = session
             .response_written()

@@ -60,6 +60,17 @@ pub fn head_parsed(stream: Option<&Stream>, idle_secs: u64) -> bool {
     }
 }
 
+/// `stream` out of its [`HeadDeadline`] (for a connection that will carry no more request
+/// heads: an upgraded one), with the bytes the deadline peeked and must be read first.
+/// A stream not wrapped comes back as is; `None` only if the unwrapping fails.
+pub fn into_inner(stream: Stream) -> Option<(Stream, Vec<u8>)> {
+    if !stream.as_any().is::<HeadDeadline>() {
+        return Some((stream, Vec::new()));
+    }
+    let d = stream.into_any().downcast::<HeadDeadline>().ok()?;
+    Some(d.into_parts())
+}
+
 /// `header_timeout` when the config does not set one (as in the reference config).
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -111,6 +111,12 @@ impl HeadDeadline {
         }
     }
 
+    /// The wrapped stream, and bytes read by [`Peek::try_peek`] not handed out yet (they
+    /// come before anything read from the stream).
+    pub fn into_parts(self) -> (Stream, Vec<u8>) {
+        (self.inner, self.peeked)
+    }
+
     /// The request on this connection is over and the connection waits for the next one:
     /// the next head is timed from its first byte.
     pub fn next_head(&self) {

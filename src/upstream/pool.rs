@@ -258,6 +258,12 @@ impl Pool {
         }
     }
 
+    /// How long a read from a target may wait (`read_timeout`); also the idle limit of an
+    /// upgraded connection moat relays.
+    pub fn read_timeout(&self) -> Duration {
+        self.read_timeout
+    }
+
     /// The consistent-hash key template, when the pool hashes.
     pub fn hash_key(&self) -> Option<&Template> {
         self.hash_key.as_ref()

@@ -26,3 +26,4 @@ mod tls;
 mod upgrade;
 mod upstream_tls;
 mod upstreams;
+mod websocket;

@@ -1,0 +1,253 @@
+//! Relaying an upgraded connection (WebSocket...) between the client and the upstream,
+//! both ways, until both sides are done.
+//!
+//! An idle relay holds no buffer: reads go into one scratch buffer per thread (64 KiB,
+//! which also lets a read bypass the 64 KiB buffer Pingora keeps in front of a plain TCP
+//! client connection), and the bytes are written on at once; only what a write could not
+//! take yet is copied to the heap, and reading that direction stops until it is written.
+//!
+//! Half close: end of stream from one side shuts the other side's write half down (after
+//! what is pending was written); the relay ends when both directions have ended, on the
+//! first error either way, or after `idle` with no byte moved in either direction.
+
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// Size of the per-thread scratch buffer reads go into.
+pub const SCRATCH: usize = 64 * 1024;
+
+/// Reads (each followed by a write) one direction makes in a row before letting the
+/// other direction and other tasks run.
+const READS_PER_POLL: usize = 16;
+
+thread_local! {
+    static SCRATCH_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// How a relay ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// Both sides ended their streams.
+    Closed,
+    /// Nothing moved for the idle limit.
+    Idle,
+    /// A read or write failed (`ErrorKind` of the first error).
+    Error(io::ErrorKind),
+}
+
+/// Bytes a relay moved so far (updated as they move, so a relay dropped midway, at
+/// shutdown, still leaves its count behind).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Traffic {
+    /// Bytes from `a` to `b`.
+    pub a_to_b: u64,
+    /// Bytes from `b` to `a`.
+    pub b_to_a: u64,
+}
+
+/// One direction's state.
+#[derive(Default)]
+struct Half {
+    /// Bytes read but not written yet, from `pos` on.
+    pending: Vec<u8>,
+    pos: usize,
+    /// Written since the last flush.
+    unflushed: bool,
+    /// The source ended its stream.
+    read_done: bool,
+    /// The destination's write half was shut down.
+    shut: bool,
+}
+
+impl Half {
+    fn done(&self) -> bool {
+        self.read_done && self.shut
+    }
+
+    /// Move bytes from `src` to `dst` until either would block. `Ready(Ok(moved))` when
+    /// this direction has ended (or used its turn: then it woke the task), `Pending` when
+    /// it waits; `moved` says whether any byte went through either way.
+    fn poll<S, D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut S,
+        dst: &mut D,
+        scratch: &mut [u8],
+        bytes: &mut u64,
+        moved: &mut bool,
+    ) -> Poll<io::Result<()>>
+    where
+        S: AsyncRead + Unpin,
+        D: AsyncWrite + Unpin,
+    {
+        let mut reads = 0;
+        loop {
+            while self.pos < self.pending.len() {
+                match Pin::new(&mut *dst).poll_write(cx, &self.pending[self.pos..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        self.pos += n;
+                        self.unflushed = true;
+                        *moved = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if !self.pending.is_empty() {
+                // Written out: give the memory back while the connection idles.
+                self.pending = Vec::new();
+                self.pos = 0;
+            }
+            if self.unflushed {
+                match Pin::new(&mut *dst).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.unflushed = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if self.read_done {
+                if !self.shut {
+                    match Pin::new(&mut *dst).poll_shutdown(cx) {
+                        // A peer already gone cannot be told more: this side is done.
+                        Poll::Ready(_) => self.shut = true,
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if reads == READS_PER_POLL {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            reads += 1;
+            let mut buf = ReadBuf::new(scratch);
+            match Pin::new(&mut *src).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+            let n = buf.filled().len();
+            if n == 0 {
+                self.read_done = true;
+                continue;
+            }
+            *bytes += n as u64;
+            *moved = true;
+            let mut off = 0;
+            while off < n {
+                match Pin::new(&mut *dst).poll_write(cx, &scratch[off..n]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(k)) => {
+                        off += k;
+                        self.unflushed = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => break,
+                }
+            }
+            if off < n {
+                self.pending.extend_from_slice(&scratch[off..n]);
+                self.pos = 0;
+            }
+        }
+    }
+}
+
+/// Relay between `a` and `b` until both directions ended, an error, or `idle` without a
+/// byte moving; `traffic` counts the bytes as they go.
+pub async fn relay<A, B>(a: &mut A, b: &mut B, idle: Duration, traffic: &mut Traffic) -> End
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut ab = Half::default();
+    let mut ba = Half::default();
+    let mut last = Instant::now();
+    let sleep = tokio::time::sleep(idle);
+    tokio::pin!(sleep);
+    poll_fn(|cx| {
+        let mut moved = false;
+        let result = SCRATCH_BUF.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => {
+                if scratch.len() < SCRATCH {
+                    scratch.resize(SCRATCH, 0);
+                }
+                step(
+                    cx,
+                    (a, b),
+                    (&mut ab, &mut ba),
+                    &mut scratch,
+                    traffic,
+                    &mut moved,
+                )
+            }
+            // Only if a stream's poll ran another relay on this thread: use the stack.
+            Err(_) => {
+                let mut small = [0u8; 4096];
+                step(
+                    cx,
+                    (a, b),
+                    (&mut ab, &mut ba),
+                    &mut small,
+                    traffic,
+                    &mut moved,
+                )
+            }
+        });
+        if let Poll::Ready(end) = result {
+            return Poll::Ready(end);
+        }
+        if moved {
+            last = Instant::now();
+        }
+        while sleep.as_mut().poll(cx).is_ready() {
+            let deadline = last + idle;
+            if Instant::now() >= deadline {
+                return Poll::Ready(End::Idle);
+            }
+            sleep.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Poll both directions once.
+fn step<A, B>(
+    cx: &mut Context<'_>,
+    (a, b): (&mut A, &mut B),
+    (ab, ba): (&mut Half, &mut Half),
+    scratch: &mut [u8],
+    traffic: &mut Traffic,
+    moved: &mut bool,
+) -> Poll<End>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    if !ab.done() {
+        if let Poll::Ready(Err(e)) = ab.poll(cx, a, b, scratch, &mut traffic.a_to_b, moved) {
+            return Poll::Ready(End::Error(e.kind()));
+        }
+    }
+    if !ba.done() {
+        if let Poll::Ready(Err(e)) = ba.poll(cx, b, a, scratch, &mut traffic.b_to_a, moved) {
+            return Poll::Ready(End::Error(e.kind()));
+        }
+    }
+    if ab.done() && ba.done() {
+        return Poll::Ready(End::Closed);
+    }
+    Poll::Pending
+}
+
+#[cfg(test)]
+#[path = "relay_tests.rs"]
+mod tests;
