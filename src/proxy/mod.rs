@@ -254,10 +254,18 @@ impl ProxyHttp for Moat {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let idle = ctx.rt.request_limits.idle_timeout_secs;
-        let timed_here = crate::slowloris::head_parsed(session.stream(), idle);
-        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        let body = crate::slowloris::Body::of(session.req_header());
+        let parsed = crate::slowloris::head_parsed(session.stream(), idle, body);
+        // HTTP/1.1 pipelining (RFC 9112 §9.3.2): requests a client sends before reading
+        // earlier responses are served in order (Pingora 0.9.1 reads the next one only
+        // once this one is over); the framing of every request body on the connection is
+        // followed by its HeadDeadline, so bytes after a body are only ever a next head.
+        session.as_mut().set_pipelining_enabled(true);
+        if parsed.malformed.is_some() || self.draining.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            ctx.malformed_body = parsed.malformed;
             session.set_keepalive(None);
-        } else if timed_here {
+        } else if parsed.timed_here {
             // The connection's HeadDeadline times the keep-alive wait (Pingora's timer
             // would cost a timer per request); 0 = no timer of Pingora's own.
             session.set_keepalive(Some(0));
@@ -278,6 +286,11 @@ impl ProxyHttp for Moat {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(e) = ctx.malformed_body {
+            self.send_reply(session, ctx, Reply::error(ErrorCode::BadRequest, e.to_string()))
+                .await?;
+            return Ok(true);
+        }
         let rt = Arc::clone(&ctx.rt);
         if let Some(reply) = limits::check_head(session.req_header(), &rt.request_limits) {
             self.send_reply(session, ctx, reply).await?;
@@ -536,6 +549,10 @@ impl ProxyHttp for Moat {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            // The client's bytes are the new protocol's from here on, not HTTP/1 messages.
+            crate::slowloris::protocol_switched(session.stream());
+        }
         if resp.status == http::StatusCode::NO_CONTENT {
             // RFC 9110 §8.6: no Content-Length on a 204 (an upstream that sends one would
             // make careful clients wait for a body that never comes).
