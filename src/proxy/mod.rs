@@ -257,20 +257,21 @@ impl ProxyHttp for Moat {
         let body = crate::slowloris::Body::of(session.req_header());
         let parsed = crate::slowloris::head_parsed(session.stream(), idle, body);
         // HTTP/1.1 pipelining (RFC 9112 §9.3.2): requests a client sends before reading
-        // earlier responses are served in order (Pingora 0.9.1 reads the next one only
+        // earlier responses are served in order (Pingora 0.9.1 parses the next one only
         // once this one is over); the framing of every request body on the connection is
         // followed by its HeadDeadline, so bytes after a body are only ever a next head.
         session.as_mut().set_pipelining_enabled(true);
-        if parsed.malformed.is_some() || self.draining.load(std::sync::atomic::Ordering::Relaxed)
-        {
-            ctx.malformed_body = parsed.malformed;
+        // Pingora turns keep-alive off for `Connection: close`, HTTP/1.0 without
+        // keep-alive, and both Transfer-Encoding and Content-Length (RFC 9112 §6.1: close
+        // after answering). That decision stands: what follows is never read as a request.
+        let pingora_closes = session.as_mut().get_keepalive().is_none();
+        ctx.malformed_body = parsed.malformed;
+        if parsed.malformed.is_some() || self.draining.load(std::sync::atomic::Ordering::Relaxed) {
             session.set_keepalive(None);
-        } else if parsed.timed_here {
-            // The connection's HeadDeadline times the keep-alive wait (Pingora's timer
-            // would cost a timer per request); 0 = no timer of Pingora's own.
-            session.set_keepalive(Some(0));
-        } else {
-            session.set_keepalive(Some(idle));
+        } else if !pingora_closes {
+            // With a HeadDeadline, it times the keep-alive wait (Pingora's timer would
+            // cost a timer per request); 0 = no timer of Pingora's own.
+            session.set_keepalive(Some(if parsed.timed_here { 0 } else { idle }));
         }
         if ctx.rt.compression_used {
             // Pingora's module reads Accept-Encoding only while enabled: enable it now, and
@@ -287,8 +288,12 @@ impl ProxyHttp for Moat {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if let Some(e) = ctx.malformed_body {
-            self.send_reply(session, ctx, Reply::error(ErrorCode::BadRequest, e.to_string()))
-                .await?;
+            self.send_reply(
+                session,
+                ctx,
+                Reply::error(ErrorCode::BadRequest, e.to_string()),
+            )
+            .await?;
             return Ok(true);
         }
         let rt = Arc::clone(&ctx.rt);

@@ -207,9 +207,7 @@ impl Chunked {
                 Size
             }
             (Size, _) if self.digits == 0 => return Err(Malformed("chunk size missing")),
-            (Size, b'\r') | (ExtName, b'\r') | (ExtValToken, b'\r') | (ExtValEnd, b'\r') => {
-                SizeLf
-            }
+            (Size, b'\r') | (ExtName, b'\r') | (ExtValToken, b'\r') | (ExtValEnd, b'\r') => SizeLf,
             (Size, b';')
             | (SizeWs, b';')
             | (ExtName, b';')

@@ -14,7 +14,12 @@ fn check(body: &[u8]) -> Result<Option<usize>, Malformed> {
     };
     for cut in cuts {
         let (a, b) = body.split_at(cut);
-        assert_eq!(run(&[a, b]), whole, "{:?} cut at {cut}", body.escape_ascii());
+        assert_eq!(
+            run(&[a, b]),
+            whole,
+            "{:?} cut at {cut}",
+            body.escape_ascii()
+        );
     }
     if body.len() <= 256 {
         let bytes: Vec<&[u8]> = body.chunks(1).collect();
@@ -54,7 +59,10 @@ fn refused(body: &str) {
 fn well_formed_bodies_end_where_they_end() {
     assert_eq!(ends("0\r\n\r\n"), 5);
     assert_eq!(ends("5\r\nhello\r\n0\r\n\r\n"), 15);
-    assert_eq!(ends("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nGET / HTTP/1.1"), 26);
+    assert_eq!(
+        ends("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nGET / HTTP/1.1"),
+        26
+    );
     // Hex digits of both cases, leading zeros, several zeros as the last chunk.
     assert_eq!(ends("A\r\n0123456789\r\n000\r\n\r\n"), 22);
     assert_eq!(ends("00a\r\n0123456789\r\n0\r\n\r\n"), 22);
@@ -96,7 +104,10 @@ fn chunk_size_must_be_hex_digits() {
 fn huge_chunk_sizes() {
     // 16 digits fit a u64 and are accepted (the data never comes here).
     assert_eq!(check(b"ffffffffffffffff\r\nab"), Ok(None));
-    assert_eq!(check(b"0000000000000005\r\nhello\r\n0\r\n\r\n"), Ok(Some(30)));
+    assert_eq!(
+        check(b"0000000000000005\r\nhello\r\n0\r\n\r\n"),
+        Ok(Some(30))
+    );
     // More digits overflow (or exceed what httparse reads), even as leading zeros.
     refused("10000000000000005\r\nhello\r\n0\r\n\r\n");
     refused("00000000000000005\r\nhello\r\n0\r\n\r\n");
@@ -154,7 +165,10 @@ fn chunk_extensions_per_rfc_9112_7_1_1() {
 
 #[test]
 fn chunk_lines_are_bounded() {
-    let long = format!("5;a={}\r\nhello\r\n0\r\n\r\n", "b".repeat(MAX_LINE as usize));
+    let long = format!(
+        "5;a={}\r\nhello\r\n0\r\n\r\n",
+        "b".repeat(MAX_LINE as usize)
+    );
     refused(&long);
     let fits = format!(
         "5;a={}\r\nhello\r\n0\r\n\r\n",

@@ -53,7 +53,11 @@ impl Body {
         let Some(cl) = req.headers.get(http::header::CONTENT_LENGTH) else {
             return Body::Empty;
         };
-        let first = cl.as_bytes().split(|b| *b == b',').next().unwrap_or_default();
+        let first = cl
+            .as_bytes()
+            .split(|b| *b == b',')
+            .next()
+            .unwrap_or_default();
         match std::str::from_utf8(first).map(|s| s.trim().parse::<u64>()) {
             Ok(Ok(0)) => Body::Empty,
             Ok(Ok(n)) => Body::Length(n),
@@ -177,9 +181,7 @@ impl Framing {
                 },
                 State::Pending => return Ok(at),
                 State::Length(left) => {
-                    let take = usize::try_from(*left)
-                        .unwrap_or(usize::MAX)
-                        .min(rest.len());
+                    let take = usize::try_from(*left).unwrap_or(usize::MAX).min(rest.len());
                     at += take;
                     // `take` is at most `left`.
                     *left -= take as u64;
@@ -247,7 +249,10 @@ mod tests {
     fn a_malformed_body_in_the_head_read_fails_head_parsed() {
         let mut f = Framing::default();
         let head = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(f.feed(format!("{head}5\r\nhelloXX0\r\n\r\n").as_bytes()), Ok(()));
+        assert_eq!(
+            f.feed(format!("{head}5\r\nhelloXX0\r\n\r\n").as_bytes()),
+            Ok(())
+        );
         assert!(f.head_parsed(Body::Chunked).is_err());
         assert!(f.feed(b"more").is_err(), "failure sticks");
     }
@@ -264,7 +269,8 @@ mod tests {
 
     #[test]
     fn a_pipelined_malformed_body_is_caught_after_a_good_one() {
-        let bad = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX\r\n\r\n";
+        let bad =
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX\r\n\r\n";
         let mut f = Framing::default();
         let stream = format!("{GET}{bad}");
         assert!(run(&mut f, &[&stream], &[Body::Empty, Body::Chunked]).is_err());
@@ -288,7 +294,8 @@ mod tests {
     fn kept_bytes_are_bounded() {
         let mut f = Framing::default();
         f.feed(GET.as_bytes()).expect("head");
-        f.feed(&vec![b'x'; PENDING_LIMIT + 1]).expect("not an error");
+        f.feed(&vec![b'x'; PENDING_LIMIT + 1])
+            .expect("not an error");
         assert_eq!(f.state, State::Stopped);
         assert!(f.pending.capacity() == 0);
     }
@@ -304,8 +311,14 @@ mod tests {
         };
         assert_eq!(Body::of(&req(&[])), Body::Empty);
         assert_eq!(Body::of(&req(&[("content-length", "0")])), Body::Empty);
-        assert_eq!(Body::of(&req(&[("content-length", "12")])), Body::Length(12));
-        assert_eq!(Body::of(&req(&[("content-length", "7, 7")])), Body::Length(7));
+        assert_eq!(
+            Body::of(&req(&[("content-length", "12")])),
+            Body::Length(12)
+        );
+        assert_eq!(
+            Body::of(&req(&[("content-length", "7, 7")])),
+            Body::Length(7)
+        );
         assert_eq!(Body::of(&req(&[("content-length", "x")])), Body::Unknown);
         let te = [("transfer-encoding", "chunked"), ("content-length", "3")];
         assert_eq!(Body::of(&req(&te)), Body::Chunked);

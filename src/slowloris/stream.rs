@@ -490,7 +490,10 @@ impl Peek for HeadDeadline {
         buf.copy_from_slice(&self.peeked[..buf.len()]);
         if self.peeked.starts_with(H2_PREFACE) {
             // Pingora will take this connection as HTTP/2, which has its own framing.
-            self.framing.get_mut().unwrap_or_else(|e| e.into_inner()).stop();
+            self.framing
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .stop();
         }
         Ok(true)
     }
