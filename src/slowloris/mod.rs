@@ -33,8 +33,8 @@ mod framing;
 mod scan;
 mod stream;
 
-pub use chunked::Malformed;
-pub use framing::Body;
+pub use chunked::{Chunked, Fed, Malformed};
+pub use framing::{Body, Framing};
 pub use scan::HeadScan;
 pub use stream::HeadDeadline;
 
