@@ -156,6 +156,12 @@ impl Framing {
         Ok(())
     }
 
+    /// Whether the connection is still followed (not stopped).
+    #[cfg(test)]
+    pub(crate) fn followed(&self) -> bool {
+        self.state != State::Stopped
+    }
+
     /// Stop following the connection (a protocol switch, or framing lost).
     pub fn stop(&mut self) {
         if !matches!(self.state, State::Failed(_)) {

@@ -18,8 +18,8 @@
 //!   timed from its first byte.
 //! - The proxy calls [`HeadDeadline::head_parsed`] when Pingora has parsed a head, which
 //!   ends the timing whatever the scanner saw: it covers a head Pingora took (in part or
-//!   whole) from bytes read with the previous request (HTTP/1.1 pipelining, off in
-//!   Pingora 0.9 unless a proxy turns it on), and any disagreement between the scanner
+//!   whole) from bytes read with the previous request (HTTP/1.1 pipelining, which
+//!   moat's proxy turns on), and any disagreement between the scanner
 //!   and Pingora's parser.
 //!
 //! It also follows the connection's message framing ([`Framing`]) so that chunked request
