@@ -589,8 +589,13 @@ impl ProxyHttp for Moat {
                 can_reuse_downstream: false,
             };
         }
+        let malformed = failure::malformed_body(e);
         let reply = match ctx.pending_reply.take() {
             Some(r) => r,
+            None if malformed.is_some() => {
+                let msg = malformed.map(|m| m.to_string()).unwrap_or_default();
+                Reply::error(code, msg)
+            }
             None => {
                 let upstream = ctx.upstream.pool.as_deref().map(|p| p.name.clone());
                 Reply::error(code, failure::message(code, upstream.as_deref()))
@@ -600,7 +605,11 @@ impl ProxyHttp for Moat {
         FailToProxy {
             error_code: code.status(),
             // A request refused before reaching an upstream keeps its connection.
-            can_reuse_downstream: sent && code.status() < 500 && ctx.upstream.started.is_none(),
+            // Never after a malformed body: its connection's framing is lost.
+            can_reuse_downstream: sent
+                && code.status() < 500
+                && ctx.upstream.started.is_none()
+                && malformed.is_none(),
         }
     }
 

@@ -41,6 +41,22 @@ impl std::fmt::Display for Malformed {
     }
 }
 
+impl std::error::Error for Malformed {}
+
+impl Malformed {
+    /// The `Malformed` a failed read or a Pingora error carries, if any: `e` itself, or
+    /// the payload of an `io::Error` (how [`super::HeadDeadline`] reports it).
+    pub fn found_in(e: &(dyn std::error::Error + 'static)) -> Option<Malformed> {
+        if let Some(m) = e.downcast_ref::<Malformed>() {
+            return Some(*m);
+        }
+        e.downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<Malformed>())
+            .copied()
+    }
+}
+
 /// The outcome of feeding bytes to a [`Chunked`] validator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fed {

@@ -25,8 +25,9 @@
 //! It also follows the connection's message framing ([`Framing`]) so that chunked request
 //! bodies are validated on the bytes read: a malformed one found among bytes read with
 //! the head is reported by [`HeadDeadline::head_parsed`] (the proxy answers `400` and
-//! closes); one found in a later read fails that read with `InvalidData` (Pingora aborts
-//! the request and closes the connection), as does every read after it.
+//! closes); one found in a later read fails that read with `InvalidData` carrying the
+//! [`Malformed`] (Pingora aborts the request, the proxy answers `400` if it can, and the
+//! connection is closed), as does every read after it.
 //!
 //! Cost on the hot path: no allocation per read and no timer per request. One timer per
 //! connection serves both limits and stays registered: it is created when a head read or
@@ -168,7 +169,7 @@ impl HeadDeadline {
         let framing = self.framing.get_mut().unwrap_or_else(|e| e.into_inner());
         framing.feed(fresh).map_err(|e| {
             log::debug!("connection {}: {e}", self.inner.id());
-            io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+            io::Error::new(io::ErrorKind::InvalidData, e)
         })
     }
 

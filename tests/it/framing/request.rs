@@ -627,3 +627,63 @@ fn expect_100_continue_with_bad_credentials() {
         o.text()
     );
 }
+
+#[test]
+fn requests_sent_while_the_previous_one_is_in_flight() {
+    // Pingora reads the first byte of the next request while the upstream is still
+    // answering; the rest comes with later reads. Both paths must keep the framing.
+    let (slow, app) = (Upstream::start("slow"), app());
+    slow.set(crate::harness::Behavior {
+        body: b"slow".to_vec(),
+        delay: Duration::from_millis(400),
+        ..Default::default()
+    });
+    let m = Moat::start(&format!(
+        "upstreams:\n  slow: {{ targets: [\"{}\"] }}\n  app: {{ targets: [\"{}\"] }}\nroutes:\n  - name: slow\n    match: {{ path_prefix: /slow }}\n    upstream: slow\n  - name: all\n    match: {{ path_prefix: / }}\n    upstream: app\n",
+        slow.address(),
+        app.address()
+    ));
+    let exchange = |later: &str, want: usize| {
+        slow.clear();
+        app.clear();
+        let mut s = TcpStream::connect(("127.0.0.1", m.port)).expect("connect");
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
+            .expect("first");
+        std::thread::sleep(Duration::from_millis(150));
+        let _ = s.write_all(later.as_bytes());
+        let mut raw = Vec::new();
+        let closed = read_some(&mut s, &mut raw, want, Duration::from_secs(3));
+        std::thread::sleep(Duration::from_millis(50));
+        Outcome {
+            responses: finals(&raw, false),
+            raw,
+            closed,
+            traffic: app.traffic(),
+        }
+    };
+    let good = post(
+        "/a",
+        "1.1",
+        "Transfer-Encoding: chunked\r\n",
+        "5\r\nhello\r\n0\r\n\r\n",
+    );
+    let o = exchange(&format!("{good}{CANARY}"), 3);
+    let got: Vec<String> = o.responses.iter().map(|r| r.text()).collect();
+    assert_eq!(got, ["slow", "app", "app"], "{}", o.text());
+    assert_eq!(o.targets(), ["/a", "/canary"]);
+    assert_eq!(o.traffic[0].body, b"hello");
+    assert!(!o.closed);
+    let bad = post(
+        "/a",
+        "1.1",
+        "Transfer-Encoding: chunked\r\n",
+        &format!("5\r\nhello\r\n0\r\n{SMUGGLED}"),
+    );
+    let o = exchange(&format!("{bad}{CANARY}"), 3);
+    assert_safe("bad after in-flight", &o, &["/slow", "/a"]);
+    // The trailer section arrives after the head was parsed: the read fails, and the
+    // request is answered 400 (nothing was sent for it yet) and its connection closed.
+    let got: Vec<u16> = o.responses.iter().map(|r| r.status).collect();
+    assert_eq!(got, [200, 400], "{}", o.text());
+    assert!(o.closed);
+}
