@@ -386,8 +386,8 @@ fn a_pipelined_request_is_served_and_not_cut_by_the_head_deadline() {
     assert!(got.iter().all(|(s, _)| *s == 200), "{got:?}");
     assert!(closed.is_some(), "not closed after Connection: close");
     assert!(start.elapsed() > HEADER_TIMEOUT);
-    // A pipelined head whose end comes only later (a slow client): timed from the
-    // previous request's end, and served when it is complete within header_timeout.
+    // A pipelined head whose end comes only later (a slow client): its rest is timed from
+    // its first byte read after the previous request, and served when complete in time.
     let mut s = connect(m.port);
     let start = Instant::now();
     s.write_all(b"GET /c HTTP/1.1\r\nHost: h\r\n\r\nGET /d HTTP/1.1\r\nHost:")
