@@ -63,6 +63,9 @@ pub struct RequestCtx {
     /// The reply for a refusal decided while proxying (a held body that failed its
     /// digest), sent by `fail_to_proxy` instead of the generic error.
     pub pending_reply: Option<crate::reply::Reply>,
+    /// The request's chunked body is malformed in the bytes read with its head: it is
+    /// refused (`400`) before anything else, and its connection closed.
+    pub malformed_body: Option<crate::slowloris::Malformed>,
     /// Whether the response is one moat made itself (error, `respond`, redirect, preflight).
     pub own_response: bool,
     /// The rate-limit outcome for the access log, when a limiter ran.
@@ -105,6 +108,7 @@ impl RequestCtx {
             body_seen: 0,
             held_body: None,
             pending_reply: None,
+            malformed_body: None,
             ratelimit: None,
             limits: Default::default(),
             detached: false,

@@ -8,6 +8,9 @@ use pingora_error::{Error, ErrorSource, ErrorType};
 /// be sent.
 pub fn classify(e: &Error) -> Option<ErrorCode> {
     use ErrorType::*;
+    if malformed_body(e).is_some() {
+        return Some(ErrorCode::BadRequest);
+    }
     match e.etype() {
         HTTPStatus(s) => return Some(ErrorCode::from_status(*s)),
         ConnectTimedout | ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => {
@@ -23,6 +26,16 @@ pub fn classify(e: &Error) -> Option<ErrorCode> {
         },
         ErrorSource::Internal | ErrorSource::Unset => Some(ErrorCode::InternalError),
     }
+}
+
+/// The malformed chunked request body `e` comes from (a client read failed by the
+/// connection's framing check), if it does: answered `400` when nothing was sent yet, and
+/// the connection is never kept.
+pub fn malformed_body(e: &Error) -> Option<crate::slowloris::Malformed> {
+    if e.esource() != &ErrorSource::Downstream {
+        return None;
+    }
+    crate::slowloris::Malformed::found_in(e.root_cause())
 }
 
 /// How an upstream failure counts for outlier detection and metrics.
@@ -71,5 +84,21 @@ mod tests {
         let e = Error::new_down(ErrorType::InvalidHTTPHeader);
         assert_eq!(classify(&e), Some(ErrorCode::BadRequest));
         assert!(!message(ErrorCode::BadGateway, Some("users")).contains("127."));
+    }
+
+    #[test]
+    fn malformed_chunked_body_is_a_bad_request() {
+        let bad = crate::slowloris::Malformed("chunk size missing");
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, bad);
+        let read = Error::because(ErrorType::ReadError, "reading body", io);
+        // As Pingora wraps it again on the way up.
+        let e = Error::because(ErrorType::ReadError, "proxying", read).into_down();
+        assert_eq!(malformed_body(&e), Some(bad));
+        assert_eq!(classify(&e), Some(ErrorCode::BadRequest));
+        // Other read errors are the client going away.
+        let other = std::io::Error::new(std::io::ErrorKind::InvalidData, "tls");
+        let e = Error::because(ErrorType::ReadError, "reading body", other).into_down();
+        assert_eq!(malformed_body(&e), None);
+        assert_eq!(classify(&e), None);
     }
 }

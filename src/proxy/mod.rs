@@ -219,15 +219,24 @@ impl ProxyHttp for Moat {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let idle = ctx.rt.request_limits.idle_timeout_secs;
-        let timed_here = crate::slowloris::head_parsed(session.stream(), idle);
-        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        let body = crate::slowloris::Body::of(session.req_header());
+        let parsed = crate::slowloris::head_parsed(session.stream(), idle, body);
+        // HTTP/1.1 pipelining (RFC 9112 §9.3.2): requests a client sends before reading
+        // earlier responses are served in order (Pingora 0.9.1 parses the next one only
+        // once this one is over); the framing of every request body on the connection is
+        // followed by its HeadDeadline, so bytes after a body are only ever a next head.
+        session.as_mut().set_pipelining_enabled(true);
+        // Pingora turns keep-alive off for `Connection: close`, HTTP/1.0 without
+        // keep-alive, and both Transfer-Encoding and Content-Length (RFC 9112 §6.1: close
+        // after answering). That decision stands: what follows is never read as a request.
+        let pingora_closes = session.as_mut().get_keepalive().is_none();
+        ctx.malformed_body = parsed.malformed;
+        if parsed.malformed.is_some() || self.draining.load(std::sync::atomic::Ordering::Relaxed) {
             session.set_keepalive(None);
-        } else if timed_here {
-            // The connection's HeadDeadline times the keep-alive wait (Pingora's timer
-            // would cost a timer per request); 0 = no timer of Pingora's own.
-            session.set_keepalive(Some(0));
-        } else {
-            session.set_keepalive(Some(idle));
+        } else if !pingora_closes {
+            // With a HeadDeadline, it times the keep-alive wait (Pingora's timer would
+            // cost a timer per request); 0 = no timer of Pingora's own.
+            session.set_keepalive(Some(if parsed.timed_here { 0 } else { idle }));
         }
         if ctx.rt.compression_used {
             // Pingora's module reads Accept-Encoding only while enabled: enable it now, and
@@ -243,6 +252,15 @@ impl ProxyHttp for Moat {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(e) = ctx.malformed_body {
+            self.send_reply(
+                session,
+                ctx,
+                Reply::error(ErrorCode::BadRequest, e.to_string()),
+            )
+            .await?;
+            return Ok(true);
+        }
         let rt = Arc::clone(&ctx.rt);
         if let Some(reply) = limits::check_head(session.req_header(), &rt.request_limits) {
             self.send_reply(session, ctx, reply).await?;
@@ -491,6 +509,10 @@ impl ProxyHttp for Moat {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            // The client's bytes are the new protocol's from here on, not HTTP/1 messages.
+            crate::slowloris::protocol_switched(session.stream());
+        }
         if resp.status == http::StatusCode::NO_CONTENT {
             // RFC 9110 §8.6: no Content-Length on a 204 (an upstream that sends one would
             // make careful clients wait for a body that never comes).
@@ -522,8 +544,13 @@ impl ProxyHttp for Moat {
                 can_reuse_downstream: false,
             };
         }
+        let malformed = failure::malformed_body(e);
         let reply = match ctx.pending_reply.take() {
             Some(r) => r,
+            None if malformed.is_some() => {
+                let msg = malformed.map(|m| m.to_string()).unwrap_or_default();
+                Reply::error(code, msg)
+            }
             None => {
                 let upstream = ctx.upstream.pool.as_deref().map(|p| p.name.clone());
                 Reply::error(code, failure::message(code, upstream.as_deref()))
@@ -533,7 +560,11 @@ impl ProxyHttp for Moat {
         FailToProxy {
             error_code: code.status(),
             // A request refused before reaching an upstream keeps its connection.
-            can_reuse_downstream: sent && code.status() < 500 && ctx.upstream.started.is_none(),
+            // Never after a malformed body: its connection's framing is lost.
+            can_reuse_downstream: sent
+                && code.status() < 500
+                && ctx.upstream.started.is_none()
+                && malformed.is_none(),
         }
     }
 

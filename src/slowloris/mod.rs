@@ -16,6 +16,11 @@
 //!   never timed as a head even when the scanner did not see the head end (bytes carried
 //!   over from the previous request).
 //!
+//! The same wrapper validates chunked request bodies (the `chunked` and `framing`
+//! modules): Pingora 0.9's chunk parser is lenient, and whatever moat accepts must not be
+//! read differently further on (request smuggling). [`head_parsed`] tells the proxy when
+//! the bytes already read hold a malformed chunked body; a later malformed read fails.
+//!
 //! HTTP/2 connections (by ALPN on TLS, or with prior knowledge on h2c listeners) are
 //! wrapped too: their connection preface (`PRI * HTTP/2.0` and an empty line) counts as
 //! the head, so it must arrive within the limit, after which nothing is timed (h2 has its
@@ -23,9 +28,13 @@
 //! listeners Pingora first peeks at 24 bytes to tell h2 from HTTP/1; that wait is bounded
 //! by the same deadline (see [`HeadDeadline`]'s `Peek`).
 
+mod chunked;
+mod framing;
 mod scan;
 mod stream;
 
+pub use chunked::{Chunked, Fed, Malformed};
+pub use framing::{Body, Framing};
 pub use scan::HeadScan;
 pub use stream::HeadDeadline;
 
@@ -41,22 +50,43 @@ use prometheus::IntCounter;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What [`head_parsed`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parsed {
+    /// The connection has a [`HeadDeadline`]: it keeps the keep-alive idle timeout
+    /// itself, and Pingora's own should be left off (see [`HeadDeadline`]'s docs).
+    pub timed_here: bool,
+    /// The request's chunked body is malformed in the bytes already read (or cannot be
+    /// validated): refuse it with `400` and close the connection.
+    pub malformed: Option<Malformed>,
+}
+
 /// Pingora has parsed a request head read from `stream` (the downstream connection of an
-/// HTTP/1 request; `None` for HTTP/2): its head deadline, if it has one, stops timing
-/// reads, and after this request the connection waits at most `idle_secs` for the next
-/// one. The proxy calls this first thing for every request (`early_request_filter`).
-///
-/// Returns whether the connection has a [`HeadDeadline`] (then it keeps the keep-alive
-/// idle timeout itself, and Pingora's own should be left off: see the module docs of
-/// [`HeadDeadline`]).
-pub fn head_parsed(stream: Option<&Stream>, idle_secs: u64) -> bool {
+/// HTTP/1 request; `None` for HTTP/2), followed by `body`: its head deadline, if it has
+/// one, stops timing reads, the body's framing is checked from here on, and after this
+/// request the connection waits at most `idle_secs` for the next one. The proxy calls
+/// this first thing for every request (`early_request_filter`).
+pub fn head_parsed(stream: Option<&Stream>, idle_secs: u64, body: Body) -> Parsed {
     match stream.and_then(|s| s.as_any().downcast_ref::<HeadDeadline>()) {
         Some(d) => {
-            d.head_parsed();
             d.set_idle_timeout(u32::try_from(idle_secs).unwrap_or(u32::MAX));
-            true
+            Parsed {
+                timed_here: true,
+                malformed: d.head_parsed(body).err(),
+            }
         }
-        None => false,
+        None => Parsed {
+            timed_here: false,
+            malformed: None,
+        },
+    }
+}
+
+/// The HTTP/1 connection `stream` switched protocols (a `101` went out): its framing is
+/// no longer followed.
+pub fn protocol_switched(stream: Option<&Stream>) {
+    if let Some(d) = stream.and_then(|s| s.as_any().downcast_ref::<HeadDeadline>()) {
+        d.protocol_switched();
     }
 }
 

@@ -18,18 +18,29 @@
 //!   timed from its first byte.
 //! - The proxy calls [`HeadDeadline::head_parsed`] when Pingora has parsed a head, which
 //!   ends the timing whatever the scanner saw: it covers a head Pingora took (in part or
-//!   whole) from bytes read with the previous request (HTTP/1.1 pipelining, off in
-//!   Pingora 0.9 unless a proxy turns it on), and any disagreement between the scanner
+//!   whole) from bytes read with the previous request (HTTP/1.1 pipelining, which
+//!   moat's proxy turns on), and any disagreement between the scanner
 //!   and Pingora's parser.
+//!
+//! It also follows the connection's message framing ([`Framing`]) so that chunked request
+//! bodies are validated on the bytes read: a malformed one found among bytes read with
+//! the head is reported by [`HeadDeadline::head_parsed`] (the proxy answers `400` and
+//! closes); one found in a later read fails that read with `InvalidData` carrying the
+//! [`Malformed`] (Pingora aborts the request, the proxy answers `400` if it can, and the
+//! connection is closed), as does every read after it.
 //!
 //! Cost on the hot path: no allocation per read and no timer per request. One timer per
 //! connection serves both limits and stays registered: it is created when a head read or
 //! a keep-alive wait first has to wait, and when it fires the deadline that applies then
 //! is checked again and the timer moved to it (a wait that began later than the timer was
 //! set gets its full time). Pingora's own keep-alive timeout would register and cancel a
-//! timer for every request. Reads after the head only check a flag. Everything else is
-//! passed through to the wrapped stream.
+//! timer for every request. Reads after the head only check a flag and account for the
+//! bytes in the framing (skipping a length costs nothing; only chunked bodies are read
+//! byte by byte, outside their chunk data). Everything else is passed through to the
+//! wrapped stream.
 
+use super::chunked::Malformed;
+use super::framing::{Body, Framing};
 use super::scan::HeadScan;
 use super::Policy;
 use async_trait::async_trait;
@@ -43,7 +54,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -90,12 +101,23 @@ pub struct HeadDeadline {
     /// Bytes [`Peek::try_peek`] read and the next reads hand out again (h2c services peek
     /// at a connection's first 24 bytes); not scanned until then.
     peeked: Vec<u8>,
+    /// The connection's message framing. Reads reach it without locking
+    /// (`Mutex::get_mut`); only [`HeadDeadline::head_parsed`], once per request, locks.
+    framing: Mutex<Framing>,
 }
+
+/// The HTTP/2 connection preface a client sends on an h2c (prior knowledge) connection.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl HeadDeadline {
     /// Wrap `inner`, timing its first request head from now: it must be complete within
     /// `policy.limit`.
     pub fn new(inner: Stream, policy: Arc<Policy>) -> HeadDeadline {
+        let mut framing = Framing::default();
+        if inner.selected_alpn_proto() == Some(ALPN::H2) {
+            // HTTP/2 has its own framing.
+            framing.stop();
+        }
         HeadDeadline {
             inner,
             phase: Phase::Head,
@@ -108,6 +130,7 @@ impl HeadDeadline {
             idle_secs: AtomicU32::new(0),
             told: AtomicU8::new(NOTHING),
             peeked: Vec::new(),
+            framing: Mutex::new(framing),
         }
     }
 
@@ -125,8 +148,35 @@ impl HeadDeadline {
 
     /// Pingora has parsed the current request's head: reads are no longer timed, until
     /// [`HeadDeadline::next_head`].
-    pub fn head_parsed(&self) {
+    ///
+    /// `body` is what follows the head, as the parsed head says: the bytes already read
+    /// after the head are checked against it at once. An error means they hold a
+    /// malformed chunked body (or the body is chunked and the connection's framing could
+    /// not be followed): the request must be refused and the connection closed.
+    pub fn head_parsed(&self, body: Body) -> Result<(), Malformed> {
         self.told.store(HEAD_PARSED, Ordering::Relaxed);
+        self.framing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .head_parsed(body)
+    }
+
+    /// The connection switched protocols (`101`): its bytes are no longer HTTP/1
+    /// messages, and their framing is not followed any more.
+    pub fn protocol_switched(&self) {
+        self.framing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stop();
+    }
+
+    /// Account for `fresh`, bytes one read handed out, in the connection's framing.
+    fn frame(&mut self, fresh: &[u8]) -> io::Result<()> {
+        let framing = self.framing.get_mut().unwrap_or_else(|e| e.into_inner());
+        framing.feed(fresh).map_err(|e| {
+            log::debug!("connection {}: {e}", self.inner.id());
+            io::Error::new(io::ErrorKind::InvalidData, e)
+        })
     }
 
     /// After this request, wait at most `secs` seconds for the next one (0: no limit).
@@ -271,13 +321,19 @@ impl AsyncRead for HeadDeadline {
             let n = this.peeked.len().min(buf.remaining());
             buf.put_slice(&this.peeked[..n]);
             this.peeked.drain(..n);
+            let fresh = &buf.filled()[before..];
+            this.frame(fresh)?;
             if this.phase == Phase::Body {
                 return Poll::Ready(Ok(()));
             }
-            return Poll::Ready(this.head_read(&buf.filled()[before..]));
+            return Poll::Ready(this.head_read(fresh));
         }
         if this.phase == Phase::Body {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
+            let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+            if let Poll::Ready(Ok(())) = read {
+                this.frame(&buf.filled()[before..])?;
+            }
+            return read;
         }
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -285,6 +341,7 @@ impl AsyncRead for HeadDeadline {
                 if fresh.is_empty() {
                     return Poll::Ready(Ok(()));
                 }
+                this.frame(fresh)?;
                 Poll::Ready(this.head_read(fresh))
             }
             Poll::Pending if this.phase == Phase::Head => this.poll_deadline(cx),
@@ -438,6 +495,13 @@ impl Peek for HeadDeadline {
             }
         }
         buf.copy_from_slice(&self.peeked[..buf.len()]);
+        if self.peeked.starts_with(H2_PREFACE) {
+            // Pingora will take this connection as HTTP/2, which has its own framing.
+            self.framing
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .stop();
+        }
         Ok(true)
     }
 }

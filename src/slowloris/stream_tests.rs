@@ -185,7 +185,7 @@ async fn a_head_parsed_elsewhere_ends_the_timing() {
     c.write_all(head).await.expect("write");
     assert_eq!(read_n(&mut s, head.len()).await.0, head.len());
     s.next_head();
-    s.head_parsed();
+    s.head_parsed(Body::Empty).expect("no body");
     // Its body, slowly, with no head end in it: not timed.
     dribble(c, b"0123456789", Duration::from_millis(80));
     let (got, res) = read_n(&mut s, 10).await;
@@ -193,7 +193,7 @@ async fn a_head_parsed_elsewhere_ends_the_timing() {
     assert_eq!(got, 10);
     // The last word wins: parsed, then over and waiting for the next head, which is timed.
     let (c, mut s) = pair();
-    s.head_parsed();
+    s.head_parsed(Body::Empty).expect("no body");
     s.next_head();
     dribble(
         c,
@@ -245,4 +245,78 @@ async fn without_an_idle_timeout_a_keep_alive_wait_is_not_timed() {
     let mut buf = [0u8; 16];
     let waited = tokio::time::timeout(LIMIT * 3, s.read(&mut buf)).await;
     assert!(waited.is_err(), "the wait ended: {waited:?}");
+}
+
+const CHUNKED_HEAD: &[u8] = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+#[tokio::test]
+async fn a_malformed_chunked_body_read_with_its_head_is_reported_by_head_parsed() {
+    let (mut c, mut s) = pair();
+    let bytes = [CHUNKED_HEAD, b"5\r\nhelloXX0\r\n\r\n"].concat();
+    c.write_all(&bytes).await.expect("write");
+    let mut buf = [0u8; 256];
+    assert_eq!(s.read(&mut buf).await.expect("read"), bytes.len());
+    assert!(s.head_parsed(Body::Chunked).is_err());
+}
+
+#[tokio::test]
+async fn a_malformed_chunked_body_read_later_fails_the_read() {
+    let (mut c, mut s) = pair();
+    c.write_all(&[CHUNKED_HEAD, b"5\r\nhe"].concat())
+        .await
+        .expect("write");
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).await.expect("head read");
+    assert_eq!(n, CHUNKED_HEAD.len() + 5);
+    s.head_parsed(Body::Chunked).expect("fine so far");
+    c.write_all(b"llo\r\n5\r\nworld").await.expect("write");
+    assert_eq!(s.read(&mut buf).await.expect("valid"), 13);
+    c.write_all(b"\r\n\r\n").await.expect("write");
+    let err = s.read(&mut buf).await.expect_err("empty size line");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    // And every read after it.
+    c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+    let err = s.read(&mut buf).await.expect_err("still failed");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+}
+
+#[tokio::test]
+async fn a_pipelined_chunked_request_is_validated_after_the_previous_one() {
+    let (mut c, mut s) = pair();
+    let first = b"GET /1 HTTP/1.1\r\n\r\n";
+    let bytes = [
+        first.as_slice(),
+        CHUNKED_HEAD,
+        b"5\r\nhello\r\n0\r\nX\r\n\r\n",
+    ]
+    .concat();
+    c.write_all(&bytes).await.expect("write");
+    let mut buf = [0u8; 256];
+    assert_eq!(s.read(&mut buf).await.expect("read"), bytes.len());
+    s.head_parsed(Body::Empty).expect("no body");
+    s.next_head();
+    // Pingora parses the next head from what it read already: no read here.
+    assert!(s.head_parsed(Body::Chunked).is_err(), "trailer without ':'");
+}
+
+#[tokio::test]
+async fn h2c_connections_are_not_followed() {
+    let (mut c, mut s) = pair();
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 24];
+    assert!(s.try_peek(&mut buf).await.expect("peek"));
+    // HTTP/2 frames that would be a malformed chunked body, were they one.
+    c.write_all(b"\r\n\r\n\0\0\x04\r\n").await.expect("write");
+    let (n, read) = read_n(&mut s, 32).await;
+    assert!(n >= 32 && read.is_ok(), "{n} {read:?}");
+    let framing = s.framing.get_mut().expect("not poisoned");
+    assert!(!framing.followed());
+    // An HTTP/1 connection is.
+    let (mut c, mut s) = pair();
+    c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+    let (n, read) = read_n(&mut s, 18).await;
+    assert!(n == 18 && read.is_ok(), "{n} {read:?}");
+    assert!(s.framing.get_mut().expect("not poisoned").followed());
 }

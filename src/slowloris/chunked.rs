@@ -1,0 +1,290 @@
+//! A strict validator of the chunked transfer coding of a request body (RFC 9112 §7.1),
+//! fed the raw bytes as they arrive, in pieces of any size.
+//!
+//! Pingora 0.9 parses chunked bodies leniently (through `httparse::parse_chunk_size`): an
+//! empty size line is read as the last chunk, any bytes are taken as a chunk extension
+//! (bare LF included), and a line that is not a trailer field is accepted where the final
+//! CRLF belongs. A front end that accepts what its upstream (or the next hop) reads
+//! differently is a request-smuggling vector, so moat checks the framing of every
+//! chunked request body itself, on the bytes read from the client (see [`super::framing`]),
+//! and refuses the request when they do not follow the grammar exactly:
+//!
+//! ```text
+//! chunked-body = *chunk last-chunk trailer-section CRLF
+//! chunk        = chunk-size [ chunk-ext ] CRLF chunk-data CRLF
+//! chunk-size   = 1*HEXDIG                     (at most 16 digits here, as httparse)
+//! last-chunk   = 1*("0") [ chunk-ext ] CRLF
+//! chunk-ext    = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+//! chunk-ext-val = token / quoted-string
+//! trailer-section = *( field-line CRLF )      (field-name ":" OWS field-value OWS)
+//! ```
+//!
+//! Line ends are CRLF only (a bare LF or CR is refused), whitespace is allowed only where
+//! the grammar has BWS (before `;` and around `=`), a chunk line (size and extensions) may
+//! be at most [`MAX_LINE`] bytes and the trailer section at most [`MAX_TRAILERS`] (as
+//! Pingora). Chunk data is skipped in bulk; the state is a few words and never allocates.
+
+/// Longest chunk-size line (size and extensions, without CRLF) accepted.
+pub const MAX_LINE: u32 = 4096;
+/// Largest trailer section accepted (Pingora's own limit).
+pub const MAX_TRAILERS: u32 = 64 * 1024;
+/// Most hex digits in a chunk size (httparse refuses more, leading zeros included).
+const MAX_DIGITS: u8 = 16;
+
+/// Why a chunked body was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed(pub &'static str);
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "malformed chunked request body: {}", self.0)
+    }
+}
+
+impl std::error::Error for Malformed {}
+
+impl Malformed {
+    /// The `Malformed` a failed read or a Pingora error carries, if any: `e` itself, or
+    /// the payload of an `io::Error` (how [`super::HeadDeadline`] reports it).
+    pub fn found_in(e: &(dyn std::error::Error + 'static)) -> Option<Malformed> {
+        if let Some(m) = e.downcast_ref::<Malformed>() {
+            return Some(*m);
+        }
+        e.downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<Malformed>())
+            .copied()
+    }
+}
+
+/// The outcome of feeding bytes to a [`Chunked`] validator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fed {
+    /// Every byte was part of the body, which goes on.
+    More,
+    /// The body ended after this many bytes of the piece; the rest is not body.
+    End(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Hex digits of a chunk size (`digits` read so far).
+    Size,
+    /// BWS after the size: only `;` may follow.
+    SizeWs,
+    /// After `;`: BWS, then an extension name.
+    ExtStart,
+    /// In an extension name.
+    ExtName,
+    /// BWS after an extension name: `=` or `;` may follow.
+    ExtNameWs,
+    /// After `=`: BWS, then a token or a quoted string.
+    ExtValStart,
+    /// In a token value.
+    ExtValToken,
+    /// In a quoted-string value.
+    ExtValQuoted,
+    /// After a backslash in a quoted string.
+    ExtValEscape,
+    /// After a value: `;` or CRLF.
+    ExtValEnd,
+    /// BWS after a value: only `;` may follow.
+    ExtValWs,
+    /// CR of a chunk line read: LF must follow.
+    SizeLf,
+    /// Chunk data, `remaining` bytes to go.
+    Data,
+    /// The CR after chunk data.
+    DataCr,
+    /// The LF after chunk data.
+    DataLf,
+    /// Start of a trailer line, or of the final CRLF.
+    TrailerStart,
+    /// In a trailer field name.
+    TrailerName,
+    /// In a trailer field value.
+    TrailerValue,
+    /// CR of a trailer line read: LF must follow.
+    TrailerLf,
+    /// CR of the final CRLF read: LF must follow.
+    FinalLf,
+    /// The body is complete.
+    Done,
+}
+
+/// Validator state for one chunked body. [`Chunked::default`] starts a new body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunked {
+    state: State,
+    /// The chunk size being read, then the data bytes still to come.
+    remaining: u64,
+    /// Hex digits of the size read so far.
+    digits: u8,
+    /// Bytes of the current chunk line, or of the trailer section.
+    line: u32,
+}
+
+impl Default for Chunked {
+    fn default() -> Chunked {
+        Chunked {
+            state: State::Size,
+            remaining: 0,
+            digits: 0,
+            line: 0,
+        }
+    }
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn is_ws(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// `qdtext` of a quoted string (RFC 9110 §5.6.4).
+fn is_qdtext(b: u8) -> bool {
+    is_ws(b) || b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b) || b >= 0x80
+}
+
+/// A byte of a field value (RFC 9110 §5.5): VCHAR, obs-text, SP, HTAB.
+fn is_field_byte(b: u8) -> bool {
+    is_ws(b) || (0x21..=0x7e).contains(&b) || b >= 0x80
+}
+
+fn hex(b: u8) -> Option<u64> {
+    match b {
+        b'0'..=b'9' => Some(u64::from(b - b'0')),
+        b'a'..=b'f' => Some(u64::from(b - b'a' + 10)),
+        b'A'..=b'F' => Some(u64::from(b - b'A' + 10)),
+        _ => None,
+    }
+}
+
+impl Chunked {
+    /// Validate the next piece of the body. Once the body is complete, returns where it
+    /// ended in `bytes`; a body already complete ends at 0.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Fed, Malformed> {
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.state == State::Done {
+                return Ok(Fed::End(i));
+            }
+            if self.state == State::Data {
+                let take = usize::try_from(self.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len() - i);
+                i += take;
+                // `take` fits in a u64: it is at most `remaining`.
+                self.remaining -= take as u64;
+                if self.remaining == 0 {
+                    self.state = State::DataCr;
+                }
+                continue;
+            }
+            self.byte(bytes[i])?;
+            i += 1;
+        }
+        Ok(if self.state == State::Done {
+            Fed::End(bytes.len())
+        } else {
+            Fed::More
+        })
+    }
+
+    /// One byte outside chunk data.
+    fn byte(&mut self, b: u8) -> Result<(), Malformed> {
+        use State::*;
+        match self.state {
+            Size | SizeWs | ExtStart | ExtName | ExtNameWs | ExtValStart | ExtValToken
+            | ExtValQuoted | ExtValEscape | ExtValEnd | ExtValWs => {
+                self.line += u32::from(b != b'\r');
+                if self.line > MAX_LINE {
+                    return Err(Malformed("chunk line too long"));
+                }
+            }
+            TrailerStart | TrailerName | TrailerValue | TrailerLf | FinalLf => {
+                self.line += 1;
+                if self.line > MAX_TRAILERS {
+                    return Err(Malformed("trailer section too large"));
+                }
+            }
+            SizeLf | Data | DataCr | DataLf | Done => {}
+        }
+        self.state = match (self.state, b) {
+            (Size, _) if hex(b).is_some() => {
+                if self.digits == MAX_DIGITS {
+                    return Err(Malformed("chunk size has too many digits"));
+                }
+                self.digits += 1;
+                self.remaining = (self.remaining << 4) | hex(b).unwrap_or(0);
+                Size
+            }
+            (Size, _) if self.digits == 0 => return Err(Malformed("chunk size missing")),
+            (Size, b'\r') | (ExtName, b'\r') | (ExtValToken, b'\r') | (ExtValEnd, b'\r') => SizeLf,
+            (Size, b';')
+            | (SizeWs, b';')
+            | (ExtName, b';')
+            | (ExtNameWs, b';')
+            | (ExtValToken, b';')
+            | (ExtValEnd, b';')
+            | (ExtValWs, b';') => ExtStart,
+            (Size, _) if is_ws(b) => SizeWs,
+            (SizeWs, _) if is_ws(b) => SizeWs,
+            (ExtStart, _) if is_ws(b) => ExtStart,
+            (ExtStart, _) if is_tchar(b) => ExtName,
+            (ExtName, _) if is_tchar(b) => ExtName,
+            (ExtName, _) if is_ws(b) => ExtNameWs,
+            (ExtNameWs, _) if is_ws(b) => ExtNameWs,
+            (ExtName, b'=') | (ExtNameWs, b'=') => ExtValStart,
+            (ExtValStart, _) if is_ws(b) => ExtValStart,
+            (ExtValStart, b'"') => ExtValQuoted,
+            (ExtValStart, _) if is_tchar(b) => ExtValToken,
+            (ExtValToken, _) if is_tchar(b) => ExtValToken,
+            (ExtValToken, _) | (ExtValEnd, _) if is_ws(b) => ExtValWs,
+            (ExtValWs, _) if is_ws(b) => ExtValWs,
+            (ExtValQuoted, b'"') => ExtValEnd,
+            (ExtValQuoted, b'\\') => ExtValEscape,
+            (ExtValQuoted, _) if is_qdtext(b) => ExtValQuoted,
+            (ExtValEscape, _) if is_field_byte(b) => ExtValQuoted,
+            (SizeLf, b'\n') => {
+                self.line = 0;
+                self.digits = 0;
+                if self.remaining == 0 {
+                    TrailerStart
+                } else {
+                    Data
+                }
+            }
+            (DataCr, b'\r') => DataLf,
+            (DataCr, _) => return Err(Malformed("chunk data not followed by CRLF")),
+            (DataLf, b'\n') => Size,
+            (TrailerStart, b'\r') => FinalLf,
+            (TrailerStart, _) if is_tchar(b) => TrailerName,
+            (TrailerName, _) if is_tchar(b) => TrailerName,
+            (TrailerName, b':') => TrailerValue,
+            (TrailerValue, b'\r') => TrailerLf,
+            (TrailerValue, _) if is_field_byte(b) => TrailerValue,
+            (TrailerLf, b'\n') => TrailerStart,
+            (FinalLf, b'\n') => Done,
+            (Size | SizeWs | ExtStart | ExtName | ExtNameWs | ExtValStart | ExtValToken, _)
+            | (ExtValQuoted | ExtValEscape | ExtValEnd | ExtValWs, _) => {
+                return Err(Malformed("invalid byte in chunk size line"))
+            }
+            (SizeLf | DataLf | TrailerLf | FinalLf, _) => {
+                return Err(Malformed("CR not followed by LF"))
+            }
+            (TrailerStart | TrailerName | TrailerValue, _) => {
+                return Err(Malformed("invalid trailer line"))
+            }
+            (Data | Done, _) => self.state,
+        };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "chunked_tests.rs"]
+mod tests;
