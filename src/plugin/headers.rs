@@ -4,14 +4,14 @@
 //! `set` still removes the client's copy); one that would contain CR, LF, NUL or another
 //! control character is never emitted.
 
-use super::{Phases, Plugin};
+use super::{Phases, Plugin, ResponseHead};
 use crate::config::error::{join, ConfigErrors};
 use crate::config::model::{HeaderOpsConfig, HeadersConfig};
 use crate::ctx::RequestCtx;
 use crate::template::{safe_header_value, Facts, Template};
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::RequestHeader;
 
 /// Headers that frame the message or the connection: moat owns them.
 pub const FORBIDDEN: &[&str] = &[
@@ -171,15 +171,15 @@ impl HeadMut for RequestHeader {
     }
 }
 
-impl HeadMut for ResponseHeader {
+impl HeadMut for ResponseHead {
     fn remove(&mut self, name: &HeaderName) {
-        let _ = self.remove_header(name);
+        self.headers.remove(name);
     }
     fn insert(&mut self, name: HeaderName, v: HeaderValue) {
-        let _ = self.insert_header(name, v);
+        self.headers.insert(name, v);
     }
     fn append(&mut self, name: HeaderName, v: HeaderValue) {
-        let _ = self.append_header(name, v);
+        self.headers.append(name, v);
     }
 }
 
@@ -188,9 +188,10 @@ fn apply(ops: &Ops, facts: &Facts, head: &mut impl HeadMut) {
         head.remove(n);
     }
     for v in &ops.set {
-        head.remove(&v.name);
-        if let Some(val) = render(v, facts) {
-            head.insert(v.name.clone(), val);
+        // `insert` replaces every copy; a value not emitted still removes the client's.
+        match render(v, facts) {
+            Some(val) => head.insert(v.name.clone(), val),
+            None => head.remove(&v.name),
         }
     }
     for v in &ops.add {
@@ -219,7 +220,7 @@ impl Plugin for Headers {
         apply(&self.request, &ctx.facts(req), up);
     }
 
-    fn response(&self, req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHeader) {
+    fn response(&self, req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHead) {
         apply(&self.response, &ctx.facts(req), resp);
     }
 }

@@ -6,7 +6,8 @@
 //!   only), before the action; may answer the request itself with [`Flow::Reply`].
 //! - [`Plugin::upstream_request`]: edits the request head sent upstream.
 //! - [`Plugin::response`]: edits every response head sent downstream, the upstream's and
-//!   the ones moat makes (errors, `respond`, redirects).
+//!   the ones moat makes (errors, `respond`, redirects), as a [`ResponseHead`] (plain
+//!   `http` parts: see [`head`] for why).
 //!
 //! A plugin states the phases it implements with [`Plugin::phases`], so a route's chain only
 //! calls what does something. Custom plugins implement the same trait (see `plugins/`).
@@ -15,6 +16,7 @@ pub mod auth;
 pub mod compression;
 pub mod concurrency;
 pub mod cors;
+pub mod head;
 pub mod headers;
 pub mod ip_filter;
 pub mod rate_limit;
@@ -27,6 +29,7 @@ use crate::config::model::PluginConfig;
 use crate::ctx::RequestCtx;
 use crate::reply::Reply;
 use async_trait::async_trait;
+pub use head::ResponseHead;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use std::sync::Arc;
@@ -81,8 +84,9 @@ pub trait Plugin: Send + Sync {
         None
     }
 
-    /// Edit a response head before it goes downstream.
-    fn response(&self, _req: &RequestHeader, _ctx: &RequestCtx, _resp: &mut ResponseHeader) {}
+    /// Edit a response head before it goes downstream: write `resp.headers` directly,
+    /// with names built once (`HeaderName::from_static`, or parsed at compile time).
+    fn response(&self, _req: &RequestHeader, _ctx: &RequestCtx, _resp: &mut ResponseHead) {}
 }
 
 /// The plugins of one route (global ones first), split by phase.
@@ -113,6 +117,18 @@ impl Chain {
             }
         }
         c
+    }
+
+    /// Run the response phase on `resp` (nothing at all when no plugin has one).
+    pub fn run_response(&self, req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHeader) {
+        if self.response.is_empty() {
+            return;
+        }
+        head::edit_response(resp, |h| {
+            for p in &self.response {
+                p.response(req, ctx, h);
+            }
+        });
     }
 }
 

@@ -3,17 +3,18 @@
 //! sends it upstream and echoes it in the response. Also propagates W3C `traceparent`,
 //! generating one when the client sent none (or a malformed one).
 
-use super::{Flow, Phases, Plugin};
+use super::{Flow, Phases, Plugin, ResponseHead};
 use crate::config::model::RequestIdConfig;
 use crate::ctx::RequestCtx;
 use crate::util::id;
 use async_trait::async_trait;
 use http::HeaderValue;
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
 const X_REQUEST_ID: &str = "x-request-id";
 const TRACEPARENT: &str = "traceparent";
+static X_REQUEST_ID_NAME: http::HeaderName = http::HeaderName::from_static(X_REQUEST_ID);
 
 /// The compiled plugin.
 pub struct RequestId {
@@ -79,9 +80,9 @@ impl Plugin for RequestId {
         }
     }
 
-    fn response(&self, _req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHeader) {
+    fn response(&self, _req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHead) {
         if let Ok(v) = HeaderValue::from_str(ctx.request_id_if_set()) {
-            let _ = resp.insert_header(X_REQUEST_ID, v);
+            resp.headers.insert(X_REQUEST_ID_NAME.clone(), v);
         }
     }
 }
