@@ -4,7 +4,8 @@
 //! Phases, in request order:
 //! - [`Plugin::request`]: after routing (or on an unrouted request, for global plugins
 //!   only), before the action; may answer the request itself with [`Flow::Reply`].
-//! - [`Plugin::upstream_request`]: edits the request head sent upstream.
+//! - [`Plugin::upstream_request`]: edits the request head sent upstream, as an
+//!   [`UpstreamHead`].
 //! - [`Plugin::response`]: edits every response head sent downstream, the upstream's and
 //!   the ones moat makes (errors, `respond`, redirects), as a [`ResponseHead`] (plain
 //!   `http` parts: see [`head`] for why).
@@ -29,7 +30,7 @@ use crate::config::model::PluginConfig;
 use crate::ctx::RequestCtx;
 use crate::reply::Reply;
 use async_trait::async_trait;
-pub use head::ResponseHead;
+pub use head::{ResponseHead, UpstreamHead};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use std::sync::Arc;
@@ -68,12 +69,13 @@ pub trait Plugin: Send + Sync {
         Flow::Continue
     }
 
-    /// Edit the head sent upstream. `req` is the client's request as received.
+    /// Edit the head sent upstream (write `upstream.headers` directly, with names built
+    /// once). `req` is the client's request as received.
     fn upstream_request(
         &self,
         _req: &RequestHeader,
         _ctx: &RequestCtx,
-        _upstream: &mut RequestHeader,
+        _upstream: &mut UpstreamHead,
     ) {
     }
 
@@ -117,6 +119,23 @@ impl Chain {
             }
         }
         c
+    }
+
+    /// Run the upstream-request phase on `up` (nothing at all when no plugin has one).
+    pub fn run_upstream_request(
+        &self,
+        req: &RequestHeader,
+        ctx: &RequestCtx,
+        up: &mut RequestHeader,
+    ) -> pingora_error::Result<()> {
+        if self.upstream_request.is_empty() {
+            return Ok(());
+        }
+        head::edit_request(up, |h| {
+            for p in &self.upstream_request {
+                p.upstream_request(req, ctx, h);
+            }
+        })
     }
 
     /// Run the response phase on `resp` (nothing at all when no plugin has one).

@@ -501,10 +501,7 @@ impl ProxyHttp for Moat {
                 up.set_raw_path(target.as_bytes())?;
             }
         }
-        for p in &chain_of(ctx).upstream_request {
-            p.upstream_request(session.req_header(), ctx, up);
-        }
-        Ok(())
+        chain_of(ctx).run_upstream_request(session.req_header(), ctx, up)
     }
 
     async fn upstream_response_filter(
