@@ -283,7 +283,7 @@ mod tests {
 
     #[test]
     fn line_is_json_in_contract_order() {
-        let line = record("/a", Some("127.0.0.1:9".into())).to_line();
+        let line = record("/a", Some("127.0.0.1:9")).to_line();
         assert!(line.ends_with("}\n"));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["ts"], "2024-11-23T07:00:00.123Z");
