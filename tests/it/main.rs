@@ -15,6 +15,7 @@ mod http2;
 mod limits;
 mod limits_cluster;
 mod limits_shared;
+mod plugin_heads;
 mod memory;
 mod redis_cluster;
 mod reload;
