@@ -99,7 +99,9 @@ routes:
     assert_eq!(r.header("x-request-id").map(str::len), Some(26));
     assert_eq!(r.body, b"ok");
 
-    let head = seen.recv_timeout(Duration::from_secs(10)).expect("upstream saw it");
+    let head = seen
+        .recv_timeout(Duration::from_secs(10))
+        .expect("upstream saw it");
     let head = String::from_utf8_lossy(&head).into_owned();
     assert!(head.starts_with("GET /p?q=1&r=%20 HTTP/1.1\r\n"), "{head}");
     let lower = head.to_ascii_lowercase();
@@ -107,6 +109,9 @@ routes:
     assert!(!lower.contains("x-drop"), "{head}");
     assert!(lower.contains("\r\nx-route: r\r\n"), "{head}");
     let rid = r.header("x-request-id").unwrap_or_default();
-    assert!(lower.contains(&format!("\r\nx-request-id: {}\r\n", rid.to_ascii_lowercase())));
+    assert!(lower.contains(&format!(
+        "\r\nx-request-id: {}\r\n",
+        rid.to_ascii_lowercase()
+    )));
     assert!(lower.contains("\r\ntraceparent: 00-"), "{head}");
 }
