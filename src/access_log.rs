@@ -48,12 +48,19 @@ pub struct Record<'a> {
     pub bytes_sent: usize,
     pub duration_ms: f64,
     pub upstream: Option<&'a str>,
-    pub upstream_target: Option<String>,
+    pub upstream_target: Option<&'a str>,
     pub upstream_duration_ms: Option<f64>,
     pub route: Option<&'a str>,
     pub consumer: Option<&'a str>,
     pub auth_method: Option<&'a str>,
     pub ratelimit: Option<&'a str>,
+}
+
+/// `,"name":` as one literal (one copy per field instead of three).
+macro_rules! key {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":")
+    };
 }
 
 impl Record<'_> {
@@ -65,9 +72,9 @@ impl Record<'_> {
         s.push_str("{\"ts\":\"");
         crate::util::time::push_rfc3339_millis(&mut s, self.ts);
         s.push('"');
-        key(&mut s, "request_id");
+        s.push_str(key!("request_id"));
         push_json_str(&mut s, self.request_id);
-        key(&mut s, "client_ip");
+        s.push_str(key!("client_ip"));
         match self.client_ip {
             Some(ip) => {
                 s.push('"');
@@ -76,39 +83,34 @@ impl Record<'_> {
             }
             None => s.push_str("null"),
         }
-        key(&mut s, "method");
+        s.push_str(key!("method"));
         push_json_str(&mut s, self.method);
-        key(&mut s, "host");
+        s.push_str(key!("host"));
         push_json_str(&mut s, self.host);
-        key(&mut s, "path");
+        s.push_str(key!("path"));
         push_json_str(&mut s, self.path);
-        key(&mut s, "status");
+        s.push_str(key!("status"));
         push_u64(&mut s, u64::from(self.status));
-        key(&mut s, "bytes_sent");
+        s.push_str(key!("bytes_sent"));
         push_u64(&mut s, self.bytes_sent as u64);
-        key(&mut s, "duration_ms");
+        s.push_str(key!("duration_ms"));
         push_ms(&mut s, Some(self.duration_ms));
-        opt_str(&mut s, "upstream", self.upstream);
-        opt_str(&mut s, "upstream_target", self.upstream_target.as_deref());
-        key(&mut s, "upstream_duration_ms");
+        opt_str(&mut s, key!("upstream"), self.upstream);
+        opt_str(&mut s, key!("upstream_target"), self.upstream_target);
+        s.push_str(key!("upstream_duration_ms"));
         push_ms(&mut s, self.upstream_duration_ms);
-        opt_str(&mut s, "route", self.route);
-        opt_str(&mut s, "consumer", self.consumer);
-        opt_str(&mut s, "auth_method", self.auth_method);
-        opt_str(&mut s, "ratelimit", self.ratelimit);
+        opt_str(&mut s, key!("route"), self.route);
+        opt_str(&mut s, key!("consumer"), self.consumer);
+        opt_str(&mut s, key!("auth_method"), self.auth_method);
+        opt_str(&mut s, key!("ratelimit"), self.ratelimit);
         s.push_str("}\n");
         s
     }
 }
 
-fn key(s: &mut String, name: &str) {
-    s.push_str(",\"");
-    s.push_str(name);
-    s.push_str("\":");
-}
-
-fn opt_str(s: &mut String, name: &str, v: Option<&str>) {
-    key(s, name);
+/// `key` (from [`key!`]) and the value as a JSON string, or `null`.
+fn opt_str(s: &mut String, key: &str, v: Option<&str>) {
+    s.push_str(key);
     match v {
         Some(v) => push_json_str(s, v),
         None => s.push_str("null"),
@@ -150,9 +152,8 @@ fn push_u64(s: &mut String, mut n: u64) {
             break;
         }
     }
-    for &b in &buf[i..] {
-        s.push(char::from(b));
-    }
+    // ASCII digits: always UTF-8.
+    s.push_str(std::str::from_utf8(&buf[i..]).unwrap_or(""));
 }
 
 /// Milliseconds with 3 decimals (microsecond precision), or `null`.
@@ -259,7 +260,7 @@ mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
 
-    fn record<'a>(path: &'a str, target: Option<String>) -> Record<'a> {
+    fn record<'a>(path: &'a str, target: Option<&'a str>) -> Record<'a> {
         Record {
             ts: UNIX_EPOCH + Duration::from_millis(1_732_345_200_123),
             request_id: "r-1",
@@ -282,7 +283,7 @@ mod tests {
 
     #[test]
     fn line_is_json_in_contract_order() {
-        let line = record("/a", Some("127.0.0.1:9".into())).to_line();
+        let line = record("/a", Some("127.0.0.1:9")).to_line();
         assert!(line.ends_with("}\n"));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["ts"], "2024-11-23T07:00:00.123Z");

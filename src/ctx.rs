@@ -7,6 +7,7 @@ use crate::reply::ErrorCode;
 use crate::runtime::{Route, Runtime};
 use crate::template::Facts;
 use crate::upstream::{InFlight, Pool};
+use http::HeaderValue;
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -39,9 +40,10 @@ pub struct RequestCtx {
     pub client_ip: Option<IpAddr>,
     /// Whether the direct peer is a trusted proxy.
     pub peer_trusted: bool,
-    request_id: String,
+    /// Empty until assigned; a header value so that sending it is a reference-count bump.
+    request_id: HeaderValue,
     /// The `traceparent` to send upstream, when the request_id plugin runs.
-    pub traceparent: Option<String>,
+    pub traceparent: Option<HeaderValue>,
     /// The matched route.
     pub route: Option<Arc<Route>>,
     /// The authenticated identity.
@@ -96,7 +98,7 @@ impl RequestCtx {
             start: Instant::now(),
             client_ip: None,
             peer_trusted: false,
-            request_id: String::new(),
+            request_id: HeaderValue::from_static(""),
             traceparent: None,
             route: None,
             identity: None,
@@ -124,19 +126,31 @@ impl RequestCtx {
 
     /// This request's id, generated on first use unless a plugin set one.
     pub fn request_id(&mut self) -> &str {
+        self.assign_request_id();
+        self.request_id_if_set()
+    }
+
+    /// Give the request an id (a new ULID) unless it has one.
+    pub fn assign_request_id(&mut self) {
         if self.request_id.is_empty() {
-            self.request_id = crate::util::id::ulid();
+            self.request_id = crate::util::id::ulid_value();
         }
-        &self.request_id
     }
 
-    /// The id if one was assigned.
+    /// The id if one was assigned, else empty.
     pub fn request_id_if_set(&self) -> &str {
+        // Always visible ASCII: a ULID, or an incoming id checked by the request_id plugin.
+        self.request_id.to_str().unwrap_or("")
+    }
+
+    /// The id as a header value (empty when none was assigned).
+    pub fn request_id_value(&self) -> &HeaderValue {
         &self.request_id
     }
 
-    /// Set the id (the request_id plugin keeps a trusted incoming one).
-    pub fn set_request_id(&mut self, id: String) {
+    /// Set the id (the request_id plugin keeps a trusted incoming one, already checked
+    /// against `[A-Za-z0-9._-]{1,128}`).
+    pub fn set_request_id(&mut self, id: HeaderValue) {
         self.request_id = id;
     }
 
@@ -150,7 +164,7 @@ impl RequestCtx {
         Facts {
             req,
             client_ip: self.client_ip,
-            request_id: &self.request_id,
+            request_id: self.request_id_if_set(),
             route: self.route_name(),
             identity: self.identity.as_ref(),
         }

@@ -1,4 +1,4 @@
-//! A small bounded cache with per-entry expiry, keyed by 32 bytes (a SipHash and length
+//! A small bounded cache with per-entry expiry, keyed by 32 bytes (a seeded hash and length
 //! of a verified JWT, whose entry keeps the token to compare; the SHA-256 of an HMAC
 //! signature). Used for verified JWTs and for HMAC replay detection.
 //!

@@ -1,23 +1,28 @@
 //! Finding credentials in a request and removing them from what goes upstream: query
 //! parameters (percent-decoded), cookies, and `Authorization` schemes. Every lookup
 //! reports how many times the credential appears, so a repeated credential can be
-//! refused rather than guessed at.
+//! refused rather than guessed at. Header values are borrowed from the request, not
+//! copied (a JWT is ~700 bytes).
 
+use crate::plugin::UpstreamHead;
+use http::header::AsHeaderName;
+use http::HeaderMap;
 use pingora_http::RequestHeader;
+use std::borrow::Cow;
 
 /// How often a credential appeared, with the first value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Found {
+pub enum Found<T = String> {
     /// Not present.
     None,
     /// Present once.
-    One(String),
+    One(T),
     /// Present more than once (ambiguous).
     Many,
 }
 
-impl Found {
-    fn push(&mut self, v: String) {
+impl<T> Found<T> {
+    fn push(&mut self, v: T) {
         *self = match self {
             Found::None => Found::One(v),
             _ => Found::Many,
@@ -82,11 +87,16 @@ pub fn cookie(req: &RequestHeader, name: &str) -> Found {
     f
 }
 
-/// The values of header `name`.
-pub fn header(req: &RequestHeader, name: &str) -> Found {
+/// The values of header `name`, trimmed, borrowed from `req` (copied only when a value is
+/// not UTF-8: then its invalid bytes become U+FFFD).
+pub fn header(req: &RequestHeader, name: impl AsHeaderName) -> Found<Cow<'_, str>> {
     let mut f = Found::None;
     for v in req.headers.get_all(name) {
-        f.push(String::from_utf8_lossy(v.as_bytes()).trim().to_string());
+        let v = v.as_bytes();
+        f.push(match std::str::from_utf8(v) {
+            Ok(s) => Cow::Borrowed(s.trim()),
+            Err(_) => Cow::Owned(String::from_utf8_lossy(v).trim().to_string()),
+        });
     }
     f
 }
@@ -123,14 +133,14 @@ pub fn strip_query(target: &[u8], names: &[String]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Remove the cookies in `names` from every `Cookie` header of `up`.
-pub fn strip_cookies(up: &mut RequestHeader, names: &[String]) {
+/// Remove the cookies in `names` from every `Cookie` header of `headers`.
+pub fn strip_cookies(headers: &mut HeaderMap, names: &[String]) {
     if names.is_empty() {
         return;
     }
     let mut kept = Vec::new();
     let mut changed = false;
-    for h in up.headers.get_all(http::header::COOKIE) {
+    for h in headers.get_all(http::header::COOKIE) {
         let Ok(h) = h.to_str() else {
             changed = true;
             continue;
@@ -148,9 +158,11 @@ pub fn strip_cookies(up: &mut RequestHeader, names: &[String]) {
     if !changed {
         return;
     }
-    up.remove_header(&http::header::COOKIE);
-    if !kept.is_empty() {
-        let _ = up.insert_header(http::header::COOKIE, kept.join("; "));
+    headers.remove(http::header::COOKIE);
+    if let Ok(v) = http::HeaderValue::from_str(&kept.join("; ")) {
+        if !v.is_empty() {
+            headers.insert(http::header::COOKIE, v);
+        }
     }
 }
 
@@ -168,7 +180,7 @@ pub struct Carriers {
 impl Carriers {
     /// Remove every credential from `up`: an `Authorization` with a scheme moat
     /// authenticates (Bearer, ApiKey, hmac), the API-key header, parameters and cookies.
-    pub fn hide(&self, up: &mut RequestHeader) {
+    pub fn hide(&self, up: &mut UpstreamHead) {
         let is_cred = up
             .headers
             .get(http::header::AUTHORIZATION)
@@ -180,15 +192,15 @@ impl Carriers {
                     .any(|x| s.eq_ignore_ascii_case(x))
             });
         if is_cred {
-            up.remove_header(&http::header::AUTHORIZATION);
+            up.headers.remove(http::header::AUTHORIZATION);
         }
         if let Some(h) = &self.header {
-            up.remove_header(h);
+            up.headers.remove(h);
         }
-        strip_cookies(up, &self.cookies);
+        strip_cookies(&mut up.headers, &self.cookies);
         if !self.params.is_empty() {
-            if let Some(t) = strip_query(up.raw_path(), &self.params) {
-                let _ = up.set_raw_path(&t);
+            if let Some(t) = strip_query(up.target(), &self.params) {
+                up.set_target(t);
             }
         }
     }
@@ -221,6 +233,26 @@ mod tests {
     }
 
     #[test]
+    fn header_values_are_borrowed_and_trimmed() {
+        let r = req("/", &[("authorization", " Bearer abc ")]);
+        match header(&r, http::header::AUTHORIZATION) {
+            Found::One(Cow::Borrowed(v)) => assert_eq!(v, "Bearer abc"),
+            other => panic!("{other:?}"),
+        }
+        let mut r = req("/", &[("x-k", "a")]);
+        r.append_header("x-k", "b").unwrap();
+        assert_eq!(header(&r, "x-k"), Found::Many);
+        let mut r = req("/", &[]);
+        r.append_header("x-k", http::HeaderValue::from_bytes(b"k\xffy").unwrap())
+            .unwrap();
+        assert_eq!(
+            header(&r, "x-k"),
+            Found::One(Cow::Owned("k\u{fffd}y".into()))
+        );
+        assert_eq!(header(&r, "x-none"), Found::None);
+    }
+
+    #[test]
     fn strips() {
         let names = vec!["access_token".to_string()];
         assert_eq!(
@@ -243,18 +275,21 @@ mod tests {
             strip_query(b"/p?n=\xff\xfe&access_token=x&m=%FF", &names).as_deref(),
             Some(&b"/p?n=\xff\xfe&m=%FF"[..])
         );
-        let mut r = RequestHeader::build("GET", &b"/p?n=\xff&access_token=x"[..], None).unwrap();
+        let r = RequestHeader::build("GET", &b"/p?n=\xff&access_token=x"[..], None).unwrap();
+        let mut h = UpstreamHead::from(r);
         Carriers {
             params: names.clone(),
             ..Carriers::default()
         }
-        .hide(&mut r);
-        assert_eq!(r.raw_path(), b"/p?n=\xff");
-        let mut r = req("/", &[("cookie", "a=1; access_token=x; b=2")]);
+        .hide(&mut h);
+        assert_eq!(h.into_request().unwrap().raw_path(), b"/p?n=\xff");
+        let mut r = http::HeaderMap::new();
+        r.append("cookie", "a=1; access_token=x; b=2".parse().unwrap());
         strip_cookies(&mut r, &names);
-        assert_eq!(r.headers["cookie"], "a=1; b=2");
-        let mut r = req("/", &[("cookie", "access_token=x")]);
+        assert_eq!(r["cookie"], "a=1; b=2");
+        let mut r = http::HeaderMap::new();
+        r.append("cookie", "access_token=x".parse().unwrap());
         strip_cookies(&mut r, &names);
-        assert!(r.headers.get("cookie").is_none());
+        assert!(r.get("cookie").is_none());
     }
 }

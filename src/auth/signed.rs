@@ -87,7 +87,7 @@ pub async fn verify(
     }
     let digest = match credentials::header(req, "digest") {
         Found::None => None,
-        Found::One(d) => Some(d),
+        Found::One(d) => Some(d.into_owned()),
         Found::Many => return Err(HmacError::Digest.into()),
     };
     if digest.is_some() && !signed("digest") {

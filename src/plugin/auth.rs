@@ -14,7 +14,7 @@
 //! before anything reaches the upstream; a longer or chunked one is held back
 //! (`auth::held_body`, up to `max_body`) and released only once its digest matches.
 
-use super::{Flow, Phases, Plugin};
+use super::{Flow, Phases, Plugin, UpstreamHead};
 use crate::auth::consumers::{ConsumerStore, KeyRefusal};
 use crate::auth::credentials::{self, Found};
 use crate::auth::dates::now_secs;
@@ -34,7 +34,11 @@ use http::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 use prometheus::IntCounterVec;
+use std::borrow::Cow;
 use std::sync::Arc;
+
+static X_CONSUMER_ID: HeaderName = HeaderName::from_static("x-consumer-id");
+static X_AUTH_METHOD: HeaderName = HeaderName::from_static("x-auth-method");
 
 struct JwtSettings {
     provider: Arc<JwtProvider>,
@@ -228,26 +232,32 @@ impl Auth {
         }
     }
 
-    /// Which credential the request carries; refuses none or several.
-    fn pick(&self, req: &RequestHeader) -> Result<Cred, Refusal> {
-        let mut found: Vec<Cred> = Vec::new();
+    /// Which credential the request carries; refuses none or several. Header credentials
+    /// are borrowed from `req`.
+    fn pick<'r>(&self, req: &'r RequestHeader) -> Result<Cred<'r>, Refusal> {
+        let mut found: Vec<Cred<'r>> = Vec::new();
         let mut many = false;
-        fn add(found: &mut Vec<Cred>, many: &mut bool, f: Found, make: fn(String) -> Cred) {
+        fn add<'r, T: Into<Cow<'r, str>>>(
+            found: &mut Vec<Cred<'r>>,
+            many: &mut bool,
+            f: Found<T>,
+            make: fn(Cow<'r, str>) -> Cred<'r>,
+        ) {
             match f {
                 Found::None => {}
-                Found::One(v) => found.push(make(v)),
+                Found::One(v) => found.push(make(v.into())),
                 Found::Many => *many = true,
             }
         }
-        match credentials::header(req, "authorization") {
+        match credentials::header(req, http::header::AUTHORIZATION) {
             Found::One(v) => {
-                let (scheme, rest) = credentials::scheme(&v);
+                let (scheme, _) = credentials::scheme(&v);
                 if scheme.eq_ignore_ascii_case("bearer")
                     && self.jwt.as_ref().is_some_and(|j| j.header)
                 {
-                    found.push(Cred::Jwt(rest.to_string()));
+                    found.push(Cred::Jwt(after_scheme(v)));
                 } else if scheme.eq_ignore_ascii_case("apikey") && self.api_key.is_some() {
-                    found.push(Cred::ApiKey(rest.to_string()));
+                    found.push(Cred::ApiKey(after_scheme(v)));
                 } else if hmac::is_hmac_scheme(&v) && self.hmac.is_some() {
                     found.push(Cred::Hmac(v));
                 }
@@ -259,7 +269,7 @@ impl Auth {
             add(
                 &mut found,
                 &mut many,
-                credentials::header(req, h.as_str()),
+                credentials::header(req, h),
                 Cred::ApiKey,
             );
             if let Some(q) = q {
@@ -302,11 +312,8 @@ impl Auth {
             .ok_or_else(|| self.unauthorized("none", "missing", "credentials are required", None))
     }
 
-    async fn authenticate(
-        &self,
-        session: &mut Session,
-        cred: Cred,
-    ) -> Result<Authenticated, Refusal> {
+    /// Check a JWT or API key (borrowed from the request head).
+    async fn authenticate(&self, cred: Cred<'_>) -> Result<Authenticated, Refusal> {
         let now = now_secs();
         match cred {
             Cred::Jwt(token) => {
@@ -391,38 +398,39 @@ impl Auth {
                     )),
                 }
             }
-            Cred::Hmac(value) => {
-                let Some(settings) = &self.hmac else {
-                    return Err(self.unauthorized(
-                        "hmac",
-                        "missing",
-                        "credentials are required",
-                        None,
-                    ));
-                };
-                let replay = self.replay.as_ref();
-                match signed::verify(session, &value, settings, &self.consumers, replay, now).await
-                {
-                    Ok(v) => Ok(Authenticated {
-                        consumer: Arc::clone(&v.consumer.id),
-                        tier: v.consumer.tier.clone(),
-                        method: "hmac",
-                        scopes: Arc::from(Vec::new()),
-                        claims: None,
-                        held_digest: v.held_digest,
-                    }),
-                    Err(signed::Refused::Body(reply)) => Err(Refusal {
-                        method: "hmac",
-                        reason: "body",
-                        reply,
-                    }),
-                    Err(signed::Refused::Signature(e)) => Err(self.unauthorized(
-                        "hmac",
-                        e.reason(),
-                        "invalid request signature",
-                        Some(HMAC),
-                    )),
-                }
+            Cred::Hmac(_) => {
+                Err(self.unauthorized("hmac", "missing", "credentials are required", None))
+            }
+        }
+    }
+
+    /// Check an HMAC signature (it may read the request body, hence the session).
+    async fn authenticate_hmac(
+        &self,
+        session: &mut Session,
+        value: &str,
+    ) -> Result<Authenticated, Refusal> {
+        let now = now_secs();
+        let Some(settings) = &self.hmac else {
+            return Err(self.unauthorized("hmac", "missing", "credentials are required", None));
+        };
+        let replay = self.replay.as_ref();
+        match signed::verify(session, value, settings, &self.consumers, replay, now).await {
+            Ok(v) => Ok(Authenticated {
+                consumer: Arc::clone(&v.consumer.id),
+                tier: v.consumer.tier.clone(),
+                method: "hmac",
+                scopes: Arc::from(Vec::new()),
+                claims: None,
+                held_digest: v.held_digest,
+            }),
+            Err(signed::Refused::Body(reply)) => Err(Refusal {
+                method: "hmac",
+                reason: "body",
+                reply,
+            }),
+            Err(signed::Refused::Signature(e)) => {
+                Err(self.unauthorized("hmac", e.reason(), "invalid request signature", Some(HMAC)))
             }
         }
     }
@@ -432,10 +440,21 @@ const BEARER_INVALID: &str = "Bearer error=\"invalid_token\"";
 const APIKEY: &str = "ApiKey realm=\"moat\"";
 const HMAC: &str = "hmac realm=\"moat\", headers=\"date request-line digest\"";
 
-enum Cred {
-    Jwt(String),
-    ApiKey(String),
-    Hmac(String),
+/// A credential found in the request, borrowed from its head when it can be.
+enum Cred<'r> {
+    Jwt(Cow<'r, str>),
+    ApiKey(Cow<'r, str>),
+    /// The whole `Authorization` value.
+    Hmac(Cow<'r, str>),
+}
+
+/// What follows the scheme of an `Authorization` value (see [`credentials::scheme`]),
+/// still borrowed when `v` is.
+fn after_scheme(v: Cow<'_, str>) -> Cow<'_, str> {
+    match v {
+        Cow::Borrowed(b) => Cow::Borrowed(credentials::scheme(b).1),
+        Cow::Owned(o) => Cow::Owned(credentials::scheme(&o).1.to_string()),
+    }
 }
 
 #[async_trait]
@@ -454,7 +473,11 @@ impl Plugin for Auth {
 
     async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Flow {
         let result = match self.pick(session.req_header()) {
-            Ok(cred) => self.authenticate(session, cred).await,
+            Ok(Cred::Hmac(v)) => {
+                let v = v.into_owned();
+                self.authenticate_hmac(session, &v).await
+            }
+            Ok(cred) => self.authenticate(cred).await,
             Err(r) => Err(r),
         };
         let refusal = match result {
@@ -502,15 +525,16 @@ impl Plugin for Auth {
         Flow::Reply(refusal.reply)
     }
 
-    fn upstream_request(&self, _req: &RequestHeader, ctx: &RequestCtx, up: &mut RequestHeader) {
+    fn upstream_request(&self, _req: &RequestHeader, ctx: &RequestCtx, up: &mut UpstreamHead) {
         if let Some(c) = &self.hide {
             c.hide(up);
         }
         if let Some(id) = &ctx.identity {
             if let Ok(v) = HeaderValue::from_str(&id.consumer_id) {
-                let _ = up.insert_header("x-consumer-id", v);
+                up.headers.insert(X_CONSUMER_ID.clone(), v);
             }
-            let _ = up.insert_header("x-auth-method", id.method);
+            up.headers
+                .insert(X_AUTH_METHOD.clone(), HeaderValue::from_static(id.method));
         }
     }
 }

@@ -5,13 +5,14 @@
 //! The encoding itself is Pingora's response-compression module; this plugin decides, per
 //! response, whether and at which level it runs (see `proxy::apply_compression`).
 
+use super::ResponseHead;
 use super::{Phases, Plugin};
 use crate::config::error::{index, join, ConfigErrors};
 use crate::config::model::CompressionConfig;
 use crate::ctx::RequestCtx;
 use async_trait::async_trait;
 use pingora_core::protocols::http::compression::Algorithm;
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::RequestHeader;
 
 const DEFAULT_TYPES: &[&str] = &[
     "text/html",
@@ -89,7 +90,7 @@ impl Compression {
     }
 
     /// Whether this response should be compressed.
-    pub fn wants(&self, resp: &ResponseHeader) -> bool {
+    pub fn wants(&self, resp: &ResponseHead) -> bool {
         if resp.headers.contains_key(http::header::CONTENT_ENCODING) {
             return false;
         }
@@ -135,7 +136,7 @@ impl Plugin for Compression {
         }
     }
 
-    fn response(&self, _req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHeader) {
+    fn response(&self, _req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHead) {
         if self.wants(resp) {
             let _ = ctx.compression.set(std::sync::Arc::clone(&self.levels));
         }
@@ -152,8 +153,8 @@ mod tests {
         Compression::compile(&c, "p", &mut errs).unwrap_or_else(|| panic!("{errs}"))
     }
 
-    fn resp(ctype: &str, len: Option<usize>, encoded: bool) -> ResponseHeader {
-        let mut r = ResponseHeader::build(200, None).unwrap();
+    fn resp(ctype: &str, len: Option<usize>, encoded: bool) -> ResponseHead {
+        let mut r = pingora_http::ResponseHeader::build(200, None).unwrap();
         r.insert_header("content-type", ctype).unwrap();
         if let Some(n) = len {
             r.insert_header("content-length", n.to_string()).unwrap();
@@ -161,7 +162,7 @@ mod tests {
         if encoded {
             r.insert_header("content-encoding", "gzip").unwrap();
         }
-        r
+        r.into()
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!   `Access-Control-Allow-Credentials`, `Access-Control-Expose-Headers` when the origin is
 //!   allowed; `Vary: Origin` always, so caches never mix answers for different origins.
 
+use super::ResponseHead;
 use super::{Phases, Plugin};
 use crate::config::error::{index, join, ConfigErrors};
 use crate::config::model::CorsConfig;
@@ -25,7 +26,7 @@ use http::header::{
     ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
 };
 use http::{HeaderName, HeaderValue, Method};
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::RequestHeader;
 
 /// The compiled plugin.
 pub struct Cors {
@@ -214,28 +215,30 @@ impl Plugin for Cors {
         Some(self.preflight_reply(req))
     }
 
-    fn response(&self, req: &RequestHeader, _ctx: &RequestCtx, resp: &mut ResponseHeader) {
+    fn response(&self, req: &RequestHeader, _ctx: &RequestCtx, resp: &mut ResponseHead) {
         if is_preflight(req) && resp.headers.contains_key(ACCESS_CONTROL_ALLOW_METHODS) {
             return; // moat's own preflight answer is complete
         }
-        let _ = resp.append_header(VARY, HeaderValue::from_static("Origin"));
+        resp.headers
+            .append(VARY, HeaderValue::from_static("Origin"));
         let Some(origin) = req.headers.get(ORIGIN).and_then(|o| self.allow_origin(o)) else {
             // Never pass an upstream's own CORS grant for an origin moat does not allow.
-            let _ = resp.remove_header(&ACCESS_CONTROL_ALLOW_ORIGIN);
-            let _ = resp.remove_header(&ACCESS_CONTROL_ALLOW_CREDENTIALS);
+            resp.headers.remove(ACCESS_CONTROL_ALLOW_ORIGIN);
+            resp.headers.remove(ACCESS_CONTROL_ALLOW_CREDENTIALS);
             return;
         };
-        let _ = resp.insert_header(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        resp.headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         if self.credentials {
-            let _ = resp.insert_header(
+            resp.headers.insert(
                 ACCESS_CONTROL_ALLOW_CREDENTIALS,
                 HeaderValue::from_static("true"),
             );
         } else {
-            let _ = resp.remove_header(&ACCESS_CONTROL_ALLOW_CREDENTIALS);
+            resp.headers.remove(ACCESS_CONTROL_ALLOW_CREDENTIALS);
         }
         if let Some(e) = &self.expose_value {
-            let _ = resp.insert_header(ACCESS_CONTROL_EXPOSE_HEADERS, e.clone());
+            resp.headers
+                .insert(ACCESS_CONTROL_EXPOSE_HEADERS, e.clone());
         }
     }
 }

@@ -4,14 +4,14 @@
 //! `set` still removes the client's copy); one that would contain CR, LF, NUL or another
 //! control character is never emitted.
 
-use super::{Phases, Plugin};
+use super::{Phases, Plugin, ResponseHead, UpstreamHead};
 use crate::config::error::{join, ConfigErrors};
 use crate::config::model::{HeaderOpsConfig, HeadersConfig};
 use crate::ctx::RequestCtx;
 use crate::template::{safe_header_value, Facts, Template};
 use async_trait::async_trait;
-use http::{HeaderName, HeaderValue};
-use pingora_http::{RequestHeader, ResponseHeader};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use pingora_http::RequestHeader;
 
 /// Headers that frame the message or the connection: moat owns them.
 pub const FORBIDDEN: &[&str] = &[
@@ -149,37 +149,26 @@ fn render(v: &Value, facts: &Facts) -> Option<HeaderValue> {
         );
         return None;
     }
-    HeaderValue::from_bytes(&bytes).ok()
+    // Takes the buffer over (no copy).
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes)).ok()
 }
 
-/// Applies header edits to request and response heads alike.
+/// Header edits, on a header map (request and response heads alike).
 trait HeadMut {
     fn remove(&mut self, name: &HeaderName);
     fn insert(&mut self, name: HeaderName, v: HeaderValue);
     fn append(&mut self, name: HeaderName, v: HeaderValue);
 }
 
-impl HeadMut for RequestHeader {
+impl HeadMut for HeaderMap {
     fn remove(&mut self, name: &HeaderName) {
-        let _ = self.remove_header(name);
+        HeaderMap::remove(self, name);
     }
     fn insert(&mut self, name: HeaderName, v: HeaderValue) {
-        let _ = self.insert_header(name, v);
+        HeaderMap::insert(self, name, v);
     }
     fn append(&mut self, name: HeaderName, v: HeaderValue) {
-        let _ = self.append_header(name, v);
-    }
-}
-
-impl HeadMut for ResponseHeader {
-    fn remove(&mut self, name: &HeaderName) {
-        let _ = self.remove_header(name);
-    }
-    fn insert(&mut self, name: HeaderName, v: HeaderValue) {
-        let _ = self.insert_header(name, v);
-    }
-    fn append(&mut self, name: HeaderName, v: HeaderValue) {
-        let _ = self.append_header(name, v);
+        HeaderMap::append(self, name, v);
     }
 }
 
@@ -188,9 +177,10 @@ fn apply(ops: &Ops, facts: &Facts, head: &mut impl HeadMut) {
         head.remove(n);
     }
     for v in &ops.set {
-        head.remove(&v.name);
-        if let Some(val) = render(v, facts) {
-            head.insert(v.name.clone(), val);
+        // `insert` replaces every copy; a value not emitted still removes the client's.
+        match render(v, facts) {
+            Some(val) => head.insert(v.name.clone(), val),
+            None => head.remove(&v.name),
         }
     }
     for v in &ops.add {
@@ -215,12 +205,12 @@ impl Plugin for Headers {
         }
     }
 
-    fn upstream_request(&self, req: &RequestHeader, ctx: &RequestCtx, up: &mut RequestHeader) {
-        apply(&self.request, &ctx.facts(req), up);
+    fn upstream_request(&self, req: &RequestHeader, ctx: &RequestCtx, up: &mut UpstreamHead) {
+        apply(&self.request, &ctx.facts(req), &mut up.headers);
     }
 
-    fn response(&self, req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHeader) {
-        apply(&self.response, &ctx.facts(req), resp);
+    fn response(&self, req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHead) {
+        apply(&self.response, &ctx.facts(req), &mut resp.headers);
     }
 }
 
@@ -257,6 +247,7 @@ mod tests {
         let req = client_req();
         let mut up = req.clone();
         up.insert_header("x-empty", "client-forged").unwrap();
+        let mut up = UpstreamHead::from(up);
         let ctx = RequestCtx::new(Arc::new(Runtime::empty()));
         p.upstream_request(&req, &ctx, &mut up);
         assert!(up.headers.get("cookie").is_none());
@@ -279,7 +270,7 @@ mod tests {
             plugin("request:\n  set: { x-user: 'u={{claims.sub}}', x-ok: '{{consumer.id}}' }\n")
                 .unwrap();
         let req = client_req();
-        let mut up = req.clone();
+        let mut up = UpstreamHead::from(req.clone());
         let mut ctx = RequestCtx::new(Arc::new(Runtime::empty()));
         let mut claims = serde_json::Map::new();
         claims.insert("sub".into(), "x\r\nx-admin: true".into());

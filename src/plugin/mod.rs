@@ -4,9 +4,11 @@
 //! Phases, in request order:
 //! - [`Plugin::request`]: after routing (or on an unrouted request, for global plugins
 //!   only), before the action; may answer the request itself with [`Flow::Reply`].
-//! - [`Plugin::upstream_request`]: edits the request head sent upstream.
+//! - [`Plugin::upstream_request`]: edits the request head sent upstream, as an
+//!   [`UpstreamHead`].
 //! - [`Plugin::response`]: edits every response head sent downstream, the upstream's and
-//!   the ones moat makes (errors, `respond`, redirects).
+//!   the ones moat makes (errors, `respond`, redirects), as a [`ResponseHead`] (plain
+//!   `http` parts: see [`head`] for why).
 //!
 //! A plugin states the phases it implements with [`Plugin::phases`], so a route's chain only
 //! calls what does something. Custom plugins implement the same trait (see `plugins/`).
@@ -15,6 +17,7 @@ pub mod auth;
 pub mod compression;
 pub mod concurrency;
 pub mod cors;
+pub mod head;
 pub mod headers;
 pub mod ip_filter;
 pub mod rate_limit;
@@ -27,6 +30,7 @@ use crate::config::model::PluginConfig;
 use crate::ctx::RequestCtx;
 use crate::reply::Reply;
 use async_trait::async_trait;
+pub use head::{ResponseHead, UpstreamHead};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use std::sync::Arc;
@@ -65,12 +69,13 @@ pub trait Plugin: Send + Sync {
         Flow::Continue
     }
 
-    /// Edit the head sent upstream. `req` is the client's request as received.
+    /// Edit the head sent upstream (write `upstream.headers` directly, with names built
+    /// once). `req` is the client's request as received.
     fn upstream_request(
         &self,
         _req: &RequestHeader,
         _ctx: &RequestCtx,
-        _upstream: &mut RequestHeader,
+        _upstream: &mut UpstreamHead,
     ) {
     }
 
@@ -81,8 +86,9 @@ pub trait Plugin: Send + Sync {
         None
     }
 
-    /// Edit a response head before it goes downstream.
-    fn response(&self, _req: &RequestHeader, _ctx: &RequestCtx, _resp: &mut ResponseHeader) {}
+    /// Edit a response head before it goes downstream: write `resp.headers` directly,
+    /// with names built once (`HeaderName::from_static`, or parsed at compile time).
+    fn response(&self, _req: &RequestHeader, _ctx: &RequestCtx, _resp: &mut ResponseHead) {}
 }
 
 /// The plugins of one route (global ones first), split by phase.
@@ -113,6 +119,35 @@ impl Chain {
             }
         }
         c
+    }
+
+    /// Run the upstream-request phase on `up` (nothing at all when no plugin has one).
+    pub fn run_upstream_request(
+        &self,
+        req: &RequestHeader,
+        ctx: &RequestCtx,
+        up: &mut RequestHeader,
+    ) -> pingora_error::Result<()> {
+        if self.upstream_request.is_empty() {
+            return Ok(());
+        }
+        head::edit_request(up, |h| {
+            for p in &self.upstream_request {
+                p.upstream_request(req, ctx, h);
+            }
+        })
+    }
+
+    /// Run the response phase on `resp` (nothing at all when no plugin has one).
+    pub fn run_response(&self, req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHeader) {
+        if self.response.is_empty() {
+            return;
+        }
+        head::edit_response(resp, |h| {
+            for p in &self.response {
+                p.response(req, ctx, h);
+            }
+        });
     }
 }
 

@@ -17,6 +17,7 @@
 //! (`allowed` / `limited`) and `moat_ratelimit_decisions_total{route,plugin,result}`.
 //! Several limiters on one route all apply, each with its own counters.
 
+use super::ResponseHead;
 use super::{CompileEnv, Flow, Phases, Plugin};
 use crate::config::error::{join, ConfigErrors};
 use crate::config::model::{
@@ -33,8 +34,9 @@ use crate::limit::store::{Store, DEFAULT_MAX_KEYS};
 use crate::limit::{KeySource, RateHeaders};
 use crate::reply::{ErrorCode, Reply};
 use async_trait::async_trait;
+use http::HeaderName;
 use http::HeaderValue;
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 use prometheus::IntCounterVec;
 use std::collections::HashMap;
@@ -316,16 +318,20 @@ pub(super) fn cluster_redis<'a>(
     env.redis
 }
 
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
 /// Write the noted `RateLimit-*` headers into `resp`.
-pub fn write_headers(ctx: &RequestCtx, resp: &mut ResponseHeader) {
+pub fn write_headers(ctx: &RequestCtx, resp: &mut ResponseHead) {
     if let Some(h) = ctx.limits.headers {
         for (name, v) in [
-            ("ratelimit-limit", h.limit),
-            ("ratelimit-remaining", h.remaining),
-            ("ratelimit-reset", h.reset),
+            (&RATELIMIT_LIMIT, h.limit),
+            (&RATELIMIT_REMAINING, h.remaining),
+            (&RATELIMIT_RESET, h.reset),
         ] {
-            // A `&'static str` name goes into Pingora's case map without a copy.
-            let _ = resp.insert_header(name, HeaderValue::from(v));
+            // A static name clones without allocating.
+            resp.headers.insert(name.clone(), HeaderValue::from(v));
         }
     }
 }
@@ -400,7 +406,7 @@ impl Plugin for RateLimit {
         self.verdict(ctx, t, out)
     }
 
-    fn response(&self, _req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHeader) {
+    fn response(&self, _req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHead) {
         write_headers(ctx, resp);
     }
 }

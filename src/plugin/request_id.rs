@@ -3,17 +3,17 @@
 //! sends it upstream and echoes it in the response. Also propagates W3C `traceparent`,
 //! generating one when the client sent none (or a malformed one).
 
-use super::{Flow, Phases, Plugin};
+use super::{Flow, Phases, Plugin, ResponseHead, UpstreamHead};
 use crate::config::model::RequestIdConfig;
 use crate::ctx::RequestCtx;
 use crate::util::id;
 use async_trait::async_trait;
-use http::HeaderValue;
-use pingora_http::{RequestHeader, ResponseHeader};
+use http::HeaderName;
+use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
-const X_REQUEST_ID: &str = "x-request-id";
-const TRACEPARENT: &str = "traceparent";
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The compiled plugin.
 pub struct RequestId {
@@ -30,18 +30,14 @@ impl RequestId {
 
     /// The request phase without a session, for tests and reuse.
     pub fn on_request(&self, req: &RequestHeader, ctx: &mut RequestCtx) {
-        let incoming = req.headers.get(X_REQUEST_ID).map(|v| v.as_bytes());
-        match incoming {
-            Some(v) if self.trust_incoming && id::valid_request_id(v) => {
-                ctx.set_request_id(String::from_utf8_lossy(v).into_owned());
+        match req.headers.get(&X_REQUEST_ID) {
+            Some(v) if self.trust_incoming && id::valid_request_id(v.as_bytes()) => {
+                ctx.set_request_id(v.clone());
             }
-            _ => {
-                ctx.request_id();
-            }
+            _ => ctx.assign_request_id(),
         }
-        let tp = req.headers.get(TRACEPARENT).map(|v| v.as_bytes());
-        ctx.traceparent = Some(match tp {
-            Some(v) if id::valid_traceparent(v) => String::from_utf8_lossy(v).into_owned(),
+        ctx.traceparent = Some(match req.headers.get(&TRACEPARENT) {
+            Some(v) if id::valid_traceparent(v.as_bytes()) => v.clone(),
             _ => id::new_traceparent(),
         });
     }
@@ -66,22 +62,16 @@ impl Plugin for RequestId {
         Flow::Continue
     }
 
-    fn upstream_request(&self, _req: &RequestHeader, ctx: &RequestCtx, up: &mut RequestHeader) {
-        if let Ok(v) = HeaderValue::from_str(ctx.request_id_if_set()) {
-            let _ = up.insert_header(X_REQUEST_ID, v);
-        }
-        if let Some(tp) = ctx
-            .traceparent
-            .as_deref()
-            .and_then(|t| HeaderValue::from_str(t).ok())
-        {
-            let _ = up.insert_header(TRACEPARENT, tp);
+    fn upstream_request(&self, _req: &RequestHeader, ctx: &RequestCtx, up: &mut UpstreamHead) {
+        up.headers
+            .insert(X_REQUEST_ID.clone(), ctx.request_id_value().clone());
+        if let Some(tp) = &ctx.traceparent {
+            up.headers.insert(TRACEPARENT.clone(), tp.clone());
         }
     }
 
-    fn response(&self, _req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHeader) {
-        if let Ok(v) = HeaderValue::from_str(ctx.request_id_if_set()) {
-            let _ = resp.insert_header(X_REQUEST_ID, v);
-        }
+    fn response(&self, _req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHead) {
+        resp.headers
+            .insert(X_REQUEST_ID.clone(), ctx.request_id_value().clone());
     }
 }

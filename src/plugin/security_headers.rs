@@ -8,14 +8,14 @@
 //! redirects, preflights) also get a restrictive `Content-Security-Policy: default-src
 //! 'none'; frame-ancestors 'none'`, since they never need to load anything.
 
-use super::{Phases, Plugin};
+use super::{Phases, Plugin, ResponseHead};
 use crate::config::error::{index, join, ConfigErrors};
 use crate::config::model::SecurityHeadersConfig;
 use crate::ctx::RequestCtx;
 use crate::template::safe_header_value;
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::RequestHeader;
 
 /// The CSP of moat's own responses.
 pub const OWN_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
@@ -114,23 +114,24 @@ impl Plugin for SecurityHeaders {
         }
     }
 
-    fn response(&self, _req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHeader) {
+    fn response(&self, _req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHead) {
+        let h = &mut resp.headers;
         for n in &self.remove {
-            let _ = resp.remove_header(n);
+            h.remove(n);
         }
         for (n, v) in &self.preset {
-            if !resp.headers.contains_key(n) {
-                let _ = resp.insert_header(n.clone(), v.clone());
+            if let http::header::Entry::Vacant(e) = h.entry(n) {
+                e.insert(v.clone());
             }
         }
         if self.own_csp && ctx.own_response {
-            let _ = resp.insert_header(
+            h.insert(
                 http::header::CONTENT_SECURITY_POLICY,
                 HeaderValue::from_static(OWN_CSP),
             );
         }
         for (n, v) in &self.set {
-            let _ = resp.insert_header(n.clone(), v.clone());
+            h.insert(n.clone(), v.clone());
         }
     }
 }
@@ -152,10 +153,11 @@ mod tests {
         let p = plugin("hsts: 31536000\nset: { referrer-policy: same-origin }\nremove: [x-frame-options, server]\n");
         let req = RequestHeader::build("GET", b"/", None).unwrap();
         let mut ctx = RequestCtx::new(Arc::new(Runtime::empty()));
-        let mut resp = ResponseHeader::build(200, None).unwrap();
-        resp.insert_header("server", "upstream/1.0").unwrap();
-        resp.insert_header("x-content-type-options", "upstream-value")
+        let mut up = pingora_http::ResponseHeader::build(200, None).unwrap();
+        up.insert_header("server", "upstream/1.0").unwrap();
+        up.insert_header("x-content-type-options", "upstream-value")
             .unwrap();
+        let mut resp = ResponseHead::from(up);
         p.response(&req, &ctx, &mut resp);
         assert_eq!(
             resp.headers["strict-transport-security"],
@@ -170,7 +172,7 @@ mod tests {
             "upstream response"
         );
         ctx.own_response = true;
-        let mut own = ResponseHeader::build(404, None).unwrap();
+        let mut own = ResponseHead::from(pingora_http::ResponseHeader::build(404, None).unwrap());
         p.response(&req, &ctx, &mut own);
         assert_eq!(own.headers["content-security-policy"], OWN_CSP);
         assert_eq!(own.headers["x-content-type-options"], "nosniff");

@@ -116,15 +116,15 @@ fn record(
     let Some(log) = access_log else {
         return;
     };
-    let rid = ctx.request_id().to_string();
+    ctx.assign_request_id();
     let up = &ctx.upstream;
     let target = match (&up.pool, &up.current) {
-        (Some(pool), Some(cur)) => Some(pool.targets[cur.index()].label.clone()),
+        (Some(pool), Some(cur)) => pool.targets.get(cur.index()).map(|t| t.label.as_str()),
         _ => None,
     };
     let rec = Record {
         ts: std::time::SystemTime::now(),
-        request_id: &rid,
+        request_id: ctx.request_id_if_set(),
         client_ip: ctx.client_ip,
         method: req.method.as_str(),
         host: request_host(req),

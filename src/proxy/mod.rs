@@ -159,9 +159,7 @@ impl Moat {
             .as_deref()
             .map(|r| &r.chain)
             .unwrap_or(&rt.global_chain);
-        for p in &chain.response {
-            p.response(session.req_header(), ctx, &mut head);
-        }
+        chain.run_response(session.req_header(), ctx, &mut head);
         apply_compression(session, ctx);
         let head_only = body.is_empty() || session.req_header().method == http::Method::HEAD;
         session
@@ -518,9 +516,7 @@ impl ProxyHttp for Moat {
             // make careful clients wait for a body that never comes).
             let _ = resp.remove_header(&http::header::CONTENT_LENGTH);
         }
-        for p in &chain_of(ctx).response {
-            p.response(session.req_header(), ctx, resp);
-        }
+        chain_of(ctx).run_response(session.req_header(), ctx, resp);
         apply_compression(session, ctx);
         Ok(())
     }

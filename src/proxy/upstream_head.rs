@@ -21,10 +21,7 @@ pub(super) fn prepare(up: &mut RequestHeader, session: &Session, ctx: &RequestCt
             up.set_raw_path(target.as_bytes())?;
         }
     }
-    for p in &chain_of(ctx).upstream_request {
-        p.upstream_request(session.req_header(), ctx, up);
-    }
-    Ok(())
+    chain_of(ctx).run_upstream_request(session.req_header(), ctx, up)
 }
 
 /// Replace the upstream request head with a copy carrying the forwarding headers.

@@ -16,6 +16,7 @@ mod limits;
 mod limits_cluster;
 mod limits_shared;
 mod memory;
+mod plugin_heads;
 mod redis_cluster;
 mod reload;
 mod request_limits;

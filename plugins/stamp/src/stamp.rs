@@ -7,9 +7,9 @@ use http::{HeaderName, HeaderValue};
 use moat::config::ConfigErrors;
 use moat::ctx::RequestCtx;
 use moat::plugin::registry::{decode, PluginFactory};
-use moat::plugin::{Phases, Plugin};
+use moat::plugin::{Phases, Plugin, ResponseHead};
 use moat::template::{safe_header_value, Template};
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::RequestHeader;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -72,11 +72,11 @@ impl Plugin for Stamp {
         }
     }
 
-    fn response(&self, req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHeader) {
+    fn response(&self, req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHead) {
         let v = self.value.render_to_vec(&ctx.facts(req));
         if safe_header_value(&v) {
             if let Ok(v) = HeaderValue::from_bytes(&v) {
-                let _ = resp.insert_header(self.header.clone(), v);
+                resp.headers.insert(self.header.clone(), v);
             }
         }
     }

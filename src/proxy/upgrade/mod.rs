@@ -202,9 +202,7 @@ impl Moat {
         if resp.status == http::StatusCode::NO_CONTENT {
             let _ = resp.remove_header(&header::CONTENT_LENGTH);
         }
-        for p in &chain_of(ctx).response {
-            p.response(session.req_header(), ctx, &mut resp);
-        }
+        chain_of(ctx).run_response(session.req_header(), ctx, &mut resp);
         session.set_keepalive(None);
         apply_compression(session, ctx);
         let empty = framing == body::Framing::Empty;
@@ -232,9 +230,7 @@ impl Moat {
         for name in ["content-length", "transfer-encoding"] {
             let _ = resp.remove_header(name);
         }
-        for p in &chain_of(ctx).response {
-            p.response(session.req_header(), ctx, &mut resp);
-        }
+        chain_of(ctx).run_response(session.req_header(), ctx, &mut resp);
         let line = request_line(session.req_header());
         let detached = detach(session).await;
         // From here on the request is this function's: Pingora must not log it again.
