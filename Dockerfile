@@ -19,7 +19,8 @@ WORKDIR /build
 
 # Dependency layer: compile every dependency against stub sources, so that editing
 # src/ does not rebuild them. Every target that Cargo.toml names explicitly needs a
-# stub here (currently src/lib.rs, src/main.rs, benches/router.rs, benches/auth.rs, benches/limits.rs, benches/limits_redis.rs and the
+# stub here (currently src/lib.rs, src/main.rs, benches/router.rs, benches/auth.rs,
+# benches/limits.rs, benches/limits_redis.rs, benches/framing.rs, benches/chain.rs and the
 # workspace member plugins/stamp).
 COPY Cargo.toml Cargo.lock ./
 COPY plugins/stamp/Cargo.toml plugins/stamp/Cargo.toml
@@ -30,6 +31,8 @@ RUN mkdir -p src benches \
  && echo 'fn main() {}' > benches/auth.rs \
  && echo 'fn main() {}' > benches/limits.rs \
  && echo 'fn main() {}' > benches/limits_redis.rs \
+ && echo 'fn main() {}' > benches/framing.rs \
+ && echo 'fn main() {}' > benches/chain.rs \
  && mkdir -p plugins/stamp/src && echo 'fn main() {}' > plugins/stamp/src/main.rs \
  && cargo build --release --locked \
  && rm -rf src benches plugins/stamp/src
