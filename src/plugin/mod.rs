@@ -121,21 +121,18 @@ impl Chain {
         c
     }
 
-    /// Run the upstream-request phase on `up` (nothing at all when no plugin has one).
+    /// Run the upstream-request phase on `up`, a head already moved out for editing
+    /// (see [`head::edit_request`]; the proxy moves it out once for the forwarding
+    /// headers, the rewrite and these plugins together).
     pub fn run_upstream_request(
         &self,
         req: &RequestHeader,
         ctx: &RequestCtx,
-        up: &mut RequestHeader,
-    ) -> pingora_error::Result<()> {
-        if self.upstream_request.is_empty() {
-            return Ok(());
+        up: &mut UpstreamHead,
+    ) {
+        for p in &self.upstream_request {
+            p.upstream_request(req, ctx, up);
         }
-        head::edit_request(up, |h| {
-            for p in &self.upstream_request {
-                p.upstream_request(req, ctx, h);
-            }
-        })
     }
 
     /// Run the response phase on `resp` (nothing at all when no plugin has one).

@@ -136,9 +136,6 @@ pub fn apply(
             headers.remove(&name);
         }
     }
-    // The four forwarding headers, plus room for what plugins add next (request id,
-    // traceparent, consumer id, auth method) without another rehash.
-    headers.reserve(8);
     let host = headers
         .get(http::header::HOST)
         .cloned()

@@ -4,62 +4,41 @@
 
 use super::{chain_of, forwarding, is_tls, peer_ip};
 use crate::ctx::RequestCtx;
+use crate::plugin::head;
 use pingora_error::Result;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
 /// Turn `up` (a copy of the client's request head, hop-by-hop headers already handled)
 /// into the head sent upstream: forwarding headers, rewrite, `upstream_request` plugins.
+///
+/// Pingora parses a request into header maps sized exactly to it and keeps a second map
+/// for header-name case; adding headers to those grows and rehashes both. The head is
+/// moved out once ([`head::edit_request`]) into one map with room reserved, edited by all
+/// three steps, and put back without the case map, so header names go upstream in lower
+/// case (as over HTTP/2, and as Envoy sends them); values, order of repeated headers and
+/// the raw request target are kept.
 pub(super) fn prepare(up: &mut RequestHeader, session: &Session, ctx: &RequestCtx) -> Result<()> {
-    rebuild_with_forwarding(up, session, ctx)?;
-    if let Some(rw) = ctx.route.as_deref().and_then(|r| r.rewrite.as_ref()) {
-        if let Some(new_path) = rw.apply(up.uri.path()) {
-            let target = match up.uri.query() {
+    let (peer, tls) = (peer_ip(session), is_tls(session));
+    let rewrite = ctx.route.as_deref().and_then(|r| r.rewrite.as_ref());
+    let req = session.req_header();
+    head::edit_request(up, |h| {
+        let parts: &mut http::request::Parts = h;
+        forwarding::apply(
+            &mut parts.headers,
+            parts.uri.authority().map(|a| a.as_str()),
+            peer,
+            ctx.client_ip,
+            ctx.peer_trusted,
+            tls,
+        );
+        if let Some(new_path) = rewrite.and_then(|rw| rw.apply(h.uri.path())) {
+            let target = match h.uri.query() {
                 Some(q) => format!("{new_path}?{q}"),
                 None => new_path,
             };
-            up.set_raw_path(target.as_bytes())?;
+            h.set_target(target.into_bytes());
         }
-    }
-    chain_of(ctx).run_upstream_request(session.req_header(), ctx, up)
-}
-
-/// Replace the upstream request head with a copy carrying the forwarding headers.
-///
-/// Pingora parses a request into header maps sized exactly to it and keeps a second map
-/// for header-name case; adding the four forwarding headers to those grows and rehashes
-/// both (measured: most of moat's added CPU per request). The copy is one map, reserved
-/// once, so header names go upstream in lower case (as over HTTP/2, and as Envoy sends
-/// them); values, order of repeated headers and the request target are kept.
-fn rebuild_with_forwarding(
-    up: &mut RequestHeader,
-    session: &Session,
-    ctx: &RequestCtx,
-) -> Result<()> {
-    // The head is moved out (not cloned) and comes back without its case map.
-    let from_uri = up
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().as_bytes())
-        .unwrap_or_default();
-    let raw_path = (up.raw_path() != from_uri).then(|| up.raw_path().to_vec());
-    let end = up.send_end_stream();
-    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
-    let mut parts = http::request::Parts::from(std::mem::replace(up, placeholder));
-    forwarding::apply(
-        &mut parts.headers,
-        parts.uri.authority().map(|a| a.as_str()),
-        peer_ip(session),
-        ctx.client_ip,
-        ctx.peer_trusted,
-        is_tls(session),
-    );
-    *up = RequestHeader::from(parts);
-    if let Some(raw) = raw_path {
-        up.set_raw_path(&raw)?;
-    }
-    if let Some(end) = end {
-        up.set_send_end_stream(end);
-    }
-    Ok(())
+        chain_of(ctx).run_upstream_request(req, ctx, h);
+    })
 }
