@@ -158,6 +158,10 @@ pub fn main_with(ext: Extensions) -> ExitCode {
                     n(rt.pools.len(), "upstream"),
                     n(cfg.global_plugins.len(), "global plugin")
                 );
+                // Warnings never fail a check: they go to stderr, one per line.
+                for w in &rt.warnings {
+                    eprintln!("warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

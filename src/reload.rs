@@ -123,7 +123,10 @@ impl Reloader {
             .with_label_values(&[label])
             .inc();
         match &result {
-            Ok(Reloaded::Swapped(g)) => log::info!("config reloaded: generation {g} is live"),
+            Ok(Reloaded::Swapped(g)) => {
+                log::info!("config reloaded: generation {g} is live");
+                self.runtime.load().log_warnings();
+            }
             Ok(Reloaded::Unchanged(g)) => {
                 log::info!("config reload: unchanged, generation {g} stays live")
             }

@@ -197,6 +197,7 @@ pub fn run(
     let extensions = Arc::new(extensions);
     let runtime =
         Runtime::compile(cfg, 1, &metrics, None, &extensions).map_err(|e| e.to_string())?;
+    runtime.log_warnings();
     prime_pools(&runtime);
     metrics.config_generation.set(1);
     let shared: SharedRuntime = Arc::new(ArcSwap::from_pointee(runtime));

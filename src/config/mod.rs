@@ -1,5 +1,6 @@
 //! The config file: its shape (`model`), units, loading with every error and its path
-//! (`load`), and semantic checks (`validate`). Compiling into the runtime is
+//! (`load`), semantic checks (`validate`) and warnings that never refuse a config
+//! (`warnings`). Compiling into the runtime is
 //! `runtime::Runtime::compile`.
 
 pub mod error;
@@ -7,6 +8,7 @@ pub mod load;
 pub mod model;
 pub mod units;
 pub mod validate;
+pub mod warnings;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::Config;

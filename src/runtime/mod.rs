@@ -60,6 +60,8 @@ pub struct Runtime {
     pub redis: Option<Arc<crate::limit::redis::Redis>>,
     /// This instance's own HMAC replay guard (behind the Redis one when `redis:` is set).
     pub local_replay: Arc<dyn crate::auth::hmac::ReplayGuard>,
+    /// What `config::warnings` found: printed by `moat check`, logged by `run` and reload.
+    pub warnings: Vec<crate::config::ConfigError>,
 }
 
 /// A compiled route.
@@ -217,6 +219,7 @@ impl Runtime {
             local_replay: Arc::new(crate::auth::hmac::LocalReplay::new(
                 crate::auth::hmac::REPLAY_CAPACITY,
             )),
+            warnings: Vec::new(),
         }
     }
 
@@ -291,6 +294,7 @@ impl Runtime {
                 Some((port, l.redirect_https?))
             })
             .collect();
+        let warnings = crate::config::warnings::warnings(&cfg);
         Ok(Runtime {
             generation,
             loaded_at: SystemTime::now(),
@@ -308,7 +312,15 @@ impl Runtime {
             limits,
             redis,
             local_replay,
+            warnings,
         })
+    }
+
+    /// Log this generation's config warnings (see `config::warnings`).
+    pub fn log_warnings(&self) {
+        for w in &self.warnings {
+            log::warn!("config warning: {w}");
+        }
     }
 }
 

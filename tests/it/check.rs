@@ -828,3 +828,46 @@ fn two_mistakes_in_one_route_are_both_reported() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn warnings_are_printed_and_the_check_still_passes() {
+    let dir = temp_dir("check-warnings");
+    let file = dir.join("moat.yaml");
+    let text = format!(
+        "{LISTENER}redis:\n  url: 'redis://:hunter2@127.0.0.1:6379/0'\n\
+         jwt_providers:\n  corp:\n    secret_env: MOAT_TEST_JWT_SECRET\n    algorithms: [HS256]\n"
+    );
+    std::fs::write(&file, text).expect("write config");
+    let c = run_check(
+        &file,
+        &[("MOAT_TEST_JWT_SECRET", "0123456789abcdef0123456789abcdef")],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(c.code, Some(0), "stderr:\n{}", c.stderr);
+    assert!(
+        c.stdout
+            .ends_with(": ok (1 listener, 0 routes, 0 upstreams, 0 global plugins)\n"),
+        "{}",
+        c.stdout
+    );
+    let warnings: Vec<&str> = c
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(warnings.len(), 3, "stderr:\n{}", c.stderr);
+    assert!(
+        warnings[0].starts_with("warning: redis.url: the URL holds a password"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].starts_with("warning: jwt_providers.corp: no `issuer`"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[2].starts_with("warning: jwt_providers.corp: no `audiences`"),
+        "{warnings:?}"
+    );
+    // The password itself is never repeated.
+    assert!(!c.stderr.contains("hunter2"), "{}", c.stderr);
+}

@@ -1,0 +1,121 @@
+//! Config warnings: settings that load and serve, but that an operator most likely did not
+//! mean or should know about (a JWT provider that accepts any issuer, a password written
+//! inside a Redis URL). They never refuse a config: `moat check` prints them and exits 0,
+//! and `run` and every reload log them.
+//!
+//! Each rule is a small function over the parsed [`Config`]; add new ones to
+//! [`warnings`].
+
+use super::error::{join, ConfigError, ConfigErrors};
+use super::model::Config;
+
+/// Every warning for `cfg`, each with the path of the key it concerns, in file order.
+pub fn warnings(cfg: &Config) -> Vec<ConfigError> {
+    let mut w = ConfigErrors::default();
+    jwt_providers(cfg, &mut w);
+    redis_urls(cfg, &mut w);
+    w.sort_by_file_order();
+    w.0
+}
+
+/// A provider without `issuer` accepts tokens from whoever holds its keys under any
+/// issuer name, and one without `audiences` accepts tokens minted for other services.
+fn jwt_providers(cfg: &Config, w: &mut ConfigErrors) {
+    for (name, p) in &cfg.jwt_providers {
+        let path = join("jwt_providers", name);
+        if p.issuer.is_none() {
+            w.push(
+                &path,
+                "no `issuer`: tokens with any `iss` are accepted; set the issuer you trust",
+            );
+        }
+        if p.audiences.is_empty() {
+            w.push(
+                &path,
+                "no `audiences`: tokens minted for any audience are accepted; list this API's",
+            );
+        }
+    }
+}
+
+/// A password inside a Redis URL ends up wherever the config file goes (backups,
+/// tickets, `GET /config` before redaction); `password_env` keeps it out.
+fn redis_urls(cfg: &Config, w: &mut ConfigErrors) {
+    let Some(r) = &cfg.redis else { return };
+    let warn = |path: String, w: &mut ConfigErrors| {
+        w.push(
+            path,
+            "the URL holds a password: move it to an environment variable (`password_env`)",
+        )
+    };
+    if r.url.as_deref().is_some_and(url_has_password) {
+        warn("redis.url".to_string(), w);
+    }
+    for (i, u) in r.cluster.iter().flatten().enumerate() {
+        if url_has_password(u) {
+            warn(format!("redis.cluster[{i}]"), w);
+        }
+    }
+}
+
+/// Whether `url` (`scheme://[user[:password]@]host...`) carries a non-empty password.
+pub fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .is_some_and(|(_, password)| !password.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load::parse;
+
+    fn paths(text: &str) -> Vec<String> {
+        let cfg = parse(text).expect("parses");
+        warnings(&cfg)
+            .into_iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn passwords_in_urls_are_found() {
+        assert!(url_has_password("redis://:secret@127.0.0.1:6379/0"));
+        assert!(url_has_password("rediss://user:secret@cache:6380"));
+        assert!(!url_has_password("rediss://user@cache:6380/0"));
+        assert!(!url_has_password("redis://127.0.0.1:6379/0"));
+        assert!(!url_has_password("redis://user:@host"));
+        // An `@` in the path is not a userinfo.
+        assert!(!url_has_password("redis://host:1/a:b@c"));
+    }
+
+    #[test]
+    fn a_provider_without_issuer_or_audiences_is_warned_about() {
+        let got = paths("jwt_providers:\n  corp:\n    secret_env: X\n    algorithms: [HS256]\n");
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(
+            got[0].starts_with("jwt_providers.corp: no `issuer`"),
+            "{got:?}"
+        );
+        assert!(
+            got[1].starts_with("jwt_providers.corp: no `audiences`"),
+            "{got:?}"
+        );
+        let quiet = paths(
+            "jwt_providers:\n  corp:\n    issuer: https://i\n    audiences: [api]\n    secret_env: X\n    algorithms: [HS256]\n",
+        );
+        assert!(quiet.is_empty(), "{quiet:?}");
+    }
+
+    #[test]
+    fn redis_passwords_are_warned_about_with_their_path() {
+        let got = paths("redis:\n  cluster: [redis://a:1, 'redis://:pw@b:2']\n");
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].starts_with("redis.cluster[1]: the URL holds a password"));
+        let got = paths("redis:\n  url: 'redis://u:pw@a:1/0'\n");
+        assert!(got[0].starts_with("redis.url: "), "{got:?}");
+    }
+}
