@@ -578,6 +578,10 @@ impl ProxyHttp for Moat {
         self.finish(session, ctx, status);
     }
 
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        logging::summary(session.req_header(), ctx)
+    }
+
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
         // Client-side noise (resets, bad requests) is counted in metrics, not logged.
         e.esource() == &pingora_error::ErrorSource::Downstream

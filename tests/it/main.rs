@@ -15,6 +15,7 @@ mod http2;
 mod limits;
 mod limits_cluster;
 mod limits_shared;
+mod log_secrets;
 mod memory;
 mod plugin_heads;
 mod redis_cluster;
