@@ -280,12 +280,10 @@ pub fn run(
     }
 
     if let Some(a) = admin_cfg {
-        let token = a.token_env.as_ref().and_then(|v| std::env::var(v).ok());
         let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.parse().ok()).collect();
         let app = Admin::new(
             Arc::clone(&shared),
             Arc::clone(&metrics),
-            token,
             addrs,
             Some(Arc::clone(&reloader)),
             Arc::clone(&draining),

@@ -23,15 +23,28 @@ pub fn validate(cfg: &Config, errs: &mut ConfigErrors) {
             {
                 errs.push("admin.address", "must differ from every listener's address")
             }
+            Ok(addr)
+                if !addr.ip().to_canonical().is_loopback()
+                    && a.token_env.is_none()
+                    && a.token_file.is_none() =>
+            {
+                errs.push(
+                    "admin.address",
+                    format!(
+                        "`{}` is not a loopback address: protect it with admin.token_env or \
+                         admin.token_file, or bind it to 127.0.0.1",
+                        a.address
+                    ),
+                )
+            }
             Ok(_) => {}
             Err(_) => errs.push(
                 "admin.address",
                 format!("`{}` is not an ip:port address", a.address),
             ),
         }
-        if let Some(var) = &a.token_env {
-            env_set(var, "admin.token_env", errs);
-        }
+        // The token itself (variable, file, value) and `allowed_hosts` are checked where
+        // they are read: `admin::Access::compile`.
     }
     if let Some(log) = &cfg.access_log {
         if log.path != "stdout" {

@@ -62,6 +62,8 @@ pub struct Runtime {
     pub local_replay: Arc<dyn crate::auth::hmac::ReplayGuard>,
     /// What `config::warnings` found: printed by `moat check`, logged by `run` and reload.
     pub warnings: Vec<crate::config::ConfigError>,
+    /// The admin listener's token and `Host` rules (the token is read again on reload).
+    pub admin: crate::admin::Access,
 }
 
 /// A compiled route.
@@ -220,6 +222,7 @@ impl Runtime {
                 crate::auth::hmac::REPLAY_CAPACITY,
             )),
             warnings: Vec::new(),
+            admin: Default::default(),
         }
     }
 
@@ -254,6 +257,7 @@ impl Runtime {
             None => Arc::clone(&auth.replay),
         };
         let redis = redis_client(&cfg, metrics, previous, &mut errs);
+        let admin = crate::admin::Access::compile(&cfg, &mut errs);
         auth.replay = match &redis {
             Some(r) => Arc::new(crate::limit::replay::RedisReplay::new(
                 Arc::clone(r),
@@ -313,6 +317,7 @@ impl Runtime {
             redis,
             local_replay,
             warnings,
+            admin,
         })
     }
 
