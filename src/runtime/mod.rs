@@ -49,6 +49,8 @@ pub struct Runtime {
     pub compression_used: bool,
     /// Plain listeners answering everything with a redirect: listener port → HTTPS port.
     pub redirect_https: BTreeMap<u16, u16>,
+    /// `X-Forwarded-Port` values of the listeners.
+    pub listener_ports: crate::proxy::forwarding::ListenerPorts,
     /// Certificates of each TLS listener, by listener name (re-read on every reload).
     pub tls: BTreeMap<String, Arc<crate::tls::CertStore>>,
     /// Consumers, JWT providers and the replay guard (`auth::start_background` starts
@@ -214,6 +216,7 @@ impl Runtime {
             request_limits: Limits::default(),
             tls: BTreeMap::new(),
             redirect_https: BTreeMap::new(),
+            listener_ports: Default::default(),
             compression_used: false,
             auth: Arc::default(),
             limits: Arc::default(),
@@ -298,6 +301,7 @@ impl Runtime {
                 Some((port, l.redirect_https?))
             })
             .collect();
+        let listener_ports = crate::proxy::forwarding::ListenerPorts::new(&cfg.listeners);
         let warnings = crate::config::warnings::warnings(&cfg);
         Ok(Runtime {
             generation,
@@ -310,6 +314,7 @@ impl Runtime {
             trusted_proxies,
             request_limits,
             redirect_https,
+            listener_ports,
             compression_used,
             tls,
             auth,
