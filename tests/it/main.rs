@@ -25,6 +25,7 @@ mod request_limits;
 mod routing;
 mod slowloris;
 mod streaming;
+mod templates;
 mod tls;
 mod upgrade;
 mod upstream_tls;
