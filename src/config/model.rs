@@ -70,6 +70,13 @@ pub struct LimitsConfig {
     pub header_timeout: Option<Dur>,
     pub max_body: Option<Size>,
     pub idle_timeout: Option<Dur>,
+    /// Open downstream connections per client address; more are closed at accept
+    /// (addition to the reference file; peers in `trusted_proxies` are exempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<u32>,
+    /// Open downstream connections in the whole process (addition to the reference file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
 }
 
 /// One public listener.

@@ -151,6 +151,14 @@ fn server(cfg: &Config, errs: &mut ConfigErrors) {
         if l.idle_timeout.is_some_and(|d| d.get().as_secs() == 0) {
             errs.push("server.limits.idle_timeout", "must be at least 1s");
         }
+        for (k, v) in [
+            ("max_connections_per_ip", l.max_connections_per_ip),
+            ("max_connections", l.max_connections),
+        ] {
+            if v == Some(0) {
+                errs.push(format!("server.limits.{k}"), "must be at least 1");
+            }
+        }
     }
 }
 

@@ -694,6 +694,14 @@ fn rejected_cases() -> Vec<Case> {
             ],
         ),
         case(
+            "connection limits",
+            "server:\n  limits: { max_connections_per_ip: 0, max_connections: 0 }\n",
+            &[
+                "server.limits.max_connections_per_ip: must be at least 1",
+                "server.limits.max_connections: must be at least 1",
+            ],
+        ),
+        case(
             "access log",
             "access_log: { path: /nonexistent/dir/access.log }\n",
             &["access_log.path: directory `/nonexistent/dir` does not exist"],

@@ -9,6 +9,7 @@ mod auth;
 mod check;
 mod compression;
 mod conf_files;
+mod conn_limits;
 mod edge_headers;
 mod forwarding;
 mod framing;
