@@ -137,7 +137,7 @@ impl Access {
         let lower = host.to_ascii_lowercase();
         lower == "localhost"
             || lower.ends_with(".localhost")
-            || self.names.iter().any(|n| *n == lower)
+            || self.names.contains(&lower)
     }
 }
 
