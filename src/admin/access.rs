@@ -135,9 +135,7 @@ impl Access {
                 || self.networks.iter().any(|n| n.contains(ip));
         }
         let lower = host.to_ascii_lowercase();
-        lower == "localhost"
-            || lower.ends_with(".localhost")
-            || self.names.contains(&lower)
+        lower == "localhost" || lower.ends_with(".localhost") || self.names.contains(&lower)
     }
 }
 

@@ -1,8 +1,11 @@
 //! Connection floods (issue 14, item 9): `server.limits.max_connections_per_ip` and
 //! `server.limits.max_connections`, with raw sockets from several loopback addresses
-//! (127.0.0.1, 127.0.0.2, ...: every 127/8 address is local on Linux). A connection over a
+//! (127.0.0.2, 127.0.0.3, ...: every 127/8 address is local on Linux). A connection over a
 //! limit is closed at accept, with nothing sent; its slot comes back when a connection
 //! ends, however it ends (HTTP/1 keep-alive, a relayed WebSocket, HTTP/2).
+//!
+//! The harness checks that moat listens by connecting from 127.0.0.1: the tests use other
+//! addresses, and wait for those probes' places in the process-wide count to come back.
 
 use crate::harness::moat::temp_dir;
 use crate::harness::tls::{ca, leaf};
@@ -55,6 +58,23 @@ fn served(src: &str, port: u16) -> TcpStream {
     s
 }
 
+/// A connection from `src` that got its `200` once the places the harness's readiness
+/// probes (from 127.0.0.1) held in the process-wide count are back (bounded wait).
+fn served_eventually(src: &str, port: u16) -> TcpStream {
+    let mut got = None;
+    wait_until(Duration::from_secs(5), || {
+        let mut s = connect_from(src, port);
+        let _ = s.write_all(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n");
+        let mut buf = [0u8; 512];
+        let ok = matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"HTTP/1.1 200"));
+        if ok {
+            got = Some(s);
+        }
+        ok
+    });
+    got.unwrap_or_else(|| panic!("moat never served a connection from {src}"))
+}
+
 /// Whether moat closed a new connection from `src` without a word (a limit refused it).
 fn refused(src: &str, port: u16) -> bool {
     let mut s = connect_from(src, port);
@@ -78,18 +98,18 @@ fn refusals(m: &Moat, reason: &str) -> f64 {
 #[test]
 fn connections_over_the_per_ip_limit_are_closed_at_accept() {
     let m = start("max_connections_per_ip: 2", "", "", RESPOND);
-    let a = served("127.0.0.1", m.port);
-    let _b = served("127.0.0.1", m.port);
-    assert!(refused("127.0.0.1", m.port));
+    let a = served("127.0.0.3", m.port);
+    let _b = served("127.0.0.3", m.port);
+    assert!(refused("127.0.0.3", m.port));
     // Another address has its own count.
-    let _c = served("127.0.0.2", m.port);
-    let _d = served("127.0.0.2", m.port);
-    assert!(refused("127.0.0.2", m.port));
+    let _c = served("127.0.0.4", m.port);
+    let _d = served("127.0.0.4", m.port);
+    assert!(refused("127.0.0.4", m.port));
     assert_eq!(refusals(&m, "per_ip"), 2.0);
 
     // A burst: every one refused and counted, the log says so at most once a second.
     for _ in 0..30 {
-        assert!(refused("127.0.0.1", m.port));
+        assert!(refused("127.0.0.3", m.port));
     }
     assert_eq!(refusals(&m, "per_ip"), 32.0);
     let lines = m
@@ -102,10 +122,9 @@ fn connections_over_the_per_ip_limit_are_closed_at_accept() {
     // Closing a connection gives its slot back.
     drop(a);
     assert!(
-        wait_until(Duration::from_secs(5), || !refused("127.0.0.1", m.port)),
+        wait_until(Duration::from_secs(5), || !refused("127.0.0.3", m.port)),
         "the slot of a closed connection never came back"
     );
-    drop(served("127.0.0.1", m.port));
 }
 
 #[test]
@@ -117,13 +136,14 @@ fn the_process_wide_cap_counts_every_address_and_trusted_proxies_skip_the_per_ip
         RESPOND,
     );
     // 127.0.0.1 is a trusted proxy: many clients behind it, no per-address limit.
-    let a = served("127.0.0.1", m.port);
-    let _b = served("127.0.0.1", m.port);
-    let _c = served("127.0.0.2", m.port);
+    let a = served_eventually("127.0.0.1", m.port);
+    let _b = served_eventually("127.0.0.1", m.port);
+    let _c = served_eventually("127.0.0.2", m.port);
     assert_eq!(refusals(&m, "per_ip"), 0.0);
+    let total_before = refusals(&m, "total");
     assert!(refused("127.0.0.3", m.port));
     assert!(refused("127.0.0.1", m.port));
-    assert_eq!(refusals(&m, "total"), 2.0);
+    assert_eq!(refusals(&m, "total"), total_before + 2.0);
     drop(a);
     assert!(wait_until(Duration::from_secs(5), || !refused(
         "127.0.0.3",
@@ -171,7 +191,7 @@ fn a_relayed_websocket_keeps_its_slot_until_it_closes() {
         "",
         &format!("upstreams:\n  ws: {{ targets: [\"127.0.0.1:{ws}\"] }}\nroutes:\n  - name: ws\n    match: {{ path_prefix: / }}\n    upstream: ws\n"),
     );
-    let mut s = connect_from("127.0.0.1", m.port);
+    let mut s = connect_from("127.0.0.2", m.port);
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
     let mut buf = [0u8; 512];
     let n = s.read(&mut buf).unwrap();
@@ -182,10 +202,10 @@ fn a_relayed_websocket_keeps_its_slot_until_it_closes() {
     );
     // The relay runs outside Pingora's request loop: the slot stays taken all the same.
     std::thread::sleep(Duration::from_millis(300));
-    assert!(refused("127.0.0.1", m.port));
+    assert!(refused("127.0.0.2", m.port));
     drop(s);
     assert!(wait_until(Duration::from_secs(5), || !refused(
-        "127.0.0.1",
+        "127.0.0.2",
         m.port
     )));
 }
@@ -204,7 +224,10 @@ fn an_http2_connection_holds_one_slot_and_gives_it_back() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let tcp = sock
+            .connect(format!("127.0.0.1:{port}").parse().unwrap())
             .await
             .unwrap();
         let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
@@ -218,7 +241,7 @@ fn an_http2_connection_holds_one_slot_and_gives_it_back() {
             assert_eq!(resp.await.unwrap().status(), 200);
         }
         // Streams are not connections: one slot, taken.
-        let refused_now = tokio::task::spawn_blocking(move || refused("127.0.0.1", port))
+        let refused_now = tokio::task::spawn_blocking(move || refused("127.0.0.2", port))
             .await
             .unwrap();
         assert!(refused_now);
@@ -227,7 +250,7 @@ fn an_http2_connection_holds_one_slot_and_gives_it_back() {
     });
     drop(rt);
     assert!(wait_until(Duration::from_secs(5), || !refused(
-        "127.0.0.1",
+        "127.0.0.2",
         m.port
     )));
 }
@@ -254,7 +277,7 @@ fn tls_connections_over_the_limit_are_closed_before_the_handshake() {
     );
     let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
     b.set_verify(openssl::ssl::SslVerifyMode::NONE);
-    let tcp = connect_from("127.0.0.1", m.port);
+    let tcp = connect_from("127.0.0.2", m.port);
     let mut tls = b
         .build()
         .connect("a.example.com", tcp)
@@ -266,7 +289,7 @@ fn tls_connections_over_the_limit_are_closed_before_the_handshake() {
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     // A second connection is closed before any TLS byte: reading it ends at once (without
     // the check it would wait for our ClientHello and the read would time out).
-    let mut raw = connect_from("127.0.0.1", m.port);
+    let mut raw = connect_from("127.0.0.2", m.port);
     let got = raw.read(&mut buf);
     assert!(
         matches!(&got, Ok(0)) || matches!(&got, Err(e) if e.kind() == ErrorKind::ConnectionReset),
@@ -284,7 +307,7 @@ fn a_reload_cannot_change_the_connection_limits() {
     let r = m.admin_post("/reload");
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["error"]["details"][0]["path"], "server");
-    let _a = served("127.0.0.1", m.port);
-    let _b = served("127.0.0.1", m.port);
-    assert!(refused("127.0.0.1", m.port), "the old limit stays");
+    let _a = served("127.0.0.2", m.port);
+    let _b = served("127.0.0.2", m.port);
+    assert!(refused("127.0.0.2", m.port), "the old limit stays");
 }
