@@ -79,7 +79,15 @@ fn query_credentials_never_reach_stderr_or_the_access_log() {
             ),
             Duration::from_millis(100),
         );
-        expected_lines += 6;
+        // Refused before any upstream: a malformed head (Pingora's 400) and a target over
+        // 8 KiB (moat's 414).
+        let _ = crate::harness::send_raw(
+            m.port,
+            format!("GET /dead/x?{q} HTTP/1.1\r\nHost: localhost\r\nBad Header\r\n\r\n").as_bytes(),
+        );
+        let long = format!("/dead/x?{q}&pad={}", "p".repeat(9000));
+        assert_eq!(request(m.port, "GET", &long, &[], b"").status, 414);
+        expected_lines += 7;
     }
     // Every request, the aborted ones included, has its access-log line.
     assert!(
