@@ -408,25 +408,18 @@ mod tests {
             ("x-forwarded-prefixes", "kept"),
             ("x-consumer-id", "forged"),
         ];
-        let headers = || {
+        // The client's headers after `apply` from `peer` (trusted or not), with `port`.
+        let run = |peer: &str, trusted: bool, port: Option<&'static str>| {
             let mut h = HeaderMap::new();
             for (k, v) in sent {
                 h.append(k, HeaderValue::from_static(v));
             }
             h.append("x-original-url", HeaderValue::from_static("/second"));
+            let port = port.map(HeaderValue::from_static);
+            apply(&mut h, None, ip(peer), ip("1.2.3.4"), trusted, true, port);
             h
         };
-        let port = || Some(HeaderValue::from_static("8443"));
-        let mut h = headers();
-        apply(
-            &mut h,
-            None,
-            ip("1.2.3.4"),
-            ip("1.2.3.4"),
-            false,
-            true,
-            port(),
-        );
+        let h = run("1.2.3.4", false, Some("8443"));
         assert_eq!(h.get_all(&XFPORT).iter().collect::<Vec<_>>(), ["8443"]);
         for (gone, _) in &sent[1..7] {
             assert!(h.get(*gone).is_none(), "{gone}");
@@ -434,16 +427,7 @@ mod tests {
         assert!(h.get("x-consumer-id").is_none());
         assert_eq!(h["x-forwarded-prefixes"], "kept");
 
-        let mut h = headers();
-        apply(
-            &mut h,
-            None,
-            ip("10.0.0.1"),
-            ip("1.2.3.4"),
-            true,
-            true,
-            port(),
-        );
+        let h = run("10.0.0.1", true, Some("8443"));
         assert_eq!(h[&XFPORT], "1");
         for (kept, v) in &sent[1..7] {
             assert_eq!(h[*kept], *v, "{kept}");
@@ -451,17 +435,7 @@ mod tests {
         assert_eq!(h.get_all("x-original-url").iter().count(), 2);
         assert!(h.get("x-consumer-id").is_none());
         // No port known: an untrusted client's copy still goes.
-        let mut h = headers();
-        apply(
-            &mut h,
-            None,
-            ip("1.2.3.4"),
-            ip("1.2.3.4"),
-            false,
-            true,
-            None,
-        );
-        assert!(h.get(&XFPORT).is_none());
+        assert!(run("1.2.3.4", false, None).get(&XFPORT).is_none());
     }
 
     #[test]
