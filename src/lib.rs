@@ -11,6 +11,7 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod conn_limit;
 pub mod ctx;
 pub mod identity;
 pub mod limit;

@@ -70,6 +70,13 @@ pub struct LimitsConfig {
     pub header_timeout: Option<Dur>,
     pub max_body: Option<Size>,
     pub idle_timeout: Option<Dur>,
+    /// Open downstream connections per client address; more are closed at accept
+    /// (addition to the reference file; peers in `trusted_proxies` are exempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<u32>,
+    /// Open downstream connections in the whole process (addition to the reference file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
 }
 
 /// One public listener.
@@ -105,7 +112,17 @@ pub struct CertificateConfig {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub address: String,
+    /// Environment variable holding the Bearer token (its value is taken at start and on
+    /// every reload; the environment itself is the one the process started with).
     pub token_env: Option<String>,
+    /// File holding the Bearer token, read at start and on every reload (addition to the
+    /// reference file: how a token is rotated without a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+    /// `Host` values admitted besides loopback names and addresses: host names, IP
+    /// addresses or CIDR networks (addition to the reference file; DNS rebinding).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `access_log:`.

@@ -23,15 +23,28 @@ pub fn validate(cfg: &Config, errs: &mut ConfigErrors) {
             {
                 errs.push("admin.address", "must differ from every listener's address")
             }
+            Ok(addr)
+                if !addr.ip().to_canonical().is_loopback()
+                    && a.token_env.is_none()
+                    && a.token_file.is_none() =>
+            {
+                errs.push(
+                    "admin.address",
+                    format!(
+                        "`{}` is not a loopback address: protect it with admin.token_env or \
+                         admin.token_file, or bind it to 127.0.0.1",
+                        a.address
+                    ),
+                )
+            }
             Ok(_) => {}
             Err(_) => errs.push(
                 "admin.address",
                 format!("`{}` is not an ip:port address", a.address),
             ),
         }
-        if let Some(var) = &a.token_env {
-            env_set(var, "admin.token_env", errs);
-        }
+        // The token itself (variable, file, value) and `allowed_hosts` are checked where
+        // they are read: `admin::Access::compile`.
     }
     if let Some(log) = &cfg.access_log {
         if log.path != "stdout" {
@@ -137,6 +150,14 @@ fn server(cfg: &Config, errs: &mut ConfigErrors) {
         }
         if l.idle_timeout.is_some_and(|d| d.get().as_secs() == 0) {
             errs.push("server.limits.idle_timeout", "must be at least 1s");
+        }
+        for (k, v) in [
+            ("max_connections_per_ip", l.max_connections_per_ip),
+            ("max_connections", l.max_connections),
+        ] {
+            if v == Some(0) {
+                errs.push(format!("server.limits.{k}"), "must be at least 1");
+            }
         }
     }
 }

@@ -49,6 +49,8 @@ pub struct Runtime {
     pub compression_used: bool,
     /// Plain listeners answering everything with a redirect: listener port → HTTPS port.
     pub redirect_https: BTreeMap<u16, u16>,
+    /// `X-Forwarded-Port` values of the listeners.
+    pub listener_ports: crate::proxy::forwarding::ListenerPorts,
     /// Certificates of each TLS listener, by listener name (re-read on every reload).
     pub tls: BTreeMap<String, Arc<crate::tls::CertStore>>,
     /// Consumers, JWT providers and the replay guard (`auth::start_background` starts
@@ -62,6 +64,8 @@ pub struct Runtime {
     pub local_replay: Arc<dyn crate::auth::hmac::ReplayGuard>,
     /// What `config::warnings` found: printed by `moat check`, logged by `run` and reload.
     pub warnings: Vec<crate::config::ConfigError>,
+    /// The admin listener's token and `Host` rules (the token is read again on reload).
+    pub admin: crate::admin::Access,
 }
 
 /// A compiled route.
@@ -212,6 +216,7 @@ impl Runtime {
             request_limits: Limits::default(),
             tls: BTreeMap::new(),
             redirect_https: BTreeMap::new(),
+            listener_ports: Default::default(),
             compression_used: false,
             auth: Arc::default(),
             limits: Arc::default(),
@@ -220,6 +225,7 @@ impl Runtime {
                 crate::auth::hmac::REPLAY_CAPACITY,
             )),
             warnings: Vec::new(),
+            admin: Default::default(),
         }
     }
 
@@ -254,6 +260,7 @@ impl Runtime {
             None => Arc::clone(&auth.replay),
         };
         let redis = redis_client(&cfg, metrics, previous, &mut errs);
+        let admin = crate::admin::Access::compile(&cfg, &mut errs);
         auth.replay = match &redis {
             Some(r) => Arc::new(crate::limit::replay::RedisReplay::new(
                 Arc::clone(r),
@@ -294,6 +301,7 @@ impl Runtime {
                 Some((port, l.redirect_https?))
             })
             .collect();
+        let listener_ports = crate::proxy::forwarding::ListenerPorts::new(&cfg.listeners);
         let warnings = crate::config::warnings::warnings(&cfg);
         Ok(Runtime {
             generation,
@@ -306,6 +314,7 @@ impl Runtime {
             trusted_proxies,
             request_limits,
             redirect_https,
+            listener_ports,
             compression_used,
             tls,
             auth,
@@ -313,6 +322,7 @@ impl Runtime {
             redis,
             local_replay,
             warnings,
+            admin,
         })
     }
 

@@ -638,6 +638,29 @@ fn rejected_cases() -> Vec<Case> {
             &["admin.token_env: environment variable `MOAT_TEST_UNSET_TOKEN` is not set"],
         ),
         case(
+            "admin on a non-loopback address without a token",
+            "admin:\n  address: 0.0.0.0:19901\n",
+            &["admin.address: `0.0.0.0:19901` is not a loopback address: protect it with admin.token_env or admin.token_file, or bind it to 127.0.0.1"],
+        ),
+        case(
+            "admin on a public IPv6 address without a token",
+            "admin:\n  address: \"[2001:db8::1]:19901\"\n",
+            &["admin.address: `[2001:db8::1]:19901` is not a loopback address: protect it with admin.token_env or admin.token_file, or bind it to 127.0.0.1"],
+        ),
+        case(
+            "admin token from two sources, a missing token file, bad allowed hosts",
+            "admin:\n  address: 127.0.0.1:19901\n  token_env: MOAT_TEST_UNSET_TOKEN\n  token_file: /nonexistent/admin.token\n  allowed_hosts: [\"http://admin.internal\", \"admin.internal:9901\", \"10.0.0.1/8\", \"\"]\n",
+            &[
+                "admin: give token_env or token_file, not both",
+                "admin.token_env: environment variable `MOAT_TEST_UNSET_TOKEN` is not set",
+                "admin.token_file: cannot read `/nonexistent/admin.token`: …",
+                "admin.allowed_hosts[0]: `http://admin.internal` is not a host name, IP address or CIDR network (no scheme, no port)",
+                "admin.allowed_hosts[1]: `admin.internal:9901` is not a host name, IP address or CIDR network (no scheme, no port)",
+                "admin.allowed_hosts[2]: `10.0.0.1/8` has bits set below its /8 prefix; write the network address",
+                "admin.allowed_hosts[3]: `` is not a host name, IP address or CIDR network (no scheme, no port)",
+            ],
+        ),
+        case(
             "admin address",
             "admin:\n  address: localhost:9901\n",
             &["admin.address: `localhost:9901` is not an ip:port address"],
@@ -668,6 +691,14 @@ fn rejected_cases() -> Vec<Case> {
             &[
                 "server.threads: must be between 1 and 1024",
                 "server.pid_file: directory `/nonexistent/dir` does not exist",
+            ],
+        ),
+        case(
+            "connection limits",
+            "server:\n  limits: { max_connections_per_ip: 0, max_connections: 0 }\n",
+            &[
+                "server.limits.max_connections_per_ip: must be at least 1",
+                "server.limits.max_connections: must be at least 1",
             ],
         ),
         case(

@@ -4,10 +4,12 @@
 mod harness;
 
 mod admin;
+mod admin_access;
 mod auth;
 mod check;
 mod compression;
 mod conf_files;
+mod conn_limits;
 mod edge_headers;
 mod forwarding;
 mod framing;
@@ -15,6 +17,7 @@ mod http2;
 mod limits;
 mod limits_cluster;
 mod limits_shared;
+mod log_secrets;
 mod memory;
 mod plugin_heads;
 mod redis_cluster;
@@ -23,6 +26,7 @@ mod request_limits;
 mod routing;
 mod slowloris;
 mod streaming;
+mod templates;
 mod tls;
 mod upgrade;
 mod upstream_tls;
