@@ -47,7 +47,12 @@ fn build(cn: &str, sans: &[&str], issuer: Option<&Cert>) -> Cert {
             b.set_issuer_name(ca.cert.subject_name()).unwrap();
             let mut san = SubjectAlternativeName::new();
             for s in sans {
-                san.dns(s);
+                // An IP address is an IP SAN (checked against connections by address).
+                if s.parse::<std::net::IpAddr>().is_ok() {
+                    san.ip(s);
+                } else {
+                    san.dns(s);
+                }
             }
             let ext = san.build(&b.x509v3_context(Some(&ca.cert), None)).unwrap();
             b.append_extension(ext).unwrap();
