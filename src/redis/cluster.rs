@@ -22,13 +22,12 @@
 
 use super::breaker::Breaker;
 use super::discovery::first_answer;
-use super::node::{join_host_port, Endpoint, Node, Request};
+use super::node::{join_host_port, Endpoint, Node, Nodes, Request};
 use super::slots::{key_slot, parse_slots, redirect, SlotRange, SLOTS};
 use super::topology::{Refresh, Topology};
 use super::{from_crate, RedisError, Value};
 use futures::FutureExt;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Redirections followed by one call (a `MOVED` then an `ASK` during a migration).
@@ -77,11 +76,9 @@ impl SlotMap {
 
 struct Inner {
     seeds: Vec<Endpoint>,
-    tls: Option<Arc<tokio_native_tls::TlsConnector>>,
-    bound: Duration,
     timeout: Duration,
-    /// Every node in use, by address (connections and breakers survive map refreshes).
-    nodes: Mutex<HashMap<String, Arc<Node>>>,
+    /// Every node in use (connections and breakers survive map refreshes).
+    nodes: Nodes,
     map: Arc<Topology<SlotMap>>,
 }
 
@@ -100,10 +97,8 @@ impl Cluster {
         Cluster {
             inner: Arc::new(Inner {
                 seeds,
-                tls,
-                bound: super::node::connect_bound(timeout),
                 timeout,
-                nodes: Mutex::new(HashMap::new()),
+                nodes: Nodes::new(tls, super::node::connect_bound(timeout)),
                 map: Arc::default(),
             }),
         }
@@ -119,8 +114,7 @@ impl Cluster {
         used: &mut Option<Arc<Breaker>>,
     ) -> Result<Value, RedisError> {
         let inner = &self.inner;
-        let map = inner.map.get(|| inner.refresher()).await?;
-        inner.map.refresh_if_old(|| inner.refresher());
+        let map = inner.map.for_call(|| inner.refresher()).await?;
         let slot = req.key().map(key_slot);
         let first = match slot {
             Some(s) => map.node(s),
@@ -183,25 +177,19 @@ impl Inner {
     /// the same address, else like the first seed.
     fn node_for(&self, host: &str, port: u16) -> Arc<Node> {
         let addr = join_host_port(host, port);
-        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        let n = nodes.entry(addr).or_insert_with_key(|addr| {
-            let seed = self.seeds.iter().find(|s| &s.addr() == addr);
-            let endpoint = match (seed, self.seeds.first()) {
-                (Some(s), _) => s.clone(),
-                (None, Some(first)) => Endpoint {
-                    host: host.to_string(),
-                    port,
-                    login: first.login.clone(),
-                },
-                (None, None) => Endpoint {
-                    host: host.to_string(),
-                    port,
-                    login: redis::RedisConnectionInfo::default(),
-                },
-            };
-            Arc::new(Node::new(endpoint, self.tls.clone(), self.bound))
-        });
-        Arc::clone(n)
+        let login = match self.seeds.iter().find(|s| s.addr() == addr) {
+            Some(seed) => seed.login.clone(),
+            None => self
+                .seeds
+                .first()
+                .map(|s| s.login.clone())
+                .unwrap_or_default(),
+        };
+        self.nodes.get(Endpoint {
+            host: host.to_string(),
+            port,
+            login,
+        })
     }
 
     fn refresher(self: &Arc<Self>) -> Refresh<SlotMap> {
@@ -243,12 +231,10 @@ impl Inner {
             }
         }
         // Forget the nodes that left (their connections close).
-        if let Ok(mut nodes) = self.nodes.lock() {
-            nodes.retain(|addr, n| {
-                self.seeds.iter().any(|s| &s.addr() == addr)
-                    || map.nodes.iter().any(|m| Arc::ptr_eq(m, n))
-            });
-        }
+        self.nodes.retain(|addr, n| {
+            self.seeds.iter().any(|s| s.addr() == addr)
+                || map.nodes.iter().any(|m| Arc::ptr_eq(m, n))
+        });
         map
     }
 }
@@ -320,8 +306,7 @@ mod tests {
         assert_eq!(addr(&moved, 12183).as_deref(), Some("127.0.0.1:7001"));
         // A node no longer in the map is forgotten, seeds are kept.
         let m = i.map_of(&[r(0, 16383, 7001)]);
-        let known: Vec<String> = i.nodes.lock().unwrap().keys().cloned().collect();
-        assert_eq!(known.len(), 2, "{known:?}");
+        assert_eq!(i.nodes.count(), 2);
         assert_eq!(addr(&m, 5).as_deref(), Some("127.0.0.1:7001"));
     }
 }

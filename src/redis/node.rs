@@ -24,6 +24,7 @@ use super::script::Script;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Cmd, RedisConnectionInfo, RedisFuture, Value};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -167,6 +168,46 @@ impl Node {
             }
         }
         r
+    }
+}
+
+/// The nodes a client has met, by address, all connecting with the same TLS settings: a
+/// node keeps its connection and breaker while it stays in use.
+pub struct Nodes {
+    tls: Option<Arc<tokio_native_tls::TlsConnector>>,
+    bound: Duration,
+    by_addr: Mutex<HashMap<String, Arc<Node>>>,
+}
+
+impl Nodes {
+    /// No node yet; connections use `tls` when given and give up after `bound`.
+    pub fn new(tls: Option<Arc<tokio_native_tls::TlsConnector>>, bound: Duration) -> Nodes {
+        Nodes {
+            tls,
+            bound,
+            by_addr: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A node for `endpoint` (no I/O); the one met before at its address when there is.
+    pub fn get(&self, endpoint: Endpoint) -> Arc<Node> {
+        let mut nodes = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
+        let n = nodes
+            .entry(endpoint.addr())
+            .or_insert_with(|| Arc::new(Node::new(endpoint, self.tls.clone(), self.bound)));
+        Arc::clone(n)
+    }
+
+    /// Forget the nodes `keep` refuses (their connections close once unused).
+    pub fn retain(&self, mut keep: impl FnMut(&str, &Arc<Node>) -> bool) {
+        let mut nodes = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
+        nodes.retain(|addr, n| keep(addr, n));
+    }
+
+    /// How many nodes are known.
+    #[cfg(test)]
+    pub(crate) fn count(&self) -> usize {
+        self.by_addr.lock().map(|n| n.len()).unwrap_or(0)
     }
 }
 

@@ -18,13 +18,12 @@
 
 use super::breaker::Breaker;
 use super::discovery::first_answer;
-use super::node::{join_host_port, Endpoint, Node, Request};
+use super::node::{Endpoint, Node, Nodes, Request};
 use super::topology::{Refresh, Topology};
 use super::{from_crate, RedisError, Value};
 use futures::FutureExt;
 use redis::RedisConnectionInfo;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 struct Inner {
@@ -32,11 +31,9 @@ struct Inner {
     sentinels: Vec<Arc<Node>>,
     /// How the master is logged in to.
     login: RedisConnectionInfo,
-    tls: Option<Arc<tokio_native_tls::TlsConnector>>,
-    bound: Duration,
     timeout: Duration,
-    /// Every master met, by address.
-    masters: Mutex<HashMap<String, Arc<Node>>>,
+    /// Every master met.
+    masters: Nodes,
     master: Arc<Topology<Arc<Node>>>,
 }
 
@@ -64,10 +61,8 @@ impl Sentinel {
                 name,
                 sentinels,
                 login,
-                tls,
-                bound,
                 timeout,
-                masters: Mutex::new(HashMap::new()),
+                masters: Nodes::new(tls, bound),
                 master: Arc::default(),
             }),
         }
@@ -80,8 +75,7 @@ impl Sentinel {
         used: &mut Option<Arc<Breaker>>,
     ) -> Result<Value, RedisError> {
         let inner = &self.inner;
-        let master = inner.master.get(|| inner.refresher()).await?;
-        inner.master.refresh_if_old(|| inner.refresher());
+        let master = inner.master.for_call(|| inner.refresher()).await?;
         if !master.breaker.admit() {
             self.stale();
             return Err(RedisError::Open);
@@ -131,18 +125,11 @@ impl Inner {
     }
 
     fn master_at(&self, host: &str, port: u16) -> Arc<Node> {
-        let mut masters = self.masters.lock().unwrap_or_else(|p| p.into_inner());
-        let n = masters
-            .entry(join_host_port(host, port))
-            .or_insert_with(|| {
-                let endpoint = Endpoint {
-                    host: host.to_string(),
-                    port,
-                    login: self.login.clone(),
-                };
-                Arc::new(Node::new(endpoint, self.tls.clone(), self.bound))
-            });
-        Arc::clone(n)
+        self.masters.get(Endpoint {
+            host: host.to_string(),
+            port,
+            login: self.login.clone(),
+        })
     }
 }
 

@@ -109,6 +109,17 @@ impl<T: Send + Sync + 'static> Topology<T> {
         Err(RedisError::Io(format!("discovery failed: {why}")))
     }
 
+    /// The value for a call: [`Topology::get`], then a background refresh when the latest
+    /// one is [`REFRESH_PERIOD`] old.
+    pub async fn for_call(
+        self: &Arc<Self>,
+        refresh: impl Fn() -> Refresh<T>,
+    ) -> Result<Arc<T>, RedisError> {
+        let v = self.get(&refresh).await?;
+        self.refresh_if_old(refresh);
+        Ok(v)
+    }
+
     /// Refresh when the latest refresh is [`REFRESH_PERIOD`] old.
     pub fn refresh_if_old(self: &Arc<Self>, refresh: impl FnOnce() -> Refresh<T>) {
         let last = self.last_refresh_ms.load(Ordering::Acquire);

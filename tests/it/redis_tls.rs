@@ -5,9 +5,8 @@
 //! once its certificate passed the same checks.
 
 use crate::harness::redis::{RedisServer, RedisTls};
-use crate::harness::tls::{ca, leaf, Cert};
+use crate::harness::tls::{acceptor, ca, leaf, Cert};
 use crate::harness::{request, Moat, Upstream};
-use openssl::ssl::{SslAcceptor, SslMethod};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::Path;
@@ -121,10 +120,7 @@ struct FakeNode {
 
 impl FakeNode {
     fn start(cert: &Cert, moved_to: Option<u16>) -> FakeNode {
-        let mut acc = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
-        acc.set_private_key(&cert.key).unwrap();
-        acc.set_certificate(&cert.cert).unwrap();
-        let acc = Arc::new(acc.build());
+        let acc = acceptor(cert);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let got: Log = Arc::default();
