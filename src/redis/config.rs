@@ -13,7 +13,7 @@
 
 use super::node::Endpoint;
 use crate::config::error::{index, join, ConfigErrors};
-use crate::config::model::{RedisConfig, RedisTlsConfig};
+use crate::config::model::{RedisConfig, RedisTlsConfig, SentinelConfig};
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,94 +58,27 @@ impl Settings {
             .password_env
             .as_deref()
             .and_then(|v| env(v, "redis.password_env", &mut errs));
-        let mut tls_on = false;
-        let mode = match (&c.url, &c.cluster, &c.sentinel) {
-            (Some(url), None, None) => endpoint(url, password.as_deref(), "redis.url", &mut errs)
-                .map(|(e, tls)| {
-                    tls_on = tls;
-                    Mode::Single(e)
-                }),
+        let pw = password.as_deref();
+        let (mode, tls_on) = match (&c.url, &c.cluster, &c.sentinel) {
+            (Some(url), None, None) => match endpoint(url, pw, "redis.url", &mut errs) {
+                Some((e, tls)) => (Some(Mode::Single(e)), tls),
+                None => (None, false),
+            },
             (None, Some(urls), None) => {
-                if urls.is_empty() {
-                    errs.push("redis.cluster", "list at least one node");
-                }
-                let mut seeds = Vec::new();
-                for (i, url) in urls.iter().enumerate() {
-                    let path = index("redis.cluster", i);
-                    let Some((e, tls)) = endpoint(url, password.as_deref(), &path, &mut errs)
-                    else {
-                        continue;
-                    };
-                    if e.login.db() != 0 {
-                        errs.push(&path, "Redis Cluster has database 0 only");
-                    } else if !seeds.is_empty() && tls != tls_on {
-                        errs.push(
-                            &path,
-                            "every seed must use the first one's scheme (redis:// or rediss://)",
-                        );
-                    }
-                    tls_on |= seeds.is_empty() && tls;
-                    seeds.push(e);
-                }
-                Some(Mode::Cluster(seeds))
+                let (seeds, tls) = cluster(urls, pw, &mut errs);
+                (Some(Mode::Cluster(seeds)), tls)
             }
-            (None, None, Some(s)) => {
-                tls_on = c.tls.is_some();
-                let path = "redis.sentinel";
-                if s.master.is_empty() {
-                    errs.push(join(path, "master"), "name the master to ask for");
-                }
-                if s.nodes.is_empty() {
-                    errs.push(join(path, "nodes"), "list at least one sentinel");
-                }
-                let mut sentinel_login = RedisConnectionInfo::default().set_skip_set_lib_name();
-                if let Some(p) = s
-                    .password_env
-                    .as_deref()
-                    .and_then(|v| env(v, &join(path, "password_env"), &mut errs))
-                {
-                    sentinel_login = sentinel_login.set_password(p);
-                }
-                let sentinels = s
-                    .nodes
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, n)| match host_port(n, SENTINEL_PORT) {
-                        Some((host, port)) => Some(Endpoint {
-                            host,
-                            port,
-                            login: sentinel_login.clone(),
-                        }),
-                        None => {
-                            errs.push(index(&join(path, "nodes"), i), "expected host:port");
-                            None
-                        }
-                    })
-                    .collect();
-                let mut login =
-                    named(RedisConnectionInfo::default().set_db(s.db.unwrap_or(0).into()));
-                if let Some(u) = &s.username {
-                    login = login.set_username(u);
-                }
-                if let Some(p) = &password {
-                    login = login.set_password(p);
-                }
-                Some(Mode::Sentinel {
-                    master: s.master.clone(),
-                    sentinels,
-                    login,
-                })
-            }
+            (None, None, Some(s)) => (Some(sentinel(s, pw, &mut errs)), c.tls.is_some()),
             (None, None, None) => {
                 errs.push(
                     "redis",
                     "give url (one server), cluster (seed nodes) or sentinel",
                 );
-                None
+                (None, false)
             }
             _ => {
                 errs.push("redis", "give only one of url, cluster and sentinel");
-                None
+                (None, false)
             }
         };
         let mut files = Vec::new();
@@ -177,6 +110,79 @@ impl Settings {
             }),
             _ => Err(errs),
         }
+    }
+}
+
+/// The seeds of `redis.cluster` and whether they use TLS (the first one's scheme, which
+/// every other must share).
+fn cluster(
+    urls: &[String],
+    password: Option<&str>,
+    errs: &mut ConfigErrors,
+) -> (Vec<Endpoint>, bool) {
+    if urls.is_empty() {
+        errs.push("redis.cluster", "list at least one node");
+    }
+    let mut seeds: Vec<Endpoint> = Vec::new();
+    let mut tls_on = false;
+    for (i, url) in urls.iter().enumerate() {
+        let path = index("redis.cluster", i);
+        let Some((e, tls)) = endpoint(url, password, &path, errs) else {
+            continue;
+        };
+        if e.login.db() != 0 {
+            errs.push(&path, "Redis Cluster has database 0 only");
+        } else if !seeds.is_empty() && tls != tls_on {
+            errs.push(
+                &path,
+                "every seed must use the first one's scheme (redis:// or rediss://)",
+            );
+        }
+        if seeds.is_empty() {
+            tls_on = tls;
+        }
+        seeds.push(e);
+    }
+    (seeds, tls_on)
+}
+
+/// `redis.sentinel`: the sentinels (logging in with `sentinel.password_env`) and how to
+/// log in to the master (`password`, `sentinel.username`, `sentinel.db`).
+fn sentinel(s: &SentinelConfig, password: Option<&str>, errs: &mut ConfigErrors) -> Mode {
+    let path = "redis.sentinel";
+    if s.master.is_empty() {
+        errs.push(join(path, "master"), "name the master to ask for");
+    }
+    if s.nodes.is_empty() {
+        errs.push(join(path, "nodes"), "list at least one sentinel");
+    }
+    let mut sentinel_login = RedisConnectionInfo::default().set_skip_set_lib_name();
+    let own = s.password_env.as_deref();
+    if let Some(p) = own.and_then(|v| env(v, &join(path, "password_env"), errs)) {
+        sentinel_login = sentinel_login.set_password(p);
+    }
+    let mut sentinels = Vec::new();
+    for (i, n) in s.nodes.iter().enumerate() {
+        match host_port(n, SENTINEL_PORT) {
+            Some((host, port)) => sentinels.push(Endpoint {
+                host,
+                port,
+                login: sentinel_login.clone(),
+            }),
+            None => errs.push(index(&join(path, "nodes"), i), "expected host:port"),
+        }
+    }
+    let mut login = named(RedisConnectionInfo::default().set_db(s.db.unwrap_or(0).into()));
+    if let Some(u) = &s.username {
+        login = login.set_username(u);
+    }
+    if let Some(p) = password {
+        login = login.set_password(p);
+    }
+    Mode::Sentinel {
+        master: s.master.clone(),
+        sentinels,
+        login,
     }
 }
 
@@ -219,6 +225,10 @@ fn endpoint(
     };
     let (host, port, tls) = match info.addr() {
         ConnectionAddr::Tcp(h, p) => (h.clone(), *p, false),
+        ConnectionAddr::TcpTls { insecure: true, .. } => {
+            errs.push(path, "for `#insecure`, write `tls: { verify: false }`");
+            return None;
+        }
         ConnectionAddr::TcpTls { host, port, .. } => (host.clone(), *port, true),
         _ => {
             errs.push(path, URL_FORM);
@@ -438,6 +448,10 @@ mod tests {
     #[test]
     fn tls_settings_are_checked() {
         assert!(settings("{ url: \"rediss://h:6380\" }").tls.is_some());
+        assert_eq!(
+            errors("{ url: \"rediss://h#insecure\" }"),
+            ["redis.url: for `#insecure`, write `tls: { verify: false }`"]
+        );
         assert!(settings("{ sentinel: { master: m, nodes: [h] }, tls: {} }")
             .tls
             .is_some());

@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// Where a server is and how to log in.
@@ -111,13 +112,14 @@ impl Node {
         self.slot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The live connection, or the one being made (started here when none is).
+    /// The live connection, or the one being made (started here when none is, or when
+    /// the last attempt failed with no call left waiting for it).
     async fn conn(&self) -> Result<Live, redis::RedisError> {
         let attempt = {
             let mut slot = self.slot();
             match &*slot {
                 Slot::Ready(l) if !l.dead.load(Ordering::Acquire) => return Ok(l.clone()),
-                Slot::Connecting(c) => c.clone(),
+                Slot::Connecting(c) if !matches!(c.peek(), Some(Err(_))) => c.clone(),
                 _ => {
                     let c = self.start_connect();
                     *slot = Slot::Connecting(c.clone());
@@ -152,8 +154,7 @@ impl Node {
     /// Run `req` on this node (right after `ASKING` when `asking`). Server errors (`MOVED`,
     /// `NOSCRIPT`...) come back as errors of kind `Server`.
     pub async fn exec(&self, req: &Request<'_>, asking: bool) -> Result<Value, redis::RedisError> {
-        let live = self.conn().await?;
-        let mut conn = live.conn.clone();
+        let Live { mut conn, dead } = self.conn().await?;
         let r = match (req, asking) {
             (Request::Eval(script, keys, args), false) => script.run(&mut conn, keys, args).await,
             (Request::Eval(script, keys, args), true) => {
@@ -164,7 +165,7 @@ impl Node {
         };
         if let Err(e) = &r {
             if e.is_unrecoverable_error() {
-                live.dead.store(true, Ordering::Release);
+                dead.store(true, Ordering::Release);
             }
         }
         r
@@ -211,6 +212,10 @@ impl Nodes {
     }
 }
 
+/// A byte stream to a server: TCP, or TLS over it.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<S: AsyncRead + AsyncWrite + Send + Unpin> Stream for S {}
+
 /// Open a connection to `e`: TCP, TLS when `tls`, the guard, then the crate's login.
 async fn connect(
     e: &Endpoint,
@@ -224,25 +229,18 @@ async fn connect(
     // The crate bounds nothing itself: every call is bounded by `redis.timeout` by the
     // client, and connecting by `connect_bound`.
     let config = AsyncConnectionConfig::new().set_response_timeout(None);
-    let made = match tls {
-        Some(tls) => {
-            let s = tls
-                .connect(&e.host, tcp)
+    let stream: Box<dyn Stream> = match tls {
+        Some(tls) => Box::new(
+            tls.connect(&e.host, tcp)
                 .await
-                .map_err(|err| format!("TLS: {err}"))?;
-            let s = Guarded::new(s, Arc::clone(&dead));
-            MultiplexedConnection::new_with_config(&e.login, s, config)
-                .await
-                .map(|(c, d)| (c, d.boxed()))
-        }
-        None => {
-            let s = Guarded::new(tcp, Arc::clone(&dead));
-            MultiplexedConnection::new_with_config(&e.login, s, config)
-                .await
-                .map(|(c, d)| (c, d.boxed()))
-        }
+                .map_err(|err| format!("TLS: {err}"))?,
+        ),
+        None => Box::new(tcp),
     };
-    let (conn, driver) = made.map_err(|err| err.to_string())?;
+    let stream = Guarded::new(stream, Arc::clone(&dead));
+    let (conn, driver) = MultiplexedConnection::new_with_config(&e.login, stream, config)
+        .await
+        .map_err(|err| err.to_string())?;
     let flag = Arc::clone(&dead);
     tokio::spawn(async move {
         driver.await;
