@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod net;
 pub mod plugin;
 pub mod proxy;
+pub mod redis;
 pub mod reload;
 pub mod reply;
 pub mod router;

@@ -712,6 +712,32 @@ fn rejected_cases() -> Vec<Case> {
             &["access_log.format: unknown variant `text`, expected `json`"],
         ),
         case("watch must be a boolean", "watch: sometimes\n", &["watch: invalid type: string \"sometimes\", expected a boolean"]),
+        case(
+            "redis: one of url, cluster and sentinel",
+            "redis: { url: \"redis://h\", cluster: [\"redis://h:7000\"] }\n",
+            &["redis: give only one of url, cluster and sentinel"],
+        ),
+        case(
+            "redis sentinel, passwords and TLS files",
+            "redis:\n  sentinel: { master: \"\", nodes: [\"h:x\"], password_env: MOAT_TEST_UNSET_SECRET }\n  password_env: MOAT_TEST_UNSET_TOKEN\n  tls: { ca_file: /nonexistent/ca.pem }\n",
+            &[
+                "redis.password_env: environment variable `MOAT_TEST_UNSET_TOKEN` is not set",
+                "redis.sentinel.master: name the master to ask for",
+                "redis.sentinel.password_env: environment variable `MOAT_TEST_UNSET_SECRET` is not set",
+                "redis.sentinel.nodes[0]: expected host:port",
+                "redis.tls.ca_file: cannot read /nonexistent/ca.pem: …",
+            ],
+        ),
+        case(
+            "redis TLS needs rediss://",
+            "redis: { url: \"redis://h\", tls: { verify: true } }\n",
+            &["redis.tls: TLS settings need rediss:// URLs (redis:// is plain text)"],
+        ),
+        case(
+            "redis unknown TLS key",
+            "redis: { url: \"rediss://h\", tls: { ca: x } }\n",
+            &["redis.tls.ca: unknown field `ca`, expected one of …"],
+        ),
     ]
 }
 
