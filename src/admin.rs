@@ -4,6 +4,7 @@
 //! `admin.token_env` is set, every endpoint but `/healthz` needs `Authorization: Bearer
 //! <token>`.
 
+use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::reload::{Reloaded, Reloader};
 use crate::reply::{error_body, ErrorCode};
@@ -14,7 +15,6 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -26,7 +26,7 @@ pub struct Admin {
     token: Option<String>,
     listeners: Vec<SocketAddr>,
     reloader: Option<Arc<Reloader>>,
-    draining: Arc<AtomicBool>,
+    drain: Arc<Drain>,
 }
 
 /// The admin API's OpenAPI document (kept in the repository as `docs/admin-openapi.json`).
@@ -40,7 +40,7 @@ impl Admin {
         token: Option<String>,
         listeners: Vec<SocketAddr>,
         reloader: Option<Arc<Reloader>>,
-        draining: Arc<AtomicBool>,
+        drain: Arc<Drain>,
     ) -> Admin {
         Admin {
             runtime,
@@ -48,7 +48,7 @@ impl Admin {
             token,
             listeners,
             reloader,
-            draining,
+            drain,
         }
     }
 
@@ -104,7 +104,7 @@ impl Admin {
 
     /// Ready when not draining and every public listener accepts a connection.
     async fn ready(&self) -> bool {
-        if self.draining.load(Ordering::SeqCst) {
+        if self.drain.is_draining() {
             return false;
         }
         for a in &self.listeners {

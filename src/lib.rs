@@ -12,6 +12,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod ctx;
+pub mod drain;
 pub mod identity;
 pub mod limit;
 pub mod metrics;
