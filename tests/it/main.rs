@@ -8,6 +8,7 @@ mod auth;
 mod check;
 mod compression;
 mod conf_files;
+mod drain;
 mod edge_headers;
 mod forwarding;
 mod framing;

@@ -227,4 +227,13 @@ fn sigterm_stops_fast_and_sigquit_drains() {
             && m.admin_get("/readyz").status == 503
     }));
     assert!(!m.exited(), "still draining");
+    // SIGTERM while draining: gone at once too.
+    let t = std::time::Instant::now();
+    m.signal("TERM");
+    assert!(crate::harness::wait_until(Duration::from_secs(3), || m.exited()));
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
 }
