@@ -24,24 +24,26 @@ async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
         .expect("bounded in time")
 }
 
+/// A relay between `a` and `b` (idle limit `idle`), counted in `drain`.
+fn spawn_relay(
+    mut a: TcpStream,
+    mut b: TcpStream,
+    idle: Duration,
+    drain: &Arc<Drain>,
+) -> tokio::task::JoinHandle<(Traffic, End)> {
+    let mut tracked = drain.track();
+    tokio::spawn(async move {
+        let mut t = Traffic::default();
+        let frames = Default::default();
+        let end = relay(&mut a, &mut b, idle, &mut t, &mut tracked, frames).await;
+        (t, end)
+    })
+}
+
 #[tokio::test]
 async fn bytes_go_both_ways_then_half_closes_end_it() {
-    let (mut client, mut a, mut b, mut server) = pairs().await;
-    let task = tokio::spawn(async move {
-        {
-            let mut t = Traffic::default();
-            let end = relay(
-                &mut a,
-                &mut b,
-                Duration::from_secs(30),
-                &mut t,
-                &mut Drain::new().track(),
-                Default::default(),
-            )
-            .await;
-            (t, end)
-        }
-    });
+    let (mut client, a, b, mut server) = pairs().await;
+    let task = spawn_relay(a, b, Duration::from_secs(30), &Drain::new());
     bounded(async {
         client.write_all(b"hello").await.unwrap();
         let mut got = [0u8; 5];
@@ -73,22 +75,8 @@ async fn bytes_go_both_ways_then_half_closes_end_it() {
 
 #[tokio::test]
 async fn a_slow_reader_gets_every_byte_in_order() {
-    let (mut client, mut a, mut b, mut server) = pairs().await;
-    let task = tokio::spawn(async move {
-        {
-            let mut t = Traffic::default();
-            let end = relay(
-                &mut a,
-                &mut b,
-                Duration::from_secs(30),
-                &mut t,
-                &mut Drain::new().track(),
-                Default::default(),
-            )
-            .await;
-            (t, end)
-        }
-    });
+    let (mut client, a, b, mut server) = pairs().await;
+    let task = spawn_relay(a, b, Duration::from_secs(30), &Drain::new());
     let data: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     let sent = data.clone();
     let writer = tokio::spawn(async move {
@@ -112,23 +100,9 @@ async fn a_slow_reader_gets_every_byte_in_order() {
 
 #[tokio::test]
 async fn nothing_moving_for_the_idle_limit_ends_it() {
-    let (mut client, mut a, mut b, mut server) = pairs().await;
+    let (mut client, a, b, mut server) = pairs().await;
     let started = Instant::now();
-    let task = tokio::spawn(async move {
-        {
-            let mut t = Traffic::default();
-            let end = relay(
-                &mut a,
-                &mut b,
-                Duration::from_millis(600),
-                &mut t,
-                &mut Drain::new().track(),
-                Default::default(),
-            )
-            .await;
-            (t, end)
-        }
-    });
+    let task = spawn_relay(a, b, Duration::from_millis(600), &Drain::new());
     bounded(async {
         // Traffic before the limit keeps it open.
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -151,22 +125,8 @@ async fn nothing_moving_for_the_idle_limit_ends_it() {
 
 #[tokio::test]
 async fn a_reset_ends_it_with_an_error() {
-    let (client, mut a, mut b, mut server) = pairs().await;
-    let task = tokio::spawn(async move {
-        {
-            let mut t = Traffic::default();
-            let end = relay(
-                &mut a,
-                &mut b,
-                Duration::from_secs(30),
-                &mut t,
-                &mut Drain::new().track(),
-                Default::default(),
-            )
-            .await;
-            (t, end)
-        }
-    });
+    let (client, a, b, mut server) = pairs().await;
+    let task = spawn_relay(a, b, Duration::from_secs(30), &Drain::new());
     bounded(async {
         // Unread data at close makes the kernel send a reset.
         // Linger 0 does not block on drop; the deprecation is about the other values.
@@ -221,33 +181,11 @@ fn is_going_away(frame: &(u8, Vec<u8>)) -> bool {
     frame.0 == 8 && frame.1.starts_with(&1001u16.to_be_bytes()) && frame.1.ends_with(b"going away")
 }
 
-/// A relay between `a` and `b` whose drain the test holds.
-fn spawn_relay(
-    mut a: TcpStream,
-    mut b: TcpStream,
-    drain: &Arc<Drain>,
-) -> tokio::task::JoinHandle<(Traffic, End)> {
-    let mut tracked = drain.track();
-    tokio::spawn(async move {
-        let mut t = Traffic::default();
-        let end = relay(
-            &mut a,
-            &mut b,
-            Duration::from_secs(30),
-            &mut t,
-            &mut tracked,
-            Default::default(),
-        )
-        .await;
-        (t, end)
-    })
-}
-
 #[tokio::test]
 async fn when_the_process_stops_each_side_gets_a_close_after_the_frame_in_progress() {
     let (mut client, a, b, mut server) = pairs().await;
     let drain = Drain::new();
-    let task = spawn_relay(a, b, &drain);
+    let task = spawn_relay(a, b, Duration::from_secs(30), &drain);
     bounded(async {
         client.write_all(&client_frame(1, b"hello")).await.unwrap();
         assert_eq!(read_frame(&mut server).await, Some((1, b"hello".to_vec())));
@@ -297,7 +235,7 @@ async fn when_the_process_stops_each_side_gets_a_close_after_the_frame_in_progre
 async fn peers_that_never_answer_the_close_are_cut_after_close_wait() {
     let (mut client, a, b, mut server) = pairs().await;
     let drain = Drain::new();
-    let task = spawn_relay(a, b, &drain);
+    let task = spawn_relay(a, b, Duration::from_secs(30), &drain);
     bounded(async {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let started = Instant::now();

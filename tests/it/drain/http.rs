@@ -4,24 +4,12 @@
 //! between requests, and connections accepted before the listeners stopped are answered.
 
 use super::{connect, read_response, Clients, Failure, Kind, Tally};
-use crate::harness::moat::temp_dir;
-use crate::harness::{free_port, wait_until, Behavior, Moat, Upstream};
+use crate::harness::{wait_until, Behavior, Moat, Upstream};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// Start moat with `grace_period` and `shutdown_timeout`, routes in `body`.
-pub(super) fn start(grace: &str, shutdown: &str, body: &str) -> Moat {
-    let dir = temp_dir("drain");
-    let (port, admin) = (free_port(), free_port());
-    let text = format!(
-        "server:\n  threads: 2\n  pid_file: {d}/moat.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: {grace}\n  shutdown_timeout: {shutdown}\nlisteners:\n  - name: public\n    address: 127.0.0.1:{port}\nadmin:\n  address: 127.0.0.1:{admin}\n{body}",
-        d = dir.display()
-    );
-    Moat::start_raw(&text, port, admin, dir, &[])
-}
 
 /// One route to `up` for everything.
 fn route(up: &Upstream) -> String {
@@ -107,7 +95,7 @@ impl Idle {
 fn three_upgrades_in_a_row_lose_no_request_of_any_client() {
     let up = Upstream::start("app");
     let grace = Duration::from_secs(1);
-    let mut m = start("1s", "5s", &route(&up));
+    let mut m = Moat::start_timed("1s", "5s", &route(&up));
     use Kind::*;
     let kinds = [
         Close,
@@ -231,7 +219,7 @@ fn a_drain_without_a_new_process_answers_every_connection_it_accepted() {
         app.address(),
         slow.address()
     );
-    let mut m = start("1s", "8s", &body);
+    let mut m = Moat::start_timed("1s", "8s", &body);
     let idle: Vec<Idle> = (0..4)
         .map(|i| Idle::open(m.port, &format!("idle-{i}")))
         .collect();

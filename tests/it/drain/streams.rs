@@ -3,8 +3,8 @@
 //! already under way, the upstream gets a close too, and the clients reconnect to the new
 //! process; a server-sent event stream ends at a chunk boundary.
 
-use super::http::start;
 use crate::harness::wait_until;
+use crate::harness::Moat;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Barrier, Mutex};
@@ -307,7 +307,7 @@ fn two_hundred_websockets_get_a_going_away_close_after_shutdown_timeout() {
     const BIGS: usize = 10;
     let closes = Arc::new(Mutex::new(Vec::new()));
     let up = ws_upstream(Arc::clone(&closes));
-    let mut m = start(
+    let mut m = Moat::start_timed(
         "0s",
         "3s",
         &format!("upstreams:\n  ws: {{ targets: [\"127.0.0.1:{up}\"] }}\nroutes:\n  - name: ws\n    match: {{ path_prefix: / }}\n    upstream: ws\n"),
@@ -456,7 +456,7 @@ fn read_events(port: u16) -> (Vec<u32>, bool, Result<(), ErrorKind>, Instant) {
 #[test]
 fn an_event_stream_ends_at_a_chunk_boundary_after_shutdown_timeout() {
     let up = sse_upstream();
-    let mut m = start(
+    let mut m = Moat::start_timed(
         "0s",
         "3s",
         &format!("upstreams:\n  sse: {{ targets: [\"127.0.0.1:{up}\"], read_timeout: 30s }}\nroutes:\n  - name: sse\n    match: {{ path_prefix: / }}\n    upstream: sse\n"),
