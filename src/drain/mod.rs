@@ -210,11 +210,6 @@ impl Tracked {
         self.drain.wakers.register(&mut self.slot, waker, self.hint);
         self.drain.stage()
     }
-
-    /// The current stage.
-    pub fn stage(&self) -> Stage {
-        self.drain.stage()
-    }
 }
 
 impl Drop for Tracked {

@@ -88,8 +88,9 @@ impl Sequence {
             sleep(SETTLE).await;
             drain.emptied().await
         };
-        if timeout(self.shutdown, settled).await.is_ok() {
-            log::info!("drained {:?} after the stop", stopped.elapsed());
+        if timeout(self.shutdown, settled).await.is_ok() || drain.live() == 0 {
+            // Pingora then logs a graceful stop as it would for its own SIGTERM.
+            log::info!("drained {:?} after the stop: stopping", stopped.elapsed());
             return;
         }
         log::info!(
@@ -141,6 +142,7 @@ impl Sequence {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Stage;
     use super::*;
     use crate::config::load::parse;
 
@@ -174,15 +176,15 @@ mod tests {
         let conn = drain.track();
         let run = tokio::spawn(async move { s.run().await });
         tokio::time::sleep(Duration::from_millis(1900)).await;
-        assert_eq!(drain.stage(), super::super::Stage::Draining);
+        assert_eq!(drain.stage(), Stage::Draining);
         assert!(!*accept.borrow_and_update());
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(drain.stage(), super::super::Stage::Closing);
+        assert_eq!(drain.stage(), Stage::Closing);
         assert!(*accept.borrow_and_update());
         tokio::time::sleep(Duration::from_millis(4800)).await;
-        assert_eq!(drain.stage(), super::super::Stage::Closing);
+        assert_eq!(drain.stage(), Stage::Closing);
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(drain.stage(), super::super::Stage::Ending);
+        assert_eq!(drain.stage(), Stage::Ending);
         drop(conn);
         tokio::time::timeout(Duration::from_millis(10), run)
             .await
@@ -204,10 +206,6 @@ mod tests {
             .expect("over")
             .expect("task");
         assert!(started.elapsed() < Duration::from_secs(4));
-        assert_eq!(
-            drain.stage(),
-            super::super::Stage::Closing,
-            "nothing was cut"
-        );
+        assert_eq!(drain.stage(), Stage::Closing, "nothing was cut");
     }
 }
