@@ -4,7 +4,8 @@
 #   2. start the new binary with --upgrade: it compiles routes and probes pools, then waits
 #      on the upgrade socket for the listening sockets;
 #   3. only once it is waiting, SIGQUIT the old process: it hands the sockets over, keeps
-#      finishing what is in flight (grace_period, shutdown_timeout) and exits;
+#      accepting for grace_period, finishes what is in flight (at most shutdown_timeout;
+#      WebSockets then get a close frame 1001) and exits;
 #   4. wait until the admin API answers from the new pid; fail loudly otherwise.
 # If the new process dies before step 3, the old one is never touched.
 #

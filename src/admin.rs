@@ -9,6 +9,7 @@ mod access;
 
 pub use access::{constant_time_eq, Access};
 
+use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::reload::{Reloaded, Reloader};
 use crate::reply::{error_body, ErrorCode};
@@ -20,7 +21,6 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -31,7 +31,7 @@ pub struct Admin {
     metrics: Arc<Metrics>,
     listeners: Vec<SocketAddr>,
     reloader: Option<Arc<Reloader>>,
-    draining: Arc<AtomicBool>,
+    drain: Arc<Drain>,
 }
 
 /// The admin API's OpenAPI document (kept in the repository as `docs/admin-openapi.json`).
@@ -44,14 +44,14 @@ impl Admin {
         metrics: Arc<Metrics>,
         listeners: Vec<SocketAddr>,
         reloader: Option<Arc<Reloader>>,
-        draining: Arc<AtomicBool>,
+        drain: Arc<Drain>,
     ) -> Admin {
         Admin {
             runtime,
             metrics,
             listeners,
             reloader,
-            draining,
+            drain,
         }
     }
 
@@ -90,7 +90,7 @@ impl Admin {
 
     /// Ready when not draining and every public listener accepts a connection.
     async fn ready(&self) -> bool {
-        if self.draining.load(Ordering::SeqCst) {
+        if self.drain.is_draining() {
             return false;
         }
         for a in &self.listeners {

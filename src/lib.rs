@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod conn_limit;
 pub mod ctx;
+pub mod drain;
 pub mod identity;
 pub mod limit;
 pub mod metrics;

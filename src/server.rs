@@ -1,13 +1,15 @@
 //! Starting the server: `server:` mapped onto Pingora's `ServerConf`, the proxy service on
 //! every listener, the admin service, and the supervisor: a background service that runs
-//! health checks and handles SIGHUP (reload), SIGUSR1 (reopen the access log), SIGQUIT
-//! (report draining on `/readyz` while Pingora drains) and, with `watch: true`, file
-//! changes. SIGTERM/SIGINT (stop now) and SIGQUIT's drain are Pingora's main loop's, as
-//! `crate::signals` maps them.
+//! health checks and handles SIGHUP (reload), SIGUSR1 (reopen the access log) and, with
+//! `watch: true`, file changes. SIGTERM/SIGINT (stop now) and SIGQUIT (drain and hand
+//! over, [`crate::drain`]) are waited for by Pingora's main loop, as `crate::signals` maps
+//! them.
 
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::drain::sequence::Sequence;
+use crate::drain::{Drain, Stoppable};
 use crate::metrics::Metrics;
 use crate::plugin::registry::Extensions;
 use crate::proxy::Moat;
@@ -22,15 +24,10 @@ use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// Default `grace_period`: how long an instance keeps accepting after SIGQUIT, so a new
-/// one can take over the sockets (Pingora's own default is far longer than an edge wants).
-pub const DEFAULT_GRACE_PERIOD_SECS: u64 = 5;
-/// Default `shutdown_timeout`: how long in-flight requests get to finish.
-pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 /// How often a watched config file is looked at.
 const WATCH_POLL: Duration = Duration::from_millis(500);
 
@@ -60,16 +57,11 @@ pub fn server_conf(cfg: &Config, daemon: bool) -> ServerConf {
         .upgrade_sock
         .clone()
         .unwrap_or_else(|| "/tmp/moat-upgrade.sock".to_string());
-    conf.grace_period_seconds = Some(
-        s.grace_period
-            .map(|d| d.get().as_secs())
-            .unwrap_or(DEFAULT_GRACE_PERIOD_SECS),
-    );
-    conf.graceful_shutdown_timeout_seconds = Some(
-        s.shutdown_timeout
-            .map(|d| d.get().as_secs())
-            .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
-    );
+    // `grace_period` and `shutdown_timeout` are moat's drain sequence's
+    // (`crate::drain::sequence`), which runs before Pingora's main loop goes on: by then
+    // nothing is left to wait for. The runtimes then get a second for blocking tasks.
+    conf.grace_period_seconds = Some(0);
+    conf.graceful_shutdown_timeout_seconds = Some(1);
     // Timers of a second or more (upstream read timeouts, pooled connections' idle
     // timeout) on tokio's per-worker timer wheel rather than Pingora's shared fast-timer
     // table: fewer instructions per request (measured with callgrind, docs/performance.md).
@@ -82,7 +74,6 @@ struct Supervisor {
     runtime: SharedRuntime,
     reloader: Arc<Reloader>,
     access_log: Option<AccessLog>,
-    draining: Arc<AtomicBool>,
 }
 
 fn modified(path: &std::path::Path) -> Option<(SystemTime, u64)> {
@@ -101,10 +92,9 @@ impl BackgroundService for Supervisor {
             }
             crate::auth::start_background(&rt);
         }
-        let (Ok(mut hup), Ok(mut usr1), Ok(mut quit)) = (
+        let (Ok(mut hup), Ok(mut usr1)) = (
             signal(SignalKind::hangup()),
             signal(SignalKind::user_defined1()),
-            signal(SignalKind::quit()),
         ) else {
             log::error!("cannot install signal handlers: SIGHUP reload and SIGUSR1 reopen are off");
             let _ = shutdown.changed().await;
@@ -128,7 +118,6 @@ impl BackgroundService for Supervisor {
                         }
                     }
                 }
-                _ = quit.recv() => self.draining.store(true, Ordering::SeqCst),
                 _ = tick.tick() => {
                     if !self.runtime.load().config.watch {
                         continue;
@@ -144,10 +133,8 @@ impl BackgroundService for Supervisor {
                         }
                     }
                 }
-                _ = shutdown.changed() => {
-                    self.draining.store(true, Ordering::SeqCst);
-                    return;
-                }
+                // Only once the drain is over (see `crate::drain::sequence`).
+                _ = shutdown.changed() => return,
             }
         }
     }
@@ -195,6 +182,8 @@ pub fn run(
     let log_path = cfg.access_log.as_ref().map(|l| l.path.clone());
     let conf = server_conf(&cfg, opts.daemon);
     let pid_file = conf.pid_file.clone();
+    let drain = Drain::new();
+    let on_quit = Sequence::new(Arc::clone(&drain), &cfg, conf.upgrade_sock.clone());
     let extensions = Arc::new(extensions);
     let runtime =
         Runtime::compile(cfg, 1, &metrics, None, &extensions).map_err(|e| e.to_string())?;
@@ -202,7 +191,6 @@ pub fn run(
     prime_pools(&runtime);
     metrics.config_generation.set(1);
     let shared: SharedRuntime = Arc::new(ArcSwap::from_pointee(runtime));
-    let draining = Arc::new(AtomicBool::new(false));
     let access_log = match log_path {
         Some(p) => Some(AccessLog::start(&p).map_err(|e| format!("access_log.path `{p}`: {e}"))?),
         None => None,
@@ -245,7 +233,7 @@ pub fn run(
             runtime: Arc::clone(&shared),
             metrics: Arc::clone(&metrics),
             access_log: access_log.clone(),
-            draining: Arc::clone(&draining),
+            drain: Arc::clone(&drain),
             connector: Arc::clone(&connector),
         };
         let mut app = pingora_proxy::http_proxy(&conf, moat);
@@ -253,7 +241,7 @@ pub fn run(
         options.h2c = h2c;
         options.h2_idle_timeout = Some(h2_idle);
         app.server_options = Some(options);
-        let policy = crate::slowloris::Policy::new(header_timeout, &metrics);
+        let policy = crate::slowloris::Policy::new(header_timeout, &metrics, &drain);
         let app = crate::slowloris::HeadTimeout::new(app, policy);
         let mut svc = Service::new(
             name.to_string(),
@@ -276,13 +264,13 @@ pub fn run(
             proxy.add_tcp(&l.address);
         }
     }
-    server.add_service(proxy);
+    server.add_service(Stoppable::new(proxy, Arc::clone(&drain)));
     if !h2c_listeners.is_empty() {
         let mut h2c = proxy_service("moat h2c", true);
         for addr in h2c_listeners {
             h2c.add_tcp(addr);
         }
-        server.add_service(h2c);
+        server.add_service(Stoppable::new(h2c, Arc::clone(&drain)));
     }
 
     if let Some(a) = admin_cfg {
@@ -292,14 +280,14 @@ pub fn run(
             Arc::clone(&metrics),
             addrs,
             Some(Arc::clone(&reloader)),
-            Arc::clone(&draining),
+            Arc::clone(&drain),
         );
         let app = HttpServer::new_app(app);
-        let policy = crate::slowloris::Policy::new(header_timeout, &metrics);
+        let policy = crate::slowloris::Policy::new(header_timeout, &metrics, &drain);
         let app = crate::slowloris::HeadTimeout::new(app, policy);
         let mut svc = Service::new("moat admin".to_string(), app);
         svc.add_tcp(&a.address);
-        server.add_service(svc);
+        server.add_service(Stoppable::new(svc, Arc::clone(&drain)));
     }
     let final_log = access_log.clone();
     server.add_service(background_service(
@@ -308,11 +296,10 @@ pub fn run(
             runtime: Arc::clone(&shared),
             reloader,
             access_log,
-            draining,
         },
     ));
     server.run(pingora_core::server::RunArgs {
-        shutdown_signal: Box::new(crate::signals::MoatSignals),
+        shutdown_signal: Box::new(crate::signals::MoatSignals { on_quit }),
     });
     // Every end comes back here (SIGTERM/SIGINT at once, SIGQUIT after draining): write
     // out the access-log lines still queued (the writer wakes every 50 ms) before exiting.

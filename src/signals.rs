@@ -1,17 +1,23 @@
 //! The shutdown signals Pingora's main loop waits for, mapped to the contract:
 //! `SIGTERM` and `SIGINT` stop fast (Pingora's default would drain on `SIGTERM` as for
-//! `SIGQUIT`), `SIGQUIT` drains or hands the sockets to a new process (graceful upgrade).
+//! `SIGQUIT`), `SIGQUIT` drains and hands the sockets to a new process (graceful upgrade)
+//! with moat's own sequence ([`crate::drain::sequence`]), which replaces Pingora's; a
+//! `SIGTERM` or `SIGINT` during it stops at once.
 //!
 //! Pingora registers these in its main thread as soon as the services are started, so a
 //! `SIGTERM` that arrives right after the listeners opened is not missed by a background
 //! task that has not run yet.
 
+use crate::drain::sequence::Sequence;
 use async_trait::async_trait;
 use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// moat's [`ShutdownSignalWatch`] (see the module docs).
-pub struct MoatSignals;
+pub struct MoatSignals {
+    /// What SIGQUIT runs before the process stops.
+    pub on_quit: Sequence,
+}
 
 #[async_trait]
 impl ShutdownSignalWatch for MoatSignals {
@@ -25,9 +31,19 @@ impl ShutdownSignalWatch for MoatSignals {
             return std::future::pending().await;
         };
         tokio::select! {
-            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+            _ = quit.recv() => {}
             _ = term.recv() => {
                 log::info!("SIGTERM: stopping now");
+                return ShutdownSignal::FastShutdown;
+            }
+            _ = int.recv() => return ShutdownSignal::FastShutdown,
+        }
+        tokio::select! {
+            // Drained: Pingora's "graceful terminate" now only stops the runtimes (its
+            // grace period is 0, see `server::server_conf`).
+            _ = self.on_quit.run() => ShutdownSignal::GracefulTerminate,
+            _ = term.recv() => {
+                log::info!("SIGTERM while draining: stopping now");
                 ShutdownSignal::FastShutdown
             }
             _ = int.recv() => ShutdownSignal::FastShutdown,

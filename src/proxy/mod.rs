@@ -38,9 +38,10 @@ pub struct Moat {
     pub metrics: Arc<Metrics>,
     /// The access log, when configured.
     pub access_log: Option<AccessLog>,
-    /// Set on SIGQUIT/SIGTERM: answers then close their connections, so clients move to
-    /// the new process during a graceful upgrade instead of idling on this one.
-    pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// The process's shutdown state: once draining (SIGQUIT), answers close their
+    /// connections, so clients move to the new process during a graceful upgrade instead
+    /// of idling on this one; relayed WebSockets are ended by it.
+    pub drain: Arc<crate::drain::Drain>,
     /// Connects to upstreams for the WebSocket upgrades moat relays itself (see
     /// `upgrade`); everything else goes through Pingora's own connector.
     pub connector: Arc<pingora_core::connectors::TransportConnector>,
@@ -239,7 +240,7 @@ impl ProxyHttp for Moat {
         // after answering). That decision stands: what follows is never read as a request.
         let pingora_closes = session.as_mut().get_keepalive().is_none();
         ctx.malformed_body = parsed.malformed;
-        if parsed.malformed.is_some() || self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        if parsed.malformed.is_some() || self.drain.is_draining() {
             session.set_keepalive(None);
         } else if !pingora_closes {
             // With a HeadDeadline, it times the keep-alive wait (Pingora's timer would

@@ -16,6 +16,12 @@
 //!   never timed as a head even when the scanner did not see the head end (bytes carried
 //!   over from the previous request).
 //!
+//! The same wrapper carries the process's graceful shutdown ([`crate::drain`]): each
+//! [`HeadDeadline`] is counted in the drain and ends its connection as the drain says
+//! (between requests once the listeners stopped, at once when `shutdown_timeout` is
+//! over), which is why Pingora's own shutdown notice is not passed on (see
+//! [`HeadTimeout`]'s `cleanup`).
+//!
 //! The same wrapper validates chunked request bodies (the `chunked` and `framing`
 //! modules): Pingora 0.9's chunk parser is lenient, and whatever moat accepts must not be
 //! read differently further on (request smuggling). [`head_parsed`] tells the proxy when
@@ -39,6 +45,7 @@ pub use scan::HeadScan;
 pub use stream::HeadDeadline;
 
 use crate::config::Config;
+use crate::drain::{Drain, Tracked};
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
@@ -91,14 +98,16 @@ pub fn protocol_switched(stream: Option<&Stream>) {
 }
 
 /// `stream` out of its [`HeadDeadline`] (for a connection that will carry no more request
-/// heads: an upgraded one), with the bytes the deadline peeked and must be read first.
-/// A stream not wrapped comes back as is; `None` only if the unwrapping fails.
-pub fn into_inner(stream: Stream) -> Option<(Stream, Vec<u8>)> {
+/// heads: an upgraded one), with the bytes the deadline peeked and must be read first, and
+/// the connection's place in the drain (`None` for a stream not wrapped, which comes back
+/// as is). `None` only if the unwrapping fails.
+pub fn into_inner(stream: Stream) -> Option<(Stream, Vec<u8>, Option<Tracked>)> {
     if !stream.as_any().is::<HeadDeadline>() {
-        return Some((stream, Vec::new()));
+        return Some((stream, Vec::new(), None));
     }
     let d = stream.into_any().downcast::<HeadDeadline>().ok()?;
-    Some(d.into_parts())
+    let (stream, peeked, tracked) = d.into_parts();
+    Some((stream, peeked, Some(tracked)))
 }
 
 /// `header_timeout` when the config does not set one (as in the reference config).
@@ -113,7 +122,8 @@ pub fn header_timeout(cfg: &Config) -> Duration {
         .map_or(DEFAULT_HEADER_TIMEOUT, |d| d.get())
 }
 
-/// What every [`HeadDeadline`] of a service shares: the limit and what to count.
+/// What every [`HeadDeadline`] of a service shares: the limit, what to count, and the
+/// process's drain.
 #[derive(Debug)]
 pub struct Policy {
     /// The time a whole request head may take.
@@ -122,16 +132,20 @@ pub struct Policy {
     pub partial_head: IntCounter,
     /// Connections closed because they sent nothing in time.
     pub no_request: IntCounter,
+    /// The process's shutdown state: every connection is counted in it, and ends as it
+    /// says (see [`HeadDeadline`]).
+    pub drain: Arc<Drain>,
 }
 
 impl Policy {
-    /// `limit`, counted in `moat_header_timeouts_total{kind}`.
-    pub fn new(limit: Duration, metrics: &Metrics) -> Policy {
+    /// `limit`, counted in `moat_header_timeouts_total{kind}`, for connections of `drain`.
+    pub fn new(limit: Duration, metrics: &Metrics, drain: &Arc<Drain>) -> Policy {
         let kind = |k: &str| metrics.header_timeouts.with_label_values(&[k]);
         Policy {
             limit,
             partial_head: kind("partial_head"),
             no_request: kind("no_request"),
+            drain: Arc::clone(drain),
         }
     }
 }
@@ -169,9 +183,11 @@ where
         self.app.process_new(stream, shutdown).await
     }
 
-    async fn cleanup(&self) {
-        self.app.cleanup().await
-    }
+    /// Nothing: Pingora's `http_cleanup`, which the wrapped application would run now
+    /// (the listeners stopped), drops every HTTP/1 connection waiting for a request
+    /// head, a connection accepted a moment ago whose request is on its way included.
+    /// Each [`HeadDeadline`] ends its connection as the drain says instead.
+    async fn cleanup(&self) {}
 }
 
 /// An [`HttpServerApp`] passing everything to `inner`, and re-arming the head deadline of

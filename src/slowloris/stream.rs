@@ -22,6 +22,16 @@
 //!   moat's proxy turns on), and any disagreement between the scanner
 //!   and Pingora's parser.
 //!
+//! - It counts the connection in the process's drain ([`crate::drain`]) and, whenever a
+//!   read has to wait, registers the task to wake when the drain moves on: once the
+//!   listeners stopped (`Closing`), a connection waiting between requests with no byte
+//!   of a next one ends (the stream ends, and Pingora closes it quietly); once
+//!   `shutdown_timeout` is over (`Ending`), any read that has to wait fails with
+//!   `ConnectionAborted` (the stream simply ends if no byte of a head was sent), which
+//!   Pingora takes as the client gone: the request ends between two writes. A
+//!   connection waiting for its first head, or with a head or body arriving, is read as
+//!   usual until then.
+//!
 //! It also follows the connection's message framing ([`Framing`]) so that chunked request
 //! bodies are validated on the bytes read: a malformed one found among bytes read with
 //! the head is reported by [`HeadDeadline::head_parsed`] (the proxy answers `400` and
@@ -43,6 +53,7 @@ use super::chunked::Malformed;
 use super::framing::{Body, Framing};
 use super::scan::HeadScan;
 use super::Policy;
+use crate::drain::{Stage, Tracked};
 use async_trait::async_trait;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::{SslDigest, TlsRef};
@@ -104,6 +115,8 @@ pub struct HeadDeadline {
     /// The connection's message framing. Reads reach it without locking
     /// (`Mutex::get_mut`); only [`HeadDeadline::head_parsed`], once per request, locks.
     framing: Mutex<Framing>,
+    /// The connection, counted in the process's drain.
+    tracked: Tracked,
 }
 
 /// The HTTP/2 connection preface a client sends on an h2c (prior knowledge) connection.
@@ -120,6 +133,7 @@ impl HeadDeadline {
         }
         HeadDeadline {
             inner,
+            tracked: policy.drain.track(),
             phase: Phase::Head,
             scan: HeadScan::default(),
             head_bytes: 0,
@@ -134,10 +148,10 @@ impl HeadDeadline {
         }
     }
 
-    /// The wrapped stream, and bytes read by [`Peek::try_peek`] not handed out yet (they
-    /// come before anything read from the stream).
-    pub fn into_parts(self) -> (Stream, Vec<u8>) {
-        (self.inner, self.peeked)
+    /// The wrapped stream, bytes read by [`Peek::try_peek`] not handed out yet (they come
+    /// before anything read from the stream), and the connection's place in the drain.
+    pub fn into_parts(self) -> (Stream, Vec<u8>, Tracked) {
+        (self.inner, self.peeked, self.tracked)
     }
 
     /// The request on this connection is over and the connection waits for the next one:
@@ -248,6 +262,33 @@ impl HeadDeadline {
         Poll::Ready(Ok(()))
     }
 
+    /// A read has to wait: register with the drain, and end the stream if the drain
+    /// says so (see the module docs); `Pending` otherwise.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.tracked.park(cx.waker()) {
+            Stage::Ending if self.phase == Phase::Body || self.head_bytes > 0 => {
+                self.phase = Phase::Ended;
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "shutdown_timeout over: connection ended",
+                )))
+            }
+            Stage::Ending => {
+                self.phase = Phase::Ended;
+                Poll::Ready(Ok(()))
+            }
+            Stage::Closing if self.phase == Phase::Idle => {
+                log::debug!(
+                    "connection {} idle between requests while draining: closed",
+                    self.inner.id()
+                );
+                self.phase = Phase::Ended;
+                Poll::Ready(Ok(()))
+            }
+            _ => Poll::Pending,
+        }
+    }
+
     /// The head read has to wait: `Ready` with the read's outcome once the deadline has
     /// passed.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -330,8 +371,10 @@ impl AsyncRead for HeadDeadline {
         }
         if this.phase == Phase::Body {
             let read = Pin::new(&mut this.inner).poll_read(cx, buf);
-            if let Poll::Ready(Ok(())) = read {
-                this.frame(&buf.filled()[before..])?;
+            match read {
+                Poll::Ready(Ok(())) => this.frame(&buf.filled()[before..])?,
+                Poll::Pending => return this.poll_drain(cx),
+                Poll::Ready(Err(_)) => {}
             }
             return read;
         }
@@ -344,8 +387,11 @@ impl AsyncRead for HeadDeadline {
                 this.frame(fresh)?;
                 Poll::Ready(this.head_read(fresh))
             }
-            Poll::Pending if this.phase == Phase::Head => this.poll_deadline(cx),
-            Poll::Pending if this.phase == Phase::Idle => this.poll_idle(cx),
+            Poll::Pending => match this.poll_drain(cx) {
+                Poll::Pending if this.phase == Phase::Head => this.poll_deadline(cx),
+                Poll::Pending if this.phase == Phase::Idle => this.poll_idle(cx),
+                other => other,
+            },
             other => other,
         }
     }

@@ -6,17 +6,29 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 const LIMIT: Duration = Duration::from_millis(300);
 
 fn policy() -> Arc<Policy> {
+    policy_for(LIMIT)
+}
+
+fn policy_for(limit: Duration) -> Arc<Policy> {
     let counter = |name: &str| prometheus::IntCounter::new(name, "test").expect("counter");
     Arc::new(Policy {
-        limit: LIMIT,
+        limit,
         partial_head: counter("partial"),
         no_request: counter("none"),
+        drain: crate::drain::Drain::new(),
     })
 }
 
 fn pair() -> (DuplexStream, HeadDeadline) {
+    pair_with(&policy())
+}
+
+fn pair_with(policy: &Arc<Policy>) -> (DuplexStream, HeadDeadline) {
     let (client, server) = tokio::io::duplex(64 * 1024);
-    (client, HeadDeadline::new(Box::new(server), policy()))
+    (
+        client,
+        HeadDeadline::new(Box::new(server), Arc::clone(policy)),
+    )
 }
 
 /// Read until `want` bytes arrived, the stream ends or a read fails.
@@ -319,4 +331,76 @@ async fn h2c_connections_are_not_followed() {
     let (n, read) = read_n(&mut s, 18).await;
     assert!(n == 18 && read.is_ok(), "{n} {read:?}");
     assert!(s.framing.get_mut().expect("not poisoned").followed());
+}
+
+/// Spawn a read of whatever comes next on `s` (up to 256 bytes), the stream coming back
+/// with the outcome.
+fn read_later(mut s: HeadDeadline) -> tokio::task::JoinHandle<(HeadDeadline, io::Result<usize>)> {
+    tokio::spawn(async move {
+        let mut buf = [0u8; 256];
+        let r = s.read(&mut buf).await;
+        (s, r)
+    })
+}
+
+#[tokio::test]
+async fn when_accepting_stops_only_connections_idle_between_requests_end() {
+    let long = policy_for(Duration::from_secs(30));
+    let drain = Arc::clone(&long.drain);
+    // One between requests, one waiting for its first head, one with a head begun.
+    let (mut idle_c, mut idle) = pair_with(&long);
+    let head = b"GET / HTTP/1.1\r\n\r\n";
+    idle_c.write_all(head).await.expect("write");
+    assert_eq!(read_n(&mut idle, head.len()).await.0, head.len());
+    idle.next_head();
+    let (mut first_c, first) = pair_with(&long);
+    let (mut begun_c, mut begun) = pair_with(&long);
+    begun_c.write_all(b"GET /slow HT").await.expect("write");
+    let mut buf = [0u8; 64];
+    assert_eq!(begun.read(&mut buf).await.expect("read"), 12);
+    assert_eq!(drain.live(), 3);
+    let (idle, first, begun) = (read_later(idle), read_later(first), read_later(begun));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drain.stop_accepting();
+    let (idle, r) = tokio::time::timeout(Duration::from_secs(5), idle)
+        .await
+        .expect("the idle one ends at once")
+        .expect("task");
+    assert_eq!(r.expect("no error"), 0, "end of stream");
+    drop(idle);
+    assert_eq!(drain.live(), 2);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!first.is_finished() && !begun.is_finished(), "still read");
+    // Their requests arrive: read as usual.
+    first_c.write_all(head).await.expect("write");
+    begun_c.write_all(b"TP/1.1\r\n\r\n").await.expect("write");
+    let (_first, r) = first.await.expect("task");
+    assert_eq!(r.expect("read"), head.len());
+    let (_begun, r) = begun.await.expect("task");
+    assert_eq!(r.expect("read"), 10);
+}
+
+#[tokio::test]
+async fn when_shutdown_timeout_is_over_every_waiting_read_ends() {
+    let long = policy_for(Duration::from_secs(30));
+    let drain = Arc::clone(&long.drain);
+    // A request whose head was read (its response streaming), and one not begun.
+    let (mut c, mut streaming) = pair_with(&long);
+    let head = b"GET /events HTTP/1.1\r\n\r\n";
+    c.write_all(head).await.expect("write");
+    assert_eq!(read_n(&mut streaming, head.len()).await.0, head.len());
+    let (_c2, waiting) = pair_with(&long);
+    let (streaming, waiting) = (read_later(streaming), read_later(waiting));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drain.stop_accepting();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!streaming.is_finished() && !waiting.is_finished());
+    drain.end();
+    let (_s, r) = streaming.await.expect("task");
+    assert_eq!(
+        r.map_err(|e| e.kind()).err(),
+        Some(io::ErrorKind::ConnectionAborted)
+    );
+    let (_w, r) = waiting.await.expect("task");
+    assert_eq!(r.expect("nothing was sent: a quiet end"), 0);
 }

@@ -1,7 +1,8 @@
 //! HTTP/2 through the real binary: to upstreams that say `http2: true` (h2c with prior
 //! knowledge, and h2 by ALPN over TLS), hop-by-hop hygiene on the way, bodies both ways,
 //! multiplexing, resets, WebSocket upgrades (sent over HTTP/1.1), health checks over h2,
-//! and h2c with prior knowledge on a plain listener with `http2: true`.
+//! h2c with prior knowledge on a plain listener with `http2: true`, and an HTTP/2 client
+//! across a graceful upgrade (GOAWAY once the old listeners stop).
 
 use crate::harness::h2_upstream::{H2Upstream, UpTls};
 use crate::harness::moat::temp_dir;
@@ -416,4 +417,63 @@ fn h2c_listener_takes_prior_knowledge_and_http1() {
     let up_req = up.last();
     assert_eq!(up_req.target, "/up");
     assert!(up_req.header("upgrade").is_none() && up_req.header("http2-settings").is_none());
+}
+
+#[test]
+fn an_http2_client_gets_goaway_when_the_listeners_stop_and_its_stream_finishes() {
+    let up = Upstream::start("app");
+    up.set(crate::harness::Behavior {
+        delay: Duration::from_secs(3),
+        ..Default::default()
+    });
+    let dir = temp_dir("h2drain");
+    let (port, admin) = (free_port(), free_port());
+    let text = format!(
+        "server:\n  threads: 1\n  pid_file: {d}/moat.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 0s\n  shutdown_timeout: 5s\nlisteners:\n  - name: public\n    address: 127.0.0.1:{port}\n    http2: true\nadmin:\n  address: 127.0.0.1:{admin}\nupstreams:\n  app: {{ targets: [\"{}\"] }}\nroutes:\n  - name: r\n    match: {{ path_prefix: / }}\n    upstream: app\n",
+        up.address(),
+        d = dir.display()
+    );
+    let mut m = Moat::start_raw(&text, port, admin, dir, &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, closed_after) = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+        let conn = tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req = http::Request::builder()
+            .uri("http://h2c.example.com/slow")
+            .body(())
+            .unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        // The request is in flight (the upstream takes 3 s) when the listeners stop.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let new = tokio::task::spawn_blocking(move || {
+            let new = m.upgrade();
+            (m, new, Instant::now())
+        });
+        let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+            .await
+            .expect("in time")
+            .expect("the stream in flight finishes");
+        let started = Instant::now();
+        let end = tokio::time::timeout(Duration::from_secs(10), conn).await;
+        assert!(
+            matches!(end, Ok(Ok(Ok(())))),
+            "closed after GOAWAY: {end:?}"
+        );
+        let (mut old, _new, upgraded) = new.await.unwrap();
+        assert!(
+            upgraded < started,
+            "the stream was in flight across the upgrade"
+        );
+        assert!(wait_until(Duration::from_secs(5), || old.exited()));
+        (resp.status().as_u16(), started.elapsed())
+    });
+    assert_eq!(status, 200);
+    assert!(closed_after < Duration::from_secs(2), "{closed_after:?}");
 }

@@ -10,6 +10,7 @@ mod check;
 mod compression;
 mod conf_files;
 mod conn_limits;
+mod drain;
 mod edge_headers;
 mod forwarding;
 mod framing;

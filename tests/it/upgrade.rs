@@ -11,13 +11,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 fn start(body: &str) -> Moat {
-    let dir = temp_dir("upgrade");
-    let (port, admin) = (free_port(), free_port());
-    let text = format!(
-        "server:\n  threads: 1\n  pid_file: {d}/moat.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 1s\n  shutdown_timeout: 10s\nlisteners:\n  - name: public\n    address: 127.0.0.1:{port}\nadmin:\n  address: 127.0.0.1:{admin}\n{body}",
-        d = dir.display()
-    );
-    Moat::start_raw(&text, port, admin, dir, &[])
+    Moat::start_timed("1s", "10s", body)
 }
 
 #[test]
@@ -205,17 +199,20 @@ fn sigterm_stops_fast_and_sigquit_drains() {
         );
         (Moat::start_raw(&text, port, admin, dir, &[]), log)
     };
+    let term_stops_at_once = |m: &mut Moat| {
+        let t = std::time::Instant::now();
+        m.signal("TERM");
+        assert!(crate::harness::wait_until(Duration::from_secs(3), || m.exited()));
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            t.elapsed()
+        );
+    };
     // SIGTERM: gone at once, whatever grace_period says, with the access log written out.
     let (mut m, log) = make();
     crate::harness::request(m.port, "GET", "/before-term", &[], b"");
-    let t = std::time::Instant::now();
-    m.signal("TERM");
-    assert!(crate::harness::wait_until(Duration::from_secs(3), || m.exited()));
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        t.elapsed()
-    );
+    term_stops_at_once(&mut m);
     assert!(std::fs::read_to_string(&log)
         .unwrap_or_default()
         .contains("/before-term"));
@@ -227,4 +224,6 @@ fn sigterm_stops_fast_and_sigquit_drains() {
             && m.admin_get("/readyz").status == 503
     }));
     assert!(!m.exited(), "still draining");
+    // SIGTERM while draining: gone at once too.
+    term_stops_at_once(&mut m);
 }

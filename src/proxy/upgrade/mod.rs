@@ -16,19 +16,23 @@
 //!    from Pingora's session (a [`Detached`] stand-in is left behind, Pingora finishes
 //!    that one and ends its connection task), the 101 is written, and a task relays both
 //!    ways ([`relay`]) with no buffer held while idle. The request is logged and counted
-//!    when that task ends ([`Finish`]), with the upstream's status.
+//!    when that task ends ([`Finish`]), with the upstream's status. The relay stays
+//!    counted in the process's drain (the connection's place moves to it): when the
+//!    process stops, it closes the WebSocket with a close frame each way.
 //!
 //! Bytes the client sent after its head before seeing the 101 (it should wait, RFC 6455
 //! §4.1) are not dropped: they go to the upstream right after the 101, before relaying.
 
 mod body;
 mod detached;
+mod frames;
 mod head;
 pub mod relay;
 
 use super::logging::Finish;
 use super::{apply_compression, chain_of, failure, upstream_head, Moat};
 use crate::ctx::RequestCtx;
+use crate::drain::Tracked;
 use crate::reply::{ErrorCode, Reply};
 use crate::upstream::pool::FailureKind;
 use bytes::BytesMut;
@@ -238,10 +242,11 @@ impl Moat {
         let owned = std::mem::replace(ctx, RequestCtx::new(rt));
         ctx.detached = true;
         let mut finish = Finish::new(self, line, owned, 0);
-        let Some((mut down, early)) = detached else {
+        let Some((mut down, early, tracked)) = detached else {
             log::debug!("upgraded client connection could not be taken over");
             return;
         };
+        let mut tracked = tracked.unwrap_or_else(|| self.drain.track());
         let mut head = head::response_to_wire(&resp);
         drop(resp);
         head.extend_from_slice(&rest);
@@ -264,12 +269,24 @@ impl Moat {
         }
         finish.status = 101;
         finish.bytes_sent = rest.len() as u64;
+        // The relay follows the frames from here: after what was just sent each way.
+        let mut frames = (frames::Frames::default(), frames::Frames::default());
+        frames.0.advance(&early, false);
+        frames.1.advance(&rest, false);
         drop((head, rest, early));
         tokio::spawn(async move {
             // The whole guard moves in (not just a field): it logs when this task ends, or
             // when it is dropped as the process stops.
             let mut finish = finish;
-            let end = relay::relay(&mut down, &mut up, idle, &mut finish.relayed).await;
+            let end = relay::relay(
+                &mut down,
+                &mut up,
+                idle,
+                &mut finish.relayed,
+                &mut tracked,
+                frames,
+            )
+            .await;
             log::debug!(
                 "upgraded connection ended ({end:?}): {} bytes up, {} down",
                 finish.relayed.a_to_b,
@@ -280,21 +297,22 @@ impl Moat {
 }
 
 /// Take the client connection out of `session`, leaving a [`Detached`] stand-in: the
-/// stream (out of moat's head-deadline wrapper, which has nothing left to time) and the
-/// bytes already read past the request head. `None` if Pingora would not give it up.
-async fn detach(session: &mut Session) -> Option<(Stream, BytesMut)> {
+/// stream (out of moat's head-deadline wrapper, which has nothing left to time), the
+/// bytes already read past the request head, and the connection's place in the drain.
+/// `None` if Pingora would not give it up.
+async fn detach(session: &mut Session) -> Option<(Stream, BytesMut, Option<Tracked>)> {
     let stand_in = ServerSession::new_http1(Box::new(Detached));
     let mut real = std::mem::replace(&mut *session.downstream_session, stand_in);
     // Reuse hands back the stream and, with pipelining on, what was read past the head.
     real.set_keepalive(Some(0));
     real.set_pipelining_enabled(true);
     let (stream, prefix) = real.finish().await.ok().flatten()?.into_parts();
-    let (stream, peeked) = crate::slowloris::into_inner(stream)?;
+    let (stream, peeked, tracked) = crate::slowloris::into_inner(stream)?;
     let mut early = BytesMut::from(&peeked[..]);
     if let Some(p) = prefix {
         early.extend_from_slice(&p);
     }
-    Some((stream, early))
+    Some((stream, early, tracked))
 }
 
 /// What the access log needs of `req` (method, path, host), copied so the parsed head

@@ -1,5 +1,5 @@
-//! Relaying an upgraded connection (WebSocket...) between the client and the upstream,
-//! both ways, until both sides are done.
+//! Relaying an upgraded WebSocket connection between the client and the upstream, both
+//! ways, until both sides are done.
 //!
 //! An idle relay holds no buffer: reads go into one scratch buffer per thread (64 KiB,
 //! which also lets a read bypass the 64 KiB buffer Pingora keeps in front of a plain TCP
@@ -9,7 +9,18 @@
 //! Half close: end of stream from one side shuts the other side's write half down (after
 //! what is pending was written); the relay ends when both directions have ended, on the
 //! first error either way, or after `idle` with no byte moved in either direction.
+//!
+//! When the process stops (its drain reaches `Ending`, see [`crate::drain`]), the relay
+//! closes the WebSocket itself, both ways: each direction is relayed up to the end of the
+//! frame in progress ([`Frames`] follows where frames end, without holding them), then a
+//! close frame with status 1001 "going away" goes out instead of what follows (masked
+//! toward the upstream, as a client's frames must be), and what the peer sends after
+//! is read and dropped. When a peer answers with its own close frame (or ends its
+//! stream), the other side's write half is shut; the relay ends when both did, or after
+//! [`CLOSE_WAIT`], whichever comes first.
 
+use super::frames::{going_away, Frames};
+use crate::drain::{Stage, Tracked};
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::io;
@@ -26,6 +37,10 @@ pub const SCRATCH: usize = 64 * 1024;
 /// other direction and other tasks run.
 const READS_PER_POLL: usize = 16;
 
+/// When the process stops: how long the close frames and the peers' answers get before
+/// the relay ends anyway (less than the drain's own wait, `drain::sequence::LINGER`).
+pub const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 thread_local! {
     static SCRATCH_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
@@ -39,6 +54,8 @@ pub enum End {
     Idle,
     /// A read or write failed (`ErrorKind` of the first error).
     Error(io::ErrorKind),
+    /// The process stopped: close frames were sent (see the module docs).
+    GoingAway,
 }
 
 /// Bytes a relay moved so far (updated as they move, so a relay dropped midway, at
@@ -49,6 +66,18 @@ pub struct Traffic {
     pub a_to_b: u64,
     /// Bytes from `b` to `a`.
     pub b_to_a: u64,
+}
+
+/// Where one direction is in moat's own close (when the process stops).
+#[derive(Default)]
+enum Closing {
+    /// Not closing.
+    #[default]
+    No,
+    /// This close frame goes out at the next frame boundary.
+    Wanted(Vec<u8>),
+    /// The close frame went out (or was queued): what the source sends is dropped.
+    Sent,
 }
 
 /// One direction's state.
@@ -63,11 +92,21 @@ struct Half {
     read_done: bool,
     /// The destination's write half was shut down.
     shut: bool,
+    /// Where the frames of what was read end.
+    frames: Frames,
+    closing: Closing,
 }
 
 impl Half {
     fn done(&self) -> bool {
         self.read_done && self.shut
+    }
+
+    /// Close this direction with `frame` at its next frame boundary.
+    fn close_with(&mut self, frame: Vec<u8>) {
+        if !self.done() {
+            self.closing = Closing::Wanted(frame);
+        }
     }
 
     /// Move bytes from `src` to `dst` until either would block. `Ready(Ok(moved))` when
@@ -112,6 +151,18 @@ impl Half {
                     Poll::Pending => return Poll::Pending,
                 }
             }
+            if matches!(self.closing, Closing::Wanted(_)) && self.frames.at_boundary() {
+                // Everything read was written and ends a frame: the close goes next.
+                if let Closing::Wanted(frame) = std::mem::replace(&mut self.closing, Closing::Sent)
+                {
+                    self.pending = frame;
+                }
+                continue;
+            }
+            if matches!(self.closing, Closing::Sent) && self.frames.closed() {
+                // The source answered (or sent) a close: nothing more to read from it.
+                self.read_done = true;
+            }
             if self.read_done {
                 if !self.shut {
                     match Pin::new(&mut *dst).poll_shutdown(cx) {
@@ -138,11 +189,20 @@ impl Half {
                 self.read_done = true;
                 continue;
             }
-            *bytes += n as u64;
             *moved = true;
+            // How much of what was read goes on: all of it, up to the end of the frame in
+            // progress when a close is wanted, nothing once it was sent.
+            let forward = match self.closing {
+                Closing::No => self.frames.advance(&scratch[..n], false),
+                Closing::Wanted(_) => self.frames.advance(&scratch[..n], true),
+                Closing::Sent => 0,
+            };
+            // The rest is dropped, but its frames are followed (to see a close).
+            self.frames.advance(&scratch[forward..n], false);
+            *bytes += forward as u64;
             let mut off = 0;
-            while off < n {
-                match Pin::new(&mut *dst).poll_write(cx, &scratch[off..n]) {
+            while off < forward {
+                match Pin::new(&mut *dst).poll_write(cx, &scratch[off..forward]) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(k)) => {
                         off += k;
@@ -152,27 +212,61 @@ impl Half {
                     Poll::Pending => break,
                 }
             }
-            if off < n {
-                self.pending.extend_from_slice(&scratch[off..n]);
+            if off < forward {
+                self.pending.extend_from_slice(&scratch[off..forward]);
                 self.pos = 0;
+            }
+            if forward < n {
+                // A frame ended inside this read: the close goes right after it.
+                if let Closing::Wanted(frame) = std::mem::replace(&mut self.closing, Closing::Sent)
+                {
+                    self.pending.extend_from_slice(&frame);
+                }
             }
         }
     }
 }
 
-/// Relay between `a` and `b` until both directions ended, an error, or `idle` without a
-/// byte moving; `traffic` counts the bytes as they go.
-pub async fn relay<A, B>(a: &mut A, b: &mut B, idle: Duration, traffic: &mut Traffic) -> End
+/// Relay between `client` and `upstream`, a WebSocket connection, until both directions
+/// ended, an error, `idle` without a byte moving, or the process stopping (see the module
+/// docs); `traffic` counts the bytes as they go (`a_to_b`: client to upstream).
+/// `frames` follow each direction (client to upstream, upstream to client) from where
+/// the relay starts; `tracked` is the connection's place in the process's drain.
+pub async fn relay<A, B>(
+    client: &mut A,
+    upstream: &mut B,
+    idle: Duration,
+    traffic: &mut Traffic,
+    tracked: &mut Tracked,
+    frames: (Frames, Frames),
+) -> End
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut ab = Half::default();
-    let mut ba = Half::default();
+    let mut ab = Half {
+        frames: frames.0,
+        ..Half::default()
+    };
+    let mut ba = Half {
+        frames: frames.1,
+        ..Half::default()
+    };
     let mut last = Instant::now();
+    // Once the process stops: when the relay ends whatever the peers do.
+    let mut closing_until: Option<Instant> = None;
     let sleep = tokio::time::sleep(idle);
     tokio::pin!(sleep);
     poll_fn(|cx| {
+        if closing_until.is_none() && tracked.park(cx.waker()) == Stage::Ending {
+            ab.close_with(going_away(Some(rand::random())));
+            ba.close_with(going_away(None));
+            let until = Instant::now() + CLOSE_WAIT;
+            closing_until = Some(until);
+            if sleep.deadline() > until {
+                sleep.as_mut().reset(until);
+            }
+        }
         let mut moved = false;
         let result = SCRATCH_BUF.with(|cell| match cell.try_borrow_mut() {
             Ok(mut scratch) => {
@@ -181,7 +275,7 @@ where
                 }
                 step(
                     cx,
-                    (a, b),
+                    (client, upstream),
                     (&mut ab, &mut ba),
                     &mut scratch,
                     traffic,
@@ -193,7 +287,7 @@ where
                 let mut small = [0u8; 4096];
                 step(
                     cx,
-                    (a, b),
+                    (client, upstream),
                     (&mut ab, &mut ba),
                     &mut small,
                     traffic,
@@ -202,15 +296,22 @@ where
             }
         });
         if let Poll::Ready(end) = result {
-            return Poll::Ready(end);
+            return Poll::Ready(match end {
+                End::Closed if closing_until.is_some() => End::GoingAway,
+                other => other,
+            });
         }
         if moved {
             last = Instant::now();
         }
         while sleep.as_mut().poll(cx).is_ready() {
-            let deadline = last + idle;
+            let deadline = closing_until.map_or(last + idle, |c| c.min(last + idle));
             if Instant::now() >= deadline {
-                return Poll::Ready(End::Idle);
+                return Poll::Ready(if closing_until.is_some() {
+                    End::GoingAway
+                } else {
+                    End::Idle
+                });
             }
             sleep.as_mut().reset(deadline);
         }

@@ -78,6 +78,19 @@ impl Moat {
         m
     }
 
+    /// Start with two threads, `server.grace_period` and `server.shutdown_timeout` as given
+    /// (what upgrade and drain tests vary), one listener and an admin listener; `body` is
+    /// the rest of the config.
+    pub fn start_timed(grace: &str, shutdown: &str, body: &str) -> Moat {
+        let dir = temp_dir("timed");
+        let (port, admin) = (free_port(), free_port());
+        let text = format!(
+            "server:\n  threads: 2\n  pid_file: {d}/moat.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: {grace}\n  shutdown_timeout: {shutdown}\nlisteners:\n  - name: public\n    address: 127.0.0.1:{port}\nadmin:\n  address: 127.0.0.1:{admin}\n{body}",
+            d = dir.display()
+        );
+        Self::start_raw(&text, port, admin, dir, &[])
+    }
+
     /// Start with a complete config text already naming `port` and `admin`.
     pub fn start_raw(
         text: &str,
