@@ -695,10 +695,11 @@ fn rejected_cases() -> Vec<Case> {
         ),
         case(
             "connection limits",
-            "server:\n  limits: { max_connections_per_ip: 0, max_connections: 0 }\n",
+            "server:\n  limits: { max_connections_per_ip: 0, max_connections: 0, per_ip_v6_prefix: 129 }\n",
             &[
                 "server.limits.max_connections_per_ip: must be at least 1",
                 "server.limits.max_connections: must be at least 1",
+                "server.limits.per_ip_v6_prefix: must be a prefix length between 1 and 128",
             ],
         ),
         case(
