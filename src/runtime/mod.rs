@@ -147,10 +147,28 @@ pub enum Action {
 pub struct Respond {
     /// Status code.
     pub status: u16,
-    /// Headers, templated.
-    pub headers: Vec<(HeaderName, Template)>,
+    /// Headers, in order.
+    pub headers: Vec<RespondHeader>,
     /// Body, templated.
     pub body: Template,
+    /// How the body's values are escaped: from its literal `Content-Type`, at load.
+    pub body_context: crate::template::Context,
+}
+
+/// One header of a configured response.
+pub struct RespondHeader {
+    /// Its name.
+    pub name: HeaderName,
+    /// Its value.
+    pub value: RespondValue,
+}
+
+/// A configured response header's value.
+pub enum RespondValue {
+    /// Literal, built at load.
+    Fixed(http::HeaderValue),
+    /// Rendered per request.
+    Template(Template),
 }
 
 /// A configured redirect.

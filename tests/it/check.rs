@@ -512,6 +512,11 @@ fn rejected_cases() -> Vec<Case> {
             ],
         ),
         case(
+            "a templated respond content type",
+            "routes:\n  - name: a\n    respond: { body: \"{{path}}\", headers: { Content-Type: \"{{header.accept}}\" } }\n",
+            &["routes[0].respond.headers.Content-Type: must be literal text: the body's values are escaped for the content type, chosen when the config is loaded"],
+        ),
+        case(
             "bad CIDR in trusted_proxies",
             "server:\n  trusted_proxies: [10.0.0.0/8, nope, 10.0.0.1/8, 10.0.0.0/33]\n",
             &[
