@@ -908,3 +908,31 @@ fn warnings_are_printed_and_the_check_still_passes() {
     // The password itself is never repeated.
     assert!(!c.stderr.contains("hunter2"), "{}", c.stderr);
 }
+
+#[test]
+fn a_short_admin_token_is_a_warning() {
+    let dir = temp_dir("check-short-token");
+    let file = dir.join("moat.yaml");
+    let text = format!(
+        "{LISTENER}admin:\n  address: 127.0.0.1:19901\n  token_env: MOAT_TEST_SHORT_TOKEN\n"
+    );
+    std::fs::write(&file, text).expect("write config");
+    let c = run_check(&file, &[("MOAT_TEST_SHORT_TOKEN", "hunter2")]);
+    assert_eq!(c.code, Some(0), "stderr:\n{}", c.stderr);
+    let warnings: Vec<&str> = c
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(
+        warnings,
+        ["warning: admin.token_env: the token is 7 characters long: anyone who can reach the admin address can guess a short one; use at least 16 random characters (`moat keygen` prints one)"],
+        "stderr:\n{}",
+        c.stderr
+    );
+    assert!(!c.stderr.contains("hunter2"), "{}", c.stderr);
+    let c = run_check(&file, &[("MOAT_TEST_SHORT_TOKEN", "0123456789abcdef")]);
+    assert_eq!(c.code, Some(0), "stderr:\n{}", c.stderr);
+    assert!(!c.stderr.contains("warning: "), "{}", c.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}
