@@ -284,34 +284,11 @@ fn header_names_with_underscores_are_refused_over_http1_and_http2() {
 
 /// The status of one h2c (prior knowledge) request to `/x` carrying `name: value`.
 fn h2c_status(port: u16, name: &str, value: &str) -> u16 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    let req = http::Request::get("http://api.example.com/x")
+        .header(name.to_ascii_lowercase(), value)
+        .body(())
         .unwrap();
-    rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = http::Request::get("http://api.example.com/x")
-            .header(name.to_ascii_lowercase(), value)
-            .body(())
-            .unwrap();
-        let (resp, _) = client
-            .ready()
-            .await
-            .unwrap()
-            .send_request(req, true)
-            .unwrap();
-        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), resp)
-            .await
-            .expect("response in time")
-            .expect("response");
-        resp.status().as_u16()
-    })
+    crate::http2::h2c_exchange(port, vec![(req, b"")])[0].0
 }
 
 #[test]
