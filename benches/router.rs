@@ -1,5 +1,5 @@
 //! Route lookup cost with 10 and 10,000 host+prefix routes (it must not grow linearly),
-//! plus header-template rendering.
+//! plus header-template rendering (as is, and escaped for a JSON body).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, Method};
@@ -61,6 +61,14 @@ fn templates(c: &mut Criterion) {
         b.iter(|| {
             buf.clear();
             t.render(black_box(&facts), &mut buf);
+            black_box(buf.len())
+        })
+    });
+    // The same values escaped as JSON string fragments (a JSON `respond` body).
+    c.bench_function("template_render_json", |b| {
+        b.iter(|| {
+            buf.clear();
+            t.render_in(black_box(&facts), &mut buf, moat::template::Context::Json);
             black_box(buf.len())
         })
     });

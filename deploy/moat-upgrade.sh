@@ -16,18 +16,30 @@
 set -euo pipefail
 
 config="" pidfile="" admin="" bin="$(command -v moat || echo /usr/local/bin/moat)" token_env="" token_file="" sock=""
+usage() {
+  echo "usage: $0 -c CONFIG -p PIDFILE -a ADMIN_ADDR [-u UPGRADE_SOCK] [-b BINARY] [-t TOKEN_ENV | -T TOKEN_FILE]" >&2
+  exit 2
+}
 while getopts "c:p:a:b:t:T:u:" o; do
   case "$o" in
     c) config=$OPTARG ;; p) pidfile=$OPTARG ;; a) admin=$OPTARG ;; b) bin=$OPTARG ;; t) token_env=$OPTARG ;; T) token_file=$OPTARG ;; u) sock=$OPTARG ;;
-    *) echo "usage: $0 -c CONFIG -p PIDFILE -a ADMIN_ADDR [-b BINARY] [-t TOKEN_ENV]" >&2; exit 2 ;;
+    *) usage ;;
   esac
 done
-[[ -n "$config" && -n "$pidfile" && -n "$admin" ]] || { echo "usage: $0 -c CONFIG -p PIDFILE -a ADMIN_ADDR [-b BINARY]" >&2; exit 2; }
+[[ -n "$config" && -n "$pidfile" && -n "$admin" ]] || usage
 
-auth=()
-if [[ -n "$token_env" && -n "${!token_env:-}" ]]; then auth=(-H "Authorization: Bearer ${!token_env}"); fi
-if [[ -n "$token_file" ]]; then auth=(-H "Authorization: Bearer $(tr -d '[:space:]' <"$token_file")"); fi
-status_pid() { curl -fsS --max-time 2 "${auth[@]}" "http://$admin/status" 2>/dev/null | sed -n 's/.*"pid":\([0-9]*\).*/\1/p'; }
+# The token goes to curl on its standard input (-H @-), never on its command line, where
+# any user could read it in `ps`.
+token=""
+if [[ -n "$token_env" ]]; then token=${!token_env:-}; fi
+if [[ -n "$token_file" ]]; then token=$(tr -d '[:space:]' <"$token_file"); fi
+status_pid() {
+  local auth=()
+  if [[ -n "$token" ]]; then auth=(-H @-); fi
+  printf 'Authorization: Bearer %s\n' "$token" |
+    curl -fsS --max-time 2 "${auth[@]}" "http://$admin/status" 2>/dev/null |
+    sed -n 's/.*"pid":\([0-9]*\).*/\1/p'
+}
 
 old=$(cat "$pidfile" 2>/dev/null || true)
 [[ -n "$old" ]] && kill -0 "$old" 2>/dev/null || { echo "moat-upgrade: no running moat in $pidfile" >&2; exit 1; }

@@ -213,6 +213,21 @@ fn error(code: ErrorCode, msg: &str) -> Response<Vec<u8>> {
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        // HTTP/1.0 closes after the response unless it asked for keep-alive (Pingora's
+        // server app keeps every connection open): a probe reading to the end returns.
+        let req = s.req_header();
+        if req.version == http::Version::HTTP_10
+            && !req
+                .headers
+                .get(http::header::CONNECTION)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    v.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("keep-alive"))
+                })
+        {
+            s.set_keepalive(None);
+        }
         let req = s.req_header();
         let method = req.method.clone();
         let path = req.uri.path().to_string();

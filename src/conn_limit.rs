@@ -5,18 +5,18 @@
 //!
 //! - [`Limiter`] counts open connections: one process-wide atomic, and per client address
 //!   a map in 64 shards, each behind its own mutex (an entry is removed when its count
-//!   returns to 0, so the map holds only addresses with open connections). Peers in
-//!   `server.trusted_proxies` (a load balancer in front of moat carries many clients) count
-//!   towards `max_connections` only.
-//! - [`ConnLimit`] wraps a listening service's application: each connection it is handed
-//!   takes a [`Slot`] or is dropped (closed), and travels inside a [`Counted`] stream that
-//!   holds the slot, so it is given back when the socket is dropped, however the connection
-//!   ends: HTTP/1 keep-alive, HTTP/2 (the stream lives in the h2 connection), a WebSocket
-//!   relayed outside Pingora's request loop (the relay owns the stream).
-//! - [`Filter`], Pingora's connection filter, refuses a new connection from an address (or
-//!   in a process) already at its limit right at `accept()`, before a TLS handshake is
-//!   spent on it. It only reads the counts: connections still in their TLS handshake are
-//!   not counted (Pingora bounds a handshake to 60 s); [`ConnLimit`] decides.
+//!   returns to 0, so the map holds only addresses with open connections). An IPv6 client
+//!   is counted by its prefix (`server.limits.per_ip_v6_prefix`, default /64: one client
+//!   commonly holds a whole /64). Peers in `server.trusted_proxies` (a load balancer in
+//!   front of moat carries many clients) count towards `max_connections` only.
+//! - A connection takes a [`Slot`] as soon as moat sees it, and the slot rides on the
+//!   socket itself (see `accept`), so it is given back when the socket is closed, however
+//!   the connection ends: HTTP/1 keep-alive, HTTP/2, a WebSocket relayed outside Pingora's
+//!   request loop, a TLS handshake that fails or times out. On a TLS listener the slot is
+//!   taken before the handshake, so connections stalled in it count.
+//! - Pingora's connection filter ([`accept::Filter`]) refuses a connection from an address
+//!   (or in a process) already at its limit right at `accept()`, before a task is spawned
+//!   for it.
 //!
 //! Both limits are process-level: they are read at start, and a reload that changes them is
 //! refused (as every `server:` change).
@@ -24,27 +24,27 @@
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::net::{canonical, CidrSet};
-use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
-use pingora_core::listeners::ConnectionFilter;
-use pingora_core::protocols::Stream;
-use pingora_core::server::ShutdownWatch;
 use prometheus::IntCounter;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-mod counted;
+pub mod accept;
 
-pub use counted::Counted;
+pub use accept::{service, ConnLimit};
 
 const SHARDS: usize = 64;
+
+/// Default `server.limits.per_ip_v6_prefix`.
+pub const DEFAULT_V6_PREFIX: u8 = 64;
 
 /// Open-connection counts and the limits they are held to.
 pub struct Limiter {
     per_ip: Option<u32>,
+    /// The mask an IPv6 address is counted under (`per_ip_v6_prefix`).
+    v6_mask: u128,
     total: Option<u32>,
     /// Addresses exempt from `per_ip` (`server.trusted_proxies`).
     trusted: CidrSet,
@@ -76,8 +76,10 @@ impl Limiter {
             return None;
         }
         let reason = |r: &str| metrics.connections_refused.with_label_values(&[r]);
+        let prefix = u32::from(l.per_ip_v6_prefix.unwrap_or(DEFAULT_V6_PREFIX)).min(128);
         Some(Arc::new(Limiter {
             per_ip: l.max_connections_per_ip,
+            v6_mask: u128::MAX.checked_shl(128 - prefix).unwrap_or(0),
             total: l.max_connections,
             trusted: CidrSet::parse(&cfg.server.trusted_proxies).unwrap_or_default(),
             open: AtomicUsize::new(0),
@@ -90,10 +92,17 @@ impl Limiter {
         }))
     }
 
-    /// The address a per-IP count applies to (`None`: unknown or trusted).
+    /// The key a per-IP count applies to (`None`: unknown or trusted): the address, or
+    /// for IPv6 its `per_ip_v6_prefix` network.
     fn counted_ip(&self, peer: Option<IpAddr>) -> Option<IpAddr> {
         let ip = canonical(peer?);
-        (self.per_ip.is_some() && !self.trusted.contains(ip)).then_some(ip)
+        if self.per_ip.is_none() || self.trusted.contains(ip) {
+            return None;
+        }
+        Some(match ip {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & self.v6_mask).into()),
+            v4 => v4,
+        })
     }
 
     fn shard(&self, ip: IpAddr) -> &Mutex<HashMap<IpAddr, u32>> {
@@ -119,7 +128,7 @@ impl Limiter {
         let total = self.open.fetch_add(1, Ordering::AcqRel) + 1;
         if self.total.is_some_and(|max| total > max as usize) {
             self.open.fetch_sub(1, Ordering::AcqRel);
-            return Err(self.refuse(Refused::Total, peer));
+            return Err(self.refuse(Refused::Total, peer, None));
         }
         let ip = self.counted_ip(peer);
         if let (Some(ip), Some(max)) = (ip, self.per_ip) {
@@ -128,7 +137,7 @@ impl Limiter {
             if *n >= max {
                 drop(shard);
                 self.open.fetch_sub(1, Ordering::AcqRel);
-                return Err(self.refuse(Refused::PerIp, peer));
+                return Err(self.refuse(Refused::PerIp, peer, Some(ip)));
             }
             *n += 1;
         }
@@ -145,12 +154,12 @@ impl Limiter {
             .total
             .is_some_and(|max| self.open.load(Ordering::Acquire) >= max as usize)
         {
-            self.refuse(Refused::Total, peer);
+            self.refuse(Refused::Total, peer, None);
             return false;
         }
         if let (Some(ip), Some(max)) = (self.counted_ip(peer), self.per_ip) {
             if self.lock(ip).get(&ip).is_some_and(|n| *n >= max) {
-                self.refuse(Refused::PerIp, peer);
+                self.refuse(Refused::PerIp, peer, Some(ip));
                 return false;
             }
         }
@@ -183,13 +192,14 @@ impl Limiter {
         self.open.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Count a refusal; log it unless one was logged this second.
-    fn refuse(&self, why: Refused, peer: Option<IpAddr>) -> Refused {
+    /// Count a refusal; log it unless one was logged this second. `key`: what the
+    /// per-IP count is kept under (the address, or an IPv6 client's network).
+    fn refuse(&self, why: Refused, peer: Option<IpAddr>, key: Option<IpAddr>) -> Refused {
         match why {
             Refused::PerIp => self.refused_per_ip.inc(),
             Refused::Total => self.refused_total.inc(),
         }
-        let unlogged = self.unlogged.fetch_add(1, Ordering::Relaxed) + 1;
+        self.unlogged.fetch_add(1, Ordering::Relaxed);
         let now = self.started.elapsed().as_secs() + 1;
         let last = self.logged_at.load(Ordering::Relaxed);
         if now > last
@@ -198,13 +208,21 @@ impl Limiter {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            self.unlogged.fetch_sub(unlogged, Ordering::Relaxed);
+            // Taken whole: another thread's refusals counted meanwhile go in this message
+            // or the next, never twice, and the count never wraps.
+            let unlogged = self.unlogged.swap(0, Ordering::Relaxed);
             let from = peer.map_or_else(|| "an unknown address".to_string(), |ip| ip.to_string());
             let limit = match why {
-                Refused::PerIp => format!(
-                    "server.limits.max_connections_per_ip ({}) reached for {from}",
-                    self.per_ip.unwrap_or(0)
-                ),
+                Refused::PerIp => {
+                    let whom = match key {
+                        Some(IpAddr::V6(net)) => format!("{net}/{}", self.v6_mask.count_ones()),
+                        _ => from.clone(),
+                    };
+                    format!(
+                        "server.limits.max_connections_per_ip ({}) reached for {whom}",
+                        self.per_ip.unwrap_or(0)
+                    )
+                }
                 Refused::Total => format!(
                     "server.limits.max_connections ({}) reached",
                     self.total.unwrap_or(0)
@@ -235,72 +253,6 @@ impl Drop for Slot {
 impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Slot").field("ip", &self.ip).finish()
-    }
-}
-
-/// A listening service's application with connection limits in front (none: `inner` as
-/// is).
-pub struct ConnLimit<A> {
-    inner: Arc<A>,
-    limiter: Option<Arc<Limiter>>,
-}
-
-impl<A> ConnLimit<A> {
-    /// `inner`, its connections held to `limiter` when there is one.
-    pub fn new(inner: A, limiter: Option<Arc<Limiter>>) -> ConnLimit<A> {
-        ConnLimit {
-            inner: Arc::new(inner),
-            limiter,
-        }
-    }
-}
-
-fn peer_ip(stream: &Stream) -> Option<IpAddr> {
-    let digest = stream.get_socket_digest()?;
-    digest.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
-}
-
-#[async_trait]
-impl<A> ServerApp for ConnLimit<A>
-where
-    A: ServerApp + Send + Sync + 'static,
-{
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let stream = match &self.limiter {
-            // A stream handed back for reuse already holds its slot.
-            Some(l) if !stream.as_any().is::<Counted>() => {
-                // Refused: dropping the stream closes the connection.
-                let slot = l.acquire(peer_ip(&stream)).ok()?;
-                Box::new(Counted::new(stream, slot))
-            }
-            _ => stream,
-        };
-        self.inner.process_new(stream, shutdown).await
-    }
-
-    async fn cleanup(&self) {
-        self.inner.cleanup().await
-    }
-}
-
-/// Pingora's accept-time filter over a [`Limiter`] (see the module docs).
-#[derive(Clone)]
-pub struct Filter(pub Arc<Limiter>);
-
-impl std::fmt::Debug for Filter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("conn_limit::Filter")
-    }
-}
-
-#[async_trait]
-impl ConnectionFilter for Filter {
-    async fn should_accept(&self, addr: Option<&SocketAddr>) -> bool {
-        self.0.admits(addr.map(|a| a.ip()))
     }
 }
 
@@ -357,6 +309,35 @@ mod tests {
         drop(held);
         assert_eq!(l.open(), 0);
         assert_eq!(l.refused_total.get(), 2);
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_prefix() {
+        let l = limiter("max_connections_per_ip: 2", "");
+        // One /64 is one client, whatever its interface identifiers.
+        let a = l.acquire(ip("2001:db8:1:2::1")).unwrap();
+        let _b = l.acquire(ip("2001:db8:1:2:ffff::9")).unwrap();
+        assert_eq!(
+            l.acquire(ip("2001:db8:1:2:abcd::3")).unwrap_err(),
+            Refused::PerIp
+        );
+        assert!(!l.admits(ip("2001:db8:1:2::77")));
+        let _c = l.acquire(ip("2001:db8:1:3::1")).unwrap();
+        assert_eq!(l.tracked_addresses(), 2);
+        drop(a);
+        assert!(l.admits(ip("2001:db8:1:2::77")));
+        // IPv4 (mapped or not) stays per address.
+        let _d = l.acquire(ip("::ffff:10.0.0.1")).unwrap();
+        let _e = l.acquire(ip("10.0.0.2")).unwrap();
+        assert_eq!(l.tracked_addresses(), 4);
+
+        let l = limiter("max_connections_per_ip: 1, per_ip_v6_prefix: 128", "");
+        let _a = l.acquire(ip("2001:db8::1")).unwrap();
+        let _b = l.acquire(ip("2001:db8::2")).unwrap();
+        let l = limiter("max_connections_per_ip: 1, per_ip_v6_prefix: 48", "");
+        let _a = l.acquire(ip("2001:db8:0:1::1")).unwrap();
+        assert!(l.acquire(ip("2001:db8:0:ffff::1")).is_err());
+        assert!(l.acquire(ip("2001:db8:1::1")).is_ok());
     }
 
     #[test]

@@ -243,14 +243,7 @@ pub fn run(
         app.server_options = Some(options);
         let policy = crate::slowloris::Policy::new(header_timeout, &metrics, &drain);
         let app = crate::slowloris::HeadTimeout::new(app, policy);
-        let mut svc = Service::new(
-            name.to_string(),
-            crate::conn_limit::ConnLimit::new(app, conn_limiter.clone()),
-        );
-        if let Some(l) = &conn_limiter {
-            svc.set_connection_filter(Arc::new(crate::conn_limit::Filter(Arc::clone(l))));
-        }
-        svc
+        crate::conn_limit::service(name, app, conn_limiter.clone(), header_timeout, &metrics)
     };
     let mut proxy = proxy_service("moat", false);
     let mut h2c_listeners = Vec::new();

@@ -15,7 +15,6 @@ pub use escape::Context;
 
 use crate::identity::Identity;
 use pingora_http::RequestHeader;
-use std::io::Write;
 use std::net::IpAddr;
 
 /// The request facts a template can read.
@@ -112,23 +111,38 @@ impl Template {
     }
 
     /// Append the rendered template to `out`, each variable's value escaped for `ctx`
-    /// (literal text as is).
-    pub fn render_in(&self, f: &Facts, out: &mut Vec<u8>, ctx: Context) {
+    /// (literal text as is), without a buffer of its own. `false`: a value cannot stand
+    /// in this context (a `host` that is not a host name or IP address, in a URL), and
+    /// `out` holds a partial rendering.
+    pub fn render_in(&self, f: &Facts, out: &mut Vec<u8>, ctx: Context) -> bool {
         if ctx == Context::Raw {
-            return self.render(f, out);
+            self.render(f, out);
+            return true;
         }
-        let mut value = Vec::new();
         for p in &self.parts {
             match p {
                 Part::Lit(l) => out.extend_from_slice(l),
                 Part::Var(v) => {
-                    value.clear();
-                    render_var(v, f, &mut value);
+                    if ctx == Context::Url
+                        && *v == Var::Host
+                        && !escape::url_host(request_host(f.req).as_bytes())
+                    {
+                        return false;
+                    }
                     let url_syntax = matches!(v, Var::Path | Var::Query | Var::Uri | Var::Host);
-                    ctx.write(&value, url_syntax, out);
+                    render_var(
+                        v,
+                        f,
+                        &mut Escaped {
+                            ctx,
+                            url_syntax,
+                            out,
+                        },
+                    );
                 }
             }
         }
+        true
     }
 
     /// Render into a new buffer.
@@ -205,44 +219,88 @@ pub fn strip_port(host: &str) -> &str {
     }
 }
 
-fn render_var(v: &Var, f: &Facts, out: &mut Vec<u8>) {
+/// Where a variable's value goes: the output as is, or through an escaper. Values arrive
+/// in pieces, each whole UTF-8 when the value is (a header value, a claim's text, the
+/// pieces `Display` writes).
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Each piece escaped for its context on the way into `out`.
+struct Escaped<'a> {
+    ctx: Context,
+    url_syntax: bool,
+    out: &'a mut Vec<u8>,
+}
+
+impl Sink for Escaped<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.ctx.write(bytes, self.url_syntax, self.out);
+    }
+}
+
+/// `Display` output into a [`Sink`], piece by piece (no buffer).
+struct Pieces<'a, S: Sink>(&'a mut S);
+
+impl<S: Sink> std::fmt::Write for Pieces<'_, S> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.put(s.as_bytes());
+        Ok(())
+    }
+}
+
+fn render_var(v: &Var, f: &Facts, out: &mut impl Sink) {
+    use std::fmt::Write;
     match v {
         Var::ClientIp => {
             if let Some(ip) = f.client_ip {
-                let _ = write!(out, "{ip}");
+                let _ = write!(Pieces(out), "{ip}");
             }
         }
-        Var::RequestId => out.extend_from_slice(f.request_id.as_bytes()),
-        Var::Route => out.extend_from_slice(f.route.as_bytes()),
-        Var::Method => out.extend_from_slice(f.req.method.as_str().as_bytes()),
-        Var::Host => out.extend(request_host(f.req).bytes().map(|b| b.to_ascii_lowercase())),
-        Var::Path => out.extend_from_slice(f.req.uri.path().as_bytes()),
-        Var::Query => out.extend_from_slice(f.req.uri.query().unwrap_or("").as_bytes()),
+        Var::RequestId => out.put(f.request_id.as_bytes()),
+        Var::Route => out.put(f.route.as_bytes()),
+        Var::Method => out.put(f.req.method.as_str().as_bytes()),
+        Var::Host => {
+            // Lower case, through a small stack buffer.
+            for chunk in request_host(f.req).as_bytes().chunks(64) {
+                let mut buf = [0u8; 64];
+                let lower = &mut buf[..chunk.len()];
+                lower.copy_from_slice(chunk);
+                lower.make_ascii_lowercase();
+                out.put(lower);
+            }
+        }
+        Var::Path => out.put(f.req.uri.path().as_bytes()),
+        Var::Query => out.put(f.req.uri.query().unwrap_or("").as_bytes()),
         Var::Uri => {
-            out.extend_from_slice(f.req.uri.path().as_bytes());
+            out.put(f.req.uri.path().as_bytes());
             if let Some(q) = f.req.uri.query() {
-                out.push(b'?');
-                out.extend_from_slice(q.as_bytes());
+                out.put(b"?");
+                out.put(q.as_bytes());
             }
         }
         Var::Header(name) => {
-            let mut first = true;
-            for value in f.req.headers.get_all(name.as_str()) {
-                if !first {
-                    out.extend_from_slice(b", ");
+            for (i, value) in f.req.headers.get_all(name.as_str()).iter().enumerate() {
+                if i > 0 {
+                    out.put(b", ");
                 }
-                first = false;
-                out.extend_from_slice(value.as_bytes());
+                out.put(value.as_bytes());
             }
         }
         Var::ConsumerId => {
             if let Some(id) = f.identity {
-                out.extend_from_slice(id.consumer_id.as_bytes());
+                out.put(id.consumer_id.as_bytes());
             }
         }
         Var::ConsumerTier => {
             if let Some(t) = f.identity.and_then(|i| i.tier.as_deref()) {
-                out.extend_from_slice(t.as_bytes());
+                out.put(t.as_bytes());
             }
         }
         Var::Claim(name) => {
@@ -252,22 +310,22 @@ fn render_var(v: &Var, f: &Facts, out: &mut Vec<u8>) {
                 .and_then(|c| c.get(name.as_str()));
             match claim {
                 None | Some(serde_json::Value::Null) => {}
-                Some(serde_json::Value::String(s)) => out.extend_from_slice(s.as_bytes()),
+                Some(serde_json::Value::String(s)) => out.put(s.as_bytes()),
                 Some(serde_json::Value::Array(items)) => {
                     for (i, item) in items.iter().enumerate() {
                         if i > 0 {
-                            out.push(b' ');
+                            out.put(b" ");
                         }
                         match item {
-                            serde_json::Value::String(s) => out.extend_from_slice(s.as_bytes()),
+                            serde_json::Value::String(s) => out.put(s.as_bytes()),
                             other => {
-                                let _ = write!(out, "{other}");
+                                let _ = write!(Pieces(out), "{other}");
                             }
                         }
                     }
                 }
                 Some(other) => {
-                    let _ = write!(out, "{other}");
+                    let _ = write!(Pieces(out), "{other}");
                 }
             }
         }
@@ -316,6 +374,77 @@ mod tests {
             "10.1.2.3|rid|users|GET|api.example.com|/a/b|x=1&y=2|/a/b?x=1&y=2|one, two|acme|gold|u-1|7|a b||"
         );
         assert!(t.uses_identity());
+    }
+
+    #[test]
+    fn escaping_piece_by_piece_equals_escaping_the_whole_value() {
+        let mut r = RequestHeader::build("GET", b"/a/%41/b?x=%221%22&y=a/b", None).unwrap();
+        r.insert_header("Host", "API.example.com:8080").unwrap();
+        r.append_header("X-Tag", "o'ne \"1\"").unwrap();
+        r.append_header("X-Tag", "tw\u{f6}".as_bytes()).unwrap();
+        let mut claims = serde_json::Map::new();
+        claims.insert(
+            "obj".into(),
+            serde_json::json!({"k": "v\"<\u{e9}>", "n": [1, 2]}),
+        );
+        claims.insert("mix".into(), serde_json::json!(["a'", {"b": "</c>"}, 3.5]));
+        claims.insert("f".into(), serde_json::json!(-1.25e-7));
+        let id = Identity {
+            consumer_id: Arc::from("ac<me>"),
+            tier: Some(Arc::from("g&ld")),
+            method: "jwt",
+            claims: Some(Arc::new(claims)),
+        };
+        let f = Facts {
+            req: &r,
+            client_ip: Some("2001:db8::1".parse().unwrap()),
+            request_id: "r\"id",
+            route: "ro'ute",
+            identity: Some(&id),
+        };
+        for var in [
+            "client_ip",
+            "request_id",
+            "route",
+            "method",
+            "host",
+            "path",
+            "query",
+            "uri",
+            "header.x-tag",
+            "consumer.id",
+            "consumer.tier",
+            "claims.obj",
+            "claims.mix",
+            "claims.f",
+        ] {
+            let t = Template::parse(&format!("[{{{{{var}}}}}]")).unwrap();
+            let whole = t.render_to_vec(&f);
+            let value = &whole[1..whole.len() - 1];
+            let url_syntax = ["host", "path", "query", "uri"].contains(&var);
+            for ctx in [Context::Json, Context::Markup, Context::Url] {
+                let mut want = b"[".to_vec();
+                ctx.write(value, url_syntax, &mut want);
+                want.push(b']');
+                let mut got = Vec::new();
+                assert!(t.render_in(&f, &mut got, ctx), "{var} {ctx:?}");
+                assert_eq!(
+                    String::from_utf8_lossy(&got),
+                    String::from_utf8_lossy(&want),
+                    "{var} {ctx:?}"
+                );
+            }
+        }
+        // A host that is not one cannot go into a URL (elsewhere it is escaped).
+        let mut evil = r.clone();
+        evil.insert_header("Host", "evil.example#.good.example")
+            .unwrap();
+        let f = Facts { req: &evil, ..f };
+        let t = Template::parse("https://{{host}}/").unwrap();
+        assert!(!t.render_in(&f, &mut Vec::new(), Context::Url));
+        let mut out = Vec::new();
+        assert!(t.render_in(&f, &mut out, Context::Markup));
+        assert_eq!(out, b"https://evil.example#.good.example/");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!   writing the file, then a reload);
 //! - the `Host` names it answers: loopback names and addresses, the admin listener's own
 //!   address, and `admin.allowed_hosts`. A browser page whose name an attacker re-points at
-//!   127.0.0.1 (DNS rebinding) sends its own name as `Host`, so it is refused;
+//!   127.0.0.1 (DNS rebinding) sends its own name as `Host`, so it is refused. A request
+//!   without `Host` (an HTTP/1.0 health probe) is answered: browsers always send one;
 //! - `POST` needs `Content-Type: application/json`, which a browser never sends cross-site
 //!   without a CORS preflight (that the admin listener never grants).
 
@@ -14,6 +15,9 @@ use crate::config::model::Config;
 use crate::net::{canonical, Cidr};
 use http::HeaderValue;
 use std::net::{IpAddr, SocketAddr};
+
+/// Tokens shorter than this get a config warning.
+pub const MIN_TOKEN_LEN: usize = 16;
 
 /// The admin listener's access rules of one config generation.
 #[derive(Default)]
@@ -30,8 +34,9 @@ pub struct Access {
 
 impl Access {
     /// The rules of `cfg.admin` (open when there is none), reading the token from its
-    /// variable or file. Problems go to `errs` with their paths.
-    pub fn compile(cfg: &Config, errs: &mut ConfigErrors) -> Access {
+    /// variable or file. Problems go to `errs` with their paths; a token shorter than
+    /// [`MIN_TOKEN_LEN`] is served but goes to `warnings`.
+    pub fn compile(cfg: &Config, errs: &mut ConfigErrors, warnings: &mut ConfigErrors) -> Access {
         let Some(a) = &cfg.admin else {
             return Access::default();
         };
@@ -59,6 +64,22 @@ impl Access {
                     }
                 });
         let token = from_env.or(from_file);
+        if let Some(t) = token.as_deref().filter(|t| t.len() < MIN_TOKEN_LEN) {
+            let path = if a.token_env.is_some() {
+                "admin.token_env"
+            } else {
+                "admin.token_file"
+            };
+            warnings.push(
+                path,
+                format!(
+                    "the token is {} characters long: anyone who can reach the admin address \
+                     can guess a short one; use at least {MIN_TOKEN_LEN} random characters \
+                     (`moat keygen` prints one)",
+                    t.len()
+                ),
+            );
+        }
         let mut names = Vec::new();
         let mut networks = Vec::new();
         for (i, h) in a.allowed_hosts.iter().enumerate() {
@@ -118,8 +139,13 @@ impl Access {
 
     /// Whether `host` (the `Host` header without its port; empty when absent) names this
     /// listener: `localhost` or a name under `.localhost`, a loopback address, the admin
-    /// listener's own address, or an entry of `allowed_hosts`.
+    /// listener's own address, or an entry of `allowed_hosts`. No `Host` at all is
+    /// admitted: DNS rebinding needs a browser, and browsers always send one (HTTP/1.0
+    /// health probes, HAProxy's `option httpchk` among them, do not).
     pub fn host_allowed(&self, host: &str) -> bool {
+        if host.is_empty() {
+            return true;
+        }
         let host = host.strip_suffix('.').unwrap_or(host);
         if host.is_empty() {
             return false;
@@ -197,9 +223,31 @@ mod tests {
     use super::*;
 
     fn access(admin: &str) -> (Access, ConfigErrors) {
+        let (a, errs, _) = access_warned(admin);
+        (a, errs)
+    }
+
+    fn access_warned(admin: &str) -> (Access, ConfigErrors, ConfigErrors) {
         let cfg = crate::config::load::parse(&format!("admin:\n{admin}")).unwrap();
-        let mut errs = ConfigErrors::default();
-        (Access::compile(&cfg, &mut errs), errs)
+        let (mut errs, mut warnings) = (ConfigErrors::default(), ConfigErrors::default());
+        (
+            Access::compile(&cfg, &mut errs, &mut warnings),
+            errs,
+            warnings,
+        )
+    }
+
+    /// A token file holding `token` (and a newline), in a directory of its own.
+    fn token_file(token: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "moat-access-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("admin.token");
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        file
     }
 
     #[test]
@@ -209,6 +257,7 @@ mod tests {
         );
         assert!(errs.0.is_empty(), "{errs}");
         for ok in [
+            "",
             "localhost",
             "LocalHost.",
             "a.localhost",
@@ -223,7 +272,6 @@ mod tests {
             assert!(a.host_allowed(ok), "{ok}");
         }
         for bad in [
-            "",
             ".",
             "evil.example",
             "localhost.evil.example",
@@ -235,7 +283,11 @@ mod tests {
             assert!(!a.host_allowed(bad), "{bad}");
         }
         // An unspecified address is not one a client names.
-        let (a, _) = access("  address: 0.0.0.0:9901\n  token_env: PATH\n");
+        let file = token_file("0123456789abcdef");
+        let (a, _) = access(&format!(
+            "  address: 0.0.0.0:9901\n  token_file: {}\n",
+            file.display()
+        ));
         assert!(!a.host_allowed("0.0.0.0"));
     }
 
@@ -243,13 +295,18 @@ mod tests {
     fn tokens_and_content_types() {
         let (open, _) = access("  address: 127.0.0.1:9901\n");
         assert!(open.authorized(None));
-        let (a, errs) = access("  address: 127.0.0.1:9901\n  token_env: PATH\n");
+        let token = "s3cret-._~+/=0123456789";
+        let file = token_file(token);
+        let (a, errs) = access(&format!(
+            "  address: 127.0.0.1:9901\n  token_file: {}\n",
+            file.display()
+        ));
         assert!(errs.0.is_empty(), "{errs}");
-        let path = std::env::var("PATH").unwrap();
         let h = |v: &str| HeaderValue::from_str(v).unwrap();
-        assert!(a.authorized(Some(&h(&format!("Bearer {path}")))));
-        assert!(a.authorized(Some(&h(&format!("bearer  {path} ")))));
-        assert!(!a.authorized(Some(&h(&format!("Basic {path}")))));
+        assert!(a.authorized(Some(&h(&format!("Bearer {token}")))));
+        assert!(a.authorized(Some(&h(&format!("bearer  {token} ")))));
+        assert!(!a.authorized(Some(&h(&format!("Basic {token}")))));
+        assert!(!a.authorized(Some(&h(&format!("Bearer {token}x")))));
         assert!(!a.authorized(None));
         assert!(!a.same_token(&open));
         for (ct, json) in [
@@ -273,6 +330,25 @@ mod tests {
         assert!(token_problem("a b").is_some());
         assert!(token_problem("tøken").is_some());
         assert_eq!(token_problem("s3cret-._~+/="), None);
+        // Short tokens work, with a warning.
+        let short = token_file("s3cret");
+        let (a, errs, warnings) = access_warned(&format!(
+            "  address: 127.0.0.1:9901\n  token_file: {}\n",
+            short.display()
+        ));
+        assert!(errs.0.is_empty(), "{errs}");
+        assert!(a.authorized(Some(&HeaderValue::from_static("Bearer s3cret"))));
+        assert_eq!(warnings.0.len(), 1, "{warnings}");
+        assert_eq!(warnings.0[0].path, "admin.token_file");
+        assert!(warnings.0[0]
+            .message
+            .starts_with("the token is 6 characters long"));
+        let long = token_file(&"x".repeat(MIN_TOKEN_LEN));
+        let (_, _, warnings) = access_warned(&format!(
+            "  address: 127.0.0.1:9901\n  token_file: {}\n",
+            long.display()
+        ));
+        assert!(warnings.0.is_empty(), "{warnings}");
         assert!(is_host_name("a-b.c_d.example."));
         for bad in ["", "a..b", "a:1", "http://a", "a/b", "*.a"] {
             assert!(!is_host_name(bad), "{bad}");

@@ -74,6 +74,10 @@ pub struct LimitsConfig {
     /// (addition to the reference file; peers in `trusted_proxies` are exempt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections_per_ip: Option<u32>,
+    /// The IPv6 prefix length counted as one client address by `max_connections_per_ip`
+    /// (addition to the reference file; default 64: a client holds a whole /64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_ip_v6_prefix: Option<u8>,
     /// Open downstream connections in the whole process (addition to the reference file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,

@@ -142,6 +142,12 @@ fn server(cfg: &Config, errs: &mut ConfigErrors) {
                 errs.push(format!("server.limits.{k}"), "must be at least 1");
             }
         }
+        if l.per_ip_v6_prefix.is_some_and(|p| !(1..=128).contains(&p)) {
+            errs.push(
+                "server.limits.per_ip_v6_prefix",
+                "must be a prefix length between 1 and 128",
+            );
+        }
     }
 }
 

@@ -8,10 +8,11 @@
 //!   just the peer), `X-Real-IP` (the client), `X-Forwarded-Proto`, `X-Forwarded-Host` and
 //!   `X-Forwarded-Port` (kept from a trusted peer, else set by moat: the port the client
 //!   connected to). From an untrusted peer, `Forwarded` and the headers frameworks read to
-//!   rebuild the request's URL, prefix or client (`X-Forwarded-Prefix`,
-//!   `X-Forwarded-Server`, `X-Original-URL`, `X-Rewrite-URL`, `X-Original-Forwarded-For`)
-//!   are dropped. Client-sent `X-Consumer-*` and `X-Auth-*` headers are always removed:
-//!   only moat's authentication sets them.
+//!   rebuild the request's URL, scheme, prefix or client (`TRUSTED_ONLY`,
+//!   `Front-End-Https`, `True-Client-IP`) are dropped. Client-sent `X-Consumer-*` and
+//!   `X-Auth-*` headers are always removed: only moat's authentication sets them. (Names
+//!   with `_`, which some servers read as `-`, never get this far: `proxy::limits`
+//!   refuses them with 400.)
 //! - Hop-by-hop headers and those named in `Connection` are stripped by Pingora's
 //!   standard upstream request policy, which every peer uses; towards an HTTP/2 upstream
 //!   Pingora also drops every connection-specific header (`TE` included) and turns `Host`
@@ -30,20 +31,30 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static XFPORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 
 /// Headers only a trusted proxy may send (besides `Forwarded` and the five moat sets):
-/// Spring, Symfony, IIS and others rebuild the request's URL, path prefix or client from
-/// them, so an untrusted client could reach `/admin` through a route for `/public`, or
-/// pose as another address.
-const TRUSTED_ONLY: [&str; 5] = [
+/// frameworks rebuild the request's URL, scheme, path prefix or client from them (Spring,
+/// Symfony and IIS the URL and prefix; Rack, Rails and Django the scheme; client-IP
+/// libraries the client), so an untrusted client could reach `/admin` through a route for
+/// `/public`, pass for HTTPS, or pose as another address.
+const TRUSTED_ONLY: [&str; 13] = [
     "x-forwarded-prefix",
     "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-forwarded-uri",
+    "x-forwarded-path",
     "x-original-url",
     "x-rewrite-url",
     "x-original-forwarded-for",
+    "x-url-scheme",
+    "x-host",
+    "x-client-ip",
+    "x-cluster-client-ip",
 ];
 
 /// Whether a client-sent request header must not reach the upstream: identity headers
-/// (only moat's authentication sets them) from anyone, `Forwarded` and [`TRUSTED_ONLY`]
-/// from an untrusted peer. Names are lower case; most are decided on their first byte.
+/// (only moat's authentication sets them) from anyone; `Forwarded`, `Front-End-Https`,
+/// `True-Client-IP` and [`TRUSTED_ONLY`] from an untrusted peer. Names are lower case;
+/// most are decided on their first byte.
 fn forged(name: &HeaderName, peer_trusted: bool) -> bool {
     let n = name.as_str();
     match n.as_bytes().first() {
@@ -52,38 +63,54 @@ fn forged(name: &HeaderName, peer_trusted: bool) -> bool {
                 || n.starts_with("x-auth-")
                 || (!peer_trusted && TRUSTED_ONLY.contains(&n))
         }
-        Some(b'f') => !peer_trusted && n == "forwarded",
+        Some(b'f') => !peer_trusted && (n == "forwarded" || n == "front-end-https"),
+        Some(b't') => !peer_trusted && n == "true-client-ip",
         _ => false,
     }
 }
 
 /// The `X-Forwarded-Port` value of each listener, built at config load.
 #[derive(Debug, Default)]
-pub struct ListenerPorts(Vec<(u16, HeaderValue)>);
+pub struct ListenerPorts {
+    /// The value every connection gets: the listeners' one port, when each listener has a
+    /// fixed one.
+    only: Option<HeaderValue>,
+    /// Each fixed port's value.
+    ports: Vec<(u16, HeaderValue)>,
+}
 
 impl ListenerPorts {
-    /// The ports of `listeners` (addresses that do not parse, or port 0, are left out).
+    /// The ports of `listeners` (port 0, chosen at bind, is learnt per connection).
     pub fn new(listeners: &[crate::config::model::ListenerConfig]) -> ListenerPorts {
-        let mut ports: Vec<(u16, HeaderValue)> = listeners
+        let fixed: Vec<Option<u16>> = listeners
             .iter()
-            .filter_map(|l| l.address.parse::<std::net::SocketAddr>().ok())
-            .map(|a| a.port())
-            .filter(|p| *p != 0)
-            .map(|p| (p, HeaderValue::from(p)))
+            .map(|l| l.address.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.map(|a| a.port()).filter(|p| *p != 0))
             .collect();
+        let mut ports: Vec<(u16, HeaderValue)> = fixed
+            .iter()
+            .flatten()
+            .map(|p| (*p, HeaderValue::from(*p)))
+            .collect();
+        ports.sort_by_key(|(p, _)| *p);
         ports.dedup_by_key(|(p, _)| *p);
-        ListenerPorts(ports)
+        let only = match ports.as_slice() {
+            [(_, v)] if fixed.iter().all(Option::is_some) => Some(v.clone()),
+            _ => None,
+        };
+        ListenerPorts { only, ports }
     }
 
-    /// The value for a connection accepted on local port `local()`. With one listener
-    /// that is its port, and `local` (a `getsockname` on a connection's first use) is not
-    /// called. The value is a reference-counted copy (no allocation).
+    /// The value for a connection accepted on local port `local()`. When every listener
+    /// has the same fixed port, that is the value and `local` (a `getsockname` on a
+    /// connection's first use) is not called. The value is a reference-counted copy (no
+    /// allocation) unless the port was chosen at bind.
     pub fn value(&self, local: impl FnOnce() -> Option<u16>) -> Option<HeaderValue> {
-        if let [(_, only)] = self.0.as_slice() {
+        if let Some(only) = &self.only {
             return Some(only.clone());
         }
         let port = local()?;
-        Some(match self.0.iter().find(|(p, _)| *p == port) {
+        Some(match self.ports.iter().find(|(p, _)| *p == port) {
             Some((_, v)) => v.clone(),
             None => HeaderValue::from(port),
         })
@@ -405,6 +432,16 @@ mod tests {
             ("x-rewrite-url", "/admin"),
             ("x-original-forwarded-for", "6.6.6.6"),
             ("forwarded", "for=6.6.6.6"),
+            ("x-forwarded-ssl", "on"),
+            ("x-forwarded-scheme", "https"),
+            ("x-url-scheme", "https"),
+            ("front-end-https", "on"),
+            ("x-client-ip", "6.6.6.6"),
+            ("true-client-ip", "6.6.6.6"),
+            ("x-cluster-client-ip", "6.6.6.6"),
+            ("x-forwarded-uri", "/admin"),
+            ("x-forwarded-path", "/admin"),
+            ("x-host", "evil.example"),
             ("x-forwarded-prefixes", "kept"),
             ("x-consumer-id", "forged"),
         ];
@@ -421,7 +458,7 @@ mod tests {
         };
         let h = run("1.2.3.4", false, Some("8443"));
         assert_eq!(h.get_all(&XFPORT).iter().collect::<Vec<_>>(), ["8443"]);
-        for (gone, _) in &sent[1..7] {
+        for (gone, _) in &sent[1..17] {
             assert!(h.get(*gone).is_none(), "{gone}");
         }
         assert!(h.get("x-consumer-id").is_none());
@@ -429,7 +466,7 @@ mod tests {
 
         let h = run("10.0.0.1", true, Some("8443"));
         assert_eq!(h[&XFPORT], "1");
-        for (kept, v) in &sent[1..7] {
+        for (kept, v) in &sent[1..17] {
             assert_eq!(h[*kept], *v, "{kept}");
         }
         assert_eq!(h.get_all("x-original-url").iter().count(), 2);
@@ -462,5 +499,14 @@ mod tests {
                 .unwrap(),
             "7"
         );
+        // A listener whose port is chosen at bind: no shortcut through the other's port.
+        let some_fixed = ListenerPorts::new(&[l("127.0.0.1:0"), l("0.0.0.0:8080")]);
+        assert_eq!(some_fixed.value(|| Some(7)).unwrap(), "7");
+        assert_eq!(some_fixed.value(|| Some(8080)).unwrap(), "8080");
+        // One port on several addresses (IPv4 and IPv6) is still one port.
+        let same = ListenerPorts::new(&[l("0.0.0.0:8443"), l("[::]:8080"), l("[::]:8443")]);
+        assert_eq!(same.value(|| Some(8080)).unwrap(), "8080");
+        let dual = ListenerPorts::new(&[l("0.0.0.0:8443"), l("[::]:8443")]);
+        assert_eq!(dual.value(|| panic!("not asked")).unwrap(), "8443");
     }
 }

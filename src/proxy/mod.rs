@@ -2,6 +2,7 @@
 //! snapshot of the runtime (`ctx.rt`) and walks the compiled chain; nothing is looked up
 //! by name on the request path.
 
+mod action;
 pub mod failure;
 pub mod forwarding;
 pub mod limits;
@@ -17,7 +18,7 @@ use crate::plugin::{Chain, Flow};
 use crate::reply::{ErrorCode, Reply};
 use crate::router::RouteMatch;
 use crate::runtime::{Action, SharedRuntime};
-use crate::template::{request_host, Context};
+use crate::template::request_host;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
@@ -170,45 +171,6 @@ impl Moat {
             session.write_response_body(Some(body), true).await?;
         }
         Ok(())
-    }
-
-    /// Build the reply of a `respond` or `redirect` route.
-    fn action_reply(&self, action: &Action, req: &RequestHeader, ctx: &RequestCtx) -> Reply {
-        let facts = ctx.facts(req);
-        match action {
-            Action::Respond(r) => {
-                let mut headers = Vec::with_capacity(r.headers.len());
-                for (name, t) in &r.headers {
-                    let v = t.render_to_vec(&facts);
-                    if crate::template::safe_header_value(&v) {
-                        if let Ok(v) = HeaderValue::from_bytes(&v) {
-                            headers.push((name.clone(), v));
-                        }
-                    }
-                }
-                // The body's values are escaped for its content type (JSON, HTML...).
-                let ctx = headers
-                    .iter()
-                    .find(|(n, _)| n == http::header::CONTENT_TYPE)
-                    .map_or(Context::Raw, |(_, v)| {
-                        Context::of_content_type(v.as_bytes())
-                    });
-                let mut body = Vec::new();
-                r.body.render_in(&facts, &mut body, ctx);
-                Reply::raw(r.status, headers, Bytes::from(body))
-            }
-            Action::Redirect(r) => {
-                let mut to = Vec::new();
-                r.to.render_in(&facts, &mut to, Context::Url);
-                match HeaderValue::from_bytes(&to) {
-                    Ok(v) if crate::template::safe_header_value(&to) => {
-                        Reply::raw(r.status, vec![(http::header::LOCATION, v)], Bytes::new())
-                    }
-                    _ => Reply::error(ErrorCode::BadRequest, "cannot build the redirect target"),
-                }
-            }
-            Action::Upstream(_) => Reply::error(ErrorCode::InternalError, "internal error"),
-        }
     }
 }
 
@@ -385,7 +347,7 @@ impl ProxyHttp for Moat {
                 Ok(false)
             }
             action => {
-                let reply = self.action_reply(action, session.req_header(), ctx);
+                let reply = action::reply(action, session.req_header(), ctx);
                 self.send_reply(session, ctx, reply).await?;
                 Ok(true)
             }

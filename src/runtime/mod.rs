@@ -147,10 +147,28 @@ pub enum Action {
 pub struct Respond {
     /// Status code.
     pub status: u16,
-    /// Headers, templated.
-    pub headers: Vec<(HeaderName, Template)>,
+    /// Headers, in order.
+    pub headers: Vec<RespondHeader>,
     /// Body, templated.
     pub body: Template,
+    /// How the body's values are escaped: from its literal `Content-Type`, at load.
+    pub body_context: crate::template::Context,
+}
+
+/// One header of a configured response.
+pub struct RespondHeader {
+    /// Its name.
+    pub name: HeaderName,
+    /// Its value.
+    pub value: RespondValue,
+}
+
+/// A configured response header's value.
+pub enum RespondValue {
+    /// Literal, built at load.
+    Fixed(http::HeaderValue),
+    /// Rendered per request.
+    Template(Template),
 }
 
 /// A configured redirect.
@@ -260,7 +278,8 @@ impl Runtime {
             None => Arc::clone(&auth.replay),
         };
         let redis = redis_client(&cfg, metrics, previous, &mut errs);
-        let admin = crate::admin::Access::compile(&cfg, &mut errs);
+        let mut admin_warnings = ConfigErrors::default();
+        let admin = crate::admin::Access::compile(&cfg, &mut errs, &mut admin_warnings);
         auth.replay = match &redis {
             Some(r) => Arc::new(crate::auth::replay::RedisReplay::new(
                 Arc::clone(r),
@@ -302,7 +321,11 @@ impl Runtime {
             })
             .collect();
         let listener_ports = crate::proxy::forwarding::ListenerPorts::new(&cfg.listeners);
-        let warnings = crate::config::warnings::warnings(&cfg);
+        // The token is read while compiling: its warning joins the config's own.
+        let mut warnings = ConfigErrors(crate::config::warnings::warnings(&cfg));
+        warnings.0.append(&mut admin_warnings.0);
+        warnings.sort_by_file_order();
+        let warnings = warnings.0;
         Ok(Runtime {
             generation,
             loaded_at: SystemTime::now(),

@@ -1,13 +1,13 @@
 //! Compiling `routes:` and `global_plugins:` into the router, route objects and plugin
 //! chains, recording every error with its path.
 
-use super::{Action, Redirect, Respond, Rewrite, Route};
+use super::{Action, Redirect, Respond, RespondHeader, RespondValue, Rewrite, Route};
 use crate::config::error::{index, join, ConfigErrors};
-use crate::config::model::{Config, RouteConfig};
+use crate::config::model::{Config, RespondConfig, RouteConfig};
 use crate::metrics::Metrics;
 use crate::plugin::{self, Chain, Plugin};
 use crate::router::{PathMatch, RouteSpec, Router};
-use crate::template::{safe_header_value, valid_token, Template};
+use crate::template::{safe_header_value, valid_token, Context, Template};
 use crate::upstream::Pool;
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
@@ -237,44 +237,7 @@ fn action(
         };
     }
     if let Some(resp) = &r.respond {
-        let here = join(path, "respond");
-        let before = errs.0.len();
-        if !(200..=599).contains(&resp.status) {
-            errs.push(join(&here, "status"), "must be between 200 and 599");
-        }
-        let body = Template::parse(&resp.body)
-            .map_err(|e| errs.push(join(&here, "body"), e))
-            .ok();
-        let mut headers = Vec::new();
-        for (name, value) in &resp.headers {
-            let hp = join(&join(&here, "headers"), name);
-            let n = HeaderName::from_bytes(name.as_bytes());
-            let t = Template::parse(value);
-            match (n, t) {
-                (Ok(n), Ok(t)) => {
-                    if t.as_static().is_some_and(|s| !safe_header_value(s)) {
-                        errs.push(hp, "value contains characters not allowed in a header");
-                    } else if crate::plugin::headers::FORBIDDEN.contains(&n.as_str()) {
-                        errs.push(
-                            hp,
-                            format!("`{name}` is managed by moat and cannot be changed"),
-                        );
-                    } else {
-                        headers.push((n, t));
-                    }
-                }
-                (Err(_), _) => errs.push(hp, format!("`{name}` is not a valid header name")),
-                (_, Err(e)) => errs.push(hp, e),
-            }
-        }
-        return match body {
-            Some(body) if errs.0.len() == before => Some(Action::Respond(Respond {
-                status: resp.status,
-                headers,
-                body,
-            })),
-            _ => None,
-        };
+        return respond(resp, &join(path, "respond"), errs).map(Action::Respond);
     }
     let red = r.redirect.as_ref()?;
     let here = join(path, "redirect");
@@ -295,4 +258,76 @@ fn action(
             None
         }
     }
+}
+
+/// A `respond` action. Its body's escaping is chosen here, from its literal
+/// `Content-Type` (a templated one is refused: a client would choose the escaping); a body
+/// without one goes out as `text/plain; charset=utf-8` with `X-Content-Type-Options:
+/// nosniff` (unless the route sets that header), so no browser reads it as HTML.
+fn respond(resp: &RespondConfig, here: &str, errs: &mut ConfigErrors) -> Option<Respond> {
+    let before = errs.0.len();
+    if !(200..=599).contains(&resp.status) {
+        errs.push(join(here, "status"), "must be between 200 and 599");
+    }
+    let body = Template::parse(&resp.body)
+        .map_err(|e| errs.push(join(here, "body"), e))
+        .ok();
+    let mut headers = Vec::new();
+    for (name, value) in &resp.headers {
+        let hp = join(&join(here, "headers"), name);
+        let n = HeaderName::from_bytes(name.as_bytes());
+        let t = Template::parse(value);
+        match (n, t) {
+            (Ok(n), Ok(t)) => {
+                if t.as_static().is_some_and(|s| !safe_header_value(s)) {
+                    errs.push(hp, "value contains characters not allowed in a header");
+                } else if crate::plugin::headers::FORBIDDEN.contains(&n.as_str()) {
+                    errs.push(
+                        hp,
+                        format!("`{name}` is managed by moat and cannot be changed"),
+                    );
+                } else if n == http::header::CONTENT_TYPE && t.as_static().is_none() {
+                    errs.push(
+                        hp,
+                        "must be literal text: the body's values are escaped for the content \
+                         type, chosen when the config is loaded",
+                    );
+                } else {
+                    let value = match t.as_static().map(HeaderValue::from_bytes) {
+                        Some(Ok(v)) => RespondValue::Fixed(v),
+                        _ => RespondValue::Template(t),
+                    };
+                    headers.push(RespondHeader { name: n, value });
+                }
+            }
+            (Err(_), _) => errs.push(hp, format!("`{name}` is not a valid header name")),
+            (_, Err(e)) => errs.push(hp, e),
+        }
+    }
+    let body = body.filter(|_| errs.0.len() == before)?;
+    let has = |headers: &[RespondHeader], n: &HeaderName| headers.iter().any(|h| h.name == *n);
+    let body_context = headers
+        .iter()
+        .find_map(|h| match &h.value {
+            RespondValue::Fixed(v) if h.name == http::header::CONTENT_TYPE => Some(v.as_bytes()),
+            _ => None,
+        })
+        .map_or(Context::Raw, Context::of_content_type);
+    if !has(&headers, &http::header::CONTENT_TYPE) && body.as_static() != Some(&b""[..]) {
+        for (name, value) in [
+            (http::header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ] {
+            if !has(&headers, &name) {
+                let value = RespondValue::Fixed(HeaderValue::from_static(value));
+                headers.push(RespondHeader { name, value });
+            }
+        }
+    }
+    Some(Respond {
+        status: resp.status,
+        headers,
+        body,
+        body_context,
+    })
 }

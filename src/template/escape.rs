@@ -8,39 +8,45 @@ pub enum Context {
     /// As is: `text/plain` and other bodies, upstream keys. Header values are raw too,
     /// and refused whole when they hold control characters (`safe_header_value`).
     Raw,
-    /// Inside a JSON string: `"`, `\` and control characters escaped, also `<`, `>`, `&`,
-    /// U+2028 and U+2029 (so the document is safe inside HTML or JavaScript too); bytes that
-    /// are not UTF-8 become U+FFFD. A value cannot end the string it is in.
+    /// Inside a JSON or JavaScript string: `"`, `'`, `\` and control characters escaped,
+    /// also `<`, `>`, `&`, U+2028 and U+2029 (so the document is safe inside HTML or
+    /// JavaScript too); bytes that are not UTF-8 become U+FFFD. A value cannot end the
+    /// string it is in, whichever quote opened it (template literals excepted).
     Json,
     /// HTML or XML text or attribute: `&`, `<`, `>`, `"`, `'` as character references.
     Markup,
     /// A URL (a redirect's `Location`): the request target's own variables (`path`,
-    /// `query`, `uri`) and `host` keep URL syntax, and only bytes no URL may hold are
-    /// percent-encoded (`\` included, which browsers read as `/`); every other value is
-    /// one component, percent-encoded but for RFC 3986's unreserved characters, so it
-    /// cannot add a path segment, a parameter or a fragment.
+    /// `query`, `uri`) keep URL syntax, and only bytes no URL may hold are percent-encoded
+    /// (`\` included, which browsers read as `/`); `host` must be a host name or an IP
+    /// address (see [`url_host`]); every other value is one component, percent-encoded
+    /// but for RFC 3986's unreserved characters, so it cannot add a path segment, a
+    /// parameter or a fragment.
     Url,
 }
 
 impl Context {
-    /// The context of a body sent with this `Content-Type`: JSON for `application/json`
-    /// and any `+json` type, markup for HTML, XHTML, XML and any `+xml` type (SVG), else
-    /// raw. Parameters and case are ignored.
+    /// The context of a body sent with this `Content-Type` (decided when a config is
+    /// loaded): JSON for `application/json`, any `+json` type and JavaScript, markup for
+    /// HTML, XHTML, XML and any `+xml` type (SVG), else raw. Parameters and case are
+    /// ignored.
     pub fn of_content_type(content_type: &[u8]) -> Context {
         let media = content_type
             .split(|&b| b == b';')
             .next()
             .unwrap_or_default()
-            .trim_ascii()
-            .to_ascii_lowercase();
-        let is = |t: &[u8]| media == t;
-        if is(b"application/json") || is(b"text/json") || media.ends_with(b"+json") {
-            Context::Json
-        } else if is(b"text/html")
-            || is(b"text/xml")
-            || is(b"application/xml")
-            || media.ends_with(b"+xml")
+            .trim_ascii();
+        let is = |t: &[u8]| media.eq_ignore_ascii_case(t);
+        let ends = |t: &[u8]| {
+            media.len() >= t.len() && media[media.len() - t.len()..].eq_ignore_ascii_case(t)
+        };
+        if is(b"application/json")
+            || is(b"text/json")
+            || ends(b"+json")
+            || ends(b"/javascript")
+            || ends(b"/ecmascript")
         {
+            Context::Json
+        } else if is(b"text/html") || is(b"text/xml") || is(b"application/xml") || ends(b"+xml") {
             Context::Markup
         } else {
             Context::Raw
@@ -59,6 +65,27 @@ impl Context {
     }
 }
 
+/// Whether a request's host (without port) can stand as a URL's host as is: a name of
+/// letters, digits, `-`, `.` and `_`, or a bracketed IPv6 address. Anything else (`@`,
+/// `/`, `\`, `%`, `?`, `#`, an empty host) could make the URL point elsewhere
+/// (`good.example@evil.example`).
+pub(super) fn url_host(host: &[u8]) -> bool {
+    match host {
+        [b'[', v6 @ .., b']'] => {
+            !v6.is_empty()
+                && v6
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() || b":.".contains(b))
+        }
+        _ => {
+            !host.is_empty()
+                && host
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(b))
+        }
+    }
+}
+
 fn json(value: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for c in String::from_utf8_lossy(value).chars() {
@@ -70,7 +97,7 @@ fn json(value: &[u8], out: &mut Vec<u8>) {
             '\t' => out.extend_from_slice(b"\\t"),
             '\u{2028}' => out.extend_from_slice(b"\\u2028"),
             '\u{2029}' => out.extend_from_slice(b"\\u2029"),
-            c if (c as u32) < 0x20 || matches!(c, '<' | '>' | '&') => {
+            c if (c as u32) < 0x20 || matches!(c, '<' | '>' | '&' | '\'') => {
                 let b = c as u8;
                 out.extend_from_slice(b"\\u00");
                 out.push(HEX[usize::from(b >> 4)]);
@@ -132,8 +159,12 @@ mod tests {
             (b"text/html;charset=utf-8", Context::Markup),
             (b"image/svg+xml", Context::Markup),
             (b"application/xml", Context::Markup),
+            (b"text/javascript; charset=utf-8", Context::Json),
+            (b"Application/JavaScript", Context::Json),
+            (b"application/ecmascript", Context::Json),
             (b"text/plain", Context::Raw),
             (b"application/jsonx", Context::Raw),
+            (b"json", Context::Raw),
             (b"", Context::Raw),
         ] {
             assert_eq!(Context::of_content_type(ct), want, "{ct:?}");
@@ -142,11 +173,11 @@ mod tests {
 
     #[test]
     fn json_fragments_stay_inside_their_string() {
-        let v = "a\"b\\c\n\r\t\u{1}<>&\u{2028}\u{2029}é\u{7f}".as_bytes();
+        let v = "a\"b\\c\n\r\t\u{1}<>&'\u{2028}\u{2029}é\u{7f}".as_bytes();
         let s = esc(Context::Json, v, false);
         assert_eq!(
             s,
-            "a\\\"b\\\\c\\n\\r\\t\\u0001\\u003c\\u003e\\u0026\\u2028\\u2029é\u{7f}"
+            "a\\\"b\\\\c\\n\\r\\t\\u0001\\u003c\\u003e\\u0026\\u0027\\u2028\\u2029é\u{7f}"
         );
         let parsed: String = serde_json::from_str(&format!("\"{s}\"")).unwrap();
         assert_eq!(parsed.as_bytes(), v);
@@ -168,5 +199,35 @@ mod tests {
             "a%26b%3Dc%23d%2Fe%20f~%C3%A9"
         );
         assert_eq!(esc(Context::Raw, b"a\"<", false), "a\"<");
+    }
+
+    #[test]
+    fn hosts_that_can_stand_in_a_url() {
+        for ok in [
+            &b"api.example.com"[..],
+            b"a-b_c.example",
+            b"127.0.0.1",
+            b"[::1]",
+            b"[2001:db8::7]",
+            b"[::ffff:192.0.2.1]",
+        ] {
+            assert!(url_host(ok), "{:?}", String::from_utf8_lossy(ok));
+        }
+        for bad in [
+            &b""[..],
+            b"good.example@evil.example",
+            b"evil.example/x",
+            b"evil.example\\x",
+            b"evil.example?",
+            b"evil.example#",
+            b"evil%2eexample",
+            b"a b",
+            b"[]",
+            b"[::1%25eth0]",
+            b"[v1.x]",
+            b"[::1]x",
+        ] {
+            assert!(!url_host(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 }

@@ -194,7 +194,7 @@ fn host_must_be_loopback_or_allowed() {
         "10.1.2.3".to_string(),
         "localhost.evil.example".to_string(),
         "admin.internal".to_string(),
-        "".to_string(),
+        ".".to_string(),
     ] {
         let r = with_host(&bad);
         assert_eq!(r.status, 403, "{bad:?}: {}", r.text());
@@ -215,6 +215,19 @@ fn host_must_be_loopback_or_allowed() {
     assert_eq!(r.status, 403);
     // /healthz answers whatever the Host (it tells nothing and needs no token).
     assert_eq!(a.get("/healthz", &[("Host", "evil.example")]).status, 200);
+    // No Host at all: an HTTP/1.0 health probe (HAProxy's `option httpchk` default), never
+    // a browser. Answered, and the connection closed after the answer as HTTP/1.0 expects.
+    for path in ["/readyz", "/status"] {
+        let t = std::time::Instant::now();
+        let req = format!("GET {path} HTTP/1.0\r\n\r\n");
+        let out = crate::harness::send_raw(a.m.admin, req.as_bytes());
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text}");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{path}: kept open"
+        );
+    }
 
     // allowed_hosts (names, addresses, networks) is taken on reload.
     let r = a.reconfigure(

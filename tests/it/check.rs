@@ -512,6 +512,11 @@ fn rejected_cases() -> Vec<Case> {
             ],
         ),
         case(
+            "a templated respond content type",
+            "routes:\n  - name: a\n    respond: { body: \"{{path}}\", headers: { Content-Type: \"{{header.accept}}\" } }\n",
+            &["routes[0].respond.headers.Content-Type: must be literal text: the body's values are escaped for the content type, chosen when the config is loaded"],
+        ),
+        case(
             "bad CIDR in trusted_proxies",
             "server:\n  trusted_proxies: [10.0.0.0/8, nope, 10.0.0.1/8, 10.0.0.0/33]\n",
             &[
@@ -695,10 +700,11 @@ fn rejected_cases() -> Vec<Case> {
         ),
         case(
             "connection limits",
-            "server:\n  limits: { max_connections_per_ip: 0, max_connections: 0 }\n",
+            "server:\n  limits: { max_connections_per_ip: 0, max_connections: 0, per_ip_v6_prefix: 129 }\n",
             &[
                 "server.limits.max_connections_per_ip: must be at least 1",
                 "server.limits.max_connections: must be at least 1",
+                "server.limits.per_ip_v6_prefix: must be a prefix length between 1 and 128",
             ],
         ),
         case(
@@ -927,4 +933,32 @@ fn warnings_are_printed_and_the_check_still_passes() {
     );
     // The password itself is never repeated.
     assert!(!c.stderr.contains("hunter2"), "{}", c.stderr);
+}
+
+#[test]
+fn a_short_admin_token_is_a_warning() {
+    let dir = temp_dir("check-short-token");
+    let file = dir.join("moat.yaml");
+    let text = format!(
+        "{LISTENER}admin:\n  address: 127.0.0.1:19901\n  token_env: MOAT_TEST_SHORT_TOKEN\n"
+    );
+    std::fs::write(&file, text).expect("write config");
+    let c = run_check(&file, &[("MOAT_TEST_SHORT_TOKEN", "hunter2")]);
+    assert_eq!(c.code, Some(0), "stderr:\n{}", c.stderr);
+    let warnings: Vec<&str> = c
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(
+        warnings,
+        ["warning: admin.token_env: the token is 7 characters long: anyone who can reach the admin address can guess a short one; use at least 16 random characters (`moat keygen` prints one)"],
+        "stderr:\n{}",
+        c.stderr
+    );
+    assert!(!c.stderr.contains("hunter2"), "{}", c.stderr);
+    let c = run_check(&file, &[("MOAT_TEST_SHORT_TOKEN", "0123456789abcdef")]);
+    assert_eq!(c.code, Some(0), "stderr:\n{}", c.stderr);
+    assert!(!c.stderr.contains("warning: "), "{}", c.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -255,15 +255,16 @@ fn an_http2_connection_holds_one_slot_and_gives_it_back() {
     )));
 }
 
-#[test]
-fn tls_connections_over_the_limit_are_closed_before_the_handshake() {
+/// A moat with one TLS listener (certificate for `a.example.com`) and `limits`, proxying
+/// to a real upstream.
+fn tls_moat(limits: &str) -> (Moat, Upstream) {
     let dir = temp_dir("conn-limits-tls");
     let authority = ca();
     let cert = leaf(&authority, &["a.example.com"]);
     let (c, k) = cert.write(&dir, "a");
     let up = Upstream::start("app");
     let m = start(
-        "max_connections_per_ip: 1",
+        limits,
         "",
         &format!(
             "    tls:\n      certificates:\n        - {{ cert_file: \"{}\", key_file: \"{}\" }}\n",
@@ -275,9 +276,14 @@ fn tls_connections_over_the_limit_are_closed_before_the_handshake() {
             up.address()
         ),
     );
+    (m, up)
+}
+
+/// A TLS connection from `src` that got its `200`, still open.
+fn served_tls(src: &str, port: u16) -> openssl::ssl::SslStream<TcpStream> {
     let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
     b.set_verify(openssl::ssl::SslVerifyMode::NONE);
-    let tcp = connect_from("127.0.0.2", m.port);
+    let tcp = connect_from(src, port);
     let mut tls = b
         .build()
         .connect("a.example.com", tcp)
@@ -287,16 +293,64 @@ fn tls_connections_over_the_limit_are_closed_before_the_handshake() {
     let mut buf = [0u8; 512];
     let n = tls.read(&mut buf).unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    tls
+}
+
+/// Whether `s` is closed by moat (end of stream or reset) within its read timeout.
+fn closed(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Err(e) => e.kind() == ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
+}
+
+#[test]
+fn tls_connections_over_the_limit_are_closed_before_the_handshake() {
+    let (m, _up) = tls_moat("max_connections_per_ip: 1");
+    let tls = served_tls("127.0.0.2", m.port);
     // A second connection is closed before any TLS byte: reading it ends at once (without
     // the check it would wait for our ClientHello and the read would time out).
     let mut raw = connect_from("127.0.0.2", m.port);
-    let got = raw.read(&mut buf);
-    assert!(
-        matches!(&got, Ok(0)) || matches!(&got, Err(e) if e.kind() == ErrorKind::ConnectionReset),
-        "{got:?}"
-    );
+    assert!(closed(&mut raw));
     assert_eq!(refusals(&m, "per_ip"), 1.0);
     drop(tls);
+}
+
+#[test]
+fn connections_stalled_before_their_tls_handshake_hold_their_places() {
+    let (m, _up) = tls_moat("max_connections_per_ip: 3, header_timeout: 2s");
+    // Three connections that never send a ClientHello take the address's three places...
+    let mut stalled: Vec<TcpStream> = (0..3).map(|_| connect_from("127.0.0.2", m.port)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // ...so a fourth is closed at once, before any handshake.
+    let t = std::time::Instant::now();
+    let mut fourth = connect_from("127.0.0.2", m.port);
+    assert!(closed(&mut fourth));
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(refusals(&m, "per_ip"), 1.0);
+    // Another address is not concerned.
+    drop(served_tls("127.0.0.3", m.port));
+
+    // A client gets header_timeout to send its first TLS record, not Pingora's 60 s; then
+    // its place comes back.
+    for s in &mut stalled {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert!(closed(s));
+    }
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    assert_eq!(
+        m.metric("moat_header_timeouts_total{kind=\"tls_hello\"}"),
+        Some(3.0)
+    );
+    let again: Vec<_> = (0..3).map(|_| served_tls("127.0.0.2", m.port)).collect();
+    assert_eq!(refusals(&m, "per_ip"), 1.0);
+    drop(again);
 }
 
 #[test]

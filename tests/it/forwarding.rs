@@ -190,8 +190,8 @@ fn header_templates_and_injection_attempts() {
 }
 
 /// Headers frameworks (Spring's ForwardedHeaderFilter, Symfony's trusted headers, IIS
-/// rewrite modules) read to rebuild the request's URL, prefix or client: an untrusted
-/// client must not set them.
+/// rewrite modules, Rack and Rails, client-IP libraries) read to rebuild the request's
+/// URL, scheme, prefix or client: an untrusted client must not set them.
 const FRAMEWORK_HEADERS: &[(&str, &str)] = &[
     ("X-Forwarded-Port", "1"),
     ("X-Forwarded-Prefix", "/admin"),
@@ -199,6 +199,16 @@ const FRAMEWORK_HEADERS: &[(&str, &str)] = &[
     ("X-Original-URL", "/admin/users"),
     ("X-Rewrite-URL", "/admin/users"),
     ("X-Original-Forwarded-For", "6.6.6.6"),
+    ("X-Forwarded-Ssl", "on"),
+    ("X-Forwarded-Scheme", "https"),
+    ("X-Url-Scheme", "https"),
+    ("Front-End-Https", "on"),
+    ("X-Client-IP", "6.6.6.6"),
+    ("True-Client-IP", "6.6.6.6"),
+    ("X-Cluster-Client-IP", "6.6.6.6"),
+    ("X-Forwarded-Uri", "/admin/users"),
+    ("X-Forwarded-Path", "/admin/users"),
+    ("X-Host", "evil.example.com"),
 ];
 
 #[test]
@@ -233,4 +243,73 @@ fn untrusted_peer_cannot_forge_framework_forwarding_headers() {
     }
     request(m.port, "GET", "/x", &[], b"");
     assert_eq!(up.last().all("x-forwarded-port"), [m.port.to_string()]);
+}
+
+/// Names with `_` where `-` is expected: upstreams that fold `_` into `-` (CGI-style
+/// `HTTP_X_...` variables: gunicorn before 22, uWSGI, Rack) would read them as the headers
+/// moat strips. moat refuses them, over HTTP/1.1 and HTTP/2 alike, before any upstream.
+const UNDERSCORED: &[(&str, &str)] = &[
+    ("X_Original_URL", "/admin"),
+    ("X_Forwarded_Prefix", "/admin"),
+    ("X_Consumer_ID", "acme"),
+    ("x_auth_method", "jwt"),
+    ("X-Forwarded_Host", "evil.example.com"),
+    ("X-Real-IP_", "6.6.6.6"),
+    ("_forwarded", "for=6.6.6.6"),
+];
+
+#[test]
+fn header_names_with_underscores_are_refused_over_http1_and_http2() {
+    let up = Upstream::start("app");
+    let dir = crate::harness::moat::temp_dir("underscores");
+    let (port, admin) = (crate::harness::free_port(), crate::harness::free_port());
+    let text = format!(
+        "server:\n  threads: 1\n  pid_file: {d}/moat.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 0s\n  shutdown_timeout: 1s\nlisteners:\n  - name: public\n    address: 127.0.0.1:{port}\n    http2: true\nadmin:\n  address: 127.0.0.1:{admin}\n{}",
+        proxy_config(&up, "      - request_id: {}\n"),
+        d = dir.display()
+    );
+    let m = Moat::start_raw(&text, port, admin, dir, &[]);
+    for (name, value) in UNDERSCORED {
+        let r = request(m.port, "GET", "/x", &[(name, value)], b"");
+        assert_eq!(r.status, 400, "{name}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "BAD_REQUEST", "{name}");
+        assert!(r.text().contains("underscore"), "{}", r.text());
+        assert_eq!(h2c_status(m.port, name, value), 400, "{name} over HTTP/2");
+    }
+    assert!(up.traffic().is_empty(), "{:?}", up.traffic());
+    // The same names with `-` are served (and stripped as usual).
+    assert_eq!(h2c_status(m.port, "x-original-url", "/admin"), 200);
+    assert!(up.last().header("x-original-url").is_none());
+}
+
+/// The status of one h2c (prior knowledge) request to `/x` carrying `name: value`.
+fn h2c_status(port: u16, name: &str, value: &str) -> u16 {
+    let req = http::Request::get("http://api.example.com/x")
+        .header(name.to_ascii_lowercase(), value)
+        .body(())
+        .unwrap();
+    crate::http2::h2c_exchange(port, vec![(req, b"")])[0].0
+}
+
+#[test]
+fn x_forwarded_port_is_the_port_of_the_listener_each_client_used() {
+    let up = Upstream::start("app");
+    let dir = crate::harness::moat::temp_dir("ports");
+    let (a, b, admin) = (
+        crate::harness::free_port(),
+        crate::harness::free_port(),
+        crate::harness::free_port(),
+    );
+    let text = format!(
+        "server:\n  threads: 1\n  pid_file: {d}/moat.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 0s\n  shutdown_timeout: 1s\nlisteners:\n  - name: a\n    address: 127.0.0.1:{a}\n  - name: b\n    address: 127.0.0.1:{b}\n    http2: true\nadmin:\n  address: 127.0.0.1:{admin}\n{}",
+        proxy_config(&up, "      - request_id: {}\n"),
+        d = dir.display()
+    );
+    let m = Moat::start_raw(&text, a, admin, dir, &[]);
+    for port in [a, b, a] {
+        let r = request(port, "GET", "/x", &[("X-Forwarded-Port", "1")], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(up.last().all("x-forwarded-port"), [port.to_string()]);
+    }
+    drop(m);
 }

@@ -292,6 +292,26 @@ fn health_checks_speak_h2_to_an_http2_upstream() {
 /// Send `(method, path, body)` requests on one h2c connection at once; returns
 /// (status, body) of each.
 pub(crate) fn h2c_requests(port: u16, reqs: &[(&str, &str, &[u8])]) -> Vec<(u16, Vec<u8>)> {
+    let reqs = reqs
+        .iter()
+        .map(|(method, path, body)| {
+            let req = http::Request::builder()
+                .method(*method)
+                .uri(format!("http://h2c.example.com{path}"))
+                .body(())
+                .unwrap();
+            (req, *body)
+        })
+        .collect();
+    h2c_exchange(port, reqs)
+}
+
+/// Send `(request, body)` pairs on one h2c connection at once; returns (status, body) of
+/// each.
+pub(crate) fn h2c_exchange(
+    port: u16,
+    reqs: Vec<(http::Request<()>, &[u8])>,
+) -> Vec<(u16, Vec<u8>)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -305,13 +325,8 @@ pub(crate) fn h2c_requests(port: u16, reqs: &[(&str, &str, &[u8])]) -> Vec<(u16,
             let _ = conn.await;
         });
         let mut pending = Vec::new();
-        for (method, path, body) in reqs {
+        for (req, body) in reqs {
             let mut client = client.clone().ready().await.unwrap();
-            let req = http::Request::builder()
-                .method(*method)
-                .uri(format!("http://h2c.example.com{path}"))
-                .body(())
-                .unwrap();
             let (resp, mut send) = client.send_request(req, body.is_empty()).unwrap();
             if !body.is_empty() {
                 send.send_data(bytes::Bytes::copy_from_slice(body), true)

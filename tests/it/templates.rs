@@ -1,7 +1,10 @@
 //! Templates escape what they interpolate for the context they write into (issue 14,
-//! item 8): a JSON `respond` body gets JSON string fragments, an HTML or XML one character
-//! references, a redirect's `Location` percent-encoding (a whole component for values
-//! that do not come from the request target); headers keep refusing control characters. Literal text from the config is never changed.
+//! item 8): a JSON or JavaScript `respond` body gets JSON string fragments, an HTML or XML
+//! one character references, a redirect's `Location` percent-encoding (a whole component
+//! for values that do not come from the request target) and only a real host name for
+//! `{{host}}`; headers keep refusing control characters. The context is chosen at load,
+//! from a literal content type; a body without one is labelled `text/plain`. Literal text
+//! from the config is never changed.
 
 use crate::harness::{send_raw, Moat};
 
@@ -37,6 +40,23 @@ const ROUTES: &str = r#"routes:
   - name: search
     match: { path: /search }
     redirect: { to: "https://search.example.com/?ua={{header.user-agent}}&{{query}}", status: 302 }
+  - name: login
+    match: { path: /login }
+    redirect: { to: "https://{{host}}/login", status: 302 }
+  - name: tenant-login
+    match: { hosts: ["*.good.example"], path: /login }
+    redirect: { to: "https://{{host}}/login", status: 302 }
+  - name: moved
+    match: { path: /moved }
+    respond: { status: 302, headers: { Location: "https://{{host}}/new" } }
+  - name: script
+    match: { path: /script.js }
+    respond:
+      headers: { content-type: "text/javascript; charset=utf-8" }
+      body: "var ua = '{{header.user-agent}}';"
+  - name: bare
+    match: { path: /bare }
+    respond: { body: "<b>{{header.x-title}}</b>" }
 "#;
 
 /// Send a raw request (header values as raw bytes) and split the answer.
@@ -157,4 +177,97 @@ fn redirect_targets_percent_encode_what_a_url_cannot_hold() {
         location(&headers).as_deref(),
         Some("https://search.example.com/?ua=x%26admin%3D1%23top%2F..&")
     );
+}
+
+/// The `Location` (or the status and error code) moat answers `path` with for this
+/// `Host` line (none: an HTTP/1.0 request without one).
+fn location_for(m: &Moat, path: &str, host: Option<&str>) -> Result<String, (u16, String)> {
+    let req = match host {
+        Some(h) => format!("GET {path} HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n"),
+        None => format!("GET {path} HTTP/1.0\r\n\r\n"),
+    };
+    let out = send_raw(m.port, req.as_bytes());
+    let r = crate::harness::client::parse_all(&out)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no response: {:?}", String::from_utf8_lossy(&out)));
+    match (r.status, r.header("location")) {
+        (302, Some(l)) => Ok(l.to_string()),
+        (s, _) => Err((s, r.text())),
+    }
+}
+
+#[test]
+fn a_host_in_a_url_must_be_a_host_name_or_an_address() {
+    let m = Moat::start(ROUTES);
+    let refused = |r: Result<String, (u16, String)>| match r {
+        Err((400, body)) => body.contains("BAD_REQUEST"),
+        _ => false,
+    };
+    for path in ["/login", "/moved"] {
+        let end = if path == "/login" { "login" } else { "new" };
+        let want = |h: &str| Ok(format!("https://{h}/{end}"));
+        assert_eq!(
+            location_for(&m, path, Some("Good.Example:8443")),
+            want("good.example")
+        );
+        assert_eq!(location_for(&m, path, Some("[::1]:8443")), want("[::1]"));
+        assert_eq!(location_for(&m, path, Some("127.0.0.1")), want("127.0.0.1"));
+        // A `*.good.example` route takes `evil.example#.good.example`: as a URL's host it
+        // would send the browser to evil.example.
+        for evil in [
+            "evil.example#.good.example",
+            "evil.example?.good.example",
+            "evil.example/.good.example",
+            "evil.example\\.good.example",
+            "evil%2eexample",
+        ] {
+            let got = location_for(&m, path, Some(evil));
+            assert!(refused(got.clone()), "{path} with Host: {evil}: {got:?}");
+        }
+        // No host at all (an HTTP/1.0 client): no URL to build either.
+        let got = location_for(&m, path, None);
+        assert!(refused(got.clone()), "{path} without a Host: {got:?}");
+        // Userinfo (`good.example@evil.example`) never gets this far: Pingora refuses it.
+        let got = location_for(&m, path, Some("good.example@evil.example"));
+        assert!(matches!(got, Err((400, _))), "{got:?}");
+    }
+}
+
+#[test]
+fn javascript_bodies_escape_as_json_strings_and_unlabelled_bodies_are_plain_text() {
+    let m = Moat::start(ROUTES);
+    let ua = br#"'; alert(document.cookie); var x = '</script>"#;
+    let (status, headers, body) = raw(&m, b"/script.js", &[("User-Agent", ua)]);
+    assert_eq!(status, 200);
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        r#"var ua = '\u0027; alert(document.cookie); var x = \u0027\u003c/script\u003e';"#
+    );
+    let ct = |h: &[(String, String)], n: &str| {
+        h.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        ct(&headers, "content-type").as_deref(),
+        Some("text/javascript; charset=utf-8")
+    );
+
+    // No Content-Type configured: text/plain with nosniff, the value as sent.
+    let (status, headers, body) = raw(&m, b"/bare", &[("X-Title", b"<script>x</script>")]);
+    assert_eq!(status, 200);
+    assert_eq!(body, b"<b><script>x</script></b>");
+    assert_eq!(
+        ct(&headers, "content-type").as_deref(),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(
+        ct(&headers, "x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
+    // A response without a body gets no content type.
+    let (status, headers, _) = raw(&m, b"/moved", &[]);
+    assert_eq!(status, 302);
+    assert!(ct(&headers, "content-type").is_none(), "{headers:?}");
 }
