@@ -7,7 +7,7 @@
 //! - the crate ([`verify`], [`jsonwebtoken::decode`]): base64url, the signature with the
 //!   key moat chose (never one named by `jku`, `x5u`, `x5c` or `jwk`: keys only ever come
 //!   from the provider's configured source), `exp` present, `iss` and `aud` when
-//!   configured; the claims are read into a [`StrictObject`], which refuses duplicate keys;
+//!   configured; the claims are read into an object that refuses duplicate keys;
 //! - after it ([`check_claims`]): `exp` and `nbf` against moat's clock with the leeway
 //!   (the crate reads the system clock itself, while the verified-token cache needs the
 //!   same `now` for both), `iat` a number when present, `iss` a single string.
@@ -72,7 +72,7 @@ pub struct Header {
 
 /// A JSON object that refuses duplicate keys at its top level (where a duplicate would
 /// let two parsers disagree on `alg`, `exp` or `sub`).
-pub struct StrictObject(pub Map<String, Value>);
+struct StrictObject(Map<String, Value>);
 
 impl<'de> serde::Deserialize<'de> for StrictObject {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
