@@ -1,12 +1,16 @@
 //! The per-request pieces of the policy chain that issue 7 rewrote: request ids, and
 //! adding headers to a response head — through Pingora's case-keeping `insert_header`
-//! (the old path) against moat's response phase on a moved-out head (`plugin::head`).
+//! (the old path) against moat's response phase on a moved-out head (`plugin::head`);
+//! and the access log's timestamp, from the per-thread cache of the current second
+//! against `jiff` formatting every time.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderName, HeaderValue};
 use moat::plugin::head::edit_response;
-use moat::util::id;
+use moat::util::{id, time};
 use pingora_http::ResponseHeader;
+use std::fmt::Write as _;
+use std::time::SystemTime;
 
 /// A response head as Pingora parses one from an upstream: case map on, sized to it.
 fn upstream_head() -> ResponseHeader {
@@ -45,6 +49,26 @@ fn ids(c: &mut Criterion) {
     });
 }
 
+fn timestamps(c: &mut Criterion) {
+    c.bench_function("time/access_log_ts/cached_second", |b| {
+        let mut out = String::with_capacity(32);
+        b.iter(|| {
+            out.clear();
+            time::push_rfc3339_millis(&mut out, black_box(SystemTime::now()));
+            black_box(out.len())
+        })
+    });
+    c.bench_function("time/access_log_ts/jiff_each_time", |b| {
+        let mut out = String::with_capacity(32);
+        b.iter(|| {
+            out.clear();
+            let t = jiff::Timestamp::try_from(black_box(SystemTime::now())).expect("time");
+            let _ = write!(out, "{t:.3}");
+            black_box(out.len())
+        })
+    });
+}
+
 fn response_headers(c: &mut Criterion) {
     let v = HeaderValue::from_static("01JDZ8Q3V5W6X7Y8Z9A0B1C2D3");
     c.bench_function("response_head/6_headers/pingora_insert_header", |b| {
@@ -77,5 +101,5 @@ fn response_headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, ids, response_headers);
+criterion_group!(benches, ids, timestamps, response_headers);
 criterion_main!(benches);

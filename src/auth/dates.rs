@@ -1,8 +1,10 @@
-//! Calendar parsing for authentication, without a calendar crate: RFC 3339 timestamps
-//! (API-key `expires`) and HTTP dates (IMF-fixdate, the `Date`/`X-Date` an HMAC request
-//! signs). Everything is in whole UNIX seconds, UTC.
+//! Dates for authentication, in whole UNIX seconds, UTC:
+//! - RFC 3339 timestamps (API-key `expires`): moat's grammar (below) on `jiff`'s calendar,
+//!   which checks the date and converts it;
+//! - HTTP dates (the `Date`/`X-Date` an HMAC request signs): IMF-fixdate only, read and
+//!   written by `httpdate`, which also checks that the weekday is the date's.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Now in UNIX seconds.
 pub fn now_secs() -> i64 {
@@ -12,43 +14,41 @@ pub fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
+/// Last second an HTTP date can carry (9999-12-31T23:59:59Z).
+const MAX_HTTP_DATE: i64 = 253_402_300_799;
 
-fn days_in_month(y: i64, m: u32) -> u32 {
-    match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        _ => 28,
-    }
-}
-
-fn num(s: &str) -> Option<u32> {
+fn num(s: &str) -> Option<i64> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     s.parse().ok()
 }
 
-fn to_secs(y: i64, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> Option<i64> {
-    if !(1..=12).contains(&mo) || d == 0 || d > days_in_month(y, mo) || h > 23 || mi > 59 || s > 60
-    {
+/// UNIX seconds of a UTC civil date and time, checked by `jiff` (month lengths, leap
+/// years); a leap second (`60`) counts as `59`.
+fn to_secs(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64) -> Option<i64> {
+    if s > 60 {
         return None;
     }
-    Some(days_from_civil(y, mo, d) * 86_400 + (h * 3600 + mi * 60 + s.min(59)) as i64)
+    let small = |v: i64| i8::try_from(v).ok();
+    let dt = jiff::civil::DateTime::new(
+        i16::try_from(y).ok()?,
+        small(mo)?,
+        small(d)?,
+        small(h)?,
+        small(mi)?,
+        small(s.min(59))?,
+        0,
+    )
+    .ok()?;
+    let t = jiff::tz::Offset::UTC.to_timestamp(dt).ok()?;
+    Some(t.as_second())
 }
 
 /// Parse an RFC 3339 timestamp (`2027-12-31T00:00:00Z`, fractions and `±HH:MM` offsets
-/// accepted; a bare date `2027-12-31` means its midnight UTC).
+/// accepted; a bare date `2027-12-31` means its midnight UTC). The grammar is moat's:
+/// `jiff`'s own parser also reads forms RFC 3339 does not have (`+0200` offsets, basic
+/// ISO 8601, time-zone annotations, omitted seconds), which stay refused.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let s = s.trim();
     if !s.is_ascii() {
@@ -59,7 +59,7 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         if &s[4..5] != "-" || &s[7..8] != "-" {
             return None;
         }
-        return to_secs(y as i64, mo, d, 0, 0, 0);
+        return to_secs(y, mo, d, 0, 0, 0);
     }
     if s.len() < 20 {
         return None;
@@ -82,9 +82,9 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         rest = &frac[n..];
     }
     let offset = match rest {
-        "Z" | "z" => 0i64,
+        "Z" | "z" => 0,
         o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
-            let v = (num(&o[1..3])? * 3600 + num(&o[4..6])? * 60) as i64;
+            let v = num(&o[1..3])? * 3600 + num(&o[4..6])? * 60;
             if o.starts_with('-') {
                 -v
             } else {
@@ -93,48 +93,25 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         }
         _ => return None,
     };
-    Some(to_secs(y as i64, mo, d, h, mi, sec)? - offset)
+    Some(to_secs(y, mo, d, h, mi, sec)? - offset)
 }
-
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
 
 /// Parse an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the only form HTTP/1.1
-/// senders may generate. The weekday is not trusted (it is not checked).
+/// senders may generate. `httpdate` also reads the obsolete RFC 850 and asctime forms,
+/// which a signed request may not use: neither has a comma after a three-letter weekday.
 pub fn parse_http_date(s: &str) -> Option<i64> {
-    let parts: Vec<&str> = s.split_ascii_whitespace().collect();
-    let [wd, d, mon, y, t, gmt] = parts.as_slice() else {
-        return None;
-    };
-    if !wd.ends_with(',') || *gmt != "GMT" || d.len() != 2 || y.len() != 4 || t.len() != 8 {
+    let s = s.trim();
+    if s.as_bytes().get(3) != Some(&b',') {
         return None;
     }
-    let mo = MONTHS.iter().position(|m| m == mon)? as u32 + 1;
-    let tp: Vec<&str> = t.split(':').collect();
-    let [h, mi, sec] = tp.as_slice() else {
-        return None;
-    };
-    if h.len() != 2 || mi.len() != 2 || sec.len() != 2 {
-        return None;
-    }
-    to_secs(num(y)? as i64, mo, num(d)?, num(h)?, num(mi)?, num(sec)?)
+    let t = httpdate::parse_http_date(s).ok()?;
+    Some(t.duration_since(UNIX_EPOCH).ok()?.as_secs() as i64)
 }
 
-/// Format UNIX seconds as an IMF-fixdate.
+/// Format UNIX seconds as an IMF-fixdate (clamped to the years 1970 to 9999).
 pub fn format_http_date(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, mo, d) = crate::util::time::civil_from_days(days);
-    let wd = DAYS[days.rem_euclid(7) as usize];
-    format!(
-        "{wd}, {d:02} {} {y:04} {:02}:{:02}:{:02} GMT",
-        MONTHS[(mo - 1) as usize],
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    let secs = secs.clamp(0, MAX_HTTP_DATE) as u64;
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 #[cfg(test)]
@@ -193,5 +170,53 @@ mod tests {
         ] {
             assert_eq!(parse_http_date(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn rfc3339_edges() {
+        // A leap second counts as :59, past 60 is refused; long fractions are read.
+        assert_eq!(
+            parse_rfc3339("2016-12-31T23:59:60Z"),
+            parse_rfc3339("2016-12-31T23:59:59Z")
+        );
+        assert_eq!(parse_rfc3339("2016-12-31T23:59:61Z"), None);
+        assert_eq!(
+            parse_rfc3339("2024-11-23t07:00:00.1234567891z"),
+            Some(1_732_345_200)
+        );
+        assert_eq!(
+            parse_rfc3339(" 2024-11-23 05:30:00-01:30 "),
+            Some(1_732_345_200)
+        );
+        // Forms jiff's own parser reads but RFC 3339 does not have.
+        for bad in [
+            "2024-11-23T07:00Z",
+            "20241123T070000Z",
+            "2024-11-23T07:00:00Z[UTC]",
+            "2024-11-23T07:00:00+02",
+            "+002024-11-23T07:00:00Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn http_date_is_checked_whole() {
+        // httpdate checks the weekday against the date and the form's single spaces.
+        for bad in [
+            "Mon, 06 Nov 1994 08:49:37 GMT",
+            "Sun,  06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49:60 GMT",
+            "Sun, 06-Nov-94 08:49:37 GMT",
+            "Sun, 6 Nov 1994 08:49:37 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+        }
+        assert_eq!(
+            parse_http_date("  Sun, 06 Nov 1994 08:49:37 GMT "),
+            Some(784_111_777)
+        );
+        assert_eq!(format_http_date(-5), "Thu, 01 Jan 1970 00:00:00 GMT");
     }
 }

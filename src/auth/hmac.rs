@@ -18,6 +18,7 @@ use super::consumers::sha256;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use pingora_http::RequestHeader;
+use subtle::ConstantTimeEq;
 
 /// Default `clock_skew`, seconds.
 pub const DEFAULT_CLOCK_SKEW: i64 = 300;
@@ -199,19 +200,12 @@ pub fn single_header(req: &RequestHeader, name: &str) -> Result<String, HmacErro
 
 /// HMAC of `data` under `secret`.
 pub fn compute(alg: HmacAlg, secret: &[u8], data: &[u8]) -> Result<Vec<u8>, HmacError> {
-    Ok(match alg {
-        HmacAlg::Sha256 => super::mac::sha256(secret, data),
-        HmacAlg::Sha384 => super::mac::sha384(secret, data),
-        HmacAlg::Sha512 => super::mac::sha512(secret, data),
-    })
+    Ok(super::mac::tag(alg, secret, data))
 }
 
 /// Constant-time check of `sig` against the HMAC of `data`.
 pub fn verify_mac(alg: HmacAlg, secret: &[u8], data: &[u8], sig: &[u8]) -> bool {
-    match compute(alg, secret, data) {
-        Ok(mac) => mac.len() == sig.len() && openssl::memcmp::eq(&mac, sig),
-        Err(_) => false,
-    }
+    super::mac::verify(alg, secret, data, sig)
 }
 
 /// `SHA-256=<base64>` of `body`.
@@ -230,7 +224,7 @@ pub fn digest_matches(value: &str, body: &[u8]) -> bool {
         };
         if alg.trim().eq_ignore_ascii_case("sha-256") {
             match STANDARD.decode(b64.trim()) {
-                Ok(got) if got.len() == 32 && openssl::memcmp::eq(&got, &want) => found = true,
+                Ok(got) if bool::from(got.as_slice().ct_eq(want.as_slice())) => found = true,
                 _ => return false,
             }
         }

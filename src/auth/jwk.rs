@@ -1,117 +1,100 @@
-//! JWT verification keys: the algorithms moat accepts, JWK / JWKS documents, PEM public
-//! keys and HS* secrets, decoded once into `openssl` keys. A key is only ever used with
-//! the algorithm family it belongs to (RSA keys for RS/PS, P-256 for ES256, P-384 for
-//! ES384, Ed25519 for EdDSA, secrets for HS*), which rules out key-confusion attacks.
+//! JWT verification keys: JWK / JWKS documents, PEM public keys and HS* secrets, read with
+//! `jsonwebtoken`'s types (its [`Jwk`](jsonwebtoken::jwk::Jwk) and PEM readers) and kept
+//! as its [`DecodingKey`]s. moat's policy on top:
+//! - a key is only ever used with the algorithm family it belongs to (RSA keys for RS/PS,
+//!   P-256 for ES256, P-384 for ES384, Ed25519 for EdDSA, secrets for HS*), and with the
+//!   one algorithm its JWK names, if it names one: no key-confusion attack;
+//! - RSA moduli from 2048 to 8192 bits with an odd exponent from 3 to 2^33 − 1 (what the
+//!   verification backend, aws-lc, implements), EC and Ed25519 points valid on their
+//!   curve, HS* secrets of at least 32 bytes: all checked when the keys load (public keys
+//!   by aws-lc itself, the library that verifies), so a key that could never verify is
+//!   refused there with its reason rather than failing every token;
+//! - keys not meant for signatures (`use` other than `sig`) and secret (`oct`) keys are
+//!   skipped in a JWKS (a JWKS is public; an HS* secret comes only from `secret_env`).
 
+use aws_lc_rs::signature::{self as lc, RsaPublicKeyComponents, UnparsedPublicKey};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use openssl::bn::BigNum;
-use openssl::ec::{EcGroup, EcKey};
-use openssl::nid::Nid;
-use openssl::pkey::{Id, PKey, Public};
-use openssl::rsa::Rsa;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk as JwkDoc, PublicKeyUse};
+use jsonwebtoken::DecodingKey;
+use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// A JWS algorithm: `jsonwebtoken`'s, which implements every one moat accepts.
+pub use jsonwebtoken::Algorithm as Alg;
+
 /// Smallest RSA modulus accepted, in bits.
-pub const MIN_RSA_BITS: u32 = 2048;
+pub const MIN_RSA_BITS: usize = 2048;
+/// Largest RSA modulus accepted, in bits (the most aws-lc verifies with).
+pub const MAX_RSA_BITS: usize = 8192;
 /// Smallest HS* secret accepted, in bytes (RFC 7518 §3.2: at least the hash size of HS256).
 pub const MIN_HMAC_SECRET: usize = 32;
 /// Largest JWKS document accepted, in bytes.
 pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
-/// A JWS algorithm moat implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Alg {
-    RS256,
-    RS384,
-    RS512,
-    PS256,
-    PS384,
-    PS512,
-    ES256,
-    ES384,
-    EdDSA,
-    HS256,
-    HS384,
-    HS512,
+/// Every algorithm moat verifies: all that `jsonwebtoken` implements.
+pub const ALGORITHMS: [Alg; 12] = [
+    Alg::RS256,
+    Alg::RS384,
+    Alg::RS512,
+    Alg::PS256,
+    Alg::PS384,
+    Alg::PS512,
+    Alg::ES256,
+    Alg::ES384,
+    Alg::EdDSA,
+    Alg::HS256,
+    Alg::HS384,
+    Alg::HS512,
+];
+
+/// The algorithm of an exact (case-sensitive) JOSE name; `none` and every name
+/// `jsonwebtoken` does not implement give `None`. (An [`Alg`]'s `Debug` form is its name.)
+pub fn parse_alg(name: &str) -> Option<Alg> {
+    name.parse().ok().filter(|a| ALGORITHMS.contains(a))
 }
 
-impl Alg {
-    /// Parse the exact (case-sensitive) JOSE name; `none` and anything else is refused.
-    pub fn parse(s: &str) -> Option<Alg> {
-        use Alg::*;
-        Some(match s {
-            "RS256" => RS256,
-            "RS384" => RS384,
-            "RS512" => RS512,
-            "PS256" => PS256,
-            "PS384" => PS384,
-            "PS512" => PS512,
-            "ES256" => ES256,
-            "ES384" => ES384,
-            "EdDSA" => EdDSA,
-            "HS256" => HS256,
-            "HS384" => HS384,
-            "HS512" => HS512,
-            _ => return None,
-        })
-    }
-
-    /// True for HS*.
-    pub fn is_hmac(self) -> bool {
-        matches!(self, Alg::HS256 | Alg::HS384 | Alg::HS512)
-    }
-
-    /// The digest of the algorithm (none for EdDSA).
-    pub fn digest(self) -> Option<openssl::hash::MessageDigest> {
-        use openssl::hash::MessageDigest as M;
-        use Alg::*;
-        match self {
-            RS256 | PS256 | ES256 | HS256 => Some(M::sha256()),
-            RS384 | PS384 | ES384 | HS384 => Some(M::sha384()),
-            RS512 | PS512 | HS512 => Some(M::sha512()),
-            EdDSA => None,
-        }
-    }
-}
-
-/// Decoded key material.
-pub enum Material {
-    /// An RSA public key (RS*, PS*).
-    Rsa(PKey<Public>),
-    /// An EC public key on P-256 or P-384 (ES256, ES384), with its curve.
-    Ec(EcKey<Public>, Nid),
-    /// An Ed25519 public key (EdDSA).
-    Ed25519(PKey<Public>),
-    /// An HS* secret.
-    Hmac(Vec<u8>),
+/// What a key is, hence which algorithms it may verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// RSA public key: RS*, PS*.
+    Rsa,
+    /// EC public key on P-256: ES256.
+    P256,
+    /// EC public key on P-384: ES384.
+    P384,
+    /// Ed25519 public key: EdDSA.
+    Ed25519,
+    /// HS* secret.
+    Secret,
 }
 
 /// One verification key.
-pub struct Jwk {
+pub struct Key {
     /// `kid`, when the source names keys.
     pub kid: Option<String>,
-    /// `alg` the key is restricted to, when the JWK says.
+    /// The one algorithm the key is restricted to, when its JWK says.
     pub alg: Option<Alg>,
-    /// The key.
-    pub material: Material,
+    /// What the key is.
+    pub family: Family,
+    /// The key, decoded once, as the JWT library uses it.
+    pub decoding: DecodingKey,
 }
 
-impl Jwk {
+impl Key {
     /// Whether this key may verify a token signed with `alg`.
     pub fn fits(&self, alg: Alg) -> bool {
         if self.alg.is_some_and(|a| a != alg) {
             return false;
         }
         use Alg::*;
-        match (&self.material, alg) {
-            (Material::Rsa(_), RS256 | RS384 | RS512 | PS256 | PS384 | PS512) => true,
-            (Material::Ec(_, nid), ES256) => *nid == Nid::X9_62_PRIME256V1,
-            (Material::Ec(_, nid), ES384) => *nid == Nid::SECP384R1,
-            (Material::Ed25519(_), EdDSA) => true,
-            (Material::Hmac(_), HS256 | HS384 | HS512) => true,
-            _ => false,
+        match self.family {
+            Family::Rsa => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
+            Family::P256 => alg == ES256,
+            Family::P384 => alg == ES384,
+            Family::Ed25519 => alg == EdDSA,
+            Family::Secret => matches!(alg, HS256 | HS384 | HS512),
         }
     }
 }
@@ -120,14 +103,14 @@ impl Jwk {
 #[derive(Default)]
 pub struct KeySet {
     /// Every key, in document order.
-    pub keys: Vec<Arc<Jwk>>,
-    by_kid: HashMap<String, Arc<Jwk>>,
+    pub keys: Vec<Arc<Key>>,
+    by_kid: HashMap<String, Arc<Key>>,
 }
 
 impl KeySet {
     /// Build from keys (a later duplicate `kid` is ignored).
-    pub fn new(keys: Vec<Jwk>) -> KeySet {
-        let keys: Vec<Arc<Jwk>> = keys.into_iter().map(Arc::new).collect();
+    pub fn new(keys: Vec<Key>) -> KeySet {
+        let keys: Vec<Arc<Key>> = keys.into_iter().map(Arc::new).collect();
         let mut by_kid = HashMap::new();
         for k in &keys {
             if let Some(kid) = &k.kid {
@@ -138,7 +121,7 @@ impl KeySet {
     }
 
     /// The key named `kid`.
-    pub fn by_kid(&self, kid: &str) -> Option<&Arc<Jwk>> {
+    pub fn by_kid(&self, kid: &str) -> Option<&Arc<Key>> {
         self.by_kid.get(kid)
     }
 
@@ -154,76 +137,139 @@ impl KeySet {
     }
 }
 
-fn b64_field(
-    obj: &serde_json::Map<String, serde_json::Value>,
-    name: &str,
-) -> Result<Vec<u8>, String> {
-    let s = obj
-        .get(name)
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| format!("missing `{name}`"))?;
+/// A base64url field (a trailing `=` padding is tolerated, as some issuers write it).
+fn b64(value: &str, name: &str) -> Result<Vec<u8>, String> {
     URL_SAFE_NO_PAD
-        .decode(s.trim_end_matches('='))
+        .decode(value.trim_end_matches('='))
         .map_err(|_| format!("`{name}` is not base64url"))
 }
 
-/// Decode one JWK object. Keys not meant for signatures (`use` other than `sig`) or of
-/// an unsupported type are refused with a reason.
-pub fn parse_jwk(v: &serde_json::Value) -> Result<Jwk, String> {
-    let obj = v.as_object().ok_or("a JWK must be an object")?;
-    if obj.get("use").is_some_and(|u| u.as_str() != Some("sig")) {
-        return Err("not a signing key (`use`)".into());
+/// An EC coordinate of `size` bytes; a shorter one (its leading zeros dropped) is padded.
+fn coordinate(value: &str, name: &str, size: usize) -> Result<Vec<u8>, String> {
+    let raw = b64(value, name)?;
+    if raw.len() > size {
+        return Err(format!("`{name}` is longer than the curve's {size} bytes"));
     }
-    let kid = match obj.get("kid") {
-        None => None,
-        Some(serde_json::Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err("`kid` must be a string".into()),
-    };
-    let alg = match obj.get("alg").and_then(|a| a.as_str()) {
-        Some(a) => Some(Alg::parse(a).ok_or_else(|| format!("unsupported alg `{a}`"))?),
-        None => None,
-    };
-    let kty = obj.get("kty").and_then(|k| k.as_str()).unwrap_or("");
-    let crv = obj.get("crv").and_then(|k| k.as_str()).unwrap_or("");
-    let err = |e: openssl::error::ErrorStack| format!("invalid key: {e}");
-    let material = match kty {
-        "RSA" => {
-            let n = BigNum::from_slice(&b64_field(obj, "n")?).map_err(err)?;
-            let e = BigNum::from_slice(&b64_field(obj, "e")?).map_err(err)?;
-            let rsa = Rsa::from_public_components(n, e).map_err(err)?;
-            rsa_material(PKey::from_rsa(rsa).map_err(err)?)?
-        }
-        "EC" => {
-            let nid = match crv {
-                "P-256" => Nid::X9_62_PRIME256V1,
-                "P-384" => Nid::SECP384R1,
-                other => return Err(format!("unsupported curve `{other}`")),
-            };
-            let group = EcGroup::from_curve_name(nid).map_err(err)?;
-            let x = BigNum::from_slice(&b64_field(obj, "x")?).map_err(err)?;
-            let y = BigNum::from_slice(&b64_field(obj, "y")?).map_err(err)?;
-            let key = EcKey::from_public_key_affine_coordinates(&group, &x, &y).map_err(err)?;
-            key.check_key().map_err(err)?;
-            Material::Ec(key, nid)
-        }
-        "OKP" if crv == "Ed25519" => {
-            let x = b64_field(obj, "x")?;
-            Material::Ed25519(PKey::public_key_from_raw_bytes(&x, Id::ED25519).map_err(err)?)
-        }
-        other => return Err(format!("unsupported key type `{other}` `{crv}`")),
-    };
-    Ok(Jwk { kid, alg, material })
+    let mut out = vec![0; size - raw.len()];
+    out.extend_from_slice(&raw);
+    Ok(out)
 }
 
-fn rsa_material(pk: PKey<Public>) -> Result<Material, String> {
-    if pk.bits() < MIN_RSA_BITS {
+fn strip_zeros(b: &[u8]) -> &[u8] {
+    let first = b.iter().position(|x| *x != 0).unwrap_or(b.len());
+    &b[first..]
+}
+
+/// An RSA key from its big-endian modulus and exponent, within moat's bounds.
+fn rsa_key(n: &[u8], e: &[u8]) -> Result<DecodingKey, String> {
+    let (n, e) = (strip_zeros(n), strip_zeros(e));
+    let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+    if bits < MIN_RSA_BITS {
         return Err(format!("RSA key shorter than {MIN_RSA_BITS} bits"));
     }
-    Ok(Material::Rsa(pk))
+    if bits > MAX_RSA_BITS {
+        return Err(format!("RSA key longer than {MAX_RSA_BITS} bits"));
+    }
+    let exponent = (e.len() <= 8).then(|| e.iter().fold(0u64, |v, b| v << 8 | u64::from(*b)));
+    if !exponent.is_some_and(|x| x % 2 == 1 && (3..1 << 33).contains(&x)) {
+        return Err("RSA exponent must be odd, from 3 to 2^33 - 1".into());
+    }
+    RsaPublicKeyComponents { n, e }
+        .to_parsed_public_key(&lc::RSA_PKCS1_2048_8192_SHA256)
+        .map_err(|e| format!("invalid RSA key: {e}"))?;
+    Ok(DecodingKey::from_rsa_raw_components(n, e))
+}
+
+/// Whether aws-lc reads `point` as a valid public key of `family` (on its curve).
+fn valid_point(family: Family, point: &[u8]) -> bool {
+    let alg: &'static dyn lc::VerificationAlgorithm = match family {
+        Family::P256 => &lc::ECDSA_P256_SHA256_FIXED,
+        Family::P384 => &lc::ECDSA_P384_SHA384_FIXED,
+        Family::Ed25519 => &lc::ED25519,
+        Family::Rsa | Family::Secret => return false,
+    };
+    UnparsedPublicKey::new(alg, point).parse().is_ok()
+}
+
+/// A key from the JWT library's JWK form, under moat's policy. `raw` is the same JWK as
+/// JSON when there is one, for error messages.
+fn from_doc(doc: &JwkDoc, raw: Option<&serde_json::Value>) -> Result<Key, String> {
+    let field = |name: &str| {
+        raw.and_then(|v| v.get(name))
+            .and_then(|x| x.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    match &doc.common.public_key_use {
+        None | Some(PublicKeyUse::Signature) => {}
+        Some(_) => return Err("not a signing key (`use`)".into()),
+    }
+    let alg = match doc.common.key_algorithm {
+        None => None,
+        Some(a) => Some(
+            Alg::try_from(a)
+                .ok()
+                .filter(|a| ALGORITHMS.contains(a))
+                .ok_or_else(|| format!("unsupported alg `{}`", field("alg")))?,
+        ),
+    };
+    let (family, decoding) = match &doc.algorithm {
+        AlgorithmParameters::RSA(p) => (Family::Rsa, rsa_key(&b64(&p.n, "n")?, &b64(&p.e, "e")?)?),
+        AlgorithmParameters::EllipticCurve(p) => {
+            let (family, size) = match p.curve {
+                EllipticCurve::P256 => (Family::P256, 32),
+                EllipticCurve::P384 => (Family::P384, 48),
+                _ => return Err(format!("unsupported curve `{}`", field("crv"))),
+            };
+            let mut point = vec![4u8];
+            point.extend(coordinate(&p.x, "x", size)?);
+            point.extend(coordinate(&p.y, "y", size)?);
+            if !valid_point(family, &point) {
+                return Err("the point is not on its curve".into());
+            }
+            (family, DecodingKey::from_ec_der(&point))
+        }
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            let x = b64(&p.x, "x")?;
+            if x.len() != 32 {
+                return Err("an Ed25519 key is 32 bytes".into());
+            }
+            if !valid_point(Family::Ed25519, &x) {
+                return Err("not a valid Ed25519 point".into());
+            }
+            (Family::Ed25519, DecodingKey::from_ed_der(&x))
+        }
+        AlgorithmParameters::OctetKey(_) => {
+            return Err("secret (`oct`) keys are not taken from a JWKS".into())
+        }
+        _ => {
+            return Err(format!(
+                "unsupported or incomplete key (kty `{}`, crv `{}`)",
+                field("kty"),
+                field("crv")
+            ))
+        }
+    };
+    Ok(Key {
+        kid: doc.common.key_id.clone(),
+        alg,
+        family,
+        decoding,
+    })
+}
+
+/// Decode one JWK object. Keys not meant for signatures (`use` other than `sig`), of an
+/// unsupported type, or outside the bounds above are refused with a reason.
+pub fn parse_jwk(v: &serde_json::Value) -> Result<Key, String> {
+    if !v.is_object() {
+        return Err("a JWK must be an object".into());
+    }
+    let doc = JwkDoc::deserialize(v).map_err(|e| format!("not a JWK: {e}"))?;
+    from_doc(&doc, Some(v))
 }
 
 /// Decode a JWKS document (`{"keys": [...]}`). Unusable keys are skipped; a document
-/// with no usable key is an error.
+/// with no usable key is an error (with the first key's reason).
 pub fn parse_jwks(text: &[u8]) -> Result<KeySet, String> {
     if text.len() > MAX_JWKS_BYTES {
         return Err("JWKS document too large".into());
@@ -234,40 +280,34 @@ pub fn parse_jwks(text: &[u8]) -> Result<KeySet, String> {
         .get("keys")
         .and_then(|k| k.as_array())
         .ok_or("no `keys` array")?;
-    let keys: Vec<Jwk> = list.iter().filter_map(|k| parse_jwk(k).ok()).collect();
+    let mut first_refusal = None;
+    let keys: Vec<Key> = list
+        .iter()
+        .filter_map(|k| {
+            parse_jwk(k)
+                .map_err(|e| first_refusal.get_or_insert(e))
+                .ok()
+        })
+        .collect();
     if keys.is_empty() {
-        return Err("no usable signing key".into());
+        return Err(match first_refusal {
+            Some(why) => format!("no usable signing key (the first: {why})"),
+            None => "no usable signing key".into(),
+        });
     }
     Ok(KeySet::new(keys))
 }
 
-/// Decode a PEM public key (or the key of a PEM certificate).
+/// Decode a PEM public key (or the key of a PEM certificate): RSA, EC P-256/P-384 or
+/// Ed25519, read by the JWT library and checked as a JWK would be.
 pub fn parse_pem(text: &[u8]) -> Result<KeySet, String> {
-    let pk = match PKey::public_key_from_pem(text) {
-        Ok(k) => k,
-        Err(_) => openssl::x509::X509::from_pem(text)
-            .and_then(|c| c.public_key())
-            .map_err(|_| "not a PEM public key or certificate".to_string())?,
-    };
-    let material = match pk.id() {
-        Id::RSA => rsa_material(pk)?,
-        Id::EC => {
-            let ec = pk.ec_key().map_err(|e| e.to_string())?;
-            let nid = ec
-                .group()
-                .curve_name()
-                .filter(|n| *n == Nid::X9_62_PRIME256V1 || *n == Nid::SECP384R1)
-                .ok_or("unsupported curve (P-256 and P-384 only)")?;
-            Material::Ec(ec, nid)
-        }
-        Id::ED25519 => Material::Ed25519(pk),
-        _ => return Err("unsupported key type".into()),
-    };
-    Ok(KeySet::new(vec![Jwk {
-        kid: None,
-        alg: None,
-        material,
-    }]))
+    super::jwt::install_backend();
+    let key = DecodingKey::from_rsa_pem(text)
+        .or_else(|_| DecodingKey::from_ec_pem(text))
+        .or_else(|_| DecodingKey::from_ed_pem(text))
+        .map_err(|_| "not a PEM public key or certificate (RSA, EC or Ed25519)".to_string())?;
+    let doc = JwkDoc::from_decoding_key(&key, None).map_err(|e| format!("invalid key: {e}"))?;
+    Ok(KeySet::new(vec![from_doc(&doc, None)?]))
 }
 
 /// An HS* secret as a one-key set.
@@ -277,72 +317,15 @@ pub fn hmac_set(secret: Vec<u8>) -> Result<KeySet, String> {
             "the secret must be at least {MIN_HMAC_SECRET} bytes"
         ));
     }
-    Ok(KeySet::new(vec![Jwk {
+    let decoding = DecodingKey::from_secret(&secret).map_err(|e| e.to_string())?;
+    Ok(KeySet::new(vec![Key {
         kid: None,
         alg: None,
-        material: Material::Hmac(secret),
+        family: Family::Secret,
+        decoding,
     }]))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use openssl::ec::EcKey;
-    use openssl::pkey::PKey;
-
-    fn b64(b: &[u8]) -> String {
-        URL_SAFE_NO_PAD.encode(b)
-    }
-
-    #[test]
-    fn rsa_ec_okp_jwks() {
-        let rsa = Rsa::generate(2048).unwrap();
-        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-        let ec = EcKey::generate(&group).unwrap();
-        let mut ctx = openssl::bn::BigNumContext::new().unwrap();
-        let (mut x, mut y) = (BigNum::new().unwrap(), BigNum::new().unwrap());
-        ec.public_key()
-            .affine_coordinates(&group, &mut x, &mut y, &mut ctx)
-            .unwrap();
-        let ed = PKey::generate_ed25519().unwrap();
-        let doc = serde_json::json!({"keys": [
-            {"kty": "RSA", "kid": "r", "n": b64(&rsa.n().to_vec()), "e": b64(&rsa.e().to_vec()), "alg": "RS256", "use": "sig"},
-            {"kty": "EC", "kid": "e", "crv": "P-256", "x": b64(&x.to_vec_padded(32).unwrap()), "y": b64(&y.to_vec_padded(32).unwrap())},
-            {"kty": "OKP", "kid": "d", "crv": "Ed25519", "x": b64(&ed.raw_public_key().unwrap())},
-            {"kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB"},
-            {"kty": "oct", "kid": "o", "k": "c2VjcmV0"},
-        ]});
-        let set = parse_jwks(doc.to_string().as_bytes()).unwrap();
-        assert_eq!(set.keys.len(), 3);
-        let r = set.by_kid("r").unwrap();
-        assert!(r.fits(Alg::RS256) && !r.fits(Alg::PS256) && !r.fits(Alg::HS256));
-        let e = set.by_kid("e").unwrap();
-        assert!(e.fits(Alg::ES256) && !e.fits(Alg::ES384) && !e.fits(Alg::RS256));
-        assert!(set.by_kid("d").unwrap().fits(Alg::EdDSA));
-        assert!(set.by_kid("enc").is_none());
-    }
-
-    #[test]
-    fn refusals() {
-        assert!(parse_jwks(b"{}").is_err());
-        assert!(parse_jwks(b"{\"keys\": []}").is_err());
-        assert!(parse_jwks(b"not json").is_err());
-        let small = Rsa::generate(1024).unwrap();
-        let pem = small.public_key_to_pem().unwrap();
-        assert!(parse_pem(&pem).is_err());
-        assert!(hmac_set(b"short".to_vec()).is_err());
-        assert!(Alg::parse("none").is_none());
-        assert!(Alg::parse("hs256").is_none());
-    }
-
-    #[test]
-    fn pem_keys() {
-        let rsa = Rsa::generate(2048).unwrap();
-        let set = parse_pem(&rsa.public_key_to_pem().unwrap()).unwrap();
-        assert!(set.keys[0].fits(Alg::PS512));
-        let group = EcGroup::from_curve_name(Nid::SECP384R1).unwrap();
-        let ec = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
-        let set = parse_pem(&ec.public_key_to_pem().unwrap()).unwrap();
-        assert!(set.keys[0].fits(Alg::ES384) && !set.keys[0].fits(Alg::ES256));
-    }
-}
+#[path = "jwk_tests.rs"]
+mod tests;

@@ -1,20 +1,22 @@
-//! JWT (JWS compact form) decoding and verification with `openssl`: strict parsing (three
-//! base64url segments, JSON objects without duplicate keys, a size bound), the provider's
-//! algorithm allowlist, signature checks per algorithm family (ECDSA signatures checked
-//! for length and for `r`, `s` in `[1, n-1]`), and claim checks (`exp` required, `nbf`,
-//! `iss`, `aud`, leeway). `jku`, `x5u`, `x5c` and `jwk` headers are ignored: keys only
-//! ever come from the provider's configured source. A `crit` header is refused, since
-//! moat implements no JWS extension.
+//! JWT (JWS compact form) verification through `jsonwebtoken`, with moat's own strictness
+//! as a thin layer where the crate is lenient:
+//! - before it ([`decode_header`]): a size bound; exactly three segments; a header that is
+//!   a JSON object without duplicate keys (two parsers must never disagree on `alg`),
+//!   whose `alg` is in the provider's allowlist, whose `kid` is a short string, and
+//!   without `crit` (the crate accepts `crit: ["b64"]`; moat implements no JWS extension);
+//! - the crate ([`verify`], [`jsonwebtoken::decode`]): base64url, the signature with the
+//!   key moat chose (never one named by `jku`, `x5u`, `x5c` or `jwk`: keys only ever come
+//!   from the provider's configured source), `exp` present, `iss` and `aud` when
+//!   configured; the claims are read into an object that refuses duplicate keys;
+//! - after it ([`check_claims`]): `exp` and `nbf` against moat's clock with the leeway
+//!   (the crate reads the system clock itself, while the verified-token cache needs the
+//!   same `now` for both), `iat` a number when present, `iss` a single string.
 
-use super::jwk::{Alg, Jwk, Material};
+use super::jwk::{Alg, Key};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use openssl::bn::{BigNum, BigNumContext};
-use openssl::ecdsa::EcdsaSig;
-use openssl::hash::hash;
-use openssl::pkey::PKey;
-use openssl::rsa::Padding;
-use openssl::sign::{RsaPssSaltlen, Signer, Verifier};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::Validation;
 use serde_json::{Map, Value};
 
 /// Largest token accepted, in bytes.
@@ -68,18 +70,6 @@ pub struct Header {
     pub kid: Option<String>,
 }
 
-/// A decoded, not yet verified token.
-pub struct Decoded<'a> {
-    /// The header.
-    pub header: Header,
-    /// `header.payload`, the signed bytes.
-    pub signing_input: &'a [u8],
-    /// The raw signature.
-    pub signature: Vec<u8>,
-    /// The claims.
-    pub claims: Map<String, Value>,
-}
-
 /// A JSON object that refuses duplicate keys at its top level (where a duplicate would
 /// let two parsers disagree on `alg`, `exp` or `sub`).
 struct StrictObject(Map<String, Value>);
@@ -110,33 +100,26 @@ impl<'de> serde::Deserialize<'de> for StrictObject {
     }
 }
 
-fn b64(seg: &str) -> Result<Vec<u8>, JwtError> {
-    URL_SAFE_NO_PAD.decode(seg).map_err(|_| JwtError::Malformed)
-}
-
-fn object(bytes: &[u8]) -> Result<Map<String, Value>, JwtError> {
-    serde_json::from_slice::<StrictObject>(bytes)
-        .map(|o| o.0)
-        .map_err(|_| JwtError::Malformed)
-}
-
-/// Decode `token` and check its header against `allowed`.
-pub fn decode<'a>(token: &'a str, allowed: &[Alg]) -> Result<Decoded<'a>, JwtError> {
+/// Check `token`'s form and header against `allowed`, before any key or signature work.
+pub fn decode_header(token: &str, allowed: &[Alg]) -> Result<Header, JwtError> {
     if token.len() > MAX_TOKEN_BYTES || token.is_empty() {
         return Err(JwtError::Malformed);
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
+    let (Some(h), Some(_), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(JwtError::Malformed);
     };
-    let header = object(&b64(h)?)?;
+    let json = URL_SAFE_NO_PAD.decode(h).map_err(|_| JwtError::Malformed)?;
+    let header = serde_json::from_slice::<StrictObject>(&json)
+        .map_err(|_| JwtError::Malformed)?
+        .0;
     let alg = match header.get("alg") {
         Some(Value::String(a)) => a,
         _ => return Err(JwtError::Malformed),
     };
-    let alg = Alg::parse(alg)
+    let alg = super::jwk::parse_alg(alg)
         .filter(|a| allowed.contains(a))
         .ok_or(JwtError::Algorithm)?;
     let kid = match header.get("kid") {
@@ -147,88 +130,17 @@ pub fn decode<'a>(token: &'a str, allowed: &[Alg]) -> Result<Decoded<'a>, JwtErr
     if header.contains_key("crit") {
         return Err(JwtError::Malformed);
     }
-    let signature = b64(s)?;
-    if signature.is_empty() {
-        return Err(JwtError::BadSignature);
-    }
-    let claims = object(&b64(p)?)?;
-    Ok(Decoded {
-        header: Header { alg, kid },
-        signing_input: &token.as_bytes()[..h.len() + 1 + p.len()],
-        signature,
-        claims,
-    })
+    Ok(Header { alg, kid })
 }
 
-/// Verify `sig` over `input` with `key` under `alg`. The caller checked `key.fits(alg)`.
-pub fn verify_signature(alg: Alg, key: &Jwk, input: &[u8], sig: &[u8]) -> bool {
-    if !key.fits(alg) {
-        return false;
-    }
-    verify_inner(alg, &key.material, input, sig).unwrap_or(false)
-}
-
-fn verify_inner(
-    alg: Alg,
-    key: &Material,
-    input: &[u8],
-    sig: &[u8],
-) -> Result<bool, openssl::error::ErrorStack> {
-    use Alg::*;
-    match (key, alg) {
-        (Material::Rsa(pk), RS256 | RS384 | RS512 | PS256 | PS384 | PS512) => {
-            let Some(md) = alg.digest() else {
-                return Ok(false);
-            };
-            if sig.len() != pk.size() {
-                return Ok(false);
-            }
-            let mut v = Verifier::new(md, pk)?;
-            if matches!(alg, PS256 | PS384 | PS512) {
-                v.set_rsa_padding(Padding::PKCS1_PSS)?;
-                v.set_rsa_pss_saltlen(RsaPssSaltlen::DIGEST_LENGTH)?;
-                v.set_rsa_mgf1_md(md)?;
-            }
-            v.update(input)?;
-            v.verify(sig)
-        }
-        (Material::Ec(ec, _), ES256 | ES384) => {
-            let Some(md) = alg.digest() else {
-                return Ok(false);
-            };
-            let n = if alg == ES256 { 32 } else { 48 };
-            if sig.len() != 2 * n {
-                return Ok(false);
-            }
-            let r = BigNum::from_slice(&sig[..n])?;
-            let s = BigNum::from_slice(&sig[n..])?;
-            let mut order = BigNum::new()?;
-            let mut ctx = BigNumContext::new()?;
-            ec.group().order(&mut order, &mut ctx)?;
-            let zero = BigNum::new()?;
-            for x in [&r, &s] {
-                if *x <= zero || *x >= order {
-                    return Ok(false);
-                }
-            }
-            let digest = hash(md, input)?;
-            EcdsaSig::from_private_components(r, s)?.verify(&digest, ec)
-        }
-        (Material::Ed25519(pk), EdDSA) => {
-            let mut v = Verifier::new_without_digest(pk)?;
-            v.verify_oneshot(sig, input)
-        }
-        (Material::Hmac(secret), HS256 | HS384 | HS512) => {
-            let Some(md) = alg.digest() else {
-                return Ok(false);
-            };
-            let pk = PKey::hmac(secret)?;
-            let mut signer = Signer::new(md, &pk)?;
-            let mac = signer.sign_oneshot_to_vec(input)?;
-            Ok(mac.len() == sig.len() && openssl::memcmp::eq(&mac, sig))
-        }
-        _ => Ok(false),
-    }
+/// Make aws-lc `jsonwebtoken`'s crypto provider for the process (once; later calls and an
+/// earlier choice are left alone). With `aws_lc_rs` as its only backend feature the crate
+/// picks it by itself, but a binary built on moat whose other crates also enable
+/// `rust_crypto` would leave it two, and the crate then panics at its first use.
+pub fn install_backend() {
+    let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
+        &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
+    );
 }
 
 /// Claim rules of a provider.
@@ -242,11 +154,62 @@ pub struct ClaimRules {
     pub leeway: i64,
 }
 
+/// What the crate checks for tokens signed with `alg` under `rules`: the signature, `exp`
+/// present, `iss` and `aud`. Times are left to [`check_claims`].
+pub fn validation(alg: Alg, rules: &ClaimRules) -> Validation {
+    let mut v = Validation::new(alg);
+    v.validate_exp = false;
+    v.validate_nbf = false;
+    v.validate_aud = !rules.audiences.is_empty();
+    if v.validate_aud {
+        v.set_audience(&rules.audiences);
+    }
+    if let Some(iss) = &rules.issuer {
+        v.set_issuer(&[iss]);
+    }
+    v
+}
+
+/// Verify `token` (whose header passed [`decode_header`] with `alg`) with `key`; its claims.
+/// A key of another family than `alg` is a bad signature, never an attempt.
+pub fn verify(
+    token: &str,
+    alg: Alg,
+    key: &Key,
+    validation: &Validation,
+) -> Result<Map<String, Value>, JwtError> {
+    if !key.fits(alg) {
+        return Err(JwtError::BadSignature);
+    }
+    jsonwebtoken::decode::<StrictObject>(token, &key.decoding, validation)
+        .map(|data| data.claims.0)
+        .map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature
+            | ErrorKind::InvalidEcdsaKey
+            | ErrorKind::InvalidEddsaKey
+            | ErrorKind::InvalidRsaKey(_)
+            | ErrorKind::InvalidKeyFormat => JwtError::BadSignature,
+            ErrorKind::InvalidAlgorithm
+            | ErrorKind::InvalidAlgorithmName
+            | ErrorKind::UnsupportedAlgorithm
+            | ErrorKind::MissingAlgorithm => JwtError::Algorithm,
+            ErrorKind::MissingRequiredClaim(_)
+            | ErrorKind::InvalidClaimFormat(_)
+            | ErrorKind::InvalidIssuer
+            | ErrorKind::InvalidAudience
+            | ErrorKind::InvalidSubject => JwtError::Claims,
+            ErrorKind::ExpiredSignature => JwtError::Expired,
+            ErrorKind::ImmatureSignature => JwtError::NotYetValid,
+            _ => JwtError::Malformed,
+        })
+}
+
 fn numeric(v: &Value) -> Option<f64> {
     v.as_f64().filter(|f| f.is_finite())
 }
 
-/// Check the time and identity claims at `now`; returns `exp` (UNIX seconds).
+/// Check the time claims at `now`, and that `iss` is one string; returns `exp` (UNIX
+/// seconds). `iss` and `aud` values were matched by the crate.
 pub fn check_claims(
     claims: &Map<String, Value>,
     rules: &ClaimRules,
@@ -268,23 +231,8 @@ pub fn check_claims(
     if let Some(iat) = claims.get("iat") {
         numeric(iat).ok_or(JwtError::Claims)?;
     }
-    if let Some(iss) = &rules.issuer {
-        if claims.get("iss").and_then(|v| v.as_str()) != Some(iss.as_str()) {
-            return Err(JwtError::Claims);
-        }
-    }
-    if !rules.audiences.is_empty() {
-        let ok = match claims.get("aud") {
-            Some(Value::String(a)) => rules.audiences.iter().any(|x| x == a),
-            Some(Value::Array(list)) => list
-                .iter()
-                .filter_map(|v| v.as_str())
-                .any(|a| rules.audiences.iter().any(|x| x == a)),
-            _ => false,
-        };
-        if !ok {
-            return Err(JwtError::Claims);
-        }
+    if rules.issuer.is_some() && !claims.get("iss").is_some_and(Value::is_string) {
+        return Err(JwtError::Claims);
     }
     Ok(exp.floor() as i64)
 }

@@ -1,47 +1,62 @@
-//! HMAC (RFC 2104) over SHA-256/384/512 from the `sha2` crate. OpenSSL 3's `PKey::hmac` +
-//! `Signer` fetches its algorithm through the provider machinery on every call, which
-//! cost more than the rest of a signed request's checks; this is two hash passes.
+//! HMAC (RFC 2104) over SHA-256/384/512: the `hmac` crate with `sha2`. Checking a MAC is
+//! constant-time (`verify_slice`, through `subtle`), so a signature's timing tells an
+//! attacker nothing about how much of it was right.
 
-use sha2::{Digest, Sha256, Sha384, Sha512};
+use super::hmac::HmacAlg;
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac};
+use sha2::{Sha256, Sha384, Sha512};
 
-/// HMAC of `data` under `key` with hash `D`, whose block is `block` bytes.
-fn hmac<D: Digest>(block: usize, key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut k = if key.len() > block {
-        D::digest(key).to_vec()
-    } else {
-        key.to_vec()
-    };
-    k.resize(block, 0);
-    let pad = |x: u8| k.iter().map(|b| b ^ x).collect::<Vec<u8>>();
-    let inner = D::new()
-        .chain_update(pad(0x36))
-        .chain_update(data)
-        .finalize();
-    D::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .to_vec()
+/// A MAC of type `M` keyed with `key` that has read `data`. HMAC takes keys of any length,
+/// so this is never `None` in practice.
+fn fed<M: Mac + KeyInit>(key: &[u8], data: &[u8]) -> Option<M> {
+    let mut m = <M as KeyInit>::new_from_slice(key).ok()?;
+    m.update(data);
+    Some(m)
 }
 
-/// HMAC-SHA256.
-pub fn sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    hmac::<Sha256>(64, key, data)
+fn tag_of<M: Mac + KeyInit>(key: &[u8], data: &[u8]) -> Vec<u8> {
+    fed::<M>(key, data)
+        .map(|m| m.finalize().into_bytes().to_vec())
+        .unwrap_or_default()
 }
 
-/// HMAC-SHA384.
-pub fn sha384(key: &[u8], data: &[u8]) -> Vec<u8> {
-    hmac::<Sha384>(128, key, data)
+fn check<M: Mac + KeyInit>(key: &[u8], data: &[u8], sig: &[u8]) -> bool {
+    fed::<M>(key, data).is_some_and(|m| m.verify_slice(sig).is_ok())
 }
 
-/// HMAC-SHA512.
-pub fn sha512(key: &[u8], data: &[u8]) -> Vec<u8> {
-    hmac::<Sha512>(128, key, data)
+/// The HMAC of `data` under `key`.
+pub fn tag(alg: HmacAlg, key: &[u8], data: &[u8]) -> Vec<u8> {
+    match alg {
+        HmacAlg::Sha256 => tag_of::<Hmac<Sha256>>(key, data),
+        HmacAlg::Sha384 => tag_of::<Hmac<Sha384>>(key, data),
+        HmacAlg::Sha512 => tag_of::<Hmac<Sha512>>(key, data),
+    }
+}
+
+/// Whether `sig` is the HMAC of `data` under `key` (constant-time comparison; a
+/// signature of another length is refused).
+pub fn verify(alg: HmacAlg, key: &[u8], data: &[u8], sig: &[u8]) -> bool {
+    match alg {
+        HmacAlg::Sha256 => check::<Hmac<Sha256>>(key, data, sig),
+        HmacAlg::Sha384 => check::<Hmac<Sha384>>(key, data, sig),
+        HmacAlg::Sha512 => check::<Hmac<Sha512>>(key, data, sig),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sha256(k: &[u8], d: &[u8]) -> Vec<u8> {
+        tag(HmacAlg::Sha256, k, d)
+    }
+    fn sha384(k: &[u8], d: &[u8]) -> Vec<u8> {
+        tag(HmacAlg::Sha384, k, d)
+    }
+    fn sha512(k: &[u8], d: &[u8]) -> Vec<u8> {
+        tag(HmacAlg::Sha512, k, d)
+    }
 
     // RFC 4231 test cases 2 (short key) and 6 (key longer than the block).
     #[test]
@@ -75,5 +90,19 @@ mod tests {
             "80b24263c7c1a3ebb71493c1dd7be8b49b46d1f41b4aeec1121b013783f8f352\
              6b56d037e05f2598bd0fd2215d6a1e5295e64f73f63f0aec8b915a985d786598"
         );
+    }
+
+    #[test]
+    fn verify_accepts_the_tag_only() {
+        for alg in [HmacAlg::Sha256, HmacAlg::Sha384, HmacAlg::Sha512] {
+            let t = tag(alg, b"key", b"data");
+            assert!(verify(alg, b"key", b"data", &t));
+            let mut bad = t.clone();
+            bad[0] ^= 1;
+            assert!(!verify(alg, b"key", b"data", &bad));
+            assert!(!verify(alg, b"key", b"data", &t[..t.len() - 1]));
+            assert!(!verify(alg, b"other", b"data", &t));
+            assert!(!verify(alg, b"key", b"data", &[]));
+        }
     }
 }

@@ -25,6 +25,7 @@ use crate::config::error::{join, ConfigErrors};
 use crate::config::model::JwtProviderConfig;
 use arc_swap::ArcSwapOption;
 use foldhash::quality::RandomState;
+use jsonwebtoken::Validation;
 use serde_json::{Map, Value};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,6 +71,8 @@ pub struct JwtProvider {
     /// `jwt_providers` key.
     pub name: String,
     algs: Vec<Alg>,
+    /// What `jsonwebtoken` checks, per allowed algorithm (in the order of `algs`).
+    validations: Vec<Validation>,
     rules: ClaimRules,
     consumer_claim: String,
     scopes_claim: String,
@@ -95,7 +98,11 @@ impl JwtProvider {
         errs: &mut ConfigErrors,
     ) -> Option<JwtProvider> {
         let path = join("jwt_providers", name);
-        let algs: Vec<Alg> = c.algorithms.iter().filter_map(|a| Alg::parse(a)).collect();
+        let algs: Vec<Alg> = c
+            .algorithms
+            .iter()
+            .filter_map(|a| jwk::parse_alg(a))
+            .collect();
         let mut keys = None;
         let mut load = |what: &str, r: Result<KeySet, String>| match r {
             Ok(k) => keys = Some(k),
@@ -147,8 +154,10 @@ impl JwtProvider {
     /// A provider with fixed `keys` (tests, benches); `sub` names the consumer and
     /// `scope` holds scopes.
     pub fn new(name: &str, algs: Vec<Alg>, rules: ClaimRules) -> JwtProvider {
+        jwt::install_backend();
         JwtProvider {
             name: name.to_string(),
+            validations: algs.iter().map(|a| jwt::validation(*a, &rules)).collect(),
             algs,
             rules,
             consumer_claim: "sub".into(),
@@ -214,40 +223,46 @@ impl JwtProvider {
 
     /// Full verification without the cache (benches compare it with the cached path).
     pub fn verify_uncached(&self, token: &str, now: i64) -> Result<Verified, JwtError> {
-        let d = jwt::decode(token, &self.algs)?;
+        let h = jwt::decode_header(token, &self.algs)?;
+        let validation = self
+            .algs
+            .iter()
+            .position(|a| *a == h.alg)
+            .and_then(|i| self.validations.get(i))
+            .ok_or(JwtError::Algorithm)?;
         let keys = self.keys.load_full().ok_or(JwtError::NoKeys)?;
-        let ok = match d.header.kid.as_ref().filter(|_| keys.has_kids()) {
+        let claims = match h.kid.as_ref().filter(|_| keys.has_kids()) {
             Some(kid) => {
                 let k = keys.by_kid(kid).ok_or(JwtError::UnknownKey)?;
-                jwt::verify_signature(d.header.alg, k, d.signing_input, &d.signature)
+                jwt::verify(token, h.alg, k, validation)?
             }
             None => {
-                let fitting: Vec<_> = keys
+                // Without a kid, the first few keys of the algorithm's family are tried;
+                // the first whose signature verifies decides.
+                let mut result = Err(JwtError::UnknownKey);
+                for k in keys
                     .keys
                     .iter()
-                    .filter(|k| k.fits(d.header.alg))
+                    .filter(|k| k.fits(h.alg))
                     .take(MAX_KEYS_WITHOUT_KID)
-                    .collect();
-                if fitting.is_empty() {
-                    return Err(JwtError::UnknownKey);
+                {
+                    result = jwt::verify(token, h.alg, k, validation);
+                    if !matches!(result, Err(JwtError::BadSignature)) {
+                        break;
+                    }
                 }
-                fitting
-                    .iter()
-                    .any(|k| jwt::verify_signature(d.header.alg, k, d.signing_input, &d.signature))
+                result?
             }
         };
-        if !ok {
-            return Err(JwtError::BadSignature);
-        }
-        let exp = jwt::check_claims(&d.claims, &self.rules, now)?;
-        let subject: Arc<str> = match d.claims.get(&self.consumer_claim) {
+        let exp = jwt::check_claims(&claims, &self.rules, now)?;
+        let subject: Arc<str> = match claims.get(&self.consumer_claim) {
             Some(Value::String(s)) if !s.is_empty() => Arc::from(s.as_str()),
             Some(Value::Number(n)) => Arc::from(n.to_string()),
             _ => return Err(JwtError::Claims),
         };
-        let scopes = jwt::scopes(&d.claims, &self.scopes_claim).into();
+        let scopes = jwt::scopes(&claims, &self.scopes_claim).into();
         Ok(Verified {
-            claims: Arc::new(d.claims),
+            claims: Arc::new(claims),
             exp,
             subject,
             scopes,

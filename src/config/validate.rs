@@ -4,6 +4,7 @@
 use super::error::{index, join, ConfigErrors};
 use super::model::{Config, PluginConfig, RedisConfig};
 use crate::net::CidrSet;
+use jsonwebtoken::AlgorithmFamily;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -235,10 +236,25 @@ fn consumers(cfg: &Config, errs: &mut ConfigErrors) {
     }
 }
 
-const ASYMMETRIC: &[&str] = &[
-    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
-];
-const SYMMETRIC: &[&str] = &["HS256", "HS384", "HS512"];
+/// JOSE signature algorithms (RFC 7518, RFC 8812, RFC 9864) that `jsonwebtoken`, moat's
+/// JWT library, does not implement.
+const NOT_IMPLEMENTED: &[&str] = &["ES512", "ES256K", "Ed25519", "Ed448"];
+
+/// Why `name` cannot be in a provider's `algorithms`.
+fn refused_algorithm(name: &str) -> String {
+    if NOT_IMPLEMENTED.contains(&name) {
+        let all: Vec<String> = crate::auth::jwk::ALGORITHMS
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect();
+        format!(
+            "`{name}` is not supported: moat's JWT library (jsonwebtoken) does not implement it; use one of {}",
+            all.join(", ")
+        )
+    } else {
+        format!("unknown or refused algorithm `{name}`")
+    }
+}
 
 fn providers(cfg: &Config, errs: &mut ConfigErrors) {
     for (name, p) in &cfg.jwt_providers {
@@ -270,15 +286,10 @@ fn providers(cfg: &Config, errs: &mut ConfigErrors) {
         let mut sym = false;
         let mut asym = false;
         for (i, a) in p.algorithms.iter().enumerate() {
-            if SYMMETRIC.contains(&a.as_str()) {
-                sym = true;
-            } else if ASYMMETRIC.contains(&a.as_str()) {
-                asym = true;
-            } else {
-                errs.push(
-                    index(&join(&path, "algorithms"), i),
-                    format!("unknown or refused algorithm `{a}`"),
-                );
+            match crate::auth::jwk::parse_alg(a) {
+                Some(alg) if alg.family() == AlgorithmFamily::Hmac => sym = true,
+                Some(_) => asym = true,
+                None => errs.push(index(&join(&path, "algorithms"), i), refused_algorithm(a)),
             }
         }
         if sym && asym {

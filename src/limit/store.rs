@@ -146,7 +146,9 @@ impl<V: Entry> Store<V> {
 type Counts = HashMap<Box<str>, u32>;
 
 /// In-flight counts by key; entries are removed when they reach zero, so memory follows
-/// the requests in flight.
+/// the requests in flight. Exact per key: `pingora-limits`' `Inflight`, a count-min sketch,
+/// counts other keys' requests against a key and refuses consumers under their limit once
+/// thousands of keys are in flight (`benches/limits.rs`, `docs/performance.md`).
 pub struct Inflight {
     shards: Box<[Mutex<Counts>]>,
     hasher: RandomState,

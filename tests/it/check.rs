@@ -619,6 +619,14 @@ fn rejected_cases() -> Vec<Case> {
             ],
         ),
         case(
+            "jwt algorithms the JWT library lacks",
+            "jwt_providers:\n  p:\n    jwks_url: http://127.0.0.1:1/certs\n    algorithms: [ES512, ES256, Ed448]\n",
+            &[
+                "jwt_providers.p.algorithms[0]: `ES512` is not supported: moat's JWT library (jsonwebtoken) does not implement it; use one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512",
+                "jwt_providers.p.algorithms[2]: `Ed448` is not supported: moat's JWT library (jsonwebtoken) does not implement it; use one of …",
+            ],
+        ),
+        case(
             "jwt provider key sources",
             "jwt_providers:\n  p:\n    algorithms: [RS256]\n  q:\n    jwks_file: /nonexistent/jwks.json\n    secret_env: MOAT_TEST_UNSET_SECRET\n    algorithms: []\n",
             &[
