@@ -279,12 +279,102 @@ mod tests {
 
     #[test]
     fn reference_file_parses() {
-        let text = include_str!("../../../shared/contract/moat.reference.yaml");
+        let text = include_str!("../../conf/reference.yaml");
         let cfg = parse(text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.routes.len(), 3);
-        assert_eq!(cfg.routes[0].plugins.len(), 7);
+        assert_eq!(cfg.routes[0].plugins.len(), 8);
         assert_eq!(cfg.global_plugins.len(), 3);
         assert_eq!(cfg.upstreams["users"].targets[1].weight, 3);
+    }
+
+    /// Every optional key of the model is given somewhere in `conf/reference.yaml` (so a
+    /// key added to the model without its documented line fails here), except those that
+    /// are alternatives to a key it shows; and every built-in plugin appears.
+    #[test]
+    fn reference_file_shows_every_key() {
+        /// Paths (list indices and user-chosen names folded) of every key: given or null.
+        fn walk(v: &Value, path: String, given: &mut Vec<String>, null: &mut Vec<String>) {
+            match v {
+                Value::Mapping(m) => {
+                    for (k, v) in m {
+                        let k = k.as_str().unwrap_or("?");
+                        let named = ["upstreams", "jwt_providers", "tiers", "headers", "set"]
+                            .iter()
+                            .any(|p| path.ends_with(p))
+                            || path.ends_with("add")
+                            || path.ends_with("claims");
+                        let p = match (path.as_str(), named) {
+                            ("", _) => k.to_string(),
+                            (_, true) => format!("{path}.*"),
+                            // A plugin's settings, wherever the plugin is.
+                            (p, false) if p.ends_with("plugins[]") => format!("plugin.{k}"),
+                            (p, false) => format!("{p}.{k}"),
+                        };
+                        walk(v, p, given, null);
+                    }
+                }
+                Value::Sequence(s) => {
+                    for v in s {
+                        walk(v, format!("{path}[]"), given, null);
+                    }
+                }
+                // serde_yaml writes an enum variant with settings (a plugin) as a tag.
+                Value::Tagged(t) => {
+                    let name = t.tag.to_string();
+                    let name = name.trim_start_matches('!');
+                    let mut m = Mapping::new();
+                    m.insert(Value::from(name), t.value.clone());
+                    walk(&Value::Mapping(m), path, given, null);
+                }
+                Value::Null => null.push(path),
+                _ => given.push(path),
+            }
+        }
+        let cfg =
+            parse(include_str!("../../conf/reference.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let tree = serde_yaml::to_value(&cfg).unwrap_or_else(|e| panic!("{e}"));
+        let (mut given, mut null) = (Vec::new(), Vec::new());
+        walk(&tree, String::new(), &mut given, &mut null);
+        let given: Vec<String> = given
+            .into_iter()
+            .map(|p| p.replace("global_plugins[].", "plugin."))
+            .collect();
+        let null = null
+            .into_iter()
+            .map(|p| p.replace("global_plugins[].", "plugin."));
+        // Alternatives to a key the file shows (named in its comments).
+        let alternatives = [
+            "redis.cluster",
+            "upstreams.*.health_check.tcp",
+            "jwt_providers.*.jwks_file",
+            "jwt_providers.*.public_key_file",
+            "jwt_providers.*.secret_env",
+            "routes[].match.path",
+            "routes[].match.path_regex",
+            "routes[].upstream",
+            "routes[].respond",
+            "routes[].redirect",
+            "plugin.quota.on_redis_error",
+        ];
+        let mut missing: Vec<String> = null
+            .filter(|p| {
+                let covered = given
+                    .iter()
+                    .any(|g| g == p || g.starts_with(&format!("{p}.")));
+                !covered && !alternatives.contains(&p.as_str())
+            })
+            .collect();
+        missing.dedup();
+        assert!(
+            missing.is_empty(),
+            "keys not shown in conf/reference.yaml: {missing:?}"
+        );
+        for name in crate::config::model::PLUGIN_NAMES {
+            let shown = given
+                .iter()
+                .any(|g| g.starts_with(&format!("plugin.{name}.")));
+            assert!(shown, "plugin `{name}` not shown in conf/reference.yaml");
+        }
     }
 
     #[test]
