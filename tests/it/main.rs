@@ -19,6 +19,7 @@ mod memory;
 mod plugin_heads;
 mod redis_cluster;
 mod reload;
+mod request_id;
 mod request_limits;
 mod routing;
 mod slowloris;
