@@ -130,7 +130,7 @@ fn quickstart_passes_with_a_one_line_summary() {
     assert_eq!(
         c.stdout,
         format!(
-            "{}: ok (1 listener, 4 routes, 0 upstreams, 2 global plugins)\n",
+            "{}: ok (1 listener, 4 routes, 1 upstream, 1 global plugin)\n",
             file.display()
         )
     );

@@ -17,6 +17,7 @@ mod limits_cluster;
 mod limits_shared;
 mod memory;
 mod plugin_heads;
+mod quickstart;
 mod redis_cluster;
 mod reload;
 mod request_id;
