@@ -1,5 +1,7 @@
-//! Every bundled config (`conf/*.yaml`, `conf/examples/*.yaml`) passes `moat check`, and the
-//! Dockerfile's dependency layer stubs every bench target Cargo.toml declares.
+//! Every bundled config (`conf/*.yaml`, `conf/examples/*.yaml`) passes `moat check`, the
+//! Dockerfile's dependency layer stubs every bench target Cargo.toml declares and every
+//! example it builds, and no file of the repository names a path outside it
+//! (`scripts/check-paths.sh`). `deploy/compose.yaml`: `compose.rs`.
 
 use std::process::Command;
 
@@ -59,6 +61,35 @@ fn dockerfile_stubs_every_declared_bench() {
         assert!(
             docker.contains(&format!("> benches/{b}.rs")),
             "Dockerfile has no stub for bench `{b}`"
+        );
+    }
+}
+
+/// Every example the Dockerfile builds (`--example NAME`) has its stub in the dependency
+/// layer (building an example builds the dev-dependencies: without the stub they would be
+/// rebuilt on every source change), and exists.
+#[test]
+fn dockerfile_stubs_every_example_it_builds() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let docker = std::fs::read_to_string(format!("{root}/Dockerfile")).expect("Dockerfile");
+    let words: Vec<&str> = docker.split_whitespace().collect();
+    let examples: Vec<&str> = words
+        .windows(2)
+        .filter(|w| w[0] == "--example")
+        .map(|w| w[1])
+        .collect();
+    assert!(
+        !examples.is_empty(),
+        "the Dockerfile builds examples/upstream"
+    );
+    for e in examples {
+        assert!(
+            docker.contains(&format!("> examples/{e}.rs")),
+            "Dockerfile has no stub for example `{e}`"
+        );
+        assert!(
+            std::path::Path::new(&format!("{root}/examples/{e}.rs")).exists(),
+            "no examples/{e}.rs"
         );
     }
 }

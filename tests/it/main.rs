@@ -6,6 +6,7 @@ mod harness;
 mod admin;
 mod auth;
 mod check;
+mod compose;
 mod compression;
 mod conf_files;
 mod edge_headers;
