@@ -36,7 +36,9 @@ pub(super) fn prepare(up: &mut RequestHeader, session: &Session, ctx: &RequestCt
         let id = ctx.request_id_value();
         if !id.is_empty() {
             // Replaces the client's copy (the same value when the request_id plugin kept it).
-            parts.headers.insert(crate::util::id::X_REQUEST_ID, id.clone());
+            parts
+                .headers
+                .insert(crate::util::id::X_REQUEST_ID, id.clone());
         }
         if let Some(new_path) = rewrite.and_then(|rw| rw.apply(h.uri.path())) {
             let target = match h.uri.query() {

@@ -69,7 +69,10 @@ fn repo_file(rel: &str) -> String {
 fn moved(text: &str, moves: &[(&str, String)]) -> String {
     let mut out = text.to_string();
     for (from, to) in moves {
-        assert!(out.contains(from), "conf/quickstart.yaml no longer names {from}");
+        assert!(
+            out.contains(from),
+            "conf/quickstart.yaml no longer names {from}"
+        );
         out = out.replace(from, to);
     }
     out
@@ -125,7 +128,10 @@ fn the_readme_walkthrough_works_on_the_quickstart_config() {
             ("127.0.0.1:9901", format!("127.0.0.1:{admin}")),
             ("127.0.0.1:9001", format!("127.0.0.1:{}", one.port)),
             ("127.0.0.1:9002", format!("127.0.0.1:{}", two.port)),
-            ("/tmp/moat-quickstart.pid", format!("{}/moat.pid", dir.display())),
+            (
+                "/tmp/moat-quickstart.pid",
+                format!("{}/moat.pid", dir.display()),
+            ),
             (
                 "/tmp/moat-quickstart-upgrade.sock",
                 format!("{}/upgrade.sock", dir.display()),
@@ -139,13 +145,21 @@ fn the_readme_walkthrough_works_on_the_quickstart_config() {
     for _ in 0..4 {
         let r = request(port, "GET", "/api/hello", &[], b"");
         assert_eq!(r.status, 200, "{}", r.text());
-        let target = r.header("x-upstream-target").unwrap_or_default().to_string();
+        let target = r
+            .header("x-upstream-target")
+            .unwrap_or_default()
+            .to_string();
         assert!(
-            r.text().starts_with(&format!("target {target} (127.0.0.1:")),
+            r.text()
+                .starts_with(&format!("target {target} (127.0.0.1:")),
             "{}",
             r.text()
         );
-        assert!(r.text().contains("\nGET /api/hello HTTP/1.1\n"), "{}", r.text());
+        assert!(
+            r.text().contains("\nGET /api/hello HTTP/1.1\n"),
+            "{}",
+            r.text()
+        );
         seen.push(target);
     }
     seen.sort();

@@ -21,7 +21,13 @@ fn echoed(r: &Response) -> String {
         .filter(|(k, _)| k.eq_ignore_ascii_case("x-request-id"))
         .map(|(_, v)| v.as_str())
         .collect();
-    assert_eq!(all.len(), 1, "one X-Request-ID on {} {:?}", r.status, r.headers);
+    assert_eq!(
+        all.len(),
+        1,
+        "one X-Request-ID on {} {:?}",
+        r.status,
+        r.headers
+    );
     assert!(is_ulid(all[0]), "{all:?}");
     all[0].to_string()
 }
@@ -54,7 +60,13 @@ fn every_response_carries_the_id_without_the_plugin() {
     // Proxied: a generated id (the client's is not trusted without the plugin), the same
     // one upstream; the upstream's own X-Request-ID is replaced.
     up.set(Behavior::default());
-    let r = request(m.port, "GET", "/app/x", &[("X-Request-ID", "client-1")], b"");
+    let r = request(
+        m.port,
+        "GET",
+        "/app/x",
+        &[("X-Request-ID", "client-1")],
+        b"",
+    );
     assert_eq!(r.status, 200);
     let id = echoed(&r);
     assert_eq!(up.last().all("x-request-id"), [id.as_str()]);
@@ -71,7 +83,11 @@ fn every_response_carries_the_id_without_the_plugin() {
         let r = request(m.port, method, path, &headers, body);
         assert_eq!(r.status, status, "{method} {path}: {}", r.text());
         let id = echoed(&r);
-        assert_eq!(r.json()["error"]["request_id"], id.as_str(), "{method} {path}");
+        assert_eq!(
+            r.json()["error"]["request_id"],
+            id.as_str(),
+            "{method} {path}"
+        );
     }
     let many: Vec<(String, String)> = (0..110).map(|i| (format!("x-h{i}"), "v".into())).collect();
     let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -82,10 +98,16 @@ fn every_response_carries_the_id_without_the_plugin() {
     // A limited route: the 429 and the answer before it.
     let first = request(m.port, "GET", "/limited", &[], b"");
     assert_eq!(first.status, 200);
-    assert_eq!(up.last().header("x-request-id"), Some(echoed(&first).as_str()));
+    assert_eq!(
+        up.last().header("x-request-id"),
+        Some(echoed(&first).as_str())
+    );
     let refused = request(m.port, "GET", "/limited", &[], b"");
     assert_eq!(refused.status, 429);
-    assert_eq!(refused.json()["error"]["request_id"], echoed(&refused).as_str());
+    assert_eq!(
+        refused.json()["error"]["request_id"],
+        echoed(&refused).as_str()
+    );
 
     // respond (the template sees the id too) and redirect routes.
     let r = request(m.port, "GET", "/hello", &[], b"");
@@ -130,11 +152,20 @@ fn the_plugin_decides_whether_the_clients_id_is_kept() {
         )
     };
     let m = Moat::start(&body(true));
-    let r = request(m.port, "GET", "/app", &[("X-Request-ID", "trace-42.a_b")], b"");
+    let r = request(
+        m.port,
+        "GET",
+        "/app",
+        &[("X-Request-ID", "trace-42.a_b")],
+        b"",
+    );
     assert_eq!(r.header("x-request-id"), Some("trace-42.a_b"));
     let got = up.last();
     assert_eq!(got.all("x-request-id"), ["trace-42.a_b"]);
-    assert!(got.header("traceparent").is_some(), "the plugin adds traceparent");
+    assert!(
+        got.header("traceparent").is_some(),
+        "the plugin adds traceparent"
+    );
     // Not well-formed: replaced.
     let r = request(m.port, "GET", "/app", &[("X-Request-ID", "a b")], b"");
     let id = echoed(&r);
