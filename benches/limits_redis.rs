@@ -13,7 +13,8 @@ use moat::limit::algo::{now_us, Algorithm, Limit, SEC};
 use moat::limit::cluster::Cluster;
 use moat::limit::fast::Fast;
 use moat::limit::fast_bucket::BucketView;
-use moat::limit::redis::Redis;
+use moat::redis::config::Settings;
+use moat::redis::Redis;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -96,7 +97,11 @@ fn redis_benches(c: &mut Criterion) {
         }
     };
     let errors = prometheus::IntCounter::new("bench_redis_errors", "errors").ok();
-    let Some(redis) = errors.and_then(|e| Redis::new(&cfg, e).ok()).map(Arc::new) else {
+    let settings = Settings::parse(&cfg).ok();
+    let Some(redis) = errors
+        .zip(settings)
+        .map(|(e, s)| Arc::new(Redis::new(s, e)))
+    else {
         eprintln!("no Redis client: Redis benches skipped");
         return;
     };

@@ -9,15 +9,15 @@
 # If the new process dies before step 3, the old one is never touched.
 #
 # Usage: moat-upgrade.sh -c /etc/moat/moat.yaml -p /run/moat/moat.pid -a 127.0.0.1:9901 \
-#          [-u /run/moat/upgrade.sock] [-b /usr/local/bin/moat] [-t ADMIN_TOKEN_ENV_VAR]
+#          [-u /run/moat/upgrade.sock] [-b /usr/local/bin/moat] [-t ADMIN_TOKEN_ENV_VAR | -T ADMIN_TOKEN_FILE]
 # With -u (server.upgrade_sock), the script also waits for the new process to listen on the
 # upgrade socket before it signals the old one.
 set -euo pipefail
 
-config="" pidfile="" admin="" bin="$(command -v moat || echo /usr/local/bin/moat)" token_env="" sock=""
-while getopts "c:p:a:b:t:u:" o; do
+config="" pidfile="" admin="" bin="$(command -v moat || echo /usr/local/bin/moat)" token_env="" token_file="" sock=""
+while getopts "c:p:a:b:t:T:u:" o; do
   case "$o" in
-    c) config=$OPTARG ;; p) pidfile=$OPTARG ;; a) admin=$OPTARG ;; b) bin=$OPTARG ;; t) token_env=$OPTARG ;; u) sock=$OPTARG ;;
+    c) config=$OPTARG ;; p) pidfile=$OPTARG ;; a) admin=$OPTARG ;; b) bin=$OPTARG ;; t) token_env=$OPTARG ;; T) token_file=$OPTARG ;; u) sock=$OPTARG ;;
     *) echo "usage: $0 -c CONFIG -p PIDFILE -a ADMIN_ADDR [-b BINARY] [-t TOKEN_ENV]" >&2; exit 2 ;;
   esac
 done
@@ -25,6 +25,7 @@ done
 
 auth=()
 if [[ -n "$token_env" && -n "${!token_env:-}" ]]; then auth=(-H "Authorization: Bearer ${!token_env}"); fi
+if [[ -n "$token_file" ]]; then auth=(-H "Authorization: Bearer $(tr -d '[:space:]' <"$token_file")"); fi
 status_pid() { curl -fsS --max-time 2 "${auth[@]}" "http://$admin/status" 2>/dev/null | sed -n 's/.*"pid":\([0-9]*\).*/\1/p'; }
 
 old=$(cat "$pidfile" 2>/dev/null || true)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing moat needs on a Debian/Ubuntu machine, and nothing
 # that is already there: a C toolchain, cmake, pkg-config and OpenSSL headers (Pingora),
-# redis-server (tests), and a Rust toolchain through rustup when cargo is missing.
+# redis-server, redis-cli and redis-sentinel (tests), and a Rust toolchain through rustup
+# when cargo is missing.
 # Usage: scripts/setup.sh [--for-tests]
 set -euo pipefail
 
@@ -17,6 +18,7 @@ have curl || need_pkgs+=(curl ca-certificates)
 if [[ "${1:-}" == "--for-tests" ]]; then
   have redis-server || need_pkgs+=(redis-server)
   have redis-cli || need_pkgs+=(redis-tools)
+  have redis-sentinel || need_pkgs+=(redis-sentinel)
 fi
 
 if ((${#need_pkgs[@]})); then

@@ -1,13 +1,19 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/status`, `/config`,
 //! `/openapi.json` and `POST /reload`. It runs as
-//! its own Pingora service on its own address, never on the public listeners. When
-//! `admin.token_env` is set, every endpoint but `/healthz` needs `Authorization: Bearer
-//! <token>`.
+//! its own Pingora service on its own address, never on the public listeners. Every
+//! endpoint but `/healthz` checks the live generation's [`Access`] rules: the `Host`
+//! header (DNS rebinding), then the Bearer token when `admin.token_env` or
+//! `admin.token_file` is set; `POST` also needs `Content-Type: application/json`.
+
+mod access;
+
+pub use access::{constant_time_eq, Access};
 
 use crate::metrics::Metrics;
 use crate::reload::{Reloaded, Reloader};
 use crate::reply::{error_body, ErrorCode};
 use crate::runtime::{Action, SharedRuntime};
+use crate::template::request_host;
 use async_trait::async_trait;
 use http::Response;
 use pingora_core::apps::http_app::ServeHttp;
@@ -23,7 +29,6 @@ use tokio::net::TcpStream;
 pub struct Admin {
     runtime: SharedRuntime,
     metrics: Arc<Metrics>,
-    token: Option<String>,
     listeners: Vec<SocketAddr>,
     reloader: Option<Arc<Reloader>>,
     draining: Arc<AtomicBool>,
@@ -33,11 +38,10 @@ pub struct Admin {
 pub const OPENAPI: &str = include_str!("../docs/admin-openapi.json");
 
 impl Admin {
-    /// Build the app; `token` is the value of `admin.token_env`, when set.
+    /// Build the app; its access rules are those of the live runtime generation.
     pub fn new(
         runtime: SharedRuntime,
         metrics: Arc<Metrics>,
-        token: Option<String>,
         listeners: Vec<SocketAddr>,
         reloader: Option<Arc<Reloader>>,
         draining: Arc<AtomicBool>,
@@ -45,7 +49,6 @@ impl Admin {
         Admin {
             runtime,
             metrics,
-            token,
             listeners,
             reloader,
             draining,
@@ -83,23 +86,6 @@ impl Admin {
                 )
             }
         }
-    }
-
-    fn authorized(&self, s: &ServerSession) -> bool {
-        let Some(token) = &self.token else {
-            return true;
-        };
-        let given = s
-            .req_header()
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, rest) = v.trim().split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-            })
-            .unwrap_or("");
-        constant_time_eq(given.as_bytes(), token.as_bytes())
     }
 
     /// Ready when not draining and every public listener accepts a connection.
@@ -170,14 +156,6 @@ impl Admin {
     }
 }
 
-/// Compare without leaking where the first difference is.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// The effective config as JSON with key hashes redacted (secrets are never inline).
 pub fn redacted_config(cfg: &crate::config::Config) -> Value {
     fn redact(v: &mut Value) {
@@ -235,13 +213,34 @@ fn error(code: ErrorCode, msg: &str) -> Response<Vec<u8>> {
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
-        let method = s.req_header().method.clone();
-        let path = s.req_header().uri.path().to_string();
-        if path != "/healthz" && !self.authorized(s) {
-            return error(ErrorCode::Unauthorized, "admin token required");
+        let req = s.req_header();
+        let method = req.method.clone();
+        let path = req.uri.path().to_string();
+        if path != "/healthz" {
+            let rt = self.runtime.load();
+            if !rt.admin.host_allowed(request_host(req)) {
+                return error(
+                    ErrorCode::Forbidden,
+                    "this Host does not name the admin listener: use a loopback address or \
+                     list it in admin.allowed_hosts",
+                );
+            }
+            if !rt
+                .admin
+                .authorized(req.headers.get(http::header::AUTHORIZATION))
+            {
+                return error(ErrorCode::Unauthorized, "admin token required");
+            }
         }
         if path == "/reload" {
             if method == http::Method::POST {
+                if !access::is_json(req.headers.get(http::header::CONTENT_TYPE)) {
+                    return error(
+                        ErrorCode::UnsupportedMediaType,
+                        "POST needs Content-Type: application/json (cross-site requests \
+                         are refused)",
+                    );
+                }
                 return self.reload().await;
             }
             let (mut parts, body) =
@@ -281,13 +280,6 @@ impl ServeHttp for Admin {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn constant_time() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-    }
 
     #[test]
     fn redaction() {

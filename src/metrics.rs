@@ -34,6 +34,9 @@ pub struct Metrics {
     pub connections_active: IntGauge,
     /// `moat_header_timeouts_total{kind}` (an addition to the contract's metrics).
     pub header_timeouts: IntCounterVec,
+    /// `moat_connections_refused_total{reason}` (an addition: connections closed at
+    /// accept by `server.limits.max_connections_per_ip` or `max_connections`).
+    pub connections_refused: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -116,6 +119,12 @@ impl Metrics {
              head begun but not finished in time) or no_request (nothing sent)",
             &["kind"],
         )?;
+        let connections_refused = counter(
+            "moat_connections_refused_total",
+            "Connections closed at accept by a connection limit: per_ip \
+             (server.limits.max_connections_per_ip) or total (server.limits.max_connections)",
+            &["reason"],
+        )?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -134,6 +143,7 @@ impl Metrics {
             config_generation,
             connections_active,
             header_timeouts,
+            connections_refused,
         })
     }
 
@@ -169,6 +179,7 @@ mod tests {
         m.config_reloads.with_label_values(&["ok"]).inc();
         m.config_generation.set(1);
         m.connections_active.set(0);
+        m.connections_refused.with_label_values(&["per_ip"]).inc();
         let text = String::from_utf8(m.render()).unwrap();
         for name in [
             "moat_http_requests_total{method=\"GET\",route=\"r\",status=\"200\"} 1",
@@ -182,6 +193,7 @@ mod tests {
             "moat_config_reloads_total",
             "moat_config_generation 1",
             "moat_connections_active 0",
+            "moat_connections_refused_total{reason=\"per_ip\"} 1",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

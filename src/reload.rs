@@ -171,7 +171,9 @@ impl Reloader {
                     .get(k)
                     .is_some_and(|o| o.fingerprint == s.fingerprint)
             });
-        if same_pools && same_config && same_certs {
+        // The admin token can come from a file: new content is a change of its own.
+        let same_token = compiled.admin.same_token(&current.admin);
+        if same_pools && same_config && same_certs && same_token {
             return Ok(Reloaded::Unchanged(current.generation));
         }
 

@@ -16,6 +16,9 @@ pub enum ErrorCode {
     RequestTimeout,
     PayloadTooLarge,
     UriTooLong,
+    /// 415: the admin API's `POST` without `Content-Type: application/json` (an addition
+    /// to the contract's list).
+    UnsupportedMediaType,
     HeadersTooLarge,
     RateLimited,
     QuotaExceeded,
@@ -39,6 +42,7 @@ impl ErrorCode {
             RequestTimeout => 408,
             PayloadTooLarge => 413,
             UriTooLong => 414,
+            UnsupportedMediaType => 415,
             HeadersTooLarge => 431,
             RateLimited | QuotaExceeded | ConcurrencyLimited => 429,
             InternalError => 500,
@@ -60,6 +64,7 @@ impl ErrorCode {
             RequestTimeout => "REQUEST_TIMEOUT",
             PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             UriTooLong => "URI_TOO_LONG",
+            UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             HeadersTooLarge => "HEADERS_TOO_LARGE",
             RateLimited => "RATE_LIMITED",
             QuotaExceeded => "QUOTA_EXCEEDED",
@@ -82,6 +87,7 @@ impl ErrorCode {
             408 => RequestTimeout,
             413 => PayloadTooLarge,
             414 => UriTooLong,
+            415 => UnsupportedMediaType,
             431 => HeadersTooLarge,
             429 => RateLimited,
             502 => BadGateway,
@@ -193,6 +199,7 @@ mod tests {
             (ErrorCode::RateLimited, 429),
             (ErrorCode::QuotaExceeded, 429),
             (ErrorCode::HeadersTooLarge, 431),
+            (ErrorCode::UnsupportedMediaType, 415),
             (ErrorCode::GatewayTimeout, 504),
         ] {
             assert_eq!(c.status(), s);

@@ -190,6 +190,7 @@ pub fn run(
     let listener_cfgs = cfg.listeners.clone();
     let admin_cfg = cfg.admin.clone();
     let header_timeout = crate::slowloris::header_timeout(&cfg);
+    let conn_limiter = crate::conn_limit::Limiter::from_config(&cfg, &metrics);
     let h2_idle = Duration::from_secs(crate::runtime::Limits::from_config(&cfg).idle_timeout_secs);
     let log_path = cfg.access_log.as_ref().map(|l| l.path.clone());
     let conf = server_conf(&cfg, opts.daemon);
@@ -253,10 +254,15 @@ pub fn run(
         options.h2_idle_timeout = Some(h2_idle);
         app.server_options = Some(options);
         let policy = crate::slowloris::Policy::new(header_timeout, &metrics);
-        Service::new(
+        let app = crate::slowloris::HeadTimeout::new(app, policy);
+        let mut svc = Service::new(
             name.to_string(),
-            crate::slowloris::HeadTimeout::new(app, policy),
-        )
+            crate::conn_limit::ConnLimit::new(app, conn_limiter.clone()),
+        );
+        if let Some(l) = &conn_limiter {
+            svc.set_connection_filter(Arc::new(crate::conn_limit::Filter(Arc::clone(l))));
+        }
+        svc
     };
     let mut proxy = proxy_service("moat", false);
     let mut h2c_listeners = Vec::new();
@@ -280,12 +286,10 @@ pub fn run(
     }
 
     if let Some(a) = admin_cfg {
-        let token = a.token_env.as_ref().and_then(|v| std::env::var(v).ok());
         let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.parse().ok()).collect();
         let app = Admin::new(
             Arc::clone(&shared),
             Arc::clone(&metrics),
-            token,
             addrs,
             Some(Arc::clone(&reloader)),
             Arc::clone(&draining),

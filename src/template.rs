@@ -5,6 +5,13 @@
 //! Variables: `client_ip`, `request_id`, `route`, `method`, `host`, `path`, `query`
 //! (without `?`), `uri` (path plus `?query` when there is one), `header.NAME`,
 //! `consumer.id`, `consumer.tier`, `claims.NAME`.
+//!
+//! [`Template::render_in`] escapes each interpolated value for the [`Context`] the output
+//! goes to (a JSON or HTML body, a URL); see `escape`.
+
+mod escape;
+
+pub use escape::Context;
 
 use crate::identity::Identity;
 use pingora_http::RequestHeader;
@@ -100,6 +107,26 @@ impl Template {
             match p {
                 Part::Lit(l) => out.extend_from_slice(l),
                 Part::Var(v) => render_var(v, f, out),
+            }
+        }
+    }
+
+    /// Append the rendered template to `out`, each variable's value escaped for `ctx`
+    /// (literal text as is).
+    pub fn render_in(&self, f: &Facts, out: &mut Vec<u8>, ctx: Context) {
+        if ctx == Context::Raw {
+            return self.render(f, out);
+        }
+        let mut value = Vec::new();
+        for p in &self.parts {
+            match p {
+                Part::Lit(l) => out.extend_from_slice(l),
+                Part::Var(v) => {
+                    value.clear();
+                    render_var(v, f, &mut value);
+                    let url_syntax = matches!(v, Var::Path | Var::Query | Var::Uri | Var::Host);
+                    ctx.write(&value, url_syntax, out);
+                }
             }
         }
     }

@@ -11,19 +11,16 @@
 //! - a `Digest` header, when sent, must be signed and match the body (`SHA-256=`); with
 //!   `require_digest` a request with a body must carry one;
 //! - every signed header must appear exactly once;
-//! - signatures compare in constant time; replays are refused through a [`ReplayGuard`].
+//! - signatures compare in constant time; replays are refused through a
+//!   [`super::replay::ReplayGuard`].
 
-use super::cache::ExpiringCache;
 use super::consumers::sha256;
-use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use pingora_http::RequestHeader;
 
 /// Default `clock_skew`, seconds.
 pub const DEFAULT_CLOCK_SKEW: i64 = 300;
-/// Signatures remembered by the local replay guard.
-pub const REPLAY_CAPACITY: usize = 100_000;
 
 /// Why an HMAC request was refused: a short category, safe to log and count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,31 +264,6 @@ pub fn check_date(
 /// is still accepted).
 pub fn replay_ttl(window: i64, signed_at: i64, skew: i64, now: i64) -> i64 {
     window.max(signed_at.saturating_add(skew).saturating_sub(now) + 1)
-}
-
-/// Remembers signatures for the replay window. The local guard is per instance; a Redis
-/// implementation (shared across instances) plugs in here with the limits work.
-#[async_trait]
-pub trait ReplayGuard: Send + Sync {
-    /// True the first time `key` is seen within `window` seconds of `now`.
-    async fn first_use(&self, key: [u8; 32], window: i64, now: i64) -> bool;
-}
-
-/// A bounded in-memory replay guard.
-pub struct LocalReplay(ExpiringCache<()>);
-
-impl LocalReplay {
-    /// Remember up to `capacity` signatures.
-    pub fn new(capacity: usize) -> LocalReplay {
-        LocalReplay(ExpiringCache::new(capacity))
-    }
-}
-
-#[async_trait]
-impl ReplayGuard for LocalReplay {
-    async fn first_use(&self, key: [u8; 32], window: i64, now: i64) -> bool {
-        self.0.insert_new(key, (), now + window, now)
-    }
 }
 
 /// The replay key of a verified request: its key id and signature.

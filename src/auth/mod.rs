@@ -4,8 +4,9 @@
 //! - [`provider`] / [`jwt`] / [`jwk`] / [`fetch`] / [`cache`]: JWT verification with keys
 //!   from a JWKS URL (background refresh, on-demand refetch with cooldown), a JWKS file,
 //!   a PEM key or an HS* secret, and the verified-token cache;
-//! - [`hmac`] / [`signed`]: the Kong-compatible HMAC request-signing scheme, the replay
-//!   guard, and the request-path check (bounded signed bodies);
+//! - [`hmac`] / [`signed`]: the Kong-compatible HMAC request-signing scheme and the
+//!   request-path check (bounded signed bodies); [`replay`]: the replay guards (local, or
+//!   shared through Redis);
 //! - [`credentials`]: finding and hiding credentials; [`require`]: scopes and claims;
 //! - [`cli`]: `moat keygen` and `moat sign`; [`dates`]: RFC 3339 and HTTP dates;
 //! - [`testkit`]: key and token helpers for tests and benches.
@@ -25,6 +26,7 @@ pub mod jwk;
 pub mod jwt;
 pub mod mac;
 pub mod provider;
+pub mod replay;
 pub mod require;
 pub mod signed;
 pub mod testkit;
@@ -43,9 +45,9 @@ pub struct AuthState {
     pub consumers: Arc<ConsumerStore>,
     /// JWT providers by name.
     pub providers: BTreeMap<String, Arc<JwtProvider>>,
-    /// HMAC replay detection, shared by every route of the generation (local to this
-    /// instance; a Redis-backed guard replaces it when `redis:` lands).
-    pub replay: Arc<dyn hmac::ReplayGuard>,
+    /// HMAC replay detection, shared by every route of the generation (this instance's
+    /// own, or shared through Redis with `redis:`; see [`replay`]).
+    pub replay: Arc<dyn replay::ReplayGuard>,
 }
 
 impl Default for AuthState {
@@ -53,7 +55,7 @@ impl Default for AuthState {
         AuthState {
             consumers: Arc::default(),
             providers: BTreeMap::new(),
-            replay: Arc::new(hmac::LocalReplay::new(hmac::REPLAY_CAPACITY)),
+            replay: Arc::new(replay::LocalReplay::new(replay::REPLAY_CAPACITY)),
         }
     }
 }

@@ -17,7 +17,8 @@
 
 use super::consumers::{Consumer, ConsumerStore};
 use super::credentials::{self, Found};
-use super::hmac::{self, HmacError, ReplayGuard};
+use super::hmac::{self, HmacError};
+use super::replay::ReplayGuard;
 use crate::reply::{ErrorCode, Reply};
 use bytes::BytesMut;
 use pingora_http::RequestHeader;

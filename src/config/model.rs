@@ -71,6 +71,13 @@ pub struct LimitsConfig {
     pub header_timeout: Option<Dur>,
     pub max_body: Option<Size>,
     pub idle_timeout: Option<Dur>,
+    /// Open downstream connections per client address; more are closed at accept
+    /// (addition to the reference file; peers in `trusted_proxies` are exempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<u32>,
+    /// Open downstream connections in the whole process (addition to the reference file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
 }
 
 /// One public listener.
@@ -106,7 +113,17 @@ pub struct CertificateConfig {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub address: String,
+    /// Environment variable holding the Bearer token (its value is taken at start and on
+    /// every reload; the environment itself is the one the process started with).
     pub token_env: Option<String>,
+    /// File holding the Bearer token, read at start and on every reload (addition to the
+    /// reference file: how a token is rotated without a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+    /// `Host` values admitted besides loopback names and addresses: host names, IP
+    /// addresses or CIDR networks (addition to the reference file; DNS rebinding).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `access_log:`.
@@ -133,14 +150,56 @@ pub enum LogFormat {
     Json,
 }
 
-/// `redis:`.
+/// `redis:`: exactly one of `url` (one server), `cluster` (seed nodes of a Redis Cluster)
+/// or `sentinel` (a master found through Redis Sentinel). `url`, `cluster`, `sentinel`,
+/// `password_env` and `tls` are checked by `redis::config`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
+    /// `redis://` or `rediss://` (TLS) `[user[:password]@]host[:port][/db]`.
     pub url: Option<String>,
+    /// Seed URLs of a Redis Cluster (all `redis://` or all `rediss://`).
     pub cluster: Option<Vec<String>>,
+    /// Redis Sentinel (addition).
+    pub sentinel: Option<SentinelConfig>,
+    /// Environment variable holding the password (addition); wins over one in a URL.
+    pub password_env: Option<String>,
+    /// TLS settings (addition): with `rediss://` URLs, or for `sentinel` (then TLS to the
+    /// sentinels and the master).
+    pub tls: Option<RedisTlsConfig>,
     pub timeout: Option<Dur>,
     pub key_prefix: Option<String>,
+}
+
+/// `redis.sentinel` (addition).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// The master's name in the sentinels' configuration.
+    pub master: String,
+    /// Sentinels, `host:port` (port 26379 by default).
+    pub nodes: Vec<String>,
+    /// Environment variable holding the sentinels' own password (`requirepass` on them).
+    pub password_env: Option<String>,
+    /// The master's database number [0].
+    pub db: Option<u32>,
+    /// ACL user of the master (its password: `redis.password_env`).
+    pub username: Option<String>,
+}
+
+/// `redis.tls` (addition).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTlsConfig {
+    /// PEM CA certificate(s) the servers' certificates must chain to; replaces the system
+    /// trust store.
+    pub ca_file: Option<String>,
+    /// PEM client certificate (chain), for servers that require one (`tls-auth-clients`).
+    pub cert_file: Option<String>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<String>,
+    /// Check the server's certificate and name [true].
+    pub verify: Option<bool>,
 }
 
 /// One upstream pool.

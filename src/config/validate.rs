@@ -23,15 +23,28 @@ pub fn validate(cfg: &Config, errs: &mut ConfigErrors) {
             {
                 errs.push("admin.address", "must differ from every listener's address")
             }
+            Ok(addr)
+                if !addr.ip().to_canonical().is_loopback()
+                    && a.token_env.is_none()
+                    && a.token_file.is_none() =>
+            {
+                errs.push(
+                    "admin.address",
+                    format!(
+                        "`{}` is not a loopback address: protect it with admin.token_env or \
+                         admin.token_file, or bind it to 127.0.0.1",
+                        a.address
+                    ),
+                )
+            }
             Ok(_) => {}
             Err(_) => errs.push(
                 "admin.address",
                 format!("`{}` is not an ip:port address", a.address),
             ),
         }
-        if let Some(var) = &a.token_env {
-            env_set(var, "admin.token_env", errs);
-        }
+        // The token itself (variable, file, value) and `allowed_hosts` are checked where
+        // they are read: `admin::Access::compile`.
     }
     if let Some(log) = &cfg.access_log {
         if log.path != "stdout" {
@@ -59,28 +72,11 @@ pub fn validate(cfg: &Config, errs: &mut ConfigErrors) {
     }
 }
 
-/// `redis:`: one of `url` (one server) or `cluster` (seed nodes of a Redis Cluster, database
-/// 0 only), every URL well formed.
+/// `redis:`: see `redis::config` (one of url, cluster or sentinel; URLs, environment
+/// variables and TLS files checked).
 fn redis(r: &RedisConfig, errs: &mut ConfigErrors) {
-    use crate::limit::redis_node::Endpoint;
-    match (&r.url, &r.cluster) {
-        (Some(_), Some(_)) => errs.push("redis", "give url or cluster, not both"),
-        (None, None) => errs.push("redis", "give url (one server) or cluster (seed nodes)"),
-        (_, Some(c)) if c.is_empty() => errs.push("redis.cluster", "list at least one node"),
-        _ => {}
-    }
-    if let Some(Err(e)) = r.url.as_deref().map(Endpoint::parse) {
-        errs.push("redis.url", e);
-    }
-    for (i, url) in r.cluster.iter().flatten().enumerate() {
-        let path = index("redis.cluster", i);
-        match Endpoint::parse(url) {
-            Err(e) => errs.push(path, e),
-            Ok(e) if e.db.is_some_and(|d| d != 0) => {
-                errs.push(path, "Redis Cluster has database 0 only")
-            }
-            Ok(_) => {}
-        }
+    if let Err(e) = crate::redis::config::Settings::parse(r) {
+        errs.0.extend(e.0);
     }
 }
 
@@ -137,6 +133,14 @@ fn server(cfg: &Config, errs: &mut ConfigErrors) {
         }
         if l.idle_timeout.is_some_and(|d| d.get().as_secs() == 0) {
             errs.push("server.limits.idle_timeout", "must be at least 1s");
+        }
+        for (k, v) in [
+            ("max_connections_per_ip", l.max_connections_per_ip),
+            ("max_connections", l.max_connections),
+        ] {
+            if v == Some(0) {
+                errs.push(format!("server.limits.{k}"), "must be at least 1");
+            }
         }
     }
 }
@@ -310,49 +314,5 @@ fn plugin_refs(cfg: &Config, path: &str, p: &PluginConfig, errs: &mut ConfigErro
             }
         }
         _ => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn errors(redis: &str) -> Vec<String> {
-        let cfg = crate::config::load::parse(&format!("redis: {redis}\n")).unwrap();
-        let mut errs = ConfigErrors::default();
-        self::redis(cfg.redis.as_ref().unwrap(), &mut errs);
-        errs.0.iter().map(|e| e.to_string()).collect()
-    }
-
-    #[test]
-    fn redis_url_or_cluster() {
-        assert_eq!(errors("{ url: \"redis://h:1/2\" }"), Vec::<String>::new());
-        assert_eq!(
-            errors("{ cluster: [\"redis://:pw@h:7000\", \"redis://h:7001/0\"] }"),
-            Vec::<String>::new()
-        );
-        assert_eq!(
-            errors("{ url: \"redis://h\", cluster: [\"redis://h:7000\"] }"),
-            ["redis: give url or cluster, not both"]
-        );
-        assert_eq!(
-            errors("{ timeout: 1s }"),
-            ["redis: give url (one server) or cluster (seed nodes)"]
-        );
-        assert_eq!(
-            errors("{ cluster: [] }"),
-            ["redis.cluster: list at least one node"]
-        );
-        assert_eq!(
-            errors("{ cluster: [\"redis://h:7000\", \"h:7001\", \"redis://h:7002/1\"] }"),
-            [
-                "redis.cluster[1]: expected redis://[user:password@]host:port[/db]",
-                "redis.cluster[2]: Redis Cluster has database 0 only"
-            ]
-        );
-        assert_eq!(
-            errors("{ url: \"redis://h/x\" }"),
-            ["redis.url: bad database number"]
-        );
     }
 }

@@ -56,6 +56,13 @@ fn redis_urls(cfg: &Config, w: &mut ConfigErrors) {
             warn(format!("redis.cluster[{i}]"), w);
         }
     }
+    if r.tls.as_ref().is_some_and(|t| t.verify == Some(false)) {
+        w.push(
+            "redis.tls.verify",
+            "false: Redis servers' certificates are not checked, so anyone on the path can \
+             read the password and forge replies",
+        );
+    }
 }
 
 /// Whether `url` (`scheme://[user[:password]@]host...`) carries a non-empty password.
@@ -117,5 +124,7 @@ mod tests {
         assert!(got[0].starts_with("redis.cluster[1]: the URL holds a password"));
         let got = paths("redis:\n  url: 'redis://u:pw@a:1/0'\n");
         assert!(got[0].starts_with("redis.url: "), "{got:?}");
+        let got = paths("redis:\n  url: 'rediss://a:1'\n  tls: { verify: false }\n");
+        assert!(got[0].starts_with("redis.tls.verify: false: "), "{got:?}");
     }
 }

@@ -8,7 +8,7 @@
 //! carries the counts with it.
 
 use super::algo::{Algorithm, Limit, Outcome, SEC};
-use super::redis::{Redis, RedisError, Script, Value};
+use crate::redis::{Redis, RedisError, Script, Value};
 use once_cell::sync::Lazy;
 use std::sync::Arc;
 

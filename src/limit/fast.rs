@@ -18,8 +18,8 @@
 //! counted) and `on_redis_error` applies until a sync succeeds again.
 
 use super::algo::{Algorithm, Limit, Outcome, SEC};
-use super::redis::{Redis, Script, Value};
 use super::store::{Entry, Store};
+use crate::redis::{Redis, Script, Value};
 use once_cell::sync::Lazy;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

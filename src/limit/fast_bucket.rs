@@ -22,8 +22,8 @@
 //! `on_redis_error` applies until a sync succeeds again.
 
 use super::algo::{Limit, Outcome, SEC};
-use super::redis::{Redis, Script, Value};
 use super::store::{Entry, Store};
+use crate::redis::{Redis, Script, Value};
 use once_cell::sync::Lazy;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -195,7 +195,7 @@ impl FastBucket {
                 let [a, b, c, d] = &args;
                 let r = me.redis.eval(&SCRIPT, &[&k], &[a, b, c, d]).await;
                 let answer = match r {
-                    Ok(Value::Bytes(b)) => std::str::from_utf8(&b)
+                    Ok(Value::BulkString(b)) => std::str::from_utf8(&b)
                         .ok()
                         .and_then(|s| s.parse::<f64>().ok())
                         .map(|f| f as i64),

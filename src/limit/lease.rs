@@ -17,7 +17,7 @@
 //!   instance's requests of the key. A `ZREM` that fails, or an acquire that timed out
 //!   after Redis applied it, leaves a lease that expires the same way.
 
-use super::redis::{Redis, RedisError, Script, Value};
+use crate::redis::{Redis, RedisError, Script, Value};
 use futures::future::join_all;
 use once_cell::sync::Lazy;
 use std::collections::HashMap;
@@ -219,8 +219,9 @@ impl Drop for Lease {
         let k = leases.redis_key(&self.key);
         let member = format!("{}:{}", *INSTANCE, self.n);
         rt.spawn(async move {
-            let cmd: [&[u8]; 3] = [b"ZREM", k.as_bytes(), member.as_bytes()];
-            let _ = leases.redis.command(&cmd).await;
+            let mut zrem = crate::redis::Cmd::new();
+            zrem.arg("ZREM").arg(&k).arg(&member);
+            let _ = leases.redis.command(&zrem).await;
         });
     }
 }

@@ -15,12 +15,6 @@ pub mod cluster;
 pub mod fast;
 pub mod fast_bucket;
 pub mod lease;
-pub mod redis;
-pub mod redis_cluster;
-pub mod redis_discovery;
-pub mod redis_node;
-pub mod redis_slots;
-pub mod replay;
 pub mod store;
 
 use crate::config::error::ConfigErrors;

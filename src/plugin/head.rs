@@ -113,10 +113,10 @@ impl UpstreamHead {
     }
 }
 
-/// Headers the upstream request can gain without the map growing again: the four
+/// Headers the upstream request can gain without the map growing again: the five
 /// forwarding headers and what plugins add (request id, traceparent, consumer id, auth
 /// method, a few of the `headers` plugin's).
-const UPSTREAM_ROOM: usize = 12;
+const UPSTREAM_ROOM: usize = 13;
 
 /// Run `edit` on `up` as an [`UpstreamHead`]; the head comes back without a case map.
 pub fn edit_request(

@@ -172,7 +172,7 @@ pub struct CompileEnv<'a> {
     /// Limiter state, carried over from the previous generation when unchanged.
     pub limits: &'a crate::limit::Registry,
     /// The Redis client when `redis:` is configured (cluster-scope limits).
-    pub redis: Option<&'a Arc<crate::limit::redis::Redis>>,
+    pub redis: Option<&'a Arc<crate::redis::Redis>>,
 }
 
 /// Compile one plugin config found at `path`.

@@ -5,10 +5,13 @@
 //!   untrusted address is the client (an unparsable entry stops the walk at the last good
 //!   hop; all-trusted chains yield the leftmost address).
 //! - Upstream always gets `X-Forwarded-For` (the trusted incoming chain plus the peer, or
-//!   just the peer), `X-Real-IP` (the client), `X-Forwarded-Proto` and `X-Forwarded-Host`
-//!   (kept from a trusted peer, else set by moat); `Forwarded` from an untrusted peer is
-//!   dropped. Client-sent `X-Consumer-*` and `X-Auth-*` headers are always removed: only
-//!   moat's authentication sets them.
+//!   just the peer), `X-Real-IP` (the client), `X-Forwarded-Proto`, `X-Forwarded-Host` and
+//!   `X-Forwarded-Port` (kept from a trusted peer, else set by moat: the port the client
+//!   connected to). From an untrusted peer, `Forwarded` and the headers frameworks read to
+//!   rebuild the request's URL, prefix or client (`X-Forwarded-Prefix`,
+//!   `X-Forwarded-Server`, `X-Original-URL`, `X-Rewrite-URL`, `X-Original-Forwarded-For`)
+//!   are dropped. Client-sent `X-Consumer-*` and `X-Auth-*` headers are always removed:
+//!   only moat's authentication sets them.
 //! - Hop-by-hop headers and those named in `Connection` are stripped by Pingora's
 //!   standard upstream request policy, which every peer uses; towards an HTTP/2 upstream
 //!   Pingora also drops every connection-specific header (`TE` included) and turns `Host`
@@ -24,6 +27,68 @@ static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static XFPORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+
+/// Headers only a trusted proxy may send (besides `Forwarded` and the five moat sets):
+/// Spring, Symfony, IIS and others rebuild the request's URL, path prefix or client from
+/// them, so an untrusted client could reach `/admin` through a route for `/public`, or
+/// pose as another address.
+const TRUSTED_ONLY: [&str; 5] = [
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-forwarded-for",
+];
+
+/// Whether a client-sent request header must not reach the upstream: identity headers
+/// (only moat's authentication sets them) from anyone, `Forwarded` and [`TRUSTED_ONLY`]
+/// from an untrusted peer. Names are lower case; most are decided on their first byte.
+fn forged(name: &HeaderName, peer_trusted: bool) -> bool {
+    let n = name.as_str();
+    match n.as_bytes().first() {
+        Some(b'x') => {
+            n.starts_with("x-consumer-")
+                || n.starts_with("x-auth-")
+                || (!peer_trusted && TRUSTED_ONLY.contains(&n))
+        }
+        Some(b'f') => !peer_trusted && n == "forwarded",
+        _ => false,
+    }
+}
+
+/// The `X-Forwarded-Port` value of each listener, built at config load.
+#[derive(Debug, Default)]
+pub struct ListenerPorts(Vec<(u16, HeaderValue)>);
+
+impl ListenerPorts {
+    /// The ports of `listeners` (addresses that do not parse, or port 0, are left out).
+    pub fn new(listeners: &[crate::config::model::ListenerConfig]) -> ListenerPorts {
+        let mut ports: Vec<(u16, HeaderValue)> = listeners
+            .iter()
+            .filter_map(|l| l.address.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.port())
+            .filter(|p| *p != 0)
+            .map(|p| (p, HeaderValue::from(p)))
+            .collect();
+        ports.dedup_by_key(|(p, _)| *p);
+        ListenerPorts(ports)
+    }
+
+    /// The value for a connection accepted on local port `local()`. With one listener
+    /// that is its port, and `local` (a `getsockname` on a connection's first use) is not
+    /// called. The value is a reference-counted copy (no allocation).
+    pub fn value(&self, local: impl FnOnce() -> Option<u16>) -> Option<HeaderValue> {
+        if let [(_, only)] = self.0.as_slice() {
+            return Some(only.clone());
+        }
+        let port = local()?;
+        Some(match self.0.iter().find(|(p, _)| *p == port) {
+            Some((_, v)) => v.clone(),
+            None => HeaderValue::from(port),
+        })
+    }
+}
 
 /// Resolve the client IP from the peer and, when the peer is trusted, `X-Forwarded-For`.
 /// Returns the client IP and whether the peer is trusted.
@@ -109,10 +174,12 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
 }
 
 /// Set the forwarding headers on the headers of the upstream request. `authority` is the
-/// request URI's authority (HTTP/2), used when there is no `Host` header.
+/// request URI's authority (HTTP/2), used when there is no `Host` header; `port` is the
+/// `X-Forwarded-Port` value (see [`ListenerPorts`]).
 ///
-/// On the hot path: each header is written with one `insert` (which replaces any client
-/// copy), and removals happen only for headers actually present.
+/// On the hot path: one scan of the names finds every header to drop, each header moat
+/// sets is written with one `insert` (which replaces any client copy), and removals happen
+/// only for headers actually present.
 pub fn apply(
     headers: &mut HeaderMap,
     authority: Option<&str>,
@@ -120,16 +187,14 @@ pub fn apply(
     client: Option<IpAddr>,
     peer_trusted: bool,
     tls: bool,
+    port: Option<HeaderValue>,
 ) {
-    // Identity headers only moat may set, first (fewer names to look at before the four
+    // Headers the client must not send, first (fewer names to look at before the five
     // below are added); no allocation unless a client sent some.
-    if headers
-        .keys()
-        .any(|k| k.as_str().starts_with("x-consumer-") || k.as_str().starts_with("x-auth-"))
-    {
+    if headers.keys().any(|k| forged(k, peer_trusted)) {
         let forged: Vec<HeaderName> = headers
             .keys()
-            .filter(|k| k.as_str().starts_with("x-consumer-") || k.as_str().starts_with("x-auth-"))
+            .filter(|k| forged(k, peer_trusted))
             .cloned()
             .collect();
         for name in forged {
@@ -198,8 +263,15 @@ pub fn apply(
             }
         }
     }
-    if !peer_trusted {
-        headers.remove(http::header::FORWARDED);
+    if !(peer_trusted && headers.contains_key(&XFPORT)) {
+        match port {
+            Some(p) => {
+                headers.insert(XFPORT.clone(), p);
+            }
+            None => {
+                headers.remove(&XFPORT);
+            }
+        }
     }
 }
 
@@ -285,6 +357,7 @@ mod tests {
             ip("203.0.113.9"),
             false,
             false,
+            Some(HeaderValue::from_static("8080")),
         );
         assert_eq!(h[&XFF], "203.0.113.9");
         assert_eq!(h[&X_REAL_IP], "203.0.113.9");
@@ -295,7 +368,15 @@ mod tests {
         }
         let mut h = req(&["6.6.6.6"]).headers.clone();
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        apply(&mut h, None, ip("127.0.0.1"), ip("6.6.6.6"), true, false);
+        apply(
+            &mut h,
+            None,
+            ip("127.0.0.1"),
+            ip("6.6.6.6"),
+            true,
+            false,
+            None,
+        );
         assert_eq!(h[&XFF], "6.6.6.6, 127.0.0.1");
         assert_eq!(h[&X_REAL_IP], "6.6.6.6");
         assert_eq!(h[&XFP], "https");
@@ -307,8 +388,79 @@ mod tests {
             ip("10.0.0.1"),
             false,
             true,
+            Some(HeaderValue::from_static("443")),
         );
         assert_eq!(h2[&XFH], "h2.example.com");
         assert_eq!(h2[&XFP], "https");
+        assert_eq!(h2[&XFPORT], "443");
+    }
+
+    #[test]
+    fn framework_headers_only_from_trusted_peers() {
+        let sent = [
+            ("x-forwarded-port", "1"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-forwarded-server", "evil"),
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("x-original-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-forwarded-prefixes", "kept"),
+            ("x-consumer-id", "forged"),
+        ];
+        // The client's headers after `apply` from `peer` (trusted or not), with `port`.
+        let run = |peer: &str, trusted: bool, port: Option<&'static str>| {
+            let mut h = HeaderMap::new();
+            for (k, v) in sent {
+                h.append(k, HeaderValue::from_static(v));
+            }
+            h.append("x-original-url", HeaderValue::from_static("/second"));
+            let port = port.map(HeaderValue::from_static);
+            apply(&mut h, None, ip(peer), ip("1.2.3.4"), trusted, true, port);
+            h
+        };
+        let h = run("1.2.3.4", false, Some("8443"));
+        assert_eq!(h.get_all(&XFPORT).iter().collect::<Vec<_>>(), ["8443"]);
+        for (gone, _) in &sent[1..7] {
+            assert!(h.get(*gone).is_none(), "{gone}");
+        }
+        assert!(h.get("x-consumer-id").is_none());
+        assert_eq!(h["x-forwarded-prefixes"], "kept");
+
+        let h = run("10.0.0.1", true, Some("8443"));
+        assert_eq!(h[&XFPORT], "1");
+        for (kept, v) in &sent[1..7] {
+            assert_eq!(h[*kept], *v, "{kept}");
+        }
+        assert_eq!(h.get_all("x-original-url").iter().count(), 2);
+        assert!(h.get("x-consumer-id").is_none());
+        // No port known: an untrusted client's copy still goes.
+        assert!(run("1.2.3.4", false, None).get(&XFPORT).is_none());
+    }
+
+    #[test]
+    fn listener_ports() {
+        let l = |a: &str| crate::config::model::ListenerConfig {
+            name: a.into(),
+            address: a.into(),
+            redirect_https: None,
+            http2: None,
+            tls: None,
+        };
+        let one = ListenerPorts::new(&[l("0.0.0.0:8080")]);
+        assert_eq!(
+            one.value(|| panic!("not asked")),
+            Some(HeaderValue::from_static("8080"))
+        );
+        let two = ListenerPorts::new(&[l("0.0.0.0:8080"), l("[::]:8443")]);
+        assert_eq!(two.value(|| Some(8443)).unwrap(), "8443");
+        assert_eq!(two.value(|| Some(9)).unwrap(), "9");
+        assert_eq!(two.value(|| None), None);
+        assert_eq!(
+            ListenerPorts::new(&[l("127.0.0.1:0")])
+                .value(|| Some(7))
+                .unwrap(),
+            "7"
+        );
     }
 }

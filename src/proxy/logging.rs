@@ -1,6 +1,7 @@
 //! The end of every request: metrics and the access-log line. Requests Pingora carries
 //! end in `Moat::finish`; upgraded connections moat relays itself end when their
-//! [`Finish`] guard drops (however the relay task ends, cancelled included).
+//! [`Finish`] guard drops (however the relay task ends, cancelled included). Also the
+//! request summary Pingora puts in its own error and warning lines ([`summary`]).
 
 use super::Moat;
 use crate::access_log::{AccessLog, Record};
@@ -24,6 +25,32 @@ impl Moat {
             sent,
         );
     }
+}
+
+/// How Pingora's error and warning lines (`Fail to proxy: ...`) describe a request:
+/// method, path, host, route and request id, never the query string. Pingora's default
+/// prints the raw request target, so a credential carried as `?api_key=` or
+/// `?access_token=` would reach stderr on every upstream failure; moat drops the whole
+/// query rather than redacting known parameter names (a credential parameter can have any
+/// name: `token_from: "query:NAME"`, or one the upstream reads itself). `?…` marks that
+/// there was one. The request id ties the line to its access-log line.
+pub(super) fn summary(req: &RequestHeader, ctx: &RequestCtx) -> String {
+    let query = if req.uri.query().is_some() {
+        "?…"
+    } else {
+        ""
+    };
+    let id = match ctx.request_id_if_set() {
+        "" => "-",
+        id => id,
+    };
+    format!(
+        "{} {}{query}, Host: {}, route: {}, request_id: {id}",
+        req.method,
+        req.uri.path(),
+        request_host(req),
+        ctx.route_name(),
+    )
 }
 
 /// What a relayed connection logs when it ends: its request's context (moved out of
@@ -141,4 +168,27 @@ fn record(
         ratelimit: ctx.ratelimit,
     };
     log.write(rec.to_line());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::Runtime;
+
+    #[test]
+    fn summary_never_carries_the_query() {
+        let mut ctx = RequestCtx::new(Arc::new(Runtime::empty()));
+        let mut req = RequestHeader::build("GET", b"/a/b?api_key=SECRET&x=1", None).unwrap();
+        req.insert_header("Host", "api.example.com:8080").unwrap();
+        assert_eq!(
+            summary(&req, &ctx),
+            "GET /a/b?…, Host: api.example.com, route: , request_id: -"
+        );
+        ctx.set_request_id(http::HeaderValue::from_static("rid-1"));
+        let req = RequestHeader::build("POST", b"/plain", None).unwrap();
+        assert_eq!(
+            summary(&req, &ctx),
+            "POST /plain, Host: , route: , request_id: rid-1"
+        );
+    }
 }

@@ -17,7 +17,7 @@ use crate::plugin::{Chain, Flow};
 use crate::reply::{ErrorCode, Reply};
 use crate::router::RouteMatch;
 use crate::runtime::{Action, SharedRuntime};
-use crate::template::request_host;
+use crate::template::{request_host, Context};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
@@ -185,10 +185,20 @@ impl Moat {
                         }
                     }
                 }
-                Reply::raw(r.status, headers, Bytes::from(r.body.render_to_vec(&facts)))
+                // The body's values are escaped for its content type (JSON, HTML...).
+                let ctx = headers
+                    .iter()
+                    .find(|(n, _)| n == http::header::CONTENT_TYPE)
+                    .map_or(Context::Raw, |(_, v)| {
+                        Context::of_content_type(v.as_bytes())
+                    });
+                let mut body = Vec::new();
+                r.body.render_in(&facts, &mut body, ctx);
+                Reply::raw(r.status, headers, Bytes::from(body))
             }
             Action::Redirect(r) => {
-                let to = r.to.render_to_vec(&facts);
+                let mut to = Vec::new();
+                r.to.render_in(&facts, &mut to, Context::Url);
                 match HeaderValue::from_bytes(&to) {
                     Ok(v) if crate::template::safe_header_value(&to) => {
                         Reply::raw(r.status, vec![(http::header::LOCATION, v)], Bytes::new())
@@ -579,6 +589,10 @@ impl ProxyHttp for Moat {
             .or_else(|| ctx.reply_code.map(|c| c.status()))
             .unwrap_or(0);
         self.finish(session, ctx, status);
+    }
+
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        logging::summary(session.req_header(), ctx)
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {

@@ -23,6 +23,12 @@ pub(super) fn prepare(up: &mut RequestHeader, session: &Session, ctx: &RequestCt
     let (peer, tls) = (peer_ip(session), is_tls(session));
     let rewrite = ctx.route.as_deref().and_then(|r| r.rewrite.as_ref());
     let req = session.req_header();
+    let port = ctx.rt.listener_ports.value(|| {
+        session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.port())
+    });
     head::edit_request(up, |h| {
         let parts: &mut http::request::Parts = h;
         forwarding::apply(
@@ -32,6 +38,7 @@ pub(super) fn prepare(up: &mut RequestHeader, session: &Session, ctx: &RequestCt
             ctx.client_ip,
             ctx.peer_trusted,
             tls,
+            port,
         );
         let id = ctx.request_id_value();
         if !id.is_empty() {

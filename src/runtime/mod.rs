@@ -49,6 +49,8 @@ pub struct Runtime {
     pub compression_used: bool,
     /// Plain listeners answering everything with a redirect: listener port → HTTPS port.
     pub redirect_https: BTreeMap<u16, u16>,
+    /// `X-Forwarded-Port` values of the listeners.
+    pub listener_ports: crate::proxy::forwarding::ListenerPorts,
     /// Certificates of each TLS listener, by listener name (re-read on every reload).
     pub tls: BTreeMap<String, Arc<crate::tls::CertStore>>,
     /// Consumers, JWT providers and the replay guard (`auth::start_background` starts
@@ -57,11 +59,13 @@ pub struct Runtime {
     /// Limiter state of this generation's plugins (see `limit::Registry`).
     pub limits: Arc<crate::limit::Registry>,
     /// The Redis client (`redis:`), kept across reloads while its settings do not change.
-    pub redis: Option<Arc<crate::limit::redis::Redis>>,
+    pub redis: Option<Arc<crate::redis::Redis>>,
     /// This instance's own HMAC replay guard (behind the Redis one when `redis:` is set).
-    pub local_replay: Arc<dyn crate::auth::hmac::ReplayGuard>,
+    pub local_replay: Arc<dyn crate::auth::replay::ReplayGuard>,
     /// What `config::warnings` found: printed by `moat check`, logged by `run` and reload.
     pub warnings: Vec<crate::config::ConfigError>,
+    /// The admin listener's token and `Host` rules (the token is read again on reload).
+    pub admin: crate::admin::Access,
 }
 
 /// A compiled route.
@@ -212,14 +216,16 @@ impl Runtime {
             request_limits: Limits::default(),
             tls: BTreeMap::new(),
             redirect_https: BTreeMap::new(),
+            listener_ports: Default::default(),
             compression_used: false,
             auth: Arc::default(),
             limits: Arc::default(),
             redis: None,
-            local_replay: Arc::new(crate::auth::hmac::LocalReplay::new(
-                crate::auth::hmac::REPLAY_CAPACITY,
+            local_replay: Arc::new(crate::auth::replay::LocalReplay::new(
+                crate::auth::replay::REPLAY_CAPACITY,
             )),
             warnings: Vec::new(),
+            admin: Default::default(),
         }
     }
 
@@ -254,8 +260,9 @@ impl Runtime {
             None => Arc::clone(&auth.replay),
         };
         let redis = redis_client(&cfg, metrics, previous, &mut errs);
+        let admin = crate::admin::Access::compile(&cfg, &mut errs);
         auth.replay = match &redis {
-            Some(r) => Arc::new(crate::limit::replay::RedisReplay::new(
+            Some(r) => Arc::new(crate::auth::replay::RedisReplay::new(
                 Arc::clone(r),
                 Arc::clone(&local_replay),
             )),
@@ -294,6 +301,7 @@ impl Runtime {
                 Some((port, l.redirect_https?))
             })
             .collect();
+        let listener_ports = crate::proxy::forwarding::ListenerPorts::new(&cfg.listeners);
         let warnings = crate::config::warnings::warnings(&cfg);
         Ok(Runtime {
             generation,
@@ -306,6 +314,7 @@ impl Runtime {
             trusted_proxies,
             request_limits,
             redirect_https,
+            listener_ports,
             compression_used,
             tls,
             auth,
@@ -313,6 +322,7 @@ impl Runtime {
             redis,
             local_replay,
             warnings,
+            admin,
         })
     }
 
@@ -324,33 +334,35 @@ impl Runtime {
     }
 }
 
-/// The Redis client of `cfg`: the previous generation's when `redis:` did not change
-/// (its connections and breaker state carry over), else a new one (no I/O here).
+/// The Redis client of `cfg`: the previous generation's when `redis:` and its TLS files
+/// did not change (its connections and breakers carry over), else a new one (no I/O here).
 fn redis_client(
     cfg: &Config,
     metrics: &Metrics,
     previous: Option<&Runtime>,
     errs: &mut ConfigErrors,
-) -> Option<Arc<crate::limit::redis::Redis>> {
+) -> Option<Arc<crate::redis::Redis>> {
     let rc = cfg.redis.as_ref()?;
-    if let Some(prev) = previous.filter(|p| {
-        serde_json::to_string(&p.config.redis).ok() == serde_json::to_string(&cfg.redis).ok()
-    }) {
-        if let Some(r) = &prev.redis {
-            return Some(Arc::clone(r));
-        }
-    }
-    match crate::limit::redis::Redis::new(rc, metrics.redis_errors.clone()) {
-        Ok(r) => Some(Arc::new(r)),
+    let settings = match crate::redis::config::Settings::parse(rc) {
+        Ok(s) => s,
         Err(e) => {
-            // validate() checks the same things with precise paths: report only if it
-            // did not.
+            // validate() reports the same errors: add them only if it did not.
             if !errs.0.iter().any(|e| e.path.starts_with("redis")) {
-                errs.push("redis", e);
+                errs.0.extend(e.0);
             }
-            None
+            return None;
         }
+    };
+    if let Some(r) = previous
+        .and_then(|p| p.redis.as_ref())
+        .filter(|r| r.fingerprint == settings.fingerprint)
+    {
+        return Some(Arc::clone(r));
     }
+    Some(Arc::new(crate::redis::Redis::new(
+        settings,
+        metrics.redis_errors.clone(),
+    )))
 }
 
 #[cfg(test)]

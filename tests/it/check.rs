@@ -590,6 +590,29 @@ fn rejected_cases() -> Vec<Case> {
             &["admin.token_env: environment variable `MOAT_TEST_UNSET_TOKEN` is not set"],
         ),
         case(
+            "admin on a non-loopback address without a token",
+            "admin:\n  address: 0.0.0.0:19901\n",
+            &["admin.address: `0.0.0.0:19901` is not a loopback address: protect it with admin.token_env or admin.token_file, or bind it to 127.0.0.1"],
+        ),
+        case(
+            "admin on a public IPv6 address without a token",
+            "admin:\n  address: \"[2001:db8::1]:19901\"\n",
+            &["admin.address: `[2001:db8::1]:19901` is not a loopback address: protect it with admin.token_env or admin.token_file, or bind it to 127.0.0.1"],
+        ),
+        case(
+            "admin token from two sources, a missing token file, bad allowed hosts",
+            "admin:\n  address: 127.0.0.1:19901\n  token_env: MOAT_TEST_UNSET_TOKEN\n  token_file: /nonexistent/admin.token\n  allowed_hosts: [\"http://admin.internal\", \"admin.internal:9901\", \"10.0.0.1/8\", \"\"]\n",
+            &[
+                "admin: give token_env or token_file, not both",
+                "admin.token_env: environment variable `MOAT_TEST_UNSET_TOKEN` is not set",
+                "admin.token_file: cannot read `/nonexistent/admin.token`: …",
+                "admin.allowed_hosts[0]: `http://admin.internal` is not a host name, IP address or CIDR network (no scheme, no port)",
+                "admin.allowed_hosts[1]: `admin.internal:9901` is not a host name, IP address or CIDR network (no scheme, no port)",
+                "admin.allowed_hosts[2]: `10.0.0.1/8` has bits set below its /8 prefix; write the network address",
+                "admin.allowed_hosts[3]: `` is not a host name, IP address or CIDR network (no scheme, no port)",
+            ],
+        ),
+        case(
             "admin address",
             "admin:\n  address: localhost:9901\n",
             &["admin.address: `localhost:9901` is not an ip:port address"],
@@ -623,6 +646,14 @@ fn rejected_cases() -> Vec<Case> {
             ],
         ),
         case(
+            "connection limits",
+            "server:\n  limits: { max_connections_per_ip: 0, max_connections: 0 }\n",
+            &[
+                "server.limits.max_connections_per_ip: must be at least 1",
+                "server.limits.max_connections: must be at least 1",
+            ],
+        ),
+        case(
             "access log",
             "access_log: { path: /nonexistent/dir/access.log }\n",
             &["access_log.path: directory `/nonexistent/dir` does not exist"],
@@ -633,6 +664,32 @@ fn rejected_cases() -> Vec<Case> {
             &["access_log.format: unknown variant `text`, expected `json`"],
         ),
         case("watch must be a boolean", "watch: sometimes\n", &["watch: invalid type: string \"sometimes\", expected a boolean"]),
+        case(
+            "redis: one of url, cluster and sentinel",
+            "redis: { url: \"redis://h\", cluster: [\"redis://h:7000\"] }\n",
+            &["redis: give only one of url, cluster and sentinel"],
+        ),
+        case(
+            "redis sentinel, passwords and TLS files",
+            "redis:\n  sentinel: { master: \"\", nodes: [\"h:x\"], password_env: MOAT_TEST_UNSET_SECRET }\n  password_env: MOAT_TEST_UNSET_TOKEN\n  tls: { ca_file: /nonexistent/ca.pem }\n",
+            &[
+                "redis.password_env: environment variable `MOAT_TEST_UNSET_TOKEN` is not set",
+                "redis.sentinel.master: name the master to ask for",
+                "redis.sentinel.password_env: environment variable `MOAT_TEST_UNSET_SECRET` is not set",
+                "redis.sentinel.nodes[0]: expected host:port",
+                "redis.tls.ca_file: cannot read /nonexistent/ca.pem: …",
+            ],
+        ),
+        case(
+            "redis TLS needs rediss://",
+            "redis: { url: \"redis://h\", tls: { verify: true } }\n",
+            &["redis.tls: TLS settings need rediss:// URLs (redis:// is plain text)"],
+        ),
+        case(
+            "redis unknown TLS key",
+            "redis: { url: \"rediss://h\", tls: { ca: x } }\n",
+            &["redis.tls.ca: unknown field `ca`, expected one of …"],
+        ),
     ]
 }
 

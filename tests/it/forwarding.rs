@@ -188,3 +188,49 @@ fn header_templates_and_injection_attempts() {
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert!(up.traffic().is_empty());
 }
+
+/// Headers frameworks (Spring's ForwardedHeaderFilter, Symfony's trusted headers, IIS
+/// rewrite modules) read to rebuild the request's URL, prefix or client: an untrusted
+/// client must not set them.
+const FRAMEWORK_HEADERS: &[(&str, &str)] = &[
+    ("X-Forwarded-Port", "1"),
+    ("X-Forwarded-Prefix", "/admin"),
+    ("X-Forwarded-Server", "evil.example.com"),
+    ("X-Original-URL", "/admin/users"),
+    ("X-Rewrite-URL", "/admin/users"),
+    ("X-Original-Forwarded-For", "6.6.6.6"),
+];
+
+#[test]
+fn untrusted_peer_cannot_forge_framework_forwarding_headers() {
+    let up = Upstream::start("app");
+    let m = Moat::start(&proxy_config(&up, "      - request_id: {}\n"));
+    let r = request(m.port, "GET", "/x", FRAMEWORK_HEADERS, b"");
+    assert_eq!(r.status, 200);
+    let got = up.last();
+    // X-Forwarded-Port is moat's own: the port the client connected to.
+    assert_eq!(got.all("x-forwarded-port"), [m.port.to_string()]);
+    for (h, _) in &FRAMEWORK_HEADERS[1..] {
+        assert!(
+            got.header(h).is_none(),
+            "{h} reached the upstream: {:?}",
+            got.headers
+        );
+    }
+
+    // From a trusted proxy they are its to set, and kept (X-Forwarded-Port with them, as
+    // X-Forwarded-Proto and -Host are); without one, moat sets the port.
+    let up = Upstream::start("app");
+    let m = Moat::start_with(
+        &proxy_config(&up, "      - request_id: {}\n"),
+        &["127.0.0.0/8"],
+        &[],
+    );
+    request(m.port, "GET", "/x", FRAMEWORK_HEADERS, b"");
+    let got = up.last();
+    for (h, v) in FRAMEWORK_HEADERS {
+        assert_eq!(got.all(h), [*v], "{h}");
+    }
+    request(m.port, "GET", "/x", &[], b"");
+    assert_eq!(up.last().all("x-forwarded-port"), [m.port.to_string()]);
+}

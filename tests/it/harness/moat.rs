@@ -185,9 +185,15 @@ impl Moat {
         assert!(ok, "kill -{sig} failed");
     }
 
-    /// POST to an admin endpoint.
+    /// POST to an admin endpoint (as JSON: the admin API refuses other POSTs).
     pub fn admin_post(&self, path: &str) -> super::Response {
-        super::request(self.admin, "POST", path, &[], b"")
+        super::request(
+            self.admin,
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            b"",
+        )
     }
 
     /// Whether the process has exited.

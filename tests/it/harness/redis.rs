@@ -1,16 +1,65 @@
-//! A real `redis-server` on a free port (no persistence), killed when dropped.
+//! Real Redis for the tests, each on free 127.0.0.1 ports, killed when dropped: a
+//! `redis-server` (plain, TLS-only with a CA made by the test, or a replica), a 3-master
+//! Redis Cluster, a master + replica watched by a `redis-sentinel`, and a hostile server
+//! that answers every command with something a client must not trust.
 
+use super::tls::{ca, leaf, Cert};
 use super::{free_port, wait_until};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// TLS files for a Redis server and its clients: a CA made here, a server certificate for
+/// 127.0.0.1 and a client certificate, both signed by it.
+pub struct RedisTls {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// The CA itself, to sign more certificates.
+    pub authority: Cert,
+}
+
+impl RedisTls {
+    /// Fresh files in a temp dir (removed when dropped).
+    pub fn new() -> RedisTls {
+        let dir = super::moat::temp_dir("redis-tls");
+        let authority = ca();
+        let ca_path = dir.join("ca.crt");
+        std::fs::write(&ca_path, authority.cert.to_pem().unwrap()).unwrap();
+        let (server_cert, server_key) = leaf(&authority, &["127.0.0.1"]).write(&dir, "server");
+        let (client_cert, client_key) = leaf(&authority, &["moat-client"]).write(&dir, "client");
+        RedisTls {
+            dir,
+            ca: ca_path,
+            server_cert,
+            server_key,
+            client_cert,
+            client_key,
+            authority,
+        }
+    }
+}
+
+impl Drop for RedisTls {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
 
 /// A running redis-server.
 pub struct RedisServer {
     child: Option<Child>,
-    /// Its port.
+    /// Its port (the TLS port for a TLS server).
     pub port: u16,
+    /// `redis-cli` flags reaching it (TLS files, password).
+    cli_flags: Vec<String>,
 }
 
 impl RedisServer {
@@ -21,9 +70,62 @@ impl RedisServer {
 
     /// Start on `port` (e.g. to restart after [`RedisServer::kill`]).
     pub fn start_on(port: u16) -> RedisServer {
+        Self::spawn(port, &["--port".into(), port.to_string()], Vec::new())
+    }
+
+    /// A TLS-only server (`--port 0 --tls-port`) with `tls`'s files; with `password`, it
+    /// requires it (`requirepass`); with `mutual`, it requires a client certificate.
+    pub fn start_tls(tls: &RedisTls, password: Option<&str>, mutual: bool) -> RedisServer {
+        let port = free_port();
+        let path = |p: &PathBuf| p.display().to_string();
+        let mut args: Vec<String> = vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+        ];
+        for (k, v) in [
+            ("--tls-cert-file", path(&tls.server_cert)),
+            ("--tls-key-file", path(&tls.server_key)),
+            ("--tls-ca-cert-file", path(&tls.ca)),
+            (
+                "--tls-auth-clients",
+                (if mutual { "yes" } else { "no" }).into(),
+            ),
+        ] {
+            args.extend([k.to_string(), v]);
+        }
+        let mut cli = vec!["--tls".to_string(), "--cacert".into(), path(&tls.ca)];
+        cli.extend([
+            "--cert".into(),
+            path(&tls.client_cert),
+            "--key".into(),
+            path(&tls.client_key),
+        ]);
+        if let Some(pw) = password {
+            args.extend(["--requirepass".into(), pw.into()]);
+            cli.extend(["-a".into(), pw.into(), "--no-auth-warning".into()]);
+        }
+        Self::spawn(port, &args, cli)
+    }
+
+    /// A replica of `master` on a free port.
+    pub fn start_replica_of(master: &RedisServer) -> RedisServer {
+        let port = free_port();
+        let args = [
+            "--port".into(),
+            port.to_string(),
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master.port.to_string(),
+        ];
+        Self::spawn(port, &args, Vec::new())
+    }
+
+    fn spawn(port: u16, args: &[String], cli_flags: Vec<String>) -> RedisServer {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -32,6 +134,7 @@ impl RedisServer {
         let r = RedisServer {
             child: Some(child),
             port,
+            cli_flags,
         };
         assert!(
             wait_until(Duration::from_secs(10), || r.ping()),
@@ -47,14 +150,16 @@ impl RedisServer {
 
     /// Whether it answers PING now.
     pub fn ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        s.set_read_timeout(Some(Duration::from_millis(500))).ok();
-        let mut buf = [0u8; 16];
-        s.write_all(b"PING\r\n").is_ok()
-            && s.read(&mut buf)
-                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+        if !self.cli_flags.is_empty() {
+            return self.cli(&["PING"]) == "PONG";
+        }
+        ping(self.port)
+    }
+
+    /// Run `redis-cli -p port args...` (with its TLS files and password) and return its
+    /// output (trimmed).
+    pub fn cli(&self, args: &[&str]) -> String {
+        cli(self.port, &self.cli_flags, args)
     }
 
     /// Send a signal (`STOP`, `CONT`).
@@ -79,6 +184,201 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.signal("CONT");
         self.kill();
+    }
+}
+
+/// `redis-cli -h 127.0.0.1 -p port flags... args...`, its output trimmed.
+fn cli(port: u16, flags: &[String], args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(flags)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A master and one replica watched by one `redis-sentinel` (quorum 1, the master taken
+/// for down after 1 s), files in a temp dir.
+pub struct RedisSentinel {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+    /// The sentinel's port.
+    pub port: u16,
+    sentinel: Option<Child>,
+    dir: PathBuf,
+}
+
+/// The name the sentinel knows the master by.
+pub const SENTINEL_MASTER: &str = "mymaster";
+/// The sentinel's `down-after-milliseconds`.
+pub const SENTINEL_DOWN_AFTER_MS: u64 = 1000;
+
+impl RedisSentinel {
+    /// Start all three and wait until the sentinel knows the master and its replica.
+    pub fn start() -> RedisSentinel {
+        let master = RedisServer::start();
+        let replica = RedisServer::start_replica_of(&master);
+        let synced = wait_until(Duration::from_secs(15), || {
+            replica
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up")
+        });
+        assert!(synced, "the replica did not sync");
+        let dir = super::moat::temp_dir("redis-sentinel");
+        let port = free_port();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {SENTINEL_MASTER} 127.0.0.1 {} 1\nsentinel down-after-milliseconds {SENTINEL_MASTER} {SENTINEL_DOWN_AFTER_MS}\nsentinel failover-timeout {SENTINEL_MASTER} 10000\nsentinel parallel-syncs {SENTINEL_MASTER} 1\n",
+                dir.display(),
+                master.port
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-sentinel")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-sentinel (Debian package redis-sentinel)");
+        let s = RedisSentinel {
+            master,
+            replica,
+            port,
+            sentinel: Some(child),
+            dir,
+        };
+        let replica_port = format!("{}", s.replica.port);
+        let ready = wait_until(Duration::from_secs(20), || {
+            s.cli(&["SENTINEL", "replicas", SENTINEL_MASTER])
+                .lines()
+                .any(|l| l == replica_port)
+        });
+        assert!(ready, "the sentinel never saw the replica");
+        s
+    }
+
+    /// Run `redis-cli` against the sentinel.
+    pub fn cli(&self, args: &[&str]) -> String {
+        cli(self.port, &[], args)
+    }
+
+    /// The port of the master the sentinel names now.
+    pub fn master_port(&self) -> Option<u16> {
+        self.cli(&["SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER])
+            .lines()
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.sentinel.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What a [`HostileRedis`] answers to every command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hostile {
+    /// `$1099511627776` then an endless stream of bytes.
+    HugeBulk,
+    /// `$9223372036854775807` then an endless stream of bytes.
+    MaxBulk,
+    /// A status line of 1 MiB.
+    LongLine,
+    /// Bytes that are no RESP at all.
+    Garbage,
+}
+
+/// A TCP server on 127.0.0.1:0 that answers every command of every connection with a
+/// [`Hostile`] reply; stops when dropped.
+pub struct HostileRedis {
+    pub port: u16,
+    /// Connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl HostileRedis {
+    pub fn start(kind: Hostile) -> HostileRedis {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (connections, stop) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (n, halt) = (Arc::clone(&connections), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !halt.load(Ordering::Acquire) {
+                let Ok((conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                n.fetch_add(1, Ordering::SeqCst);
+                let halt = Arc::clone(&halt);
+                std::thread::spawn(move || answer(conn, kind, &halt));
+            }
+        });
+        HostileRedis {
+            port,
+            connections,
+            stop,
+        }
+    }
+}
+
+impl Drop for HostileRedis {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// Answer each read on `conn` with `kind`'s reply; the endless kinds keep writing until
+/// the client goes away (or 64 MiB, or the server stops).
+fn answer(mut conn: TcpStream, kind: Hostile, halt: &AtomicBool) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
+    let mut buf = [0u8; 4096];
+    let chunk = vec![b'x'; 64 * 1024];
+    while let Ok(n) = conn.read(&mut buf) {
+        if n == 0 || halt.load(Ordering::Acquire) {
+            return;
+        }
+        let (head, endless): (Vec<u8>, bool) = match kind {
+            Hostile::HugeBulk => (b"$1099511627776\r\n".to_vec(), true),
+            Hostile::MaxBulk => (b"$9223372036854775807\r\n".to_vec(), true),
+            Hostile::LongLine => {
+                let mut l = b"+".to_vec();
+                l.extend(std::iter::repeat_n(b'a', 1 << 20));
+                l.extend(b"\r\n");
+                (l, false)
+            }
+            Hostile::Garbage => (
+                b"\x00\xff\x13garbage\x07 not resp at all\r\n".to_vec(),
+                false,
+            ),
+        };
+        if conn.write_all(&head).is_err() {
+            return;
+        }
+        if endless {
+            for _ in 0..1024 {
+                if halt.load(Ordering::Acquire) || conn.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -165,13 +465,7 @@ impl RedisCluster {
 
     /// Run `redis-cli -p port args...` and return its output (trimmed).
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        cli(port, &[], args)
     }
 
     /// The keys held by the master on `port` (at most a few thousand: tests only).

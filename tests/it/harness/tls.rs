@@ -47,7 +47,12 @@ fn build(cn: &str, sans: &[&str], issuer: Option<&Cert>) -> Cert {
             b.set_issuer_name(ca.cert.subject_name()).unwrap();
             let mut san = SubjectAlternativeName::new();
             for s in sans {
-                san.dns(s);
+                // An IP address is an IP SAN (checked against connections by address).
+                if s.parse::<std::net::IpAddr>().is_ok() {
+                    san.ip(s);
+                } else {
+                    san.dns(s);
+                }
             }
             let ext = san.build(&b.x509v3_context(Some(&ca.cert), None)).unwrap();
             b.append_extension(ext).unwrap();
@@ -82,6 +87,14 @@ impl Cert {
     }
 }
 
+/// A TLS acceptor presenting `cert` (the leaf).
+pub fn acceptor(cert: &Cert) -> Arc<SslAcceptor> {
+    let mut acc = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
+    acc.set_private_key(&cert.key).unwrap();
+    acc.set_certificate(&cert.cert).unwrap();
+    Arc::new(acc.build())
+}
+
 /// A TLS upstream on 127.0.0.1:0 answering `200 tls-ok`; counts requests.
 pub struct TlsUpstream {
     pub port: u16,
@@ -91,10 +104,7 @@ pub struct TlsUpstream {
 impl TlsUpstream {
     /// Serve with `cert` (the leaf) until the process ends (threads are detached).
     pub fn start(cert: &Cert) -> TlsUpstream {
-        let mut acc = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
-        acc.set_private_key(&cert.key).unwrap();
-        acc.set_certificate(&cert.cert).unwrap();
-        let acc = Arc::new(acc.build());
+        let acc = acceptor(cert);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let hits = Arc::new(AtomicUsize::new(0));

@@ -1,27 +1,13 @@
 //! Redis Cluster's addressing, as pure functions: the hash slot of a key (CRC16/XMODEM
-//! modulo 16384, hashing only the `{hash tag}` when the key has a non-empty one), the
-//! slot ranges of a `CLUSTER SLOTS` reply, and the `MOVED` / `ASK` redirections.
+//! from the `crc16` crate, modulo 16384, hashing only the `{hash tag}` when the key has a
+//! non-empty one), the slot ranges of a `CLUSTER SLOTS` reply, and the `MOVED` / `ASK`
+//! redirections of an error (parsed by the `redis` crate; the host they name is
+//! completed here).
 
-use super::redis::Value;
+use redis::{ErrorKind, RedisError, ServerErrorKind, Value};
 
 /// Number of hash slots.
 pub const SLOTS: usize = 16384;
-
-/// CRC16/XMODEM (polynomial 0x1021, initial value 0), as Redis Cluster uses it.
-pub fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &b in data {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
 
 /// The slot of `key`: when it has a `{` followed later by a `}` with at least one byte
 /// between them, only the bytes between the first `{` and the first `}` after it count.
@@ -31,24 +17,16 @@ pub fn key_slot(key: &[u8]) -> u16 {
         let close = rest.iter().position(|&b| b == b'}')?;
         (close > 0).then(|| &rest[..close])
     });
-    crc16(tagged.unwrap_or(key)) % SLOTS as u16
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(key)) % SLOTS as u16
 }
 
-/// Slots `start..=end` served by the master at `addr`.
+/// Slots `start..=end` served by the master at `host:port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotRange {
     pub start: u16,
     pub end: u16,
-    pub addr: String,
-}
-
-/// `host:port`, bracketing an IPv6 host.
-pub fn join_host_port(host: &str, port: i64) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
+    pub host: String,
+    pub port: u16,
 }
 
 /// The host part of `host:port` / `[v6]:port` (without brackets).
@@ -87,19 +65,26 @@ pub fn parse_slots(v: &Value, asked_host: &str) -> Result<Vec<SlotRange>, String
         if start > end {
             return Err(bad("range ends before it starts"));
         }
-        let (Some(Value::Bytes(ip)), Some(Value::Int(port))) = (master.first(), master.get(1))
-        else {
+        let ip = match master.first() {
+            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(Value::SimpleString(s)) => s.clone(),
+            _ => return Err(bad("master is not [ip, port, ...]")),
+        };
+        let Some(port) = master.get(1).and_then(|p| match p {
+            Value::Int(p) => u16::try_from(*p).ok(),
+            _ => None,
+        }) else {
             return Err(bad("master is not [ip, port, ...]"));
         };
-        let ip = String::from_utf8_lossy(ip);
-        let host = match ip.as_ref() {
-            "" | "?" => asked_host,
-            h => h,
+        let host = match ip.as_str() {
+            "" | "?" => asked_host.to_string(),
+            _ => ip,
         };
         out.push(SlotRange {
             start,
             end,
-            addr: join_host_port(host, *port),
+            host,
+            port,
         });
     }
     Ok(out)
@@ -112,26 +97,21 @@ pub struct Redirect {
     /// `ASKING`, while the slot migrates).
     pub moved: bool,
     pub slot: u16,
-    /// `host:port` of the node to ask; an empty host means the host that was asked.
-    pub addr: String,
+    /// The node to ask (an empty host in the reply means the host that was asked).
+    pub host: String,
+    pub port: u16,
 }
 
-/// Parse `MOVED <slot> <host>:<port>` or `ASK <slot> <host>:<port>`; `None` for any other
-/// error.
-pub fn parse_redirect(msg: &str, asked_host: &str) -> Option<Redirect> {
-    let mut words = msg.split(' ');
-    let moved = match words.next()? {
-        "MOVED" => true,
-        "ASK" => false,
+/// The `MOVED <slot> <host>:<port>` or `ASK <slot> <host>:<port>` of `e`, asked to a node
+/// at `asked_host`; `None` for any other error.
+pub fn redirect(e: &RedisError, asked_host: &str) -> Option<Redirect> {
+    let moved = match e.kind() {
+        ErrorKind::Server(ServerErrorKind::Moved) => true,
+        ErrorKind::Server(ServerErrorKind::Ask) => false,
         _ => return None,
     };
-    let slot = words
-        .next()?
-        .parse::<u16>()
-        .ok()
-        .filter(|s| usize::from(*s) < SLOTS)?;
-    let target = words.next()?;
-    if words.next().is_some() {
+    let (target, slot) = e.redirect_node()?;
+    if usize::from(slot) >= SLOTS {
         return None;
     }
     let (host, port) = target.rsplit_once(':')?;
@@ -142,7 +122,8 @@ pub fn parse_redirect(msg: &str, asked_host: &str) -> Option<Redirect> {
     Some(Redirect {
         moved,
         slot,
-        addr: join_host_port(host, i64::from(port)),
+        host: host.to_string(),
+        port,
     })
 }
 
@@ -152,7 +133,6 @@ mod tests {
 
     #[test]
     fn slots_of_known_keys() {
-        assert_eq!(crc16(b"123456789"), 0x31C3);
         assert_eq!(key_slot(b"foo"), 12182);
         assert_eq!(key_slot(b"bar"), 5061);
         assert_eq!(key_slot(b"hello"), 866);
@@ -166,9 +146,8 @@ mod tests {
         assert_eq!(key_slot(b"foo{bar}{zap}"), key_slot(b"bar"));
         assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
         assert_ne!(key_slot(b"foo{}{bar}"), key_slot(b"bar"));
-        assert_eq!(key_slot(b"foo{}{bar}"), crc16(b"foo{}{bar}") % 16384);
         assert_eq!(key_slot(b"foo{bar"), key_slot(b"foo{bar"));
-        assert_eq!(key_slot(b"foo{bar"), crc16(b"foo{bar") % 16384);
+        assert_ne!(key_slot(b"foo{bar"), key_slot(b"bar"));
     }
 
     #[test]
@@ -182,7 +161,7 @@ mod tests {
     }
 
     fn b(s: &str) -> Value {
-        Value::Bytes(s.as_bytes().to_vec())
+        Value::BulkString(s.as_bytes().to_vec())
     }
 
     #[test]
@@ -202,17 +181,18 @@ mod tests {
             entry(10923, 16383, node("::1", 7002)),
         ]);
         let r = parse_slots(&v, "10.1.1.1").unwrap();
-        let range = |start, end, addr: &str| SlotRange {
+        let range = |start, end, host: &str, port| SlotRange {
             start,
             end,
-            addr: addr.into(),
+            host: host.into(),
+            port,
         };
         assert_eq!(
             r,
             [
-                range(0, 5460, "127.0.0.1:7000"),
-                range(5461, 10922, "10.1.1.1:7001"),
-                range(10923, 16383, "[::1]:7002"),
+                range(0, 5460, "127.0.0.1", 7000),
+                range(5461, 10922, "10.1.1.1", 7001),
+                range(10923, 16383, "::1", 7002),
             ]
         );
         assert!(parse_slots(&Value::Int(1), "h").is_err());
@@ -220,31 +200,38 @@ mod tests {
         assert!(parse_slots(&out_of_range, "h").is_err());
         let reversed = Value::Array(vec![entry(9, 1, node("h", 1))]);
         assert!(parse_slots(&reversed, "h").is_err());
+        let bad_port = Value::Array(vec![entry(0, 1, node("h", 70000))]);
+        assert!(parse_slots(&bad_port, "h").is_err());
         assert_eq!(parse_slots(&Value::Array(vec![]), "h").unwrap(), []);
+    }
+
+    /// The error the crate makes of the error reply `line`.
+    fn error(line: &str) -> RedisError {
+        let v = redis::parse_redis_value(format!("-{line}\r\n").as_bytes()).unwrap();
+        v.extract_error().unwrap_err()
     }
 
     #[test]
     fn redirects() {
-        let r = |moved, slot, addr: &str| {
+        let r = |moved, slot, host: &str, port| {
             Some(Redirect {
                 moved,
                 slot,
-                addr: addr.into(),
+                host: host.into(),
+                port,
             })
         };
+        let of = |line: &str| redirect(&error(line), "h");
         assert_eq!(
-            parse_redirect("MOVED 3999 127.0.0.1:6381", "h"),
-            r(true, 3999, "127.0.0.1:6381")
+            of("MOVED 3999 127.0.0.1:6381"),
+            r(true, 3999, "127.0.0.1", 6381)
         );
         assert_eq!(
-            parse_redirect("ASK 12182 10.0.0.2:7002", "h"),
-            r(false, 12182, "10.0.0.2:7002")
+            of("ASK 12182 10.0.0.2:7002"),
+            r(false, 12182, "10.0.0.2", 7002)
         );
-        assert_eq!(parse_redirect("MOVED 1 :7000", "h"), r(true, 1, "h:7000"));
-        assert_eq!(
-            parse_redirect("MOVED 1 ::1:7000", "h"),
-            r(true, 1, "[::1]:7000")
-        );
+        assert_eq!(of("MOVED 1 :7000"), r(true, 1, "h", 7000));
+        assert_eq!(of("MOVED 1 [::1]:7000"), r(true, 1, "::1", 7000));
         for other in [
             "NOSCRIPT No matching script",
             "MOVED",
@@ -252,10 +239,9 @@ mod tests {
             "MOVED x h:1",
             "ASK 1 h",
             "ASK 1 h:port",
-            "MOVED 1 h:1 extra",
             "CLUSTERDOWN The cluster is down",
         ] {
-            assert_eq!(parse_redirect(other, "h"), None, "{other}");
+            assert_eq!(of(other), None, "{other}");
         }
     }
 
@@ -263,6 +249,5 @@ mod tests {
     fn hosts() {
         assert_eq!(host_of("127.0.0.1:7000"), "127.0.0.1");
         assert_eq!(host_of("[::1]:7000"), "::1");
-        assert_eq!(join_host_port("::1", 1), "[::1]:1");
     }
 }

@@ -1,24 +1,30 @@
-//! Asking a Redis Cluster for its slot map: `CLUSTER SLOTS` to a list of candidate nodes,
-//! hedged so that a node that never answers (down host, dropped packets) only delays the
-//! answer of the next one instead of using up the whole budget.
+//! Asking several servers the same question (a Redis Cluster's `CLUSTER SLOTS`, a
+//! Sentinel's master), hedged so that a server that never answers (down host, dropped
+//! packets) only delays the answer of the next one instead of using up the whole budget.
 
-use super::redis::RedisError;
-use super::redis_node::{call, Node};
-use super::redis_slots::{host_of, parse_slots, SlotRange};
+use super::node::Node;
+use super::RedisError;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Least wait before the next node is asked when the previous has not answered.
 const HEDGE_MIN: Duration = Duration::from_millis(5);
 
-/// The first non-empty `CLUSTER SLOTS` map given by `nodes`, asked in order. Each node
-/// has the whole `timeout`; the next one is asked as soon as the previous fails, or has
-/// not answered within a quarter of `timeout` (at least [`HEDGE_MIN`]), the earlier
-/// ones still being waited for. The error is the last node's when none gives a map.
-pub async fn ask_slots(
+/// The first answer `ask` gets from `nodes`, asked in order. Each node has the whole
+/// `timeout`; the next one is asked as soon as the previous fails, or has not answered
+/// within a quarter of `timeout` (at least [`HEDGE_MIN`]), the earlier ones still being
+/// waited for. The error is the last node's when none answers.
+pub async fn first_answer<T, F, Fut>(
     nodes: Vec<Arc<Node>>,
     timeout: Duration,
-) -> Result<Vec<SlotRange>, RedisError> {
+    ask: F,
+) -> Result<T, RedisError>
+where
+    T: Send + 'static,
+    F: Fn(Arc<Node>) -> Fut,
+    Fut: Future<Output = Result<T, RedisError>> + Send + 'static,
+{
     let hedge = (timeout / 4).max(HEDGE_MIN);
     let mut left = nodes.into_iter();
     // Dropped on return: the questions still out are abandoned.
@@ -26,8 +32,9 @@ pub async fn ask_slots(
     let mut last = RedisError::Io("no node to ask".into());
     loop {
         if let Some(n) = left.next() {
+            let question = ask(n);
             asking.spawn(async move {
-                match tokio::time::timeout(timeout, slots_of(&n)).await {
+                match tokio::time::timeout(timeout, question).await {
                     Ok(r) => r,
                     Err(_) => Err(RedisError::Timeout),
                 }
@@ -45,38 +52,31 @@ pub async fn ask_slots(
             return Err(last);
         };
         match joined {
-            Ok(Ok(ranges)) if !ranges.is_empty() => return Ok(ranges),
-            Ok(Ok(_)) => last = RedisError::Reply("CLUSTER SLOTS: no slot assigned".into()),
+            Ok(Ok(answer)) => return Ok(answer),
             Ok(Err(e)) => last = e,
-            Err(e) => last = RedisError::Io(format!("CLUSTER SLOTS task: {e}")),
+            Err(e) => last = RedisError::Io(format!("question task: {e}")),
         }
     }
-}
-
-/// `CLUSTER SLOTS` asked to `node`.
-async fn slots_of(node: &Node) -> Result<Vec<SlotRange>, RedisError> {
-    let mut conn = node.conn().await?;
-    let v = call(&mut conn, &[b"CLUSTER", b"SLOTS"]).await?;
-    node.put_back(conn);
-    let v = v.map_err(RedisError::Reply)?;
-    parse_slots(&v, host_of(&node.endpoint.addr)).map_err(RedisError::Io)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limit::redis_node::Endpoint;
+    use crate::redis::node::{Endpoint, Request};
     use std::time::Instant;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     fn node(addr: std::net::SocketAddr) -> Arc<Node> {
-        Arc::new(Node::new(
-            Endpoint::parse(&format!("redis://{addr}")).unwrap(),
-        ))
+        let endpoint = Endpoint {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            login: redis::RedisConnectionInfo::default().set_skip_set_lib_name(),
+        };
+        Arc::new(Node::new(endpoint, None, Duration::from_secs(5)))
     }
 
-    /// A server that answers each connection's first command with `reply`.
+    /// A server that answers every read with `reply`.
     async fn answering(reply: &'static [u8]) -> std::net::SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -84,27 +84,34 @@ mod tests {
             while let Ok((mut s, _)) = l.accept().await {
                 tokio::spawn(async move {
                     let mut buf = [0u8; 256];
-                    let _ = s.read(&mut buf).await;
-                    let _ = s.write_all(reply).await;
-                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    while s.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                        let _ = s.write_all(reply).await;
+                    }
                 });
             }
         });
         addr
     }
 
+    async fn ping(n: Arc<Node>) -> Result<redis::Value, RedisError> {
+        let ping = redis::cmd("PING");
+        n.exec(&Request::Command(&ping), false)
+            .await
+            .map_err(|e| RedisError::Io(e.to_string()))
+    }
+
     #[tokio::test]
     async fn a_silent_node_only_delays_the_next_one() {
         // Accepted by the kernel, never answered.
         let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let map = b"*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:7000\r\n";
-        let good = answering(map).await;
+        let good = answering(b"+PONG\r\n").await;
         let t = Instant::now();
         let nodes = vec![node(silent.local_addr().unwrap()), node(good)];
-        let ranges = ask_slots(nodes, Duration::from_secs(2)).await.unwrap();
+        let v = first_answer(nodes, Duration::from_secs(2), ping)
+            .await
+            .unwrap();
         let took = t.elapsed();
-        assert_eq!(ranges.len(), 1);
-        assert_eq!((ranges[0].start, ranges[0].end), (0, 16383));
+        assert_eq!(v, redis::Value::SimpleString("PONG".into()));
         assert!(
             took >= Duration::from_millis(500),
             "{took:?}: asked at once"
@@ -116,7 +123,7 @@ mod tests {
         // Only silent nodes: the whole timeout, then its error.
         let t = Instant::now();
         let nodes = vec![node(silent.local_addr().unwrap())];
-        let e = ask_slots(nodes, Duration::from_millis(200)).await;
+        let e = first_answer(nodes, Duration::from_millis(200), ping).await;
         assert!(matches!(e, Err(RedisError::Timeout)), "{e:?}");
         assert!(t.elapsed() >= Duration::from_millis(200));
         // A failing node: the next one is asked at once.
@@ -124,8 +131,8 @@ mod tests {
         let gone = refused.local_addr().unwrap();
         drop(refused);
         let t = Instant::now();
-        let ranges = ask_slots(vec![node(gone), node(good)], Duration::from_secs(2)).await;
-        assert_eq!(ranges.unwrap().len(), 1);
+        let v = first_answer(vec![node(gone), node(good)], Duration::from_secs(2), ping).await;
+        assert!(v.is_ok(), "{v:?}");
         assert!(
             t.elapsed() < Duration::from_millis(400),
             "{:?}",

@@ -1,0 +1,312 @@
+//! The Redis Cluster side of the client (`redis.cluster`): the seed URLs are only a way
+//! in; the slot map comes from `CLUSTER SLOTS`, kept up to date by a [`Topology`] (first
+//! on the first call, then after a failed node, a call that timed out or was skipped by
+//! an open breaker, a `MOVED` or a `CLUSTERDOWN`, at most every 100 ms, and every 15 s
+//! while calls keep coming). A refresh asks the known masters then the seeds, hedged (see
+//! [`super::discovery`]): a seed that drops packets only delays it.
+//!
+//! Each call goes to the master owning the slot of its key (see [`Request::key`]), on that
+//! node's own connection and breaker, so a failed master only affects the keys of its
+//! slots. `MOVED` updates the map and retries on the new owner, `ASK` retries once on the
+//! target after `ASKING`; at most [`MAX_REDIRECTS`] hops, all within the call's
+//! `redis.timeout`. Nodes learnt from the map log in like the seed of the same address,
+//! else like the first seed, over the same TLS settings: with TLS on, a node named by a
+//! redirection or the map gets credentials only after its certificate passed the checks.
+//!
+//! Why not the `redis` crate's own cluster client (`cluster-async`): it cannot say which
+//! node a call failed on (no per-node breaker), never refreshes its map when calls time out
+//! (a master that stops answering keeps its slots for ever, even once they moved), queries
+//! nodes one by one under a lock that stalls every call while a node hangs, and opens its
+//! sockets itself (replies unbounded). This module keeps only the routing; connections,
+//! the protocol and scripts are the crate's.
+
+use super::breaker::Breaker;
+use super::discovery::first_answer;
+use super::node::{join_host_port, Endpoint, Node, Nodes, Request};
+use super::slots::{key_slot, parse_slots, redirect, SlotRange, SLOTS};
+use super::topology::{Refresh, Topology};
+use super::{from_crate, RedisError, Value};
+use futures::FutureExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Redirections followed by one call (a `MOVED` then an `ASK` during a migration).
+pub const MAX_REDIRECTS: usize = 3;
+const NO_NODE: u16 = u16::MAX;
+
+/// Which master serves each slot.
+struct SlotMap {
+    /// Index in `nodes` per slot, [`NO_NODE`] when unassigned.
+    slots: Vec<u16>,
+    nodes: Vec<Arc<Node>>,
+}
+
+impl SlotMap {
+    fn node(&self, slot: u16) -> Option<&Arc<Node>> {
+        let i = *self.slots.get(usize::from(slot))?;
+        self.nodes.get(usize::from(i))
+    }
+
+    /// Index of `node`, added when new.
+    fn index_of(&mut self, node: &Arc<Node>) -> Option<u16> {
+        let i = match self.nodes.iter().position(|n| Arc::ptr_eq(n, node)) {
+            Some(i) => i,
+            None => {
+                self.nodes.push(Arc::clone(node));
+                self.nodes.len() - 1
+            }
+        };
+        u16::try_from(i).ok()
+    }
+
+    /// The same map with `slot` served by `node`.
+    fn with(&self, slot: u16, node: &Arc<Node>) -> SlotMap {
+        let mut map = SlotMap {
+            slots: self.slots.clone(),
+            nodes: self.nodes.clone(),
+        };
+        if let Some(i) = map.index_of(node) {
+            if let Some(s) = map.slots.get_mut(usize::from(slot)) {
+                *s = i;
+            }
+        }
+        map
+    }
+}
+
+struct Inner {
+    seeds: Vec<Endpoint>,
+    timeout: Duration,
+    /// Every node in use (connections and breakers survive map refreshes).
+    nodes: Nodes,
+    map: Arc<Topology<SlotMap>>,
+}
+
+/// A client of one Redis Cluster.
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+impl Cluster {
+    /// A client knowing `seeds` (no I/O); connections use `tls` when given.
+    pub fn new(
+        seeds: Vec<Endpoint>,
+        tls: Option<Arc<tokio_native_tls::TlsConnector>>,
+        timeout: Duration,
+    ) -> Cluster {
+        Cluster {
+            inner: Arc::new(Inner {
+                seeds,
+                timeout,
+                nodes: Nodes::new(tls, super::node::connect_bound(timeout)),
+                map: Arc::default(),
+            }),
+        }
+    }
+
+    /// Run `req` on the master of its key's slot. `used` is left naming the breaker of
+    /// the node the call depends on when it ends, so the caller can record the outcome
+    /// even when the call is cut short by the timeout (none while the first slot map is
+    /// awaited: the discovery task records its own outcome).
+    pub async fn call(
+        &self,
+        req: &Request<'_>,
+        used: &mut Option<Arc<Breaker>>,
+    ) -> Result<Value, RedisError> {
+        let inner = &self.inner;
+        let map = inner.map.for_call(|| inner.refresher()).await?;
+        let slot = req.key().map(key_slot);
+        let first = match slot {
+            Some(s) => map.node(s),
+            None => map.nodes.first(),
+        };
+        let Some(first) = first else {
+            self.stale();
+            return Err(RedisError::Io(format!(
+                "no master serves slot {}",
+                slot.unwrap_or(0)
+            )));
+        };
+        let mut node = Arc::clone(first);
+        let mut asking = false;
+        for _ in 0..=MAX_REDIRECTS {
+            if !node.breaker.admit() {
+                // It keeps failing: it may be gone, its slots served by another master.
+                self.stale();
+                return Err(RedisError::Open);
+            }
+            *used = Some(Arc::clone(&node.breaker));
+            let e = match node.exec(req, asking).await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let Some(to) = redirect(&e, &node.endpoint.host) else {
+                if e.code().is_none()
+                    || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown)
+                {
+                    // No answer, or the cluster says its map changed.
+                    self.stale();
+                }
+                return Err(from_crate(e));
+            };
+            // The node answered: it is healthy, the key lives elsewhere.
+            node.breaker.success();
+            let target = inner.node_for(&to.host, to.port);
+            if to.moved {
+                if let Some(m) = inner.map.current() {
+                    inner.map.install(m.with(to.slot, &target));
+                }
+                self.stale();
+            }
+            asking = !to.moved;
+            node = target;
+        }
+        Err(RedisError::Reply("too many cluster redirections".into()))
+    }
+
+    /// The slot map may be wrong (a call failed or ran out of `redis.timeout`: its master
+    /// may have stopped answering, its slots be served by another one now): refresh it in
+    /// the background (rate-limited).
+    pub fn stale(&self) {
+        self.inner.map.stale(|| self.inner.refresher());
+    }
+}
+
+impl Inner {
+    /// The node at `host:port`, created (no I/O) when new: it logs in like the seed of
+    /// the same address, else like the first seed.
+    fn node_for(&self, host: &str, port: u16) -> Arc<Node> {
+        let addr = join_host_port(host, port);
+        let login = match self.seeds.iter().find(|s| s.addr() == addr) {
+            Some(seed) => seed.login.clone(),
+            None => self
+                .seeds
+                .first()
+                .map(|s| s.login.clone())
+                .unwrap_or_default(),
+        };
+        self.nodes.get(Endpoint {
+            host: host.to_string(),
+            port,
+            login,
+        })
+    }
+
+    fn refresher(self: &Arc<Self>) -> Refresh<SlotMap> {
+        let me = Arc::clone(self);
+        async move { me.refresh().await }.boxed()
+    }
+
+    /// Ask `CLUSTER SLOTS` to the known masters (those whose breaker is closed first),
+    /// then to the seeds, and build the map of the first answer.
+    async fn refresh(&self) -> Result<SlotMap, RedisError> {
+        let mut candidates: Vec<Arc<Node>> = Vec::new();
+        if let Some(map) = self.map.current() {
+            let (closed, open): (Vec<_>, Vec<_>) =
+                map.nodes.iter().partition(|n| !n.breaker.is_open());
+            candidates.extend(closed.into_iter().chain(open).cloned());
+        }
+        for s in &self.seeds {
+            let n = self.node_for(&s.host, s.port);
+            if !candidates.iter().any(|c| Arc::ptr_eq(c, &n)) {
+                candidates.push(n);
+            }
+        }
+        let ranges = first_answer(candidates, self.timeout, slots_of).await?;
+        Ok(self.map_of(&ranges))
+    }
+
+    fn map_of(&self, ranges: &[SlotRange]) -> SlotMap {
+        let mut map = SlotMap {
+            slots: vec![NO_NODE; SLOTS],
+            nodes: Vec::new(),
+        };
+        for r in ranges {
+            let node = self.node_for(&r.host, r.port);
+            let Some(i) = map.index_of(&node) else {
+                continue;
+            };
+            for s in &mut map.slots[usize::from(r.start)..=usize::from(r.end)] {
+                *s = i;
+            }
+        }
+        // Forget the nodes that left (their connections close).
+        self.nodes.retain(|addr, n| {
+            self.seeds.iter().any(|s| s.addr() == addr)
+                || map.nodes.iter().any(|m| Arc::ptr_eq(m, n))
+        });
+        map
+    }
+}
+
+/// `CLUSTER SLOTS` asked to `node`; an empty map is no answer.
+async fn slots_of(node: Arc<Node>) -> Result<Vec<SlotRange>, RedisError> {
+    let mut cmd = redis::cmd("CLUSTER");
+    cmd.arg("SLOTS");
+    let v = node
+        .exec(&Request::Command(&cmd), false)
+        .await
+        .map_err(from_crate)?;
+    let ranges = parse_slots(&v, &node.endpoint.host).map_err(RedisError::Io)?;
+    if ranges.is_empty() {
+        return Err(RedisError::Reply("CLUSTER SLOTS: no slot assigned".into()));
+    }
+    Ok(ranges)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::IntoConnectionInfo;
+
+    fn seed(url: &str) -> Endpoint {
+        let info = url.into_connection_info().unwrap();
+        let redis::ConnectionAddr::Tcp(host, port) = info.addr().clone() else {
+            panic!()
+        };
+        Endpoint {
+            host,
+            port,
+            login: info.redis_settings().clone(),
+        }
+    }
+
+    #[test]
+    fn learnt_nodes_log_in_like_their_seed_or_the_first() {
+        let c = Cluster::new(
+            vec![seed("redis://:pw@127.0.0.1:7000"), seed("redis://h:7001")],
+            None,
+            Duration::from_millis(50),
+        );
+        let i = &c.inner;
+        let n = i.node_for("10.0.0.5", 7005);
+        assert_eq!(n.endpoint.login.password(), Some("pw"));
+        assert_eq!(i.node_for("h", 7001).endpoint.login.password(), None);
+        assert!(Arc::ptr_eq(&n, &i.node_for("10.0.0.5", 7005)));
+        assert_eq!(i.node_for("::1", 7).addr, "[::1]:7");
+    }
+
+    #[test]
+    fn map_from_ranges_and_moved() {
+        let c = Cluster::new(vec![seed("redis://127.0.0.1:7000")], None, Duration::ZERO);
+        let i = &c.inner;
+        let r = |start, end, port| SlotRange {
+            start,
+            end,
+            host: "127.0.0.1".into(),
+            port,
+        };
+        let m = i.map_of(&[r(0, 8000, 7000), r(8001, 16383, 7001)]);
+        assert_eq!(m.nodes.len(), 2);
+        let addr = |m: &SlotMap, s| m.node(s).map(|n| n.addr.clone());
+        assert_eq!(addr(&m, 0).as_deref(), Some("127.0.0.1:7000"));
+        assert_eq!(addr(&m, 12182).as_deref(), Some("127.0.0.1:7001"));
+        let moved = m.with(12182, &i.node_for("127.0.0.1", 7002));
+        assert_eq!(addr(&moved, 12182).as_deref(), Some("127.0.0.1:7002"));
+        assert_eq!(addr(&moved, 12183).as_deref(), Some("127.0.0.1:7001"));
+        // A node no longer in the map is forgotten, seeds are kept.
+        let m = i.map_of(&[r(0, 16383, 7001)]);
+        assert_eq!(i.nodes.count(), 2);
+        assert_eq!(addr(&m, 5).as_deref(), Some("127.0.0.1:7001"));
+    }
+}
