@@ -15,6 +15,7 @@ const SCRUBBED: &[&str] = &[
     "RUST_LOG",
     "MOAT_ADMIN_TOKEN",
     "ACME_HMAC_SECRET",
+    "MOAT_REDIS_PASSWORD",
     "MOAT_TEST_UNSET_SECRET",
     "MOAT_TEST_UNSET_TOKEN",
 ];
@@ -212,14 +213,18 @@ fn invalid_yaml_and_non_mapping_files() {
 }
 
 /// `conf/reference.yaml` (the contract's reference file with moat's additions, inside the
-/// repository) passes the check once the two secrets it names are set, and without them is
-/// refused for exactly those two.
+/// repository) passes the check once the secrets it names are set, and without them is
+/// refused for exactly those.
 #[test]
 fn reference_file_passes_with_the_secrets_it_names() {
     let file = manifest("conf/reference.yaml");
     let c = run_check(
         &file,
-        &[("MOAT_ADMIN_TOKEN", "t"), ("ACME_HMAC_SECRET", "s")],
+        &[
+            ("MOAT_ADMIN_TOKEN", "t"),
+            ("MOAT_REDIS_PASSWORD", "p"),
+            ("ACME_HMAC_SECRET", "s"),
+        ],
     );
     assert_eq!(c.code, Some(0), "stderr:\n{}", c.stderr);
     assert_eq!(
@@ -231,13 +236,23 @@ fn reference_file_passes_with_the_secrets_it_names() {
     );
     assert!(c.stderr.is_empty(), "warnings:\n{}", c.stderr);
 
+    // Without them: those three, and the cluster-scope limiters that lose their Redis.
     let errors = run_check(&file, &[]).failed();
+    let (secrets, rest): (Vec<&String>, Vec<&String>) = errors
+        .iter()
+        .partition(|e| e.contains("environment variable"));
     assert_eq!(
-        errors,
+        secrets,
         [
             "admin.token_env: environment variable `MOAT_ADMIN_TOKEN` is not set",
+            "redis.password_env: environment variable `MOAT_REDIS_PASSWORD` is not set",
             "consumers[0].hmac[0].secret_env: environment variable `ACME_HMAC_SECRET` is not set",
         ]
+    );
+    assert!(
+        rest.iter()
+            .all(|e| e.ends_with(".scope: scope: cluster needs the redis: section")),
+        "{rest:#?}"
     );
 }
 

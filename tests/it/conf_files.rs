@@ -23,6 +23,7 @@ fn bundled_configs_pass_check() {
                     // The secrets conf/reference.yaml names (its own test checks that
                     // they are the only thing it needs).
                     .env("MOAT_ADMIN_TOKEN", "t")
+                    .env("MOAT_REDIS_PASSWORD", "p")
                     .env("ACME_HMAC_SECRET", "s")
                     .output()
                     .expect("run moat check");
