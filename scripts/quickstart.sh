@@ -12,6 +12,7 @@ source scripts/setup.sh
 DEMO_KEY=mk_demo_public_quickstart_key
 
 cargo build --release --locked --bin moat --example upstream
+bin="${CARGO_TARGET_DIR:-target}/release"
 
 pids=()
 stop() {
@@ -34,7 +35,7 @@ up() {
 }
 
 for t in one:9001 two:9002; do
-    target/release/examples/upstream --listen "127.0.0.1:${t#*:}" --name "${t%%:*}" &
+    "$bin/examples/upstream" --listen "127.0.0.1:${t#*:}" --name "${t%%:*}" &
     pids+=($!)
     up "${t#*:}" || { echo "quickstart: demo target ${t%%:*} did not start on 127.0.0.1:${t#*:} (port in use?)" >&2; exit 1; }
 done
@@ -52,7 +53,7 @@ cat <<EOF
 
 EOF
 
-target/release/moat run -c conf/quickstart.yaml &
+"$bin/moat" run -c conf/quickstart.yaml &
 moat=$!
 pids+=("$moat")
 wait "$moat"
