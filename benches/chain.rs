@@ -1,8 +1,8 @@
 //! The per-request pieces of the policy chain that issue 7 rewrote: request ids, and
 //! adding headers to a response head — through Pingora's case-keeping `insert_header`
-//! (the old path) against moat's response phase on a moved-out head (`plugin::head`);
-//! and the access log's timestamp, from the per-thread cache of the current second
-//! against `jiff` formatting every time.
+//! (the old path) against moat's response phase on a moved-out head (`plugin::head`), and
+//! the same two ways for the request id alone; and the access log's timestamp, from the
+//! per-thread cache of the current second against `jiff` formatting every time.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderName, HeaderValue};
@@ -101,5 +101,34 @@ fn response_headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, ids, timestamps, response_headers);
+/// The one header every response gets on a route without response plugins (issue 12:
+/// `X-Request-ID` everywhere): Pingora's `insert_header`, which keeps the upstream's header
+/// case (what moat does), against moving the head out for it.
+fn request_id_only(c: &mut Criterion) {
+    let v = id::ulid_value();
+    c.bench_function("response_head/request_id_only/pingora_insert_header", |b| {
+        b.iter_batched(
+            upstream_head,
+            |mut r| {
+                let _ = r.insert_header("X-Request-ID", v.clone());
+                black_box(r)
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("response_head/request_id_only/edit_response", |b| {
+        b.iter_batched(
+            upstream_head,
+            |mut r| {
+                edit_response(&mut r, |h| {
+                    h.headers.insert(id::X_REQUEST_ID, v.clone());
+                });
+                black_box(r)
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, ids, timestamps, response_headers, request_id_only);
 criterion_main!(benches);

@@ -149,7 +149,8 @@ impl Reply {
             (Some(code), Some(msg)) => Bytes::from(error_body(code, msg, request_id)),
             _ => self.body.clone(),
         };
-        let mut resp = ResponseHeader::build(self.status, Some(self.headers.len() + 2))?;
+        // Room for Content-Type, Content-Length and the X-Request-ID the response phase adds.
+        let mut resp = ResponseHeader::build(self.status, Some(self.headers.len() + 3))?;
         if self.code.is_some() {
             resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         }

@@ -138,7 +138,7 @@ fn header_abuse() {
         JwtError::UnknownKey
     );
     assert_eq!(
-        p.verify_uncached(&sign(json!({"alg":"RS256","kid":"../../etc/passwd"})), now)
+        p.verify_uncached(&sign(json!({"alg":"RS256","kid":"../../etc/passwd"})), now) // check-paths: not a path
             .unwrap_err(),
         JwtError::UnknownKey
     );

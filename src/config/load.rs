@@ -279,10 +279,10 @@ mod tests {
 
     #[test]
     fn reference_file_parses() {
-        let text = include_str!("../../../shared/contract/moat.reference.yaml");
+        let text = include_str!("../../conf/reference.yaml");
         let cfg = parse(text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.routes.len(), 3);
-        assert_eq!(cfg.routes[0].plugins.len(), 7);
+        assert_eq!(cfg.routes[0].plugins.len(), 8);
         assert_eq!(cfg.global_plugins.len(), 3);
         assert_eq!(cfg.upstreams["users"].targets[1].weight, 3);
     }

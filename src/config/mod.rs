@@ -10,6 +10,9 @@ pub mod units;
 pub mod validate;
 pub mod warnings;
 
+#[cfg(test)]
+mod reference_tests;
+
 pub use error::{ConfigError, ConfigErrors};
 pub use model::Config;
 

@@ -1,4 +1,5 @@
-//! The config file's shape, mirrored one-to-one from `shared/contract/moat.reference.yaml`.
+//! The config file's shape, mirrored one-to-one from `conf/reference.yaml` (the contract's
+//! reference file and moat's documented additions).
 //!
 //! These structs are the external schema only: every key the contract names is accepted
 //! here (with `deny_unknown_fields`), and `validate` decides what is correct. The request path never reads them; `runtime::compile` turns them

@@ -8,7 +8,7 @@
 //!   [`UpstreamHead`].
 //! - [`Plugin::response`]: edits every response head sent downstream, the upstream's and
 //!   the ones moat makes (errors, `respond`, redirects), as a [`ResponseHead`] (plain
-//!   `http` parts: see [`head`] for why).
+//!   `http` parts: see [`head`] for why), after moat set `X-Request-ID` on it.
 //!
 //! A plugin states the phases it implements with [`Plugin::phases`], so a route's chain only
 //! calls what does something. Custom plugins implement the same trait (see `plugins/`).
@@ -135,12 +135,24 @@ impl Chain {
         }
     }
 
-    /// Run the response phase on `resp` (nothing at all when no plugin has one).
+    /// Run the response phase on `resp`, a head about to go downstream (the upstream's or
+    /// one moat made; every such head goes through here): `X-Request-ID` set to the
+    /// request's id (replacing an upstream's), with or without plugins, then the plugins,
+    /// which may still change or remove it. Without plugins the head keeps its header-name
+    /// case (Pingora's `insert_header`: the id costs one insert, not a moved-out head).
     pub fn run_response(&self, req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHeader) {
+        let id = ctx.request_id_value();
         if self.response.is_empty() {
+            if !id.is_empty() {
+                // Fails only on an invalid name, and this one is valid.
+                let _ = resp.insert_header("X-Request-ID", id.clone());
+            }
             return;
         }
         head::edit_response(resp, |h| {
+            if !id.is_empty() {
+                h.headers.insert(crate::util::id::X_REQUEST_ID, id.clone());
+            }
             for p in &self.response {
                 p.response(req, ctx, h);
             }

@@ -1,9 +1,11 @@
-//! `request_id`: gives every request an `X-Request-ID` (kept from the client when
-//! `trust_incoming` is set and the value is `[A-Za-z0-9._-]{1,128}`, else a new ULID),
-//! sends it upstream and echoes it in the response. Also propagates W3C `traceparent`,
-//! generating one when the client sent none (or a malformed one).
+//! `request_id`: decides whether the client's `X-Request-ID` is kept (with
+//! `trust_incoming`, when it is `[A-Za-z0-9._-]{1,128}`; else the request gets a new ULID),
+//! and propagates W3C `traceparent`, generating one when the client sent none (or a
+//! malformed one). Every request has an id with or without this plugin: moat sends it
+//! upstream and echoes it on every response (`proxy`), so without the plugin the client's
+//! id is never kept and no `traceparent` is added.
 
-use super::{Flow, Phases, Plugin, ResponseHead, UpstreamHead};
+use super::{Flow, Phases, Plugin, UpstreamHead};
 use crate::config::model::RequestIdConfig;
 use crate::ctx::RequestCtx;
 use crate::util::id;
@@ -12,7 +14,6 @@ use http::HeaderName;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The compiled plugin.
@@ -30,7 +31,7 @@ impl RequestId {
 
     /// The request phase without a session, for tests and reuse.
     pub fn on_request(&self, req: &RequestHeader, ctx: &mut RequestCtx) {
-        match req.headers.get(&X_REQUEST_ID) {
+        match req.headers.get(&id::X_REQUEST_ID) {
             Some(v) if self.trust_incoming && id::valid_request_id(v.as_bytes()) => {
                 ctx.set_request_id(v.clone());
             }
@@ -53,7 +54,7 @@ impl Plugin for RequestId {
         Phases {
             request: true,
             upstream_request: true,
-            response: true,
+            response: false,
         }
     }
 
@@ -63,15 +64,8 @@ impl Plugin for RequestId {
     }
 
     fn upstream_request(&self, _req: &RequestHeader, ctx: &RequestCtx, up: &mut UpstreamHead) {
-        up.headers
-            .insert(X_REQUEST_ID.clone(), ctx.request_id_value().clone());
         if let Some(tp) = &ctx.traceparent {
             up.headers.insert(TRACEPARENT.clone(), tp.clone());
         }
-    }
-
-    fn response(&self, _req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHead) {
-        resp.headers
-            .insert(X_REQUEST_ID.clone(), ctx.request_id_value().clone());
     }
 }

@@ -313,6 +313,9 @@ impl ProxyHttp for Moat {
                 return Ok(true);
             }
         }
+        // Every request has an id from here on (the request_id plugin may have kept the
+        // client's): sent upstream, echoed on the response, in templates and the log.
+        ctx.assign_request_id();
         if let Some(r) = route.as_deref() {
             ctx.body_limit = r.max_body.unwrap_or(rt.request_limits.max_body);
         } else {

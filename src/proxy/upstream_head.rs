@@ -1,6 +1,6 @@
 //! The request head moat sends upstream, built the same way for Pingora's proxy path
 //! (`upstream_request_filter`) and for upgrades moat relays itself (`upgrade`): forwarding
-//! headers, the route's path rewrite, then the `upstream_request` plugins.
+//! headers and `X-Request-ID`, the route's path rewrite, then the `upstream_request` plugins.
 
 use super::{chain_of, forwarding, is_tls, peer_ip};
 use crate::ctx::RequestCtx;
@@ -10,7 +10,8 @@ use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
 /// Turn `up` (a copy of the client's request head, hop-by-hop headers already handled)
-/// into the head sent upstream: forwarding headers, rewrite, `upstream_request` plugins.
+/// into the head sent upstream: forwarding headers and the request id, rewrite,
+/// `upstream_request` plugins.
 ///
 /// Pingora parses a request into header maps sized exactly to it and keeps a second map
 /// for header-name case; adding headers to those grows and rehashes both. The head is
@@ -39,6 +40,13 @@ pub(super) fn prepare(up: &mut RequestHeader, session: &Session, ctx: &RequestCt
             tls,
             port,
         );
+        let id = ctx.request_id_value();
+        if !id.is_empty() {
+            // Replaces the client's copy (the same value when the request_id plugin kept it).
+            parts
+                .headers
+                .insert(crate::util::id::X_REQUEST_ID, id.clone());
+        }
         if let Some(new_path) = rewrite.and_then(|rw| rw.apply(h.uri.path())) {
             let target = match h.uri.query() {
                 Some(q) => format!("{new_path}?{q}"),

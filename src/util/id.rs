@@ -1,12 +1,15 @@
 //! Request ids (ULIDs: 48 bits of milliseconds and 80 random bits, Crockford base32, 26
 //! characters, sortable by time) and W3C `traceparent` values.
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use rand::RngCore;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// The request id's header, sent upstream and echoed on every response.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Length of a ULID's text.
 pub const ULID_LEN: usize = 26;
@@ -35,12 +38,15 @@ pub fn ulid() -> String {
     out.iter().map(|&b| b as char).collect()
 }
 
-/// A new ULID as a header value (one allocation).
+/// A new ULID as a header value: one allocation, holding the text and its reference count,
+/// so the clones that go upstream and into the response allocate nothing more (a value
+/// copied from a slice would allocate again at its first clone).
 pub fn ulid_value() -> HeaderValue {
     let mut out = [0u8; ULID_LEN];
     ulid_into(&mut out);
     // Crockford characters are always a valid value.
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(ZERO_ULID))
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
+        .unwrap_or_else(|_| HeaderValue::from_static(ZERO_ULID))
 }
 
 const ZERO_ULID: &str = "00000000000000000000000000";

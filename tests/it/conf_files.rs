@@ -1,5 +1,7 @@
-//! Every bundled config (`conf/*.yaml`, `conf/examples/*.yaml`) passes `moat check`, and the
-//! Dockerfile's dependency layer stubs every bench target Cargo.toml declares.
+//! Every bundled config (`conf/*.yaml`, `conf/examples/*.yaml`) passes `moat check`, the
+//! Dockerfile's dependency layer stubs every bench target Cargo.toml declares and every
+//! example it builds, and no file of the repository names a path outside it
+//! (`scripts/check-paths.sh`). `deploy/compose.yaml`: `compose.rs`.
 
 use std::process::Command;
 
@@ -18,6 +20,11 @@ fn bundled_configs_pass_check() {
                     .args(["check", "-c"])
                     .arg(&p)
                     .current_dir(root)
+                    // The secrets conf/reference.yaml names (its own test checks that
+                    // they are the only thing it needs).
+                    .env("MOAT_ADMIN_TOKEN", "t")
+                    .env("MOAT_REDIS_PASSWORD", "p")
+                    .env("ACME_HMAC_SECRET", "s")
                     .output()
                     .expect("run moat check");
                 assert!(
@@ -57,4 +64,106 @@ fn dockerfile_stubs_every_declared_bench() {
             "Dockerfile has no stub for bench `{b}`"
         );
     }
+}
+
+/// Every example the Dockerfile builds (`--example NAME`) has its stub in the dependency
+/// layer (building an example builds the dev-dependencies: without the stub they would be
+/// rebuilt on every source change), and exists.
+#[test]
+fn dockerfile_stubs_every_example_it_builds() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let docker = std::fs::read_to_string(format!("{root}/Dockerfile")).expect("Dockerfile");
+    let words: Vec<&str> = docker.split_whitespace().collect();
+    let examples: Vec<&str> = words
+        .windows(2)
+        .filter(|w| w[0] == "--example")
+        .map(|w| w[1])
+        .collect();
+    assert!(
+        !examples.is_empty(),
+        "the Dockerfile builds examples/upstream"
+    );
+    for e in examples {
+        assert!(
+            docker.contains(&format!("> examples/{e}.rs")),
+            "Dockerfile has no stub for example `{e}`"
+        );
+        assert!(
+            std::path::Path::new(&format!("{root}/examples/{e}.rs")).exists(),
+            "no examples/{e}.rs"
+        );
+    }
+}
+
+/// Run `scripts/check-paths.sh` on `root`: exit code and stderr.
+fn check_paths(root: &std::path::Path) -> (Option<i32>, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/check-paths.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(root)
+        .output()
+        .expect("run check-paths.sh");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The repository names no path outside itself (what `scripts/test.sh` checks first).
+#[test]
+fn repository_names_no_path_outside_itself() {
+    let (code, stderr) = check_paths(std::path::Path::new(env!("CARGO_MANIFEST_DIR")));
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// The path check flags reads and links that leave the repository, and only those.
+#[test]
+fn path_check_flags_escapes_and_spares_paths_inside() {
+    let root = crate::harness::moat::temp_dir("check-paths");
+    // Flagged (each line marked, or this file would be flagged too):
+    let shared = "include_str!(\"../../../shared/contract/r.yaml\");\n"; // check-paths: not a path
+    let sibling = "manifest(\"../other-repo/moat.yaml\");\n"; // check-paths: not a path
+    let readme = "`/work/notes/x.md`\n\n[docs](../../outside.md)\n"; // check-paths: not a path
+    let script = "cp ../../../etc/moat.yaml conf/\n"; // check-paths: not a path
+
+    // Spared: inside the repository from the file's directory or from the root.
+    let include = "#[path = \"../../examples/upstream.rs\"]\nmod upstream;\n";
+    let link = "[readme](../README.md), `conf/reference.yaml`\n"; // check-paths: not a path
+    let vars = "ROOT=$(dirname \"$0\")/..\ncd \"$LT_DIR/../..\"\n";
+    let marked = "kid(\"../../../../etc/passwd\"); // check-paths: not a path\n";
+    let files = [
+        ("src/config/load.rs", shared),
+        ("tests/it/check.rs", sibling),
+        ("README.md", readme),
+        ("scripts/run.sh", script),
+        ("examples/upstream.rs", "fn main() {}\n"),
+        ("tests/it/quick.rs", include),
+        ("docs/guide.md", link),
+        ("loadtest/lib.sh", vars),
+        ("tests/it/jwt.rs", marked),
+    ];
+    for (path, text) in files {
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, text).expect("write");
+    }
+    let (code, stderr) = check_paths(&root);
+    let _ = std::fs::remove_dir_all(&root);
+    assert_eq!(code, Some(1), "{stderr}");
+    let flagged: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.split_once(": ").map(|(at, _)| at))
+        .filter(|at| at.contains(':'))
+        .collect();
+    assert_eq!(
+        flagged,
+        [
+            "README.md:1",
+            "README.md:3",
+            "scripts/run.sh:1",
+            "src/config/load.rs:1",
+            "tests/it/check.rs:1",
+        ],
+        "{stderr}"
+    );
 }

@@ -56,12 +56,7 @@ fn echo(s: &mut (impl Read + Write), msg: &[u8]) -> Vec<u8> {
 }
 
 fn open(port: u16) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    s.write_all(HANDSHAKE).expect("handshake");
-    let head = read_head(&mut s);
-    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-    s
+    open_head(port).0
 }
 
 /// A raw upstream: answers every connection's head with `answer`, then hands the
@@ -419,4 +414,60 @@ fn an_upgrade_to_a_tls_upstream_is_verified_like_any_request() {
     assert_eq!(resp.status, 502, "{}", resp.text());
     assert_eq!(up.hits.load(Ordering::SeqCst), 1);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The 101 and a refused upgrade echo the request id, the one the upstream and the access
+/// log got (issue 12: `X-Request-ID` on every response, with no `request_id` plugin).
+#[test]
+fn the_101_and_a_refusal_echo_the_request_id() {
+    let echo_up = crate::streaming::ws_upstream(Arc::new(AtomicUsize::new(0)));
+    let refusing = Upstream::start("refusing");
+    refusing.set(Behavior {
+        status: 426,
+        ..Behavior::default()
+    });
+    let m = Moat::start(&format!(
+        "access_log: {{ path: stdout }}\n\
+         upstreams:\n  ws: {{ targets: [\"127.0.0.1:{echo_up}\"] }}\n  no: {{ targets: [\"{}\"] }}\n\
+         routes:\n  - name: ws\n    match: {{ path: /ws }}\n    upstream: ws\n\
+         \x20 - name: no\n    match: {{ path: /no }}\n    upstream: no\n",
+        refusing.address()
+    ));
+    let id_in = |head: &str| {
+        head.lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("x-request-id"))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no X-Request-ID in {head}"))
+    };
+    let mut s = open_head(m.port);
+    let id = id_in(&s.1);
+    assert_eq!(id.len(), 26, "{id}");
+    s.0.write_all(&[0x88, 0x80, 0, 0, 0, 0]).unwrap();
+    let _ = s.0.read_to_end(&mut Vec::new());
+    s.0.shutdown(Shutdown::Write).unwrap();
+    let lines = m.access_lines(1);
+    assert_eq!(lines[0]["request_id"], id.as_str(), "{lines:?}");
+
+    let req = String::from_utf8_lossy(HANDSHAKE).replace("GET /ws", "GET /no");
+    let out = send_raw(m.port, req.as_bytes());
+    let (resp, _) = parse_one(&out).expect("one response");
+    assert_eq!(resp.status, 426);
+    assert_eq!(
+        resp.header("x-request-id"),
+        refusing.last().header("x-request-id")
+    );
+    assert_eq!(resp.header("x-request-id").map(str::len), Some(26));
+}
+
+/// Open a WebSocket on /ws: the stream and the 101's head.
+fn open_head(port: u16) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.write_all(HANDSHAKE).expect("handshake");
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    (s, head)
 }
