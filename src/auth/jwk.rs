@@ -5,10 +5,11 @@
 //!   P-256 for ES256, P-384 for ES384, Ed25519 for EdDSA, secrets for HS*), and with the
 //!   one algorithm its JWK names, if it names one: no key-confusion attack;
 //! - RSA moduli from 2048 to 8192 bits with an odd exponent from 3 to 2^33 − 1 (what the
-//!   verification backend, aws-lc, implements), EC and Ed25519 points valid on their
-//!   curve, HS* secrets of at least 32 bytes: all checked when the keys load (public keys
-//!   by aws-lc itself, the library that verifies), so a key that could never verify is
-//!   refused there with its reason rather than failing every token;
+//!   verification backend, aws-lc, implements), EC points valid on their curve (checked by
+//!   aws-lc itself, the library that verifies), Ed25519 keys of 32 bytes (aws-lc checks only
+//!   their length: a bad point loads and then fails every token), HS* secrets of at least
+//!   32 bytes: all checked when the keys load, so a key that could never verify is refused
+//!   there with its reason rather than failing every token;
 //! - keys not meant for signatures (`use` other than `sig`) and secret (`oct`) keys are
 //!   skipped in a JWKS (a JWKS is public; an HS* secret comes only from `secret_env`).
 
@@ -163,7 +164,10 @@ fn strip_zeros(b: &[u8]) -> &[u8] {
 /// An RSA key from its big-endian modulus and exponent, within moat's bounds.
 fn rsa_key(n: &[u8], e: &[u8]) -> Result<DecodingKey, String> {
     let (n, e) = (strip_zeros(n), strip_zeros(e));
-    let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+    let Some(first) = n.first() else {
+        return Err("empty RSA modulus".into());
+    };
+    let bits = n.len() * 8 - first.leading_zeros() as usize;
     if bits < MIN_RSA_BITS {
         return Err(format!("RSA key shorter than {MIN_RSA_BITS} bits"));
     }

@@ -125,6 +125,14 @@ fn jwk_refusals_say_why() {
             "shorter than 2048 bits",
         ),
         (
+            serde_json::json!({"kty": "RSA", "n": "AA", "e": e.clone()}),
+            "empty RSA modulus",
+        ),
+        (
+            serde_json::json!({"kty": "RSA", "n": "", "e": e.clone()}),
+            "empty RSA modulus",
+        ),
+        (
             serde_json::json!({"kty": "RSA", "n": n, "e": b64(&[2])}),
             "exponent",
         ),

@@ -136,7 +136,9 @@ pub fn decode_header(token: &str, allowed: &[Alg]) -> Result<Header, JwtError> {
 /// Make aws-lc `jsonwebtoken`'s crypto provider for the process (once; later calls and an
 /// earlier choice are left alone). With `aws_lc_rs` as its only backend feature the crate
 /// picks it by itself, but a binary built on moat whose other crates also enable
-/// `rust_crypto` would leave it two, and the crate then panics at its first use.
+/// `rust_crypto` would leave it two, and the crate then panics at its first use. A custom
+/// binary that wants another provider installs it before compiling moat's runtime (the
+/// first one installed stays; `install_default` returns an error to a later caller).
 pub fn install_backend() {
     let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
         &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
@@ -156,6 +158,10 @@ pub struct ClaimRules {
 
 /// What the crate checks for tokens signed with `alg` under `rules`: the signature, `exp`
 /// present, `iss` and `aud`. Times are left to [`check_claims`].
+///
+/// The crate checks `aud` and `iss` only when the token carries them: a rule moat sets is
+/// also made a required claim, so a token without `aud` (or with `"aud": null`) is refused
+/// by a provider with `audiences`, and one without `iss` by a provider with `issuer`.
 pub fn validation(alg: Alg, rules: &ClaimRules) -> Validation {
     let mut v = Validation::new(alg);
     v.validate_exp = false;
@@ -163,9 +169,11 @@ pub fn validation(alg: Alg, rules: &ClaimRules) -> Validation {
     v.validate_aud = !rules.audiences.is_empty();
     if v.validate_aud {
         v.set_audience(&rules.audiences);
+        v.required_spec_claims.insert("aud".to_string());
     }
     if let Some(iss) = &rules.issuer {
         v.set_issuer(&[iss]);
+        v.required_spec_claims.insert("iss".to_string());
     }
     v
 }

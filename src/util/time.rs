@@ -17,16 +17,23 @@ fn timestamp(t: SystemTime) -> jiff::Timestamp {
 
 /// Append `YYYY-MM-DDTHH:MM:SS` of `secs` (UNIX seconds), from this thread's cache.
 fn push_second(out: &mut String, secs: u64) {
-    SECOND.with(|c| {
+    let format = |to: &mut String| {
+        let t = timestamp(UNIX_EPOCH + std::time::Duration::from_secs(secs));
+        let _ = write!(to, "{}", t.strftime("%Y-%m-%dT%H:%M:%S"));
+    };
+    let cached = SECOND.try_with(|c| {
         let mut c = c.borrow_mut();
         if c.0 != secs {
-            let t = timestamp(UNIX_EPOCH + std::time::Duration::from_secs(secs));
             c.1.clear();
-            let _ = write!(c.1, "{}", t.strftime("%Y-%m-%dT%H:%M:%S"));
+            format(&mut c.1);
             c.0 = secs;
         }
         out.push_str(&c.1);
-    })
+    });
+    // While the thread's locals are being torn down, format without the cache.
+    if cached.is_err() {
+        format(out);
+    }
 }
 
 /// Now as `2026-11-23T07:00:00Z` (the contract's error-body timestamp).

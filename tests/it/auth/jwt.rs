@@ -222,6 +222,24 @@ fn jwt_attack_catalogue() {
     let mut aud = c.clone();
     aud["aud"] = json!(["web"]);
     cases.push(("wrong aud", sign(json!({"alg":"RS256","kid":"rsa1"}), &aud)));
+    let mut no_aud = c.clone();
+    no_aud.as_object_mut().unwrap().remove("aud");
+    cases.push((
+        "missing aud",
+        sign(json!({"alg":"RS256","kid":"rsa1"}), &no_aud),
+    ));
+    let mut null_aud = c.clone();
+    null_aud["aud"] = json!(null);
+    cases.push((
+        "aud null",
+        sign(json!({"alg":"RS256","kid":"rsa1"}), &null_aud),
+    ));
+    let mut no_iss = c.clone();
+    no_iss.as_object_mut().unwrap().remove("iss");
+    cases.push((
+        "missing iss",
+        sign(json!({"alg":"RS256","kid":"rsa1"}), &no_iss),
+    ));
     cases.push(("two segments", format!("{}.{}", parts[0], parts[1])));
     cases.push(("four segments", format!("{good}.{}", parts[2])));
     cases.push((
