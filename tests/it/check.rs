@@ -221,7 +221,7 @@ fn reference_file_passes_with_the_secrets_it_names() {
     let c = run_check(
         &file,
         &[
-            ("MOAT_ADMIN_TOKEN", "t"),
+            ("MOAT_ADMIN_TOKEN", "reference-admin-token-0123456789"),
             ("MOAT_REDIS_PASSWORD", "p"),
             ("ACME_HMAC_SECRET", "s"),
         ],

@@ -22,7 +22,7 @@ fn bundled_configs_pass_check() {
                     .current_dir(root)
                     // The secrets conf/reference.yaml names (its own test checks that
                     // they are the only thing it needs).
-                    .env("MOAT_ADMIN_TOKEN", "t")
+                    .env("MOAT_ADMIN_TOKEN", "example-admin-token-0123456789")
                     .env("MOAT_REDIS_PASSWORD", "p")
                     .env("ACME_HMAC_SECRET", "s")
                     .output()
