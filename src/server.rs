@@ -172,6 +172,9 @@ pub fn run(
             log::warn!("cannot catch signal {sig} early: {e}");
         }
     }
+    if !opts.upgrade {
+        crate::bind_check::check(&cfg)?;
+    }
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     let listeners: Vec<String> = cfg.listeners.iter().map(|l| l.address.clone()).collect();
     let listener_cfgs = cfg.listeners.clone();
