@@ -3,7 +3,7 @@
 //! and keeps it (see `ctx::RequestCtx`), so a reload is one atomic store.
 
 mod routes;
-mod upstreams;
+pub(crate) mod upstreams;
 
 use crate::auth::AuthState;
 use crate::config::error::ConfigErrors;
