@@ -197,16 +197,12 @@ fn reference_file_names_each_alternative_in_a_comment() {
         .collect();
     for alt in ALTERNATIVES {
         let key = alt.rsplit('.').next().unwrap_or(alt);
+        let word = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_');
         let named = comments.iter().any(|c| {
+            let bytes = c.as_bytes();
             c.match_indices(key).any(|(i, _)| {
-                let word =
-                    |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
-                !word(
-                    c.as_bytes()
-                        .get(i.wrapping_sub(1))
-                        .copied()
-                        .filter(|_| i > 0),
-                ) && !word(c.as_bytes().get(i + key.len()).copied())
+                let before = i.checked_sub(1).and_then(|j| bytes.get(j));
+                !word(before) && !word(bytes.get(i + key.len()))
             })
         });
         assert!(
