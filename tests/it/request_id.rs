@@ -36,6 +36,16 @@ fn echoed(r: &Response) -> String {
     all[0].to_string()
 }
 
+/// A CORS preflight to `/cors` from `https://a.example`, with `extra` header.
+fn preflight(port: u16, extra: Option<(&str, &str)>) -> Response {
+    let mut headers = vec![
+        ("Origin", "https://a.example"),
+        ("Access-Control-Request-Method", "GET"),
+    ];
+    headers.extend(extra);
+    request(port, "OPTIONS", "/cors", &headers, b"")
+}
+
 /// No `request_id` plugin anywhere; every kind of answer moat gives.
 fn config(up: &Upstream) -> String {
     format!(
@@ -125,16 +135,7 @@ fn every_response_carries_the_id_without_the_plugin() {
     echoed(&r);
 
     // A CORS preflight, answered before any other plugin.
-    let r = request(
-        m.port,
-        "OPTIONS",
-        "/cors",
-        &[
-            ("Origin", "https://a.example"),
-            ("Access-Control-Request-Method", "GET"),
-        ],
-        b"",
-    );
+    let r = preflight(m.port, None);
     assert_eq!(r.status, 204);
     echoed(&r);
 
@@ -245,17 +246,7 @@ fn answers_before_the_plugins_carry_the_kept_id() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.header("x-request-id"), Some("proxy-id-1"));
     // A CORS preflight, answered before any other plugin.
-    let r = request(
-        m.port,
-        "OPTIONS",
-        "/cors",
-        &[
-            ("Origin", "https://a.example"),
-            ("Access-Control-Request-Method", "GET"),
-            id,
-        ],
-        b"",
-    );
+    let r = preflight(m.port, Some(id));
     assert_eq!(r.status, 204);
     assert_eq!(r.header("x-request-id"), Some("proxy-id-1"));
 }
