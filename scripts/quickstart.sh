@@ -128,4 +128,7 @@ cat <<EOF
 EOF
 
 # Until moat or a target exits (or a signal arrives): then everything is stopped.
-wait -n "${pids[@]}"
+status=0
+wait -n "${pids[@]}" || status=$?
+say "moat or a demo target exited (status $status): stopping the others"
+exit "$status"

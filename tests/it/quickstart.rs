@@ -458,3 +458,52 @@ fn quickstart_script_refuses_a_taken_port_before_starting_anything() {
         assert!(!listening(*p), "port {p} in use\n{out}");
     }
 }
+
+/// The processes whose parent is `pid` (from /proc).
+fn children(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid ...: the comm may hold spaces, so split after its `)`.
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            out.push((child, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
+    }
+    out
+}
+
+#[test]
+fn quickstart_script_stops_everything_when_a_target_exits() {
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let mut script = Script::start(ports);
+    let up = wait_until(Duration::from_secs(60), || {
+        script.output().contains("moat quick start")
+            || matches!(script.child.try_wait(), Ok(Some(_)))
+    });
+    assert!(up, "no banner within 60 s\n{}", script.output());
+    let targets: Vec<u32> = children(script.child.id())
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("demo_target_process"))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(targets.len(), 2, "{:?}", children(script.child.id()));
+    crate::harness::send_signal(targets[0], "KILL").expect("kill a target");
+    assert!(
+        script.exit_code(Duration::from_secs(15)).is_some(),
+        "the script goes on without a target\n{}",
+        script.output()
+    );
+    assert!(script.output().contains("exited"), "{}", script.output());
+    let all_gone = wait_until(Duration::from_secs(5), || {
+        ports.iter().all(|p| !listening(*p))
+    });
+    assert!(all_gone, "still listening\n{}", script.output());
+}
