@@ -11,7 +11,7 @@
 #                    (loadtest/latency.sh: this mode, scenario "full", 1 round of 10 s)
 #   --ws [N]         afterwards, N idle WebSockets through moat and through bare (ws_idle.py)
 #   --no-nginx       ignore an installed nginx (upstream becomes examples/upstream, no nginx rows)
-#   --no-build       use the binaries already in target/release
+#   --no-build       use the binaries already built (in CARGO_TARGET_DIR or target/, release)
 #   --out FILE       also write the raw per-round results (TSV) to FILE
 #   --keep           keep the temp dir (configs, logs, oha JSON, access logs)
 # Proxies run pinned to CPU 0; the upstream, Redis and oha share CPU 1. See loadtest/README.md.
@@ -69,7 +69,7 @@ lt_init
 lt_cpus
 LT_OHA=$(lt_oha)
 LT_OHA_CPU=$LT_LOAD_CPU
-REL="$LT_ROOT/target/release"
+REL=$(lt_release_dir) LT_REL=$REL
 NOTES=()
 
 # ---- build ------------------------------------------------------------------------------
@@ -89,7 +89,7 @@ if (( BUILD )); then
         NOTES+=("moat skipped: it does not build")
     fi
 else
-    [[ -x "$REL/moat" ]] && MOAT_BUILT=1 || NOTES+=("moat skipped: no target/release/moat")
+    [[ -x "$REL/moat" ]] && MOAT_BUILT=1 || NOTES+=("moat skipped: no $REL/moat")
 fi
 [[ -x "$REL/examples/bare_proxy" ]] || lt_die "no $REL/examples/bare_proxy (run without --no-build)"
 

@@ -6,14 +6,16 @@
 # SECRET_ENV names the environment variable holding the secret (never on the command line).
 # One signature (Date = now) is repeated for the whole run, so the route must have no
 # replay_window and the run must end within its clock_skew (default 300 s); GET, no body
-# (a route with require_digest: true refuses it). moat: $MOAT, else target/release/moat,
-# else `moat` on PATH. Prints requests/s, p50, p99, p99.9, errors.
+# (a route with require_digest: true refuses it). moat: $MOAT, else the release build (in
+# CARGO_TARGET_DIR or target/), else `moat` on PATH. Prints requests/s, p50, p99, p99.9, errors.
 set -euo pipefail
 if [[ $# -lt 3 || "$1" == -h || "$1" == --help ]]; then sed -n '4,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; fi
 url=$1 key_id=$2 secret_env=$3 dur=${4:-10s} conns=${5:-50}
 shift $(( $# < 5 ? $# : 5 ))
 root=$(cd "$(dirname "$0")/.." && pwd)
-moat=${MOAT:-$root/target/release/moat}
+target=${CARGO_TARGET_DIR:-target}
+[[ $target == /* ]] || target="$root/$target"
+moat=${MOAT:-$target/release/moat}
 [[ -x $moat ]] || moat=$(command -v moat) || { echo "hmac.sh: no moat binary (set MOAT)" >&2; exit 1; }
 hdrs=()
 while IFS= read -r line; do [[ -n $line ]] && hdrs+=(-H "$line"); done \

@@ -1,7 +1,9 @@
 # lib.sh — shared helpers for the loadtest/ scripts (source it; do not run it).
 #
 # Provides: lt_init (temp dir + cleanup traps), lt_oha (find or install oha),
-# lt_free_port, lt_start/lt_stop (tracked background processes, optional CPU pinning),
+# lt_release_dir (where cargo puts release binaries), lt_allowed_cpus and lt_cores (the CPUs
+# this process may use, grouped by physical core), lt_cpus (one CPU for the proxy, one core
+# for the load), lt_free_port, lt_start/lt_stop (tracked background processes, optional CPU pinning),
 # lt_wait_http, lt_cpu_ticks/lt_peak_rss_kib (from /proc), lt_run_oha/lt_parse_oha,
 # lt_lines (the meaningful lines of a small config file), lt_nginx_conf and
 # lt_start_upstream (the origin every proxy sends to), lt_render_scenario,
@@ -59,11 +61,84 @@ lt_free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# CPU to pin the proxies on and CPU for the load generator and upstream.
+# lt_release_dir: the directory cargo puts release binaries in, as `cargo build --release`
+# run in the repository would: CARGO_TARGET_DIR or cargo's own config (build.target-dir), by
+# `cargo metadata`; without cargo, CARGO_TARGET_DIR (relative to the repository) or target/.
+lt_release_dir() {
+    local dir=
+    if command -v cargo >/dev/null 2>&1; then
+        dir=$(cd "$LT_ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null \
+            | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null) || dir=
+    fi
+    if [[ -z $dir ]]; then
+        dir=${CARGO_TARGET_DIR:-target}
+        [[ $dir == /* ]] || dir="$LT_ROOT/$dir"
+    fi
+    echo "$dir/release"
+}
+
+# lt_allowed_cpus: the CPUs this process may run on, ascending, one per line: its affinity
+# (`taskset -pc`), which a cpuset (`docker run --cpuset-cpus=4-7`) or an outer taskset
+# narrows, not 0..nproc-1.
+lt_allowed_cpus() {
+    local list part range step a b
+    list=$(taskset -pc $$ 2>/dev/null) && list=${list##*: } || list=
+    [[ -n $list ]] || list=$(awk '/^Cpus_allowed_list:/ {print $2}' /proc/self/status 2>/dev/null || true)
+    [[ -n $list ]] || list="0-$(( $(nproc) - 1 ))"
+    for part in ${list//,/ }; do
+        range=${part%%:*} step=1
+        [[ $part == *:* ]] && step=${part#*:}
+        a=${range%-*} b=${range#*-}
+        seq "$a" "$step" "$b"
+    done | sort -n
+}
+
+# lt_cores: LT_CORES, one entry per physical core this process may use (in CPU order), each
+# the space-separated CPUs of that core it may use: pin one thread per core on the first
+# CPU of each, so that two threads never share a core's hyperthreads. Cores come from
+# `lscpu -p=CPU,CORE,SOCKET`; without lscpu each CPU counts as a core, and LT_CORES_NOTE
+# says so.
+lt_cores() {
+    local cpu core sock key order=() allowed=()
+    local -A on=() members=()
+    mapfile -t allowed < <(lt_allowed_cpus)
+    for cpu in "${allowed[@]}"; do on[$cpu]=1; done
+    LT_CORES=() LT_CORES_NOTE=
+    if command -v lscpu >/dev/null 2>&1; then
+        while IFS=, read -r cpu core sock; do
+            [[ $cpu != \#* && -n ${on[$cpu]:-} ]] || continue
+            key="$sock:$core"
+            [[ -n ${members[$key]:-} ]] || order+=("$key")
+            members[$key]+="${members[$key]:+ }$cpu"
+        done < <(lscpu -p=CPU,CORE,SOCKET 2>/dev/null || true)
+    fi
+    if ((${#order[@]} == 0)); then
+        LT_CORES_NOTE="no lscpu: each CPU counted as a core (hyperthread siblings would count twice)"
+        LT_CORES=("${allowed[@]}")
+        return 0
+    fi
+    for key in "${order[@]}"; do LT_CORES+=("${members[$key]}"); done
+}
+
+# lt_cpu_list WORDS...: the CPUs given, comma-separated (a taskset list).
+lt_cpu_list() { local IFS=,; echo "$*"; }
+
+# lt_cpus: LT_PROXY_CPU, the CPU to pin the proxies on (the first core's first CPU), and
+# LT_LOAD_CPU, the CPUs of the second core for the load generator, the upstream and Redis
+# (both from lt_cores).
 lt_cpus() {
-    local n; n=$(nproc)
-    if (( n >= 2 )); then LT_PROXY_CPU=0; LT_LOAD_CPU=1
-    else LT_PROXY_CPU=0; LT_LOAD_CPU=0; lt_log "only $n CPU: proxy and load share it, numbers mean little"
+    lt_cores
+    [[ -z $LT_CORES_NOTE ]] || lt_log "$LT_CORES_NOTE"
+    local first=(${LT_CORES[0]})
+    LT_PROXY_CPU=${first[0]}
+    if (( ${#LT_CORES[@]} >= 2 )); then
+        LT_LOAD_CPU=$(lt_cpu_list ${LT_CORES[1]})
+    elif (( ${#first[@]} >= 2 )); then
+        LT_LOAD_CPU=$(lt_cpu_list "${first[@]:1}")
+        lt_log "one core: proxy and load on its hyperthreads, numbers mean little"
+    else
+        LT_LOAD_CPU=$LT_PROXY_CPU
+        lt_log "only one CPU: proxy and load share it, numbers mean little"
     fi
 }
 
@@ -206,7 +281,8 @@ EOF
 
 # lt_start_upstream CPUS USE_NGINX [THREADS=1]: start the origin the proxies send to, pinned
 # to CPUS (taskset list): nginx `return 200 "ok"` with THREADS workers when USE_NGINX is 1,
-# else target/release/examples/upstream --threads THREADS; wait until it answers. Sets
+# else $LT_REL/examples/upstream --threads THREADS (LT_REL: lt_release_dir, set by the
+# caller); wait until it answers. Sets
 # LT_UP_PORT, LT_UP_PID and LT_UP_KIND (a description for the report).
 lt_start_upstream() {
     local cpus=$1 use_nginx=$2 threads=${3:-1}
@@ -218,7 +294,7 @@ lt_start_upstream() {
             -p "$LT_TMP/nginx-upstream" -c "$LT_TMP/nginx-upstream/nginx.conf"
     else
         LT_UP_KIND="examples/upstream ($threads thread(s))"
-        lt_start upstream "$cpus" "$LT_ROOT/target/release/examples/upstream" \
+        lt_start upstream "$cpus" "${LT_REL:?set LT_REL=\$(lt_release_dir) first}/examples/upstream" \
             --listen "127.0.0.1:$LT_UP_PORT" --threads "$threads"
     fi
     LT_UP_PID=$LT_LAST_PID

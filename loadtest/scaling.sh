@@ -1,25 +1,27 @@
 #!/usr/bin/env bash
 # scaling.sh — moat's throughput and CPU per request for `server.threads: 1..N`, each
-# instance pinned to as many cores as it has threads, the load generator and the upstream
-# on cores of their own; prints per-core efficiency and what 60,000 req/s would need.
+# instance pinned to as many physical cores as it has threads (one CPU of each: never two
+# hyperthreads of one core), the load generator and the upstream on cores of their own;
+# prints per-core efficiency and what 60,000 req/s would need. Cores are the ones this
+# process may use (its affinity: a cpuset or taskset is honoured), grouped by `lscpu`.
 #
 # usage: loadtest/scaling.sh [--scenario NAME]... [--load-cpus K] [--max-threads N]
 #          [--rounds R=3] [--duration D=10s] [--connections C=50] [--no-nginx] [--no-build] [--keep]
 #   --scenario NAME  scenarios/NAME.yaml, an http scenario without Redis (repeatable;
 #                    default: plain and full)
-#   --load-cpus K    cores kept for oha and the upstream: the last K [half the cores, at least 1];
-#                    moat with T threads runs on cores 0..T-1
-#   --max-threads N  measure threads 1..N [all the cores left: nproc - K]
+#   --load-cpus K    physical cores kept for oha and the upstream (all their CPUs): the last K
+#                    [half the cores, at least 1]; moat with T threads runs on the first T
+#   --max-threads N  measure threads 1..N [all the cores left: cores - K]
 #   --connections C  oha connections per moat thread
 #   --no-nginx       upstream is examples/upstream even when nginx is installed
-#   --no-build       use the binaries already in target/release
+#   --no-build       use the binaries already built (in CARGO_TARGET_DIR or target/, release)
 #   --keep           keep the temp dir (configs, logs, oha JSON)
 # Every instance (one per thread count) is started first; rounds then alternate between them,
 # so slow drift of the machine spreads over all rows. See loadtest/README.md, "Scaling".
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-usage() { sed -n '6,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '8,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 SCENARIOS=() LOAD_CPUS= MAX_THREADS= ROUNDS=3 DURATION=10s CONNS=50 USE_NGINX=1 BUILD=1
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -47,26 +49,30 @@ done
 command -v nginx >/dev/null 2>&1 || USE_NGINX=0
 
 # ---- cores ----------------------------------------------------------------------------------
-CORES=$(nproc)
+lt_cores
+CORES=${#LT_CORES[@]}
 LOAD_CPUS=${LOAD_CPUS:-$(( CORES / 2 > 0 ? CORES / 2 : 1 ))}
 LEFT=$(( CORES - LOAD_CPUS )) LOAD_FIRST=$(( CORES - LOAD_CPUS ))
 NOTES=()
+[[ -z $LT_CORES_NOTE ]] || NOTES+=("$LT_CORES_NOTE")
 if (( LEFT < 1 )); then
     LEFT=1 LOAD_FIRST=0
     NOTES+=("$CORES core(s), $LOAD_CPUS asked for the load: moat and the load generator share cores, so these numbers mean little")
 fi
-LOAD_SET="$LOAD_FIRST-$(( CORES - 1 ))"
+LOAD_SET=$(lt_cpu_list ${LT_CORES[@]:LOAD_FIRST})
+# moat_cpus T: the first CPU of each of the first T cores, as a taskset list.
+moat_cpus() { local c out=(); for c in "${LT_CORES[@]:0:$1}"; do out+=("${c%% *}"); done; lt_cpu_list "${out[@]}"; }
 N=${MAX_THREADS:-$LEFT}
 (( N <= LEFT )) || lt_die "--max-threads $N: only $LEFT core(s) are left for moat ($CORES, $LOAD_CPUS kept for the load)"
 if (( N == 1 )); then
     NOTES+=("this machine has $CORES core(s) and the load generator keeps $LOAD_CPUS: moat gets 1 core, so only threads: 1 is measured here; scaling needs a machine with more cores (the one-core figures stand)")
 fi
-lt_log "$CORES cores: moat on 0..$(( N - 1 )) (threads 1..$N), oha and the upstream on $LOAD_SET"
+lt_log "$CORES physical cores: moat on CPUs $(moat_cpus "$N") (threads 1..$N, one CPU per core), oha and the upstream on CPUs $LOAD_SET"
 
 lt_init
 LT_OHA=$(lt_oha)
 LT_OHA_CPU=$LOAD_SET
-REL="$LT_ROOT/target/release"
+REL=$(lt_release_dir) LT_REL=$REL
 
 # ---- build ----------------------------------------------------------------------------------
 if (( BUILD )); then
@@ -87,7 +93,7 @@ for s in "${SCENARIOS[@]}"; do
         lt_render_scenario "$s" "$run/moat.yaml" "$port" "$admin" "$LT_UP_PORT" "$run"
         sed -i "s/^  threads: 1$/  threads: $t/" "$run/moat.yaml"
         mapfile -t envs < <(lt_scenario_env "$s")
-        LT_STOP_SIGNAL=INT lt_start "$name" "0-$(( t - 1 ))" env "${envs[@]}" "$REL/moat" run -c "$run/moat.yaml"
+        LT_STOP_SIGNAL=INT lt_start "$name" "$(moat_cpus "$t")" env "${envs[@]}" "$REL/moat" run -c "$run/moat.yaml"
         PID[$name]=$LT_LAST_PID URL[$name]="http://127.0.0.1:$port/" SCEN[$name]=$s THREADS[$name]=$t
         mapfile -t lines < <(lt_scenario_headers "$s" "$REL/moat")
         hdr=(); for l in "${lines[@]}"; do [[ -n $l ]] && hdr+=(-H "$l"); done
@@ -123,7 +129,7 @@ done
 
 # ---- table ----------------------------------------------------------------------------------
 echo
-echo "$CORES cores; moat with T threads pinned to cores 0..T-1; oha ($CONNS connections per thread) and the upstream, $LT_UP_KIND, on $LOAD_SET"
+echo "$CORES physical cores; moat with T threads pinned to the first CPU of T cores ($(moat_cpus "$N") for $N); oha ($CONNS connections per thread) and the upstream, $LT_UP_KIND, on CPUs $LOAD_SET"
 echo "$ROUNDS round(s) x $DURATION per row, alternating; req/s = median of rounds; CPU = moat's CPU time / responses"
 python3 - "$RESULTS" "$(getconf CLK_TCK)" <<'EOF'
 import statistics, sys

@@ -9,6 +9,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod auth;
+pub mod bind_check;
 pub mod cli;
 pub mod config;
 pub mod conn_limit;

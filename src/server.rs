@@ -172,6 +172,9 @@ pub fn run(
             log::warn!("cannot catch signal {sig} early: {e}");
         }
     }
+    if !opts.upgrade {
+        crate::bind_check::check(&cfg)?;
+    }
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     let listeners: Vec<String> = cfg.listeners.iter().map(|l| l.address.clone()).collect();
     let listener_cfgs = cfg.listeners.clone();
@@ -240,6 +243,9 @@ pub fn run(
         let mut options = pingora_core::apps::HttpServerOptions::default();
         options.h2c = h2c;
         options.h2_idle_timeout = Some(h2_idle);
+        // CONNECT reaches the proxy, which refuses it with the contract's 405 (see
+        // `proxy::limits::check_head`): Pingora's own refusal is a bare 405.
+        options.allow_connect_method_proxying = true;
         app.server_options = Some(options);
         let policy = crate::slowloris::Policy::new(header_timeout, &metrics, &drain);
         let app = crate::slowloris::HeadTimeout::new(app, policy);

@@ -578,9 +578,60 @@ impl PluginConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestIdConfig {
-    /// Keep a well-formed `X-Request-ID` sent by the client (default false).
+    /// Whose well-formed `X-Request-ID` is kept (default: nobody's).
     #[serde(default)]
-    pub trust_incoming: bool,
+    pub trust_incoming: TrustIncoming,
+}
+
+/// `request_id.trust_incoming`: whose `X-Request-ID` is kept, written `false`, `true` or
+/// `any`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TrustIncoming {
+    /// `false`: nobody's; every request gets a new id.
+    #[default]
+    Nobody,
+    /// `true`: a direct peer's in `server.trusted_proxies` only (the proxy in front of
+    /// moat, which made or checked the id); any other client's is replaced.
+    TrustedProxies,
+    /// `any`: any client's, whoever it is (an id a client chooses then reaches upstream
+    /// logs and deduplication: for moat behind something that sets the id itself).
+    Any,
+}
+
+impl<'de> Deserialize<'de> for TrustIncoming {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = TrustIncoming;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true (from server.trusted_proxies), false or any")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<TrustIncoming, E> {
+                Ok(if v {
+                    TrustIncoming::TrustedProxies
+                } else {
+                    TrustIncoming::Nobody
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TrustIncoming, E> {
+                match v {
+                    "any" => Ok(TrustIncoming::Any),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for TrustIncoming {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            TrustIncoming::Nobody => s.serialize_bool(false),
+            TrustIncoming::TrustedProxies => s.serialize_bool(true),
+            TrustIncoming::Any => s.serialize_str("any"),
+        }
+    }
 }
 
 /// `headers`.

@@ -1,5 +1,6 @@
 //! `conf/reference.yaml` shows every key the config model accepts (so a key added to the
-//! model without its documented line fails here), and every built-in plugin.
+//! model without its documented line fails here), names in a comment each key it shows only
+//! as an alternative, shows every built-in plugin, and states the defaults the code uses.
 //!
 //! The model's keys are learnt from the model itself: a key nobody accepts (`zz_probe`) is
 //! put into each mapping of the file in turn, and the loader's `unknown field` error lists
@@ -183,6 +184,139 @@ fn reference_file_shows_every_plugin() {
         assert!(
             shown.contains(*name),
             "plugin `{name}` not shown in conf/reference.yaml"
+        );
+    }
+}
+
+/// Each key of [`ALTERNATIVES`] is named in a comment (as `key:` or between word breaks).
+#[test]
+fn reference_file_names_each_alternative_in_a_comment() {
+    let comments: Vec<&str> = REFERENCE
+        .lines()
+        .filter_map(|l| l.split_once('#').map(|(_, c)| c))
+        .collect();
+    for alt in ALTERNATIVES {
+        let key = alt.rsplit('.').next().unwrap_or(alt);
+        let word = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_');
+        let named = comments.iter().any(|c| {
+            let bytes = c.as_bytes();
+            c.match_indices(key).any(|(i, _)| {
+                let before = i.checked_sub(1).and_then(|j| bytes.get(j));
+                !word(before) && !word(bytes.get(i + key.len()))
+            })
+        });
+        assert!(
+            named,
+            "`{alt}` is in ALTERNATIVES but no comment of conf/reference.yaml names `{key}`"
+        );
+    }
+}
+
+/// A default the code uses, and how to read the reference file's `[...]` for it.
+enum Code {
+    Dur(std::time::Duration),
+    Size(u64),
+    Int(u64),
+    Text(String),
+}
+
+/// The `[...]` at the end of the first line starting with `prefix` (indentation included).
+fn stated(prefix: &str) -> String {
+    let line = REFERENCE
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line `{prefix}` in conf/reference.yaml"));
+    let open = line
+        .rfind('[')
+        .unwrap_or_else(|| panic!("no [default] on `{line}`"));
+    let close = line[open..]
+        .find(']')
+        .unwrap_or_else(|| panic!("unclosed [ on `{line}`"));
+    line[open + 1..open + close].to_string()
+}
+
+#[test]
+fn reference_file_states_the_defaults_the_code_uses() {
+    use super::units::{parse_duration, parse_size};
+    use Code::*;
+    let server = crate::server::server_conf(&super::Config::default(), false);
+    let limits = crate::runtime::Limits::default();
+    let rows: Vec<(&str, Code)> = vec![
+        ("  threads:", Int(server.threads as u64)),
+        ("  upgrade_sock:", Text(server.upgrade_sock.clone())),
+        (
+            "  grace_period:",
+            Dur(crate::drain::sequence::DEFAULT_GRACE_PERIOD),
+        ),
+        (
+            "  shutdown_timeout:",
+            Dur(crate::drain::sequence::DEFAULT_SHUTDOWN_TIMEOUT),
+        ),
+        ("    max_header_bytes:", Size(limits.max_header_bytes)),
+        ("    max_headers:", Int(limits.max_headers as u64)),
+        (
+            "    header_timeout:",
+            Dur(crate::slowloris::DEFAULT_HEADER_TIMEOUT),
+        ),
+        ("    max_body:", Size(limits.max_body)),
+        (
+            "    idle_timeout:",
+            Dur(std::time::Duration::from_secs(limits.idle_timeout_secs)),
+        ),
+        (
+            "    per_ip_v6_prefix:",
+            Int(crate::conn_limit::DEFAULT_V6_PREFIX.into()),
+        ),
+        ("  timeout:", Dur(crate::redis::config::DEFAULT_TIMEOUT)),
+        (
+            "      interval:",
+            Dur(crate::upstream::health::DEFAULT_INTERVAL),
+        ),
+        (
+            "      timeout:",
+            Dur(crate::upstream::health::DEFAULT_TIMEOUT),
+        ),
+        (
+            "    connect_timeout:",
+            Dur(crate::runtime::upstreams::DEFAULT_CONNECT_TIMEOUT),
+        ),
+        (
+            "    read_timeout:",
+            Dur(crate::runtime::upstreams::DEFAULT_READ_TIMEOUT),
+        ),
+        (
+            "    retries:",
+            Int(crate::runtime::upstreams::DEFAULT_RETRIES.into()),
+        ),
+        (
+            "          sync_interval:",
+            Dur(std::time::Duration::from_micros(
+                crate::limit::fast::DEFAULT_SYNC_US,
+            )),
+        ),
+        (
+            "          max_keys:",
+            Int(crate::limit::store::DEFAULT_MAX_KEYS as u64),
+        ),
+        ("          lease:", Dur(crate::limit::lease::DEFAULT_LEASE)),
+    ];
+    for (prefix, code) in rows {
+        let text = stated(prefix);
+        let same = match &code {
+            Dur(d) => parse_duration(&text).ok() == Some(*d),
+            Size(n) => parse_size(&text).ok() == Some(*n),
+            Int(n) => text.parse::<u64>().ok() == Some(*n),
+            Text(t) => &text == t,
+        };
+        let code = match code {
+            Dur(d) => format!("{d:?}"),
+            Size(n) | Int(n) => n.to_string(),
+            Text(t) => t,
+        };
+        assert!(
+            same,
+            "`{}`: conf/reference.yaml says [{text}], the code {code}",
+            prefix.trim()
         );
     }
 }

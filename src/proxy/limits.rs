@@ -1,7 +1,7 @@
-//! Request limits checked before routing and plugins: a missing `Host` or a header name
-//! with an underscore (400), the request target (414), the header count and total size
-//! (431), and a declared body over the limit (413). A streamed body
-//! is counted chunk by chunk in `request_body_filter` against the same limit.
+//! Request limits checked before routing and plugins: `CONNECT` (405), a missing `Host` or
+//! a header name with an underscore (400), the request target (414), the header count and
+//! total size (431), and a declared body over the limit (413). A streamed body is counted
+//! chunk by chunk in `request_body_filter` against the same limit.
 //!
 //! Pingora itself accepts up to 1 MiB of request head, so these limits are what an edge
 //! operator actually sets (`server.limits`, defaults in [`crate::runtime::Limits`]).
@@ -10,8 +10,18 @@ use crate::reply::{ErrorCode, Reply};
 use crate::runtime::{Limits, MAX_URI_BYTES};
 use pingora_http::RequestHeader;
 
-/// A reply for a request head over the limits (or malformed), if it is.
+/// A reply for a request head over the limits (or malformed, or a `CONNECT`), if it is.
 pub fn check_head(req: &RequestHeader, limits: &Limits) -> Option<Reply> {
+    // moat tunnels nothing. Pingora would refuse CONNECT itself, with a bare 405 (no JSON
+    // body, no request id, no log line): the proxy lets it through to be refused here, and
+    // closes the connection (`early_request_filter`). No `Allow`: the target of a CONNECT
+    // is a host and port, not one of moat's routes.
+    if req.method == http::Method::CONNECT {
+        return Some(Reply::error(
+            ErrorCode::MethodNotAllowed,
+            "CONNECT is not served: moat tunnels nothing",
+        ));
+    }
     // RFC 9112 §3.2: an HTTP/1.1 request without Host gets 400 (HTTP/2 carries :authority).
     if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
         return Some(Reply::error(

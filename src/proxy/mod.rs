@@ -202,7 +202,9 @@ impl ProxyHttp for Moat {
         // after answering). That decision stands: what follows is never read as a request.
         let pingora_closes = session.as_mut().get_keepalive().is_none();
         ctx.malformed_body = parsed.malformed;
-        if parsed.malformed.is_some() || self.drain.is_draining() {
+        // A refused CONNECT closes too: its client may already be sending tunnel bytes.
+        let connect = session.req_header().method == http::Method::CONNECT;
+        if parsed.malformed.is_some() || connect || self.drain.is_draining() {
             session.set_keepalive(None);
         } else if !pingora_closes {
             // With a HeadDeadline, it times the keep-alive wait (Pingora's timer would
@@ -223,24 +225,23 @@ impl ProxyHttp for Moat {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if let Some(e) = ctx.malformed_body {
-            self.send_reply(
-                session,
-                ctx,
-                Reply::error(ErrorCode::BadRequest, e.to_string()),
-            )
-            .await?;
-            return Ok(true);
-        }
         let rt = Arc::clone(&ctx.rt);
-        if let Some(reply) = limits::check_head(session.req_header(), &rt.request_limits) {
-            self.send_reply(session, ctx, reply).await?;
-            return Ok(true);
-        }
         let (client, trusted) =
             forwarding::client_ip(peer_ip(session), session.req_header(), &rt.trusted_proxies);
         ctx.client_ip = client;
         ctx.peer_trusted = trusted;
+        // The id first: every answer from here on carries the one a global request_id kept.
+        if let Some(trust) = rt.request_id_trust {
+            crate::plugin::request_id::decide(trust, session.req_header(), ctx);
+        }
+        let refusal = match ctx.malformed_body {
+            Some(e) => Some(Reply::error(ErrorCode::BadRequest, e.to_string())),
+            None => limits::check_head(session.req_header(), &rt.request_limits),
+        };
+        if let Some(reply) = refusal {
+            self.send_reply(session, ctx, reply).await?;
+            return Ok(true);
+        }
 
         if let Some(p) = path::normalize(session.req_header().uri.path()) {
             let target = match session.req_header().uri.query() {

@@ -3,7 +3,7 @@
 //! and keeps it (see `ctx::RequestCtx`), so a reload is one atomic store.
 
 mod routes;
-mod upstreams;
+pub(crate) mod upstreams;
 
 use crate::auth::AuthState;
 use crate::config::error::ConfigErrors;
@@ -39,6 +39,10 @@ pub struct Runtime {
     pub routes: Vec<Arc<Route>>,
     /// Global plugins, for requests no route matched.
     pub global_chain: Chain,
+    /// `trust_incoming` of the `request_id` plugin in `global_plugins` (the last one, as
+    /// its decision is the one that stands): the proxy decides the request id with it
+    /// before answering anything, so every answer carries the id that was kept.
+    pub request_id_trust: Option<crate::config::model::TrustIncoming>,
     /// Upstream pools by name.
     pub pools: BTreeMap<String, Arc<Pool>>,
     /// Peers whose `X-Forwarded-For` is believed.
@@ -229,6 +233,7 @@ impl Runtime {
             router: Router::default(),
             routes: Vec::new(),
             global_chain: Chain::default(),
+            request_id_trust: None,
             pools: BTreeMap::new(),
             trusted_proxies: CidrSet::default(),
             request_limits: Limits::default(),
@@ -321,6 +326,10 @@ impl Runtime {
             })
             .collect();
         let listener_ports = crate::proxy::forwarding::ListenerPorts::new(&cfg.listeners);
+        let request_id_trust = cfg.global_plugins.iter().rev().find_map(|p| match p {
+            crate::config::model::PluginConfig::RequestId(c) => Some(c.trust_incoming),
+            _ => None,
+        });
         // The token is read while compiling: its warning joins the config's own.
         let mut warnings = ConfigErrors(crate::config::warnings::warnings(&cfg));
         warnings.0.append(&mut admin_warnings.0);
@@ -333,6 +342,7 @@ impl Runtime {
             router,
             routes,
             global_chain,
+            request_id_trust,
             pools,
             trusted_proxies,
             request_limits,

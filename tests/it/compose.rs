@@ -1,7 +1,10 @@
 //! `deploy/compose.yaml`, checked without a container engine (none runs here): it parses,
-//! every moat service's config passes `moat check` with the environment the service gets,
-//! the addresses in those configs are the ones the services have, and every program a
-//! service runs from the image is one the Dockerfile installs.
+//! every moat service's config passes `moat check` with the environment the service gets
+//! (a required variable given a test value), the addresses in those configs are the ones the
+//! services have, every program a service runs from the image is one the Dockerfile
+//! installs, the image is built by one service only, the moat config is mounted by its
+//! directory (so an edited file reaches the container), and `stop_grace_period` covers
+//! moat's drain after `SIGQUIT`.
 
 use crate::harness::moat::bin;
 use serde_yaml::Value;
@@ -9,6 +12,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -34,9 +38,33 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A service's environment, in either of compose's forms (mapping, or `K=V` list).
+/// Values the test gives the variables the compose file requires (`${NAME:?message}`).
+const REQUIRED: &[(&str, &str)] = &[("MOAT_ADMIN_TOKEN", "compose-test-admin-token-0123456789")];
+
+/// `v` as compose interpolates it: `${NAME:?message}` (compose refuses to start while NAME
+/// is unset) becomes the test's value for NAME; the file uses no other form.
+fn interpolate(v: String) -> String {
+    let Some(inner) = v.strip_prefix("${").and_then(|r| r.strip_suffix('}')) else {
+        assert!(
+            !v.contains('$'),
+            "`{v}`: only ${{NAME:?message}} is expected"
+        );
+        return v;
+    };
+    let (name, _) = inner
+        .split_once(":?")
+        .unwrap_or_else(|| panic!("`{v}`: a required variable, ${{NAME:?message}}"));
+    REQUIRED
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| value.to_string())
+        .unwrap_or_else(|| panic!("`{v}`: no test value for {name}"))
+}
+
+/// A service's environment, in either of compose's forms (mapping, or `K=V` list),
+/// interpolated.
 fn environment(svc: &Value) -> Vec<(String, String)> {
-    match &svc["environment"] {
+    let raw: Vec<(String, String)> = match &svc["environment"] {
         Value::Mapping(m) => m
             .iter()
             .filter_map(|(k, v)| {
@@ -53,24 +81,63 @@ fn environment(svc: &Value) -> Vec<(String, String)> {
             .iter()
             .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.into(), v.into())))
             .collect(),
+    };
+    raw.into_iter().map(|(k, v)| (k, interpolate(v))).collect()
+}
+
+/// Where a file inside the container comes from.
+enum Source {
+    /// A bind mount of the file itself.
+    FileMount(PathBuf),
+    /// A file of a bind-mounted directory.
+    DirMount(PathBuf),
+    /// The image: `/etc/moat/` is the Dockerfile's copy of `conf/`.
+    Image(PathBuf),
+}
+
+impl Source {
+    fn path(&self) -> &Path {
+        match self {
+            Source::FileMount(p) | Source::DirMount(p) | Source::Image(p) => p,
+        }
     }
 }
 
-/// The file on this side a path inside the container is: a bind mount of the service, or
-/// `/etc/moat/` (the Dockerfile copies `conf/` there).
-fn host_path(svc: &Value, in_container: &str, compose_dir: &Path) -> PathBuf {
+/// The file on this side a path inside the container is.
+fn host_path(svc: &Value, in_container: &str, compose_dir: &Path) -> Source {
     for vol in strings(&svc["volumes"]) {
         let mut parts = vol.split(':');
         if let (Some(src), Some(dst)) = (parts.next(), parts.next()) {
             if dst == in_container {
-                return compose_dir.join(src);
+                return Source::FileMount(compose_dir.join(src));
+            }
+            if let Some(rest) = in_container.strip_prefix(&format!("{dst}/")) {
+                return Source::DirMount(compose_dir.join(src).join(rest));
             }
         }
     }
     match in_container.strip_prefix("/etc/moat/") {
-        Some(rest) => root().join("conf").join(rest),
+        Some(rest) => Source::Image(root().join("conf").join(rest)),
         None => panic!("{in_container}: neither mounted nor in the image's /etc/moat"),
     }
+}
+
+/// A compose duration (`25s`, `1m30s`, `500ms`) in moat's units, one unit at a time.
+fn compose_duration(v: &str) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut rest = v;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit_end = rest[digits..]
+            .find(|c: char| c.is_ascii_digit())
+            .map_or(rest.len(), |i| digits + i);
+        total += moat::config::units::parse_duration(&rest[..unit_end])
+            .unwrap_or_else(|e| panic!("`{v}`: {e}"));
+        rest = &rest[unit_end..];
+    }
+    total
 }
 
 /// `ip:port` of `host:port`, `redis://host:port/db`.
@@ -126,16 +193,27 @@ fn compose_file_runs_checked_configs_at_the_addresses_it_gives() {
         assert!(ip_of.insert(ip, name.clone()).is_none(), "{ip} given twice");
     }
 
+    // The image is built once: by one service, which names it; the others run it by name.
+    let builders: Vec<&String> = services
+        .iter()
+        .filter(|(_, s)| !s["build"].is_null())
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(builders.len(), 1, "services that build: {builders:?}");
+    let builder = &services[builders[0]];
+    assert_eq!(builder["build"]["context"].as_str(), Some(".."));
+    assert_eq!(builder["build"]["dockerfile"].as_str(), Some("Dockerfile"));
+    let ours = builder["image"]
+        .as_str()
+        .expect("the built image is named, so the others can run it");
+
     let mut moats = 0;
     let mut cluster_limits = 0;
     for (name, svc) in &services {
-        let built_here = svc["build"]["context"].as_str() == Some("..")
-            && svc["build"]["dockerfile"].as_str() == Some("Dockerfile");
-        if !built_here {
-            assert!(
-                svc["image"].as_str().is_some(),
-                "{name}: an image or our build"
-            );
+        let image = svc["image"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: an image"));
+        if image != ours {
             continue;
         }
         let program = strings(&svc["entrypoint"])
@@ -155,7 +233,27 @@ fn compose_file_runs_checked_configs_at_the_addresses_it_gives() {
             Some(&["run".to_string(), "-c".to_string()][..]),
             "{name}"
         );
-        let config = host_path(svc, &command[2], &compose_dir);
+        // No secret in the file: a token, password or secret comes from the environment
+        // of whoever runs compose.
+        if let Value::Mapping(env) = &svc["environment"] {
+            for (k, v) in env {
+                let (k, v) = (k.as_str().unwrap_or(""), v.as_str().unwrap_or(""));
+                if ["TOKEN", "SECRET", "PASSWORD"]
+                    .iter()
+                    .any(|s| k.contains(s))
+                {
+                    assert!(v.starts_with("${"), "{name}: {k} is written in the file");
+                }
+            }
+        }
+        let source = host_path(svc, &command[2], &compose_dir);
+        // Editors and `sed -i` replace a file: a single-file bind mount would go on showing
+        // the container the old one, and a reload would read it.
+        assert!(
+            !matches!(source, Source::FileMount(_)),
+            "{name}: mount the config's directory, not the file"
+        );
+        let config = source.path().to_path_buf();
         let out = Command::new(bin())
             .args(["check", "-c"])
             .arg(&config)
@@ -211,6 +309,32 @@ fn compose_file_runs_checked_configs_at_the_addresses_it_gives() {
                 "{name}: listener port {port} not published: {ports:?}"
             );
         }
+        // SIGQUIT drains: compose must not SIGKILL before moat is done. The bound: the
+        // sockets offered to a new process (Pingora retries ~5 s when none takes them) or
+        // grace_period if longer, shutdown_timeout, LINGER for what was still open, 1 s for
+        // Pingora's runtimes (docs/operations.md, the drain timeline).
+        assert_eq!(svc["stop_signal"].as_str(), Some("SIGQUIT"), "{name}");
+        let server = &cfg["server"];
+        let setting = |key: &str, default: Duration| {
+            server[key].as_str().map_or(default, |v| {
+                moat::config::units::parse_duration(v).expect("duration")
+            })
+        };
+        use moat::drain::sequence::{DEFAULT_GRACE_PERIOD, DEFAULT_SHUTDOWN_TIMEOUT, LINGER};
+        let bound = setting("grace_period", DEFAULT_GRACE_PERIOD).max(Duration::from_secs(5))
+            + setting("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT)
+            + LINGER
+            + Duration::from_secs(1);
+        let stop = compose_duration(
+            svc["stop_grace_period"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: stop_grace_period")),
+        );
+        assert!(
+            stop > bound,
+            "{name}: stop_grace_period {stop:?} within the drain's {bound:?}"
+        );
+
         let text = std::fs::read_to_string(&config).expect("config");
         cluster_limits += text.matches("scope: cluster").count();
         moats += 1;

@@ -109,6 +109,18 @@ fn check_paths(root: &std::path::Path) -> (Option<i32>, String) {
     )
 }
 
+/// Run the path check on `root`: its exit code, the places it flagged (`file:line`, or
+/// `file` for a symbolic link) in its order, and its stderr.
+fn flagged(root: &std::path::Path) -> (Option<i32>, Vec<String>, String) {
+    let (code, stderr) = check_paths(root);
+    let places = stderr
+        .lines()
+        .filter_map(|l| l.split_once(": ").map(|(at, _)| at.to_string()))
+        .filter(|at| at != "check-paths")
+        .collect();
+    (code, places, stderr)
+}
+
 /// The repository names no path outside itself (what `scripts/test.sh` checks first).
 #[test]
 fn repository_names_no_path_outside_itself() {
@@ -147,22 +159,75 @@ fn path_check_flags_escapes_and_spares_paths_inside() {
         std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
         std::fs::write(&p, text).expect("write");
     }
-    let (code, stderr) = check_paths(&root);
+    let (code, places, stderr) = flagged(&root);
     let _ = std::fs::remove_dir_all(&root);
     assert_eq!(code, Some(1), "{stderr}");
-    let flagged: Vec<&str> = stderr
-        .lines()
-        .filter_map(|l| l.split_once(": ").map(|(at, _)| at))
-        .filter(|at| at.contains(':'))
-        .collect();
     assert_eq!(
-        flagged,
+        places,
         [
             "README.md:1",
             "README.md:3",
             "scripts/run.sh:1",
             "src/config/load.rs:1",
             "tests/it/check.rs:1",
+        ],
+        "{stderr}"
+    );
+}
+
+/// Every file counts, whatever its directory (a `build.rs`, `.cargo/`, a new top-level
+/// directory), and so do symbolic links, paths built on `CARGO_MANIFEST_DIR`, `$ROOT` or
+/// the script's directory, home directories, this checkout's own absolute path and
+/// anything that exists beside the checkout; a route path that names nothing there is no
+/// path.
+#[test]
+fn path_check_sees_every_file_links_built_paths_and_absolute_ones() {
+    let outer = crate::harness::moat::temp_dir("check-paths-all");
+    let root = outer.join("repo");
+    std::fs::create_dir_all(outer.join("notes")).expect("mkdir");
+    std::fs::write(outer.join("notes/x.md"), "notes\n").expect("write");
+    let (o, r) = (outer.display(), root.display());
+    let files: Vec<(&str, String)> = vec![
+        // Flagged (each line marked, or this file would be flagged too):
+        ("build.rs", "include_str!(\"../notes/x.md\");\n".into()), // check-paths: not a path
+        (".cargo/config.toml", "[build]\ntarget-dir = \"../../shared-target\"\n".into()), // check-paths: not a path
+        ("tools/gen.sh", "cat ../notes/x.md\n".into()), // check-paths: not a path
+        ("src/lib.rs", "concat!(env!(\"CARGO_MANIFEST_DIR\"), \"/../notes/x.md\");\n".into()), // check-paths: not a path
+        ("scripts/a.sh", "cat \"$ROOT/../notes/x.md\"\n".into()), // check-paths: not a path
+        ("scripts/b.sh", "cd \"$(dirname \"$0\")/../..\"\n".into()), // check-paths: not a path
+        ("README.md", "see /home/dev/moat/conf/x.yaml\n".into()), // check-paths: not a path
+        ("docs/a.md", format!("see `{o}/notes/x.md`\n")),
+        ("docs/b.md", format!("config: {r}/conf/x.yaml\n")),
+        // Spared:
+        ("conf/routes.yaml", format!("match: {{ path_prefix: /work/orders }}\n# {o}/orders\n# http://127.0.0.1:8080/home/dev\n")), // check-paths: not a path
+        ("src/main.rs", "concat!(env!(\"CARGO_MANIFEST_DIR\"), \"/conf/x.yaml\"); // \"...\"\n".into()),
+        ("scripts/c.sh", "cd \"$(dirname \"$0\")/..\" && ls \"$ROOT/conf\"\n".into()),
+        ("plugins/p/Cargo.toml", "[package]\nname = \"p\"\n".into()),
+        ("plugins/p/src/lib.rs", "concat!(env!(\"CARGO_MANIFEST_DIR\"), \"/../../conf/x\");\n".into()), // check-paths: not a path
+    ];
+    for (path, text) in &files {
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, text).expect("write");
+    }
+    std::os::unix::fs::symlink("/etc", root.join("etc-link")).expect("symlink");
+    std::os::unix::fs::symlink("conf/routes.yaml", root.join("routes.yaml")).expect("symlink");
+    let (code, places, stderr) = flagged(&root);
+    let _ = std::fs::remove_dir_all(&outer);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        places,
+        [
+            ".cargo/config.toml:2",
+            "README.md:1",
+            "build.rs:1",
+            "docs/a.md:1",
+            "docs/b.md:1",
+            "etc-link",
+            "scripts/a.sh:1",
+            "scripts/b.sh:1",
+            "src/lib.rs:1",
+            "tools/gen.sh:1",
         ],
         "{stderr}"
     );

@@ -124,7 +124,7 @@ fn hop_by_hop_headers_are_not_forwarded() {
 #[test]
 fn header_templates_and_injection_attempts() {
     let up = Upstream::start("app");
-    let plugins = r#"      - request_id: { trust_incoming: true }
+    let plugins = r#"      - request_id: { trust_incoming: any }
       - headers:
           request:
             set: { x-route: "{{route}}", x-rid: "{{request_id}}", x-agent: "ua={{header.user-agent}}", x-path: "{{path}}", x-consumer: "{{consumer.id}}" }

@@ -312,6 +312,17 @@ pub(crate) fn h2c_exchange(
     port: u16,
     reqs: Vec<(http::Request<()>, &[u8])>,
 ) -> Vec<(u16, Vec<u8>)> {
+    h2c_exchange_heads(port, reqs)
+        .into_iter()
+        .map(|(status, _, body)| (status, body))
+        .collect()
+}
+
+/// As [`h2c_exchange`], with each response's headers: (status, headers, body).
+pub(crate) fn h2c_exchange_heads(
+    port: u16,
+    reqs: Vec<(http::Request<()>, &[u8])>,
+) -> Vec<(u16, http::HeaderMap, Vec<u8>)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -341,14 +352,14 @@ pub(crate) fn h2c_exchange(
                 .expect("response in time")
                 .expect("response");
             let status = resp.status().as_u16();
-            let mut body = resp.into_body();
+            let (head, mut body) = resp.into_parts();
             let mut data = Vec::new();
             while let Some(chunk) = body.data().await {
                 let chunk = chunk.unwrap();
                 let _ = body.flow_control().release_capacity(chunk.len());
                 data.extend_from_slice(&chunk);
             }
-            out.push((status, data));
+            out.push((status, head.headers, data));
         }
         out
     })

@@ -32,6 +32,7 @@ mod request_id;
 mod request_limits;
 mod routing;
 mod slowloris;
+mod startup;
 mod streaming;
 mod templates;
 mod tls;

@@ -166,8 +166,9 @@ fn the_readme_walkthrough_works_on_the_quickstart_config() {
     seen.dedup();
     assert_eq!(seen, ["one", "two"]);
 
-    // Forged X-Forwarded-For and X-Consumer-ID never reach a target; a well-formed
-    // X-Request-ID is kept (request_id: { trust_incoming: true }) and echoed.
+    // Forged X-Forwarded-For, X-Consumer-ID and X-Request-ID never reach a target: the
+    // client is no trusted proxy (request_id: { trust_incoming: true } keeps only theirs),
+    // so the request gets an id of moat's, sent upstream and echoed.
     let r = request(
         port,
         "GET",
@@ -184,8 +185,10 @@ fn the_readme_walkthrough_works_on_the_quickstart_config() {
     assert_eq!(echoed(&h, "x-real-ip"), ["127.0.0.1"]);
     assert!(echoed(&h, "x-consumer-id").is_empty(), "{}", r.text());
     assert!(!r.text().contains("6.6.6.6"), "{}", r.text());
-    assert_eq!(echoed(&h, "x-request-id"), ["my-trace-1"]);
-    assert_eq!(r.header("x-request-id"), Some("my-trace-1"));
+    let id = r.header("x-request-id").unwrap_or_default();
+    assert_ne!(id, "my-trace-1");
+    assert_eq!(id.len(), 26, "a ULID: {id}");
+    assert_eq!(echoed(&h, "x-request-id"), [id]);
 
     // /private: 401 without the key, 200 with it; the target sees who, never the key.
     let r = request(port, "GET", "/private/orders", &[], b"");
@@ -260,4 +263,247 @@ fn the_readme_walkthrough_works_on_the_quickstart_config() {
         .unwrap_or_default();
     assert_eq!(targets.len(), 2, "{status}");
     assert!(targets.iter().all(|t| t["healthy"] == true), "{status}");
+}
+
+// ---- scripts/quickstart.sh itself ------------------------------------------------------------
+//
+// The script runs with prebuilt binaries (MOAT_BIN, UPSTREAM_BIN: nothing is built) on free
+// ports (QUICKSTART_PORTS). Its demo targets are this test binary run again as
+// `demo_target_process` (below): the code of examples/upstream.rs, as above — `cargo test`
+// builds examples as test harnesses, so there is no examples/upstream program to run.
+
+/// Not a test: a demo target in a process of its own, for `scripts/quickstart.sh` (its
+/// UPSTREAM_BIN is a wrapper running this binary with `QUICKSTART_DEMO_TARGET` set to the
+/// arguments, `--listen ADDR --name NAME`). Without that variable it returns at once.
+#[test]
+#[ignore = "a demo target process for quickstart_script_* (does nothing when run alone)"]
+fn demo_target_process() {
+    let Ok(args) = std::env::var("QUICKSTART_DEMO_TARGET") else {
+        return;
+    };
+    let words: Vec<&str> = args.split_whitespace().collect();
+    let arg = |flag: &str| {
+        words
+            .windows(2)
+            .find(|w| w[0] == flag)
+            .map(|w| w[1].to_string())
+            .unwrap_or_else(|| panic!("{flag} missing in {args:?}"))
+    };
+    let (listen, name) = (arg("--listen"), arg("--name"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        // Like examples/upstream: a port in use is an error, and the process exits.
+        let l = match tokio::net::TcpListener::bind(&listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("demo target {name}: cannot listen on {listen}: {e}");
+                std::process::exit(1);
+            }
+        };
+        let at = l.local_addr().expect("addr");
+        demo_upstream::accept_loop(
+            l,
+            demo_upstream::Answer::Echo {
+                name: name.into(),
+                at,
+            },
+        )
+        .await;
+    });
+}
+
+/// `scripts/quickstart.sh` running, stopped (SIGTERM, which its trap turns into stopping
+/// everything it started) when dropped.
+struct Script {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Script {
+    /// Start the script on `ports` (public, admin, one, two).
+    fn start(ports: [u16; 4]) -> Script {
+        let dir = temp_dir("quickstart-sh");
+        let wrapper = dir.join("demo-target");
+        let exe = std::env::current_exe().expect("test binary");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nQUICKSTART_DEMO_TARGET=\"$*\" exec '{}' quickstart::demo_target_process --exact --ignored --nocapture --quiet\n",
+                exe.display()
+            ),
+        )
+        .expect("wrapper");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let ports = ports.map(|p| p.to_string()).join(" ");
+        let child = std::process::Command::new("bash")
+            .arg(format!(
+                "{}/scripts/quickstart.sh",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .env("MOAT_BIN", crate::harness::moat::bin())
+            .env("UPSTREAM_BIN", &wrapper)
+            .env("QUICKSTART_PORTS", ports)
+            .env("TMPDIR", &dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(dir.join("stdout")).expect("stdout"))
+            .stderr(std::fs::File::create(dir.join("stderr")).expect("stderr"))
+            .spawn()
+            .expect("run quickstart.sh");
+        Script { child, dir }
+    }
+
+    fn output(&self) -> String {
+        let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
+        format!("stdout:\n{}\nstderr:\n{}", read("stdout"), read("stderr"))
+    }
+
+    /// The exit code, waiting at most `limit` (None: still running).
+    fn exit_code(&mut self, limit: Duration) -> Option<i32> {
+        let mut code = None;
+        wait_until(limit, || match self.child.try_wait() {
+            Ok(Some(s)) => {
+                code = Some(s.code().unwrap_or(-1));
+                true
+            }
+            _ => false,
+        });
+        code
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = crate::harness::send_signal(self.child.id(), "TERM");
+            if self.exit_code(Duration::from_secs(10)).is_none() {
+                let _ = self.child.kill();
+            }
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+#[test]
+fn quickstart_script_serves_and_a_hangup_stops_all_it_started() {
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let mut script = Script::start(ports);
+    let up = wait_until(Duration::from_secs(60), || {
+        script.output().contains("moat quick start")
+            || matches!(script.child.try_wait(), Ok(Some(_)))
+    });
+    assert!(up, "no banner within 60 s\n{}", script.output());
+    assert!(
+        script
+            .output()
+            .contains(&format!("http://127.0.0.1:{}", ports[0])),
+        "{}",
+        script.output()
+    );
+    // Served: balanced over the two demo targets, the key route needs the key.
+    let mut seen: Vec<String> = (0..4)
+        .map(|_| {
+            let r = request(ports[0], "GET", "/api/hello", &[], b"");
+            assert_eq!(r.status, 200, "{}\n{}", r.text(), script.output());
+            r.header("x-upstream-target")
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, ["one", "two"]);
+    assert_eq!(request(ports[0], "GET", "/private/x", &[], b"").status, 401);
+
+    // The terminal closes: SIGHUP to the script (moat alone would take it as "reload").
+    crate::harness::send_signal(script.child.id(), "HUP").expect("SIGHUP");
+    assert_eq!(
+        script.exit_code(Duration::from_secs(15)),
+        Some(129),
+        "{}",
+        script.output()
+    );
+    let all_gone = wait_until(Duration::from_secs(5), || {
+        ports.iter().all(|p| !listening(*p))
+    });
+    let left: Vec<u16> = ports.into_iter().filter(|p| listening(*p)).collect();
+    assert!(all_gone, "still listening on {left:?}\n{}", script.output());
+}
+
+#[test]
+fn quickstart_script_refuses_a_taken_port_before_starting_anything() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = taken.local_addr().expect("addr").port();
+    let ports = [free_port(), free_port(), free_port(), busy];
+    let started = std::time::Instant::now();
+    let mut script = Script::start(ports);
+    let code = script.exit_code(Duration::from_secs(15));
+    assert_eq!(code, Some(1), "{}", script.output());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let out = script.output();
+    assert!(
+        out.contains(&format!("already in use: 127.0.0.1:{busy} (target two)")),
+        "{out}"
+    );
+    assert!(!out.contains("moat quick start"), "{out}");
+    for p in &ports[..3] {
+        assert!(!listening(*p), "port {p} in use\n{out}");
+    }
+}
+
+/// The processes whose parent is `pid` (from /proc).
+fn children(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid ...: the comm may hold spaces, so split after its `)`.
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            out.push((child, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
+    }
+    out
+}
+
+#[test]
+fn quickstart_script_stops_everything_when_a_target_exits() {
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let mut script = Script::start(ports);
+    let up = wait_until(Duration::from_secs(60), || {
+        script.output().contains("moat quick start")
+            || matches!(script.child.try_wait(), Ok(Some(_)))
+    });
+    assert!(up, "no banner within 60 s\n{}", script.output());
+    let targets: Vec<u32> = children(script.child.id())
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("demo_target_process"))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(targets.len(), 2, "{:?}", children(script.child.id()));
+    crate::harness::send_signal(targets[0], "KILL").expect("kill a target");
+    assert!(
+        script.exit_code(Duration::from_secs(15)).is_some(),
+        "the script goes on without a target\n{}",
+        script.output()
+    );
+    assert!(script.output().contains("exited"), "{}", script.output());
+    let all_gone = wait_until(Duration::from_secs(5), || {
+        ports.iter().all(|p| !listening(*p))
+    });
+    assert!(all_gone, "still listening\n{}", script.output());
 }

@@ -180,9 +180,7 @@ struct KillOnDrop(u32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-9", &self.0.to_string()])
-            .status();
+        let _ = crate::harness::send_signal(self.0, "KILL");
     }
 }
 

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 const FAST_HTTP_CHECK: &str =
     "{ http: { path: /healthz }, interval: 200ms, timeout: 200ms, unhealthy_after: 2, healthy_after: 2 }";
 
-/// Echo `X-Request-ID` on every response (trusting a well-formed incoming one).
-const REQUEST_ID: &str = "global_plugins:\n  - request_id: { trust_incoming: true }\n";
+/// Keep a well-formed incoming `X-Request-ID`, whoever sends it (the client is the test).
+const REQUEST_ID: &str = "global_plugins:\n  - request_id: { trust_incoming: any }\n";
 
 /// A catch-all route to `upstream`.
 fn route(name: &str, prefix: &str, upstream: &str) -> String {

@@ -190,12 +190,9 @@ impl Moat {
 
     /// Send a signal (`HUP`, `USR1`, `QUIT`, ...) to the process.
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "kill -{sig} failed");
+        if let Err(e) = super::send_signal(self.child.id(), sig) {
+            panic!("SIG{sig} to moat: {e}");
+        }
     }
 
     /// POST to an admin endpoint (as JSON: the admin API refuses other POSTs).

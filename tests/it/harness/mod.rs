@@ -37,6 +37,29 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Send signal `sig` (`HUP`, `QUIT`, `TERM`, `KILL`, `STOP`, `CONT`, `USR1`, `INT`) to
+/// process `pid`, without an external `kill` program (not every machine has procps).
+pub fn send_signal(pid: u32, sig: &str) -> std::io::Result<()> {
+    let num = match sig {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "TERM" => libc::SIGTERM,
+        "CONT" => libc::SIGCONT,
+        "STOP" => libc::SIGSTOP,
+        other => panic!("send_signal: unknown signal {other}"),
+    };
+    let pid = libc::pid_t::try_from(pid).map_err(std::io::Error::other)?;
+    // SAFETY: kill(2) takes two integers and touches no memory of this process.
+    if unsafe { libc::kill(pid, num) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Poll `f` every 20 ms until it returns true or `limit` passes.
 pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();

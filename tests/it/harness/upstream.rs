@@ -40,6 +40,8 @@ pub struct Behavior {
     pub delay: Duration,
     /// Close the connection without answering.
     pub hang_up: bool,
+    /// Extra response headers, `(name, value)`.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Default for Behavior {
@@ -49,6 +51,7 @@ impl Default for Behavior {
             body: b"ok".to_vec(),
             delay: Duration::ZERO,
             hang_up: false,
+            headers: Vec::new(),
         }
     }
 }
@@ -230,8 +233,13 @@ fn serve(conn: TcpStream, s: Arc<Shared>, name: String) {
         } else {
             b.body.clone()
         };
+        let extra: String = b
+            .headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
         let head = format!(
-            "HTTP/1.1 {} X\r\nContent-Length: {}\r\nX-Upstream: {name}\r\nContent-Type: text/plain\r\n{}\r\n",
+            "HTTP/1.1 {} X\r\nContent-Length: {}\r\nX-Upstream: {name}\r\nContent-Type: text/plain\r\n{extra}{}\r\n",
             b.status,
             b.body.len(),
             if close { "Connection: close\r\n" } else { "" }
