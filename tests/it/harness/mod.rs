@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod h2_upstream;
+pub mod hostile_redis;
 pub mod load;
 pub mod moat;
 pub mod redis;
