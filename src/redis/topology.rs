@@ -88,9 +88,10 @@ impl<T: Send + Sync + 'static> Topology<T> {
             return Ok(v);
         }
         if !self.refreshing.swap(true, Ordering::AcqRel) {
-            // None under way: start one, unless the first discovery keeps failing.
+            // None under way: start one, unless the first discovery keeps failing (its task,
+            // which no caller cancels, records the outcome).
             let admitted = match tokio::runtime::Handle::try_current() {
-                Ok(rt) if self.first.admit() => Some(rt),
+                Ok(rt) if self.first.admit().is_some() => Some(rt),
                 _ => None,
             };
             let Some(rt) = admitted else {
@@ -165,7 +166,9 @@ impl<T: Send + Sync + 'static> Topology<T> {
             if let Some(b) = breaker {
                 match r {
                     Ok(_) => b.success(),
-                    Err(_) => b.failure(),
+                    Err(_) => {
+                        b.failure();
+                    }
                 }
             }
             let err = match r {
