@@ -23,6 +23,7 @@ mod memory;
 mod plugin_heads;
 mod redis_cluster;
 mod redis_hostile;
+mod redis_reconnect;
 mod redis_sentinel;
 mod redis_tls;
 mod reload;

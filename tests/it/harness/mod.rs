@@ -9,6 +9,7 @@ pub mod hostile_redis;
 pub mod load;
 pub mod moat;
 pub mod redis;
+pub mod relay;
 pub mod tls;
 pub mod upstream;
 
