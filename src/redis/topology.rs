@@ -101,13 +101,13 @@ impl<T: Send + Sync + 'static> Topology<T> {
             self.spawn(&rt, refresh(), Some(Arc::clone(&self.first)));
         }
         if done.changed().await.is_err() {
-            return Err(RedisError::Io("client dropped".into()));
+            return Err(RedisError::Unreachable("client dropped".into()));
         }
         if let Some(v) = self.current() {
             return Ok(v);
         }
         let why = done.borrow().clone().unwrap_or_default();
-        Err(RedisError::Io(format!("discovery failed: {why}")))
+        Err(RedisError::Unreachable(format!("discovery failed: {why}")))
     }
 
     /// The value for a call: [`Topology::get`], then a background refresh when the latest
@@ -237,7 +237,7 @@ mod tests {
         for _ in 0..crate::redis::breaker::TRIP_AFTER {
             assert!(matches!(
                 t.get(counting(&n, false)).await,
-                Err(RedisError::Io(_))
+                Err(RedisError::Unreachable(_))
             ));
         }
         assert!(matches!(
