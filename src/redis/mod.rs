@@ -5,9 +5,10 @@
 //!
 //! The `redis` crate does the protocol: the RESP codec, the login (`AUTH` with user and
 //! password, `SELECT`), pipelining many calls on one connection per server
-//! (`MultiplexedConnection`), scripts by SHA with loading on `NOSCRIPT` (`Script`), URL
-//! parsing and error kinds (`MOVED`, `ASK`...). moat keeps on top what is its own:
+//! (`MultiplexedConnection`), URL parsing and error kinds (`MOVED`, `ASK`...). moat keeps
+//! on top what is its own:
 //! - [`guard`]: a bound on what a reply may make moat hold (the crate's parser has none);
+//! - [`script`]: calls by SHA, again by text on `NOSCRIPT`;
 //! - [`node`]: the connection's life (made in the background, replaced when dead, when
 //!   the server says it cannot serve, or when its breaker opens) and [`breaker`]: per
 //!   server, 3 failures in a row skip it for 500 ms, then one probe. A failure is no

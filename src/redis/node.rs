@@ -193,7 +193,7 @@ impl Node {
     }
 }
 
-/// Whether `e` says the server cannot serve writes for now (`READONLY`: a demoted primary;
+/// Whether `e` says the server cannot serve for now (`READONLY`: a demoted primary;
 /// `LOADING`; `MASTERDOWN`): a new connection may reach one that can.
 pub fn cannot_serve(e: &redis::RedisError) -> bool {
     matches!(
@@ -333,15 +333,15 @@ async fn connect(
 }
 
 /// A TCP connection to `host:port` (the name resolved now), without Nagle's delay and with
-/// keepalive on.
+/// keepalive on (a socket option that cannot be set leaves the connection usable).
 async fn open_tcp(host: &str, port: u16) -> std::io::Result<TcpStream> {
     let tcp = TcpStream::connect((host, port)).await?;
-    tcp.set_nodelay(true)?;
+    let _ = tcp.set_nodelay(true);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
         .with_interval(KEEPALIVE_INTERVAL)
         .with_retries(3);
-    socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive)?;
+    let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
     Ok(tcp)
 }
 
