@@ -13,12 +13,19 @@
 //! else like the first seed, over the same TLS settings: with TLS on, a node named by a
 //! redirection or the map gets credentials only after its certificate passed the checks.
 //!
-//! Why not the `redis` crate's own cluster client (`cluster-async`): it cannot say which
-//! node a call failed on (no per-node breaker), never refreshes its map when calls time out
-//! (a master that stops answering keeps its slots for ever, even once they moved), queries
-//! nodes one by one under a lock that stalls every call while a node hangs, and opens its
-//! sockets itself (replies unbounded). This module keeps only the routing; connections,
-//! the protocol and scripts are the crate's.
+//! A map naming more than [`MAX_MASTERS`] masters, or more ranges than slots, is refused
+//! (the map in use is kept): building it costs a hash lookup per range.
+//!
+//! Why not the `redis` crate's own cluster client (`cluster-async`, 1.8): it sends a call
+//! again after a timeout or a connection lost after sending, so a limiter's `EVALSHA` may
+//! count twice; redirections and I/O retries share one counter; a timeout never refreshes
+//! its map (a master that stops answering keeps its slots, even once they moved); a
+//! refresh holds a write lock while it asks the nodes one by one, then PINGs them all;
+//! `SCRIPT LOAD` must succeed on every node, so with one master stopped a script cannot be
+//! loaded on a slot's new owner; and it opens its sockets itself (the reply guard could
+//! only be plugged in through a hidden generic with global state). See the README,
+//! "Building blocks and choices", for the crate's lines. This module keeps only the
+//! routing; connections and the protocol are the crate's.
 
 use super::discovery::first_answer;
 use super::node::{join_host_port, Endpoint, Failure, Node, Nodes, Pass, Request};

@@ -309,8 +309,8 @@ async fn connect(
         .await
         .map_err(|err| err.kind().to_string())?;
     let dead = Arc::new(AtomicBool::new(false));
-    // The crate bounds nothing itself: every call is bounded by `redis.timeout` by the
-    // client, and connecting by `connect_bound`.
+    // The crate's own response timeout (500 ms by default) is off: every call is bounded
+    // by `redis.timeout` by the client, and connecting by `connect_bound`.
     let config = AsyncConnectionConfig::new().set_response_timeout(None);
     let stream: Box<dyn Stream> = match tls {
         Some(tls) => Box::new(
