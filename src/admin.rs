@@ -156,20 +156,36 @@ impl Admin {
     }
 }
 
-/// The effective config as JSON with key hashes redacted (secrets are never inline).
+/// The effective config as JSON with its secrets redacted: key hashes (`sha256`), the
+/// password of any URL that holds one (`redis.url`, `redis.cluster`, a `jwks_url`...), and
+/// the values of keys named like a secret (`password`, `secret`, `token`, `*_password`...)
+/// in a custom plugin's settings. Built-in settings hold no other secret: they name
+/// environment variables and files.
 pub fn redacted_config(cfg: &crate::config::Config) -> Value {
+    const REDACTED: &str = "<redacted>";
+    fn secret_key(k: &str) -> bool {
+        let k = k.to_ascii_lowercase();
+        ["password", "secret", "token", "sha256", "api_key"]
+            .iter()
+            .any(|s| k == *s || k.ends_with(&format!("_{s}")))
+    }
     fn redact(v: &mut Value) {
         match v {
             Value::Object(m) => {
                 for (k, v) in m.iter_mut() {
-                    if k == "sha256" {
-                        *v = Value::String("<redacted>".into());
+                    if secret_key(k) && !v.is_object() && !v.is_array() {
+                        *v = Value::String(REDACTED.into());
                     } else {
                         redact(v);
                     }
                 }
             }
             Value::Array(items) => items.iter_mut().for_each(redact),
+            Value::String(s) => {
+                if let Some(r) = crate::config::warnings::redact_url_password(s, REDACTED) {
+                    *s = r;
+                }
+            }
             _ => {}
         }
     }
@@ -305,5 +321,33 @@ mod tests {
         let v = redacted_config(&cfg);
         assert_eq!(v["consumers"][0]["api_keys"][0]["sha256"], "<redacted>");
         assert!(!v.to_string().contains("9f86d08"));
+    }
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        let cfg = crate::config::load::parse(concat!(
+            "redis:\n",
+            "  url: redis://moat:s3cret-1@cache.internal:6379/0\n",
+            "jwt_providers:\n",
+            "  idp: { issuer: i, audiences: [a], jwks_url: \"https://u:s3cret-2@idp/keys\" }\n",
+        ))
+        .unwrap();
+        let v = redacted_config(&cfg);
+        assert_eq!(
+            v["redis"]["url"],
+            "redis://moat:<redacted>@cache.internal:6379/0"
+        );
+        assert_eq!(
+            v["jwt_providers"]["idp"]["jwks_url"],
+            "https://u:<redacted>@idp/keys"
+        );
+        let cfg = crate::config::load::parse(
+            "redis: { cluster: [\"redis://:s3cret-3@h:7000\", \"redis://h:7001\"] }\n",
+        )
+        .unwrap();
+        let v = redacted_config(&cfg);
+        assert_eq!(v["redis"]["cluster"][0], "redis://:<redacted>@h:7000");
+        assert_eq!(v["redis"]["cluster"][1], "redis://h:7001");
+        assert!(!v.to_string().contains("s3cret"), "{v}");
     }
 }

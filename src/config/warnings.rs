@@ -38,8 +38,8 @@ fn jwt_providers(cfg: &Config, w: &mut ConfigErrors) {
     }
 }
 
-/// A password inside a Redis URL ends up wherever the config file goes (backups,
-/// tickets, `GET /config` before redaction); `password_env` keeps it out.
+/// A password inside a Redis URL ends up wherever the config file goes (backups, tickets,
+/// version control; `GET /config` redacts it); `password_env` keeps it out of the file.
 fn redis_urls(cfg: &Config, w: &mut ConfigErrors) {
     let Some(r) = &cfg.redis else { return };
     let warn = |path: String, w: &mut ConfigErrors| {
@@ -65,14 +65,26 @@ fn redis_urls(cfg: &Config, w: &mut ConfigErrors) {
     }
 }
 
+/// The byte range of the password in `url` (`scheme://[user[:password]@]host...`), if any.
+fn password_range(url: &str) -> Option<std::ops::Range<usize>> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[start..];
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let colon = userinfo.find(':')?;
+    let range = start + colon + 1..start + userinfo.len();
+    (!range.is_empty()).then_some(range)
+}
+
 /// Whether `url` (`scheme://[user[:password]@]host...`) carries a non-empty password.
 pub fn url_has_password(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    authority
-        .rsplit_once('@')
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .is_some_and(|(_, password)| !password.is_empty())
+    password_range(url).is_some()
+}
+
+/// `url` with its password replaced by `mask`, when it holds one.
+pub fn redact_url_password(url: &str, mask: &str) -> Option<String> {
+    let r = password_range(url)?;
+    Some(format!("{}{mask}{}", &url[..r.start], &url[r.end..]))
 }
 
 #[cfg(test)]
@@ -97,6 +109,11 @@ mod tests {
         assert!(!url_has_password("redis://user:@host"));
         // An `@` in the path is not a userinfo.
         assert!(!url_has_password("redis://host:1/a:b@c"));
+        assert_eq!(
+            redact_url_password("redis://u:p@ss@h:1/0?x=y:z@w", "*").as_deref(),
+            Some("redis://u:*@h:1/0?x=y:z@w")
+        );
+        assert_eq!(redact_url_password("redis://u@h", "*"), None);
     }
 
     #[test]

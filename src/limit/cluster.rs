@@ -99,12 +99,10 @@ impl Cluster {
             Algorithm::SlidingWindow => "1",
             Algorithm::TokenBucket => "2",
         };
-        let (n, w, b) = (
-            l.count.to_string(),
-            l.window_us.to_string(),
-            l.burst.to_string(),
-        );
-        let v = self.redis.eval(&SCRIPT, &[&k], &[a, &n, &w, &b]).await?;
+        let v = self
+            .redis
+            .eval(&SCRIPT, &[&k], (a, l.count, l.window_us, l.burst))
+            .await?;
         let ints: Vec<i64> = match v {
             Value::Array(items) => items
                 .into_iter()

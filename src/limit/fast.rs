@@ -179,8 +179,7 @@ impl Fast {
         let key = key.to_string();
         rt.spawn(async move {
             let k = format!("{}{{rl:{}:{}}}", me.redis.prefix, me.id, key);
-            let (ws, is, adds) = (w.to_string(), idx.to_string(), add.to_string());
-            let r = me.redis.eval(&SCRIPT, &[&k], &[&ws, &is, &adds]).await;
+            let r = me.redis.eval(&SCRIPT, &[&k], (w, idx, add)).await;
             let totals = match r {
                 Ok(Value::Array(v)) => match v[..] {
                     [Value::Int(c), Value::Int(p)] => Some((c.max(0) as u64, p.max(0) as u64)),

@@ -191,9 +191,8 @@ impl FastBucket {
             let (key, l) = (key.to_string(), *l);
             rt.spawn(async move {
                 let k = format!("{}{{rl:{}:{}}}", me.redis.prefix, me.id, key);
-                let args = [l.count, l.window_us, l.burst, used].map(|n| n.to_string());
-                let [a, b, c, d] = &args;
-                let r = me.redis.eval(&SCRIPT, &[&k], &[a, b, c, d]).await;
+                let args = (l.count, l.window_us, l.burst, used);
+                let r = me.redis.eval(&SCRIPT, &[&k], args).await;
                 let answer = match r {
                     Ok(Value::BulkString(b)) => std::str::from_utf8(&b)
                         .ok()

@@ -14,8 +14,9 @@
 //!   most `lease` (default 10 s) after its last renewal, so its slots come back within
 //!   `lease` of its death. A request that outlives a lease it could not renew keeps
 //!   running: the key may then briefly run more than `max` in flight, by at most that
-//!   instance's requests of the key. A `ZREM` that fails, or an acquire that timed out
-//!   after Redis applied it, leaves a lease that expires the same way.
+//!   instance's requests of the key. A `ZREM` that fails, or an acquire that failed after
+//!   its command left (Redis may have applied it), leaves a lease that expires the same
+//!   way; such an acquire sends its `ZREM` too.
 
 use crate::redis::{Redis, RedisError, Script, Value};
 use futures::future::join_all;
@@ -126,16 +127,9 @@ impl Leases {
             armed: true,
         };
         let k = self.redis_key(key);
-        let (max, us, member) = (
-            max.to_string(),
-            self.lease_us.to_string(),
-            format!("{}:{n}", *INSTANCE),
-        );
-        match self
-            .redis
-            .eval(&ACQUIRE, &[&k], &[&max, &us, &member])
-            .await
-        {
+        let member = format!("{}:{n}", *INSTANCE);
+        let args = (max, self.lease_us, &member);
+        match self.redis.eval(&ACQUIRE, &[&k], args).await {
             Ok(Value::Int(1)) => Ok(Some(lease)),
             Ok(Value::Int(_)) => {
                 lease.armed = false;
@@ -143,8 +137,9 @@ impl Leases {
             }
             Ok(_) => Err(RedisError::Io("unexpected script reply".into())),
             Err(e) => {
-                // Only a timeout may have been applied by Redis.
-                lease.armed = matches!(e, RedisError::Timeout);
+                // The script may have run (a timeout, a connection lost after the command
+                // left...) unless nothing was sent or the server refused it.
+                lease.armed = e.may_have_run();
                 Err(e)
             }
         }
@@ -184,14 +179,10 @@ impl Leases {
                 (self.redis_key(k), members)
             })
             .collect();
-        let us = self.lease_us.to_string();
         for chunk in batch.chunks(RENEW_BATCH) {
-            join_all(chunk.iter().map(|(k, members)| {
-                let mut args: Vec<&str> = vec![&us];
-                args.extend(members.iter().map(String::as_str));
-                async move {
-                    let _ = self.redis.eval(&RENEW, &[k], &args).await;
-                }
+            join_all(chunk.iter().map(|(k, members)| async move {
+                let args = (self.lease_us, &members[..]);
+                let _ = self.redis.eval(&RENEW, &[k], args).await;
             }))
             .await;
         }
@@ -223,5 +214,49 @@ impl Drop for Lease {
             zrem.arg("ZREM").arg(&k).arg(&member);
             let _ = leases.redis.command(&zrem).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis::{config::Settings, fake};
+    use std::time::Instant;
+
+    #[tokio::test]
+    async fn an_acquire_whose_reply_was_lost_is_released() {
+        // Redis runs the script, then its reply is lost: garbage, on which the guard
+        // drops the connection (an I/O error after the command left).
+        let released = Arc::new(AtomicBool::new(false));
+        let seen = Arc::clone(&released);
+        let (addr, _) = fake::serve(move |_, cmd| {
+            if fake::is(cmd, "EVALSHA") {
+                "\x00garbage"
+            } else if fake::is(cmd, "ZREM") {
+                seen.store(true, Ordering::SeqCst);
+                ":1\r\n"
+            } else {
+                "+OK\r\n"
+            }
+        })
+        .await;
+        let cfg = crate::config::load::parse(&format!(
+            "redis: {{ url: \"redis://{addr}\", timeout: 1s }}\n"
+        ))
+        .unwrap();
+        let settings = Settings::parse(cfg.redis.as_ref().unwrap()).unwrap();
+        let errors = prometheus::IntCounter::new("x", "x").unwrap();
+        let leases = Arc::new(Leases::new(
+            Arc::new(Redis::new(settings, errors)),
+            "fp",
+            DEFAULT_LEASE,
+        ));
+        let r = leases.acquire("k", 1).await;
+        assert!(matches!(r, Err(RedisError::Io(_))), "{:?}", r.err());
+        let start = Instant::now();
+        while !released.load(Ordering::SeqCst) {
+            assert!(start.elapsed() < Duration::from_secs(5), "no ZREM sent");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

@@ -13,25 +13,35 @@
 //! else like the first seed, over the same TLS settings: with TLS on, a node named by a
 //! redirection or the map gets credentials only after its certificate passed the checks.
 //!
-//! Why not the `redis` crate's own cluster client (`cluster-async`): it cannot say which
-//! node a call failed on (no per-node breaker), never refreshes its map when calls time out
-//! (a master that stops answering keeps its slots for ever, even once they moved), queries
-//! nodes one by one under a lock that stalls every call while a node hangs, and opens its
-//! sockets itself (replies unbounded). This module keeps only the routing; connections,
-//! the protocol and scripts are the crate's.
+//! A map naming more than [`MAX_MASTERS`] masters, or more ranges than slots, is refused
+//! (the map in use is kept): building it costs a hash lookup per range.
+//!
+//! Why not the `redis` crate's own cluster client (`cluster-async`, 1.8): it sends a call
+//! again after a timeout or a connection lost after sending, so a limiter's `EVALSHA` may
+//! count twice; redirections and I/O retries share one counter; a timeout never refreshes
+//! its map (a master that stops answering keeps its slots, even once they moved); a
+//! refresh holds a write lock while it asks the nodes one by one, then PINGs them all;
+//! `SCRIPT LOAD` must succeed on every node, so with one master stopped a script cannot be
+//! loaded on a slot's new owner; and it opens its sockets itself (the reply guard could
+//! only be plugged in through a hidden generic with global state). See the README,
+//! "Building blocks and choices", for the crate's lines. This module keeps only the
+//! routing; connections and the protocol are the crate's.
 
-use super::breaker::Breaker;
 use super::discovery::first_answer;
-use super::node::{join_host_port, Endpoint, Node, Nodes, Request};
+use super::node::{join_host_port, Endpoint, Failure, Node, Nodes, Pass, Request};
 use super::slots::{key_slot, parse_slots, redirect, SlotRange, SLOTS};
 use super::topology::{Refresh, Topology};
 use super::{from_crate, RedisError, Value};
 use futures::FutureExt;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Redirections followed by one call (a `MOVED` then an `ASK` during a migration).
 pub const MAX_REDIRECTS: usize = 3;
+/// Most masters a slot map may name (Redis Cluster is designed for up to 1000 nodes): a
+/// `CLUSTER SLOTS` naming more is refused, and the map in use kept.
+pub const MAX_MASTERS: usize = 2048;
 const NO_NODE: u16 = u16::MAX;
 
 /// Which master serves each slot.
@@ -47,28 +57,23 @@ impl SlotMap {
         self.nodes.get(usize::from(i))
     }
 
-    /// Index of `node`, added when new.
-    fn index_of(&mut self, node: &Arc<Node>) -> Option<u16> {
-        let i = match self.nodes.iter().position(|n| Arc::ptr_eq(n, node)) {
-            Some(i) => i,
-            None => {
-                self.nodes.push(Arc::clone(node));
-                self.nodes.len() - 1
-            }
-        };
-        u16::try_from(i).ok()
-    }
-
-    /// The same map with `slot` served by `node`.
+    /// The same map with `slot` served by `node` (unchanged if that would make more than
+    /// [`MAX_MASTERS`]).
     fn with(&self, slot: u16, node: &Arc<Node>) -> SlotMap {
         let mut map = SlotMap {
             slots: self.slots.clone(),
             nodes: self.nodes.clone(),
         };
-        if let Some(i) = map.index_of(node) {
-            if let Some(s) = map.slots.get_mut(usize::from(slot)) {
-                *s = i;
+        let i = match map.nodes.iter().position(|n| Arc::ptr_eq(n, node)) {
+            Some(i) => i,
+            None if map.nodes.len() < MAX_MASTERS => {
+                map.nodes.push(Arc::clone(node));
+                map.nodes.len() - 1
             }
+            None => return map,
+        };
+        if let (Some(s), Ok(i)) = (map.slots.get_mut(usize::from(slot)), u16::try_from(i)) {
+            *s = i;
         }
         map
     }
@@ -104,14 +109,14 @@ impl Cluster {
         }
     }
 
-    /// Run `req` on the master of its key's slot. `used` is left naming the breaker of
-    /// the node the call depends on when it ends, so the caller can record the outcome
-    /// even when the call is cut short by the timeout (none while the first slot map is
+    /// Run `req` on the master of its key's slot. `used` is left holding the pass of the
+    /// node the call depends on when it ends, so the caller can record the outcome even
+    /// when the call is cut short by the timeout (none while the first slot map is
     /// awaited: the discovery task records its own outcome).
     pub async fn call(
         &self,
         req: &Request<'_>,
-        used: &mut Option<Arc<Breaker>>,
+        used: &mut Option<Pass>,
     ) -> Result<Value, RedisError> {
         let inner = &self.inner;
         let map = inner.map.for_call(|| inner.refresher()).await?;
@@ -122,7 +127,7 @@ impl Cluster {
         };
         let Some(first) = first else {
             self.stale();
-            return Err(RedisError::Io(format!(
+            return Err(RedisError::Unreachable(format!(
                 "no master serves slot {}",
                 slot.unwrap_or(0)
             )));
@@ -130,27 +135,33 @@ impl Cluster {
         let mut node = Arc::clone(first);
         let mut asking = false;
         for _ in 0..=MAX_REDIRECTS {
-            if !node.breaker.admit() {
+            let Some(pass) = Pass::admit(&node) else {
                 // It keeps failing: it may be gone, its slots served by another master.
                 self.stale();
                 return Err(RedisError::Open);
-            }
-            *used = Some(Arc::clone(&node.breaker));
+            };
+            *used = Some(pass);
             let e = match node.exec(req, asking).await {
                 Ok(v) => return Ok(v),
-                Err(e) => e,
+                Err(Failure::Call(e)) => e,
+                Err(unreachable) => {
+                    self.stale();
+                    return Err(unreachable.into());
+                }
             };
             let Some(to) = redirect(&e, &node.endpoint.host) else {
-                if e.code().is_none()
-                    || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown)
-                {
-                    // No answer, or the cluster says its map changed.
+                let e = from_crate(e);
+                if !matches!(e, RedisError::Reply(_)) {
+                    // No answer, or the node cannot serve (the cluster says its map
+                    // changed, a demoted master...).
                     self.stale();
                 }
-                return Err(from_crate(e));
+                return Err(e);
             };
             // The node answered: it is healthy, the key lives elsewhere.
-            node.breaker.success();
+            if let Some(pass) = used.take() {
+                pass.answered();
+            }
             let target = inner.node_for(&to.host, to.port);
             if to.moved {
                 if let Some(m) = inner.map.current() {
@@ -213,29 +224,42 @@ impl Inner {
             }
         }
         let ranges = first_answer(candidates, self.timeout, slots_of).await?;
-        Ok(self.map_of(&ranges))
+        self.map_of(&ranges).map_err(RedisError::Io)
     }
 
-    fn map_of(&self, ranges: &[SlotRange]) -> SlotMap {
-        let mut map = SlotMap {
-            slots: vec![NO_NODE; SLOTS],
-            nodes: Vec::new(),
-        };
+    /// The map of `ranges` (at most [`MAX_MASTERS`] distinct masters); the nodes that are
+    /// in neither the map nor the seeds are forgotten.
+    fn map_of(&self, ranges: &[SlotRange]) -> Result<SlotMap, String> {
+        let mut slots = vec![NO_NODE; SLOTS];
+        let mut masters: Vec<(&str, u16)> = Vec::new();
+        let mut index: HashMap<(&str, u16), u16> = HashMap::new();
         for r in ranges {
-            let node = self.node_for(&r.host, r.port);
-            let Some(i) = map.index_of(&node) else {
-                continue;
+            let at = (r.host.as_str(), r.port);
+            let i = match index.get(&at) {
+                Some(&i) => i,
+                None if masters.len() < MAX_MASTERS => {
+                    let i = masters.len() as u16; // < MAX_MASTERS < NO_NODE
+                    masters.push(at);
+                    index.insert(at, i);
+                    i
+                }
+                None => return Err(format!("CLUSTER SLOTS: more than {MAX_MASTERS} masters")),
             };
-            for s in &mut map.slots[usize::from(r.start)..=usize::from(r.end)] {
-                *s = i;
-            }
+            slots[usize::from(r.start)..=usize::from(r.end)].fill(i);
         }
+        let nodes: Vec<Arc<Node>> = masters
+            .iter()
+            .map(|&(host, port)| self.node_for(host, port))
+            .collect();
         // Forget the nodes that left (their connections close).
-        self.nodes.retain(|addr, n| {
-            self.seeds.iter().any(|s| s.addr() == addr)
-                || map.nodes.iter().any(|m| Arc::ptr_eq(m, n))
-        });
-        map
+        let keep: HashSet<String> = self
+            .seeds
+            .iter()
+            .map(Endpoint::addr)
+            .chain(nodes.iter().map(|n| n.addr.clone()))
+            .collect();
+        self.nodes.retain(|addr, _| keep.contains(addr));
+        Ok(SlotMap { slots, nodes })
     }
 }
 
@@ -243,10 +267,7 @@ impl Inner {
 async fn slots_of(node: Arc<Node>) -> Result<Vec<SlotRange>, RedisError> {
     let mut cmd = redis::cmd("CLUSTER");
     cmd.arg("SLOTS");
-    let v = node
-        .exec(&Request::Command(&cmd), false)
-        .await
-        .map_err(from_crate)?;
+    let v = node.exec(&Request::Command(&cmd), false).await?;
     let ranges = parse_slots(&v, &node.endpoint.host).map_err(RedisError::Io)?;
     if ranges.is_empty() {
         return Err(RedisError::Reply("CLUSTER SLOTS: no slot assigned".into()));
@@ -296,7 +317,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
         };
-        let m = i.map_of(&[r(0, 8000, 7000), r(8001, 16383, 7001)]);
+        let m = i.map_of(&[r(0, 8000, 7000), r(8001, 16383, 7001)]).unwrap();
         assert_eq!(m.nodes.len(), 2);
         let addr = |m: &SlotMap, s| m.node(s).map(|n| n.addr.clone());
         assert_eq!(addr(&m, 0).as_deref(), Some("127.0.0.1:7000"));
@@ -305,8 +326,35 @@ mod tests {
         assert_eq!(addr(&moved, 12182).as_deref(), Some("127.0.0.1:7002"));
         assert_eq!(addr(&moved, 12183).as_deref(), Some("127.0.0.1:7001"));
         // A node no longer in the map is forgotten, seeds are kept.
-        let m = i.map_of(&[r(0, 16383, 7001)]);
+        let m = i.map_of(&[r(0, 16383, 7001)]).unwrap();
         assert_eq!(i.nodes.count(), 2);
         assert_eq!(addr(&m, 5).as_deref(), Some("127.0.0.1:7001"));
+    }
+
+    #[test]
+    fn a_map_naming_too_many_masters_is_refused() {
+        let c = Cluster::new(vec![seed("redis://127.0.0.1:7000")], None, Duration::ZERO);
+        let i = &c.inner;
+        // One master per slot, each at its own address (a hostile CLUSTER SLOTS).
+        let ranges: Vec<SlotRange> = (0..SLOTS as u16)
+            .map(|s| SlotRange {
+                start: s,
+                end: s,
+                host: format!("10.0.{}.{}", s / 256, s % 256),
+                port: 7000,
+            })
+            .collect();
+        let e = i.map_of(&ranges).err();
+        assert_eq!(e.as_deref(), Some("CLUSTER SLOTS: more than 2048 masters"));
+        assert_eq!(i.nodes.count(), 0, "no node made for a refused map");
+        // Up to the limit it is a map; a MOVED to one more master leaves it as it is.
+        let m = i.map_of(&ranges[..MAX_MASTERS]).unwrap();
+        assert_eq!(m.nodes.len(), MAX_MASTERS);
+        let moved = m.with(0, &i.node_for("10.9.9.9", 7000));
+        assert_eq!(moved.nodes.len(), MAX_MASTERS);
+        assert_eq!(
+            moved.node(0).map(|n| n.addr.as_str()),
+            Some("10.0.0.0:7000")
+        );
     }
 }

@@ -81,6 +81,12 @@ impl Settings {
                 (None, false)
             }
         };
+        if c.timeout.is_some_and(|t| t.get().is_zero()) {
+            errs.push(
+                "redis.timeout",
+                "must be more than 0ms (every call would time out)",
+            );
+        }
         let mut files = Vec::new();
         let tls = match (&c.tls, tls_on) {
             (Some(_), false) if c.sentinel.is_none() && mode.is_some() => {
@@ -390,6 +396,10 @@ mod tests {
         assert_eq!(
             errors("{ cluster: [] }"),
             ["redis.cluster: list at least one node"]
+        );
+        assert_eq!(
+            errors("{ url: \"redis://h\", timeout: 0ms }"),
+            ["redis.timeout: must be more than 0ms (every call would time out)"]
         );
         let e = errors("{ cluster: [\"redis://h:7000\", \"h:7001\", \"redis://h:7002/1\", \"rediss://h:7003\"] }");
         assert_eq!(e.len(), 3, "{e:?}");

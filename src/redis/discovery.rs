@@ -97,7 +97,7 @@ mod tests {
         let ping = redis::cmd("PING");
         n.exec(&Request::Command(&ping), false)
             .await
-            .map_err(|e| RedisError::Io(e.to_string()))
+            .map_err(RedisError::from)
     }
 
     #[tokio::test]

@@ -1,17 +1,28 @@
 //! A bound on what a Redis server can make moat hold: every connection's byte stream passes
-//! through [`Guarded`], which follows the RESP framing of the replies (RESP2 and RESP3) and
-//! fails the connection as soon as a reply breaks a limit, before the `redis` crate's parser
-//! buffers it. The crate's parser never preallocates a claimed length, but it has no limit
-//! of its own: a server answering `$1099511627776` and then streaming bytes, or an endless
-//! line, would grow its buffer for as long as the bytes come.
+//! through [`Guarded`], which follows the RESP framing of the replies (RESP2 and RESP3)
+//! exactly as the `redis` crate's parser does, and fails the connection as soon as a reply
+//! breaks a limit, before the parser buffers it. The crate's parser never preallocates a
+//! claimed length, but it has no limit of its own: a server answering `$1099511627776` and
+//! then streaming bytes, an endless line, or an array of millions of `_` would grow its
+//! memory for as long as the bytes come.
+//!
+//! The scanner must see the same reply boundaries as the parser, or a server could hide a
+//! reply from it (inside what the scanner takes for a string's bytes). So it is stricter
+//! than the parser wherever they could differ, and refuses rather than guesses:
+//! - a line ends at CRLF only (the parser's rule); a CR or LF anywhere else in a line is
+//!   refused (Redis never sends one: it replaces them in error messages);
+//! - a length is digits, or `-1` for a null string (`$`), array (`*`), set (`~`) or push
+//!   (`>`) only: the parser reads `!-1` or `=-1` as a string of `usize::MAX` bytes;
+//! - a string's bytes end with CRLF.
 //!
 //! Limits (moat's own replies are a few dozen bytes; the largest legitimate one is a big
 //! Redis Cluster's `CLUSTER SLOTS`, hundreds of KiB):
 //! - a line (status, error, number, or the header of a string or aggregate) holds at most
 //!   [`MAX_LINE`] bytes;
-//! - a whole reply, nested values included, holds at most [`MAX_REPLY`] bytes: a string or
-//!   an aggregate that claims more than what is left is refused on its header, without
-//!   waiting for its bytes;
+//! - a whole reply, nested values included, holds at most [`MAX_REPLY`] bytes and
+//!   [`MAX_VALUES`] values (each parsed value costs the parser tens of bytes, so bytes
+//!   alone do not bound its memory): a string or an aggregate that claims more than what is
+//!   left is refused on its header, without waiting for its bytes;
 //! - the first byte of every value must be a RESP type; anything else is garbage.
 //!
 //! A violation is an `InvalidData` read error: the connection is dead, every call on it
@@ -30,6 +41,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub const MAX_LINE: u64 = 64 * 1024;
 /// Largest reply, every nested value included.
 pub const MAX_REPLY: u64 = 4 * 1024 * 1024;
+/// Most values in one reply, nested values and attributes included. The `CLUSTER SLOTS` of
+/// a cluster whose 16384 slots all lie in separate ranges, each master with one replica,
+/// holds about 213,000; moat's own replies hold a handful.
+pub const MAX_VALUES: u64 = 256 * 1024;
 /// Fewest bytes a value takes on the wire (`_\r\n`).
 const MIN_VALUE: u64 = 3;
 
@@ -38,16 +53,21 @@ const MIN_VALUE: u64 = 3;
 enum State {
     /// Expecting a value's type byte.
     Start,
-    /// Inside a line of type `kind`: its length so far, and for length lines the number
-    /// read so far and its sign.
+    /// Inside the line of a value of type `kind`: its bytes so far (type byte included),
+    /// whether the last one was a CR, and for a length line the number so far, whether it
+    /// has a digit yet and whether it is negative.
     Line {
         kind: u8,
         len: u64,
+        cr: bool,
         num: u64,
+        digits: bool,
         neg: bool,
     },
-    /// Inside a string's bytes: how many are left, CRLF included.
+    /// Inside a string's bytes: how many are left before its CRLF.
     Body(u64),
+    /// After a string's bytes: expecting its CR (`false`) or its LF (`true`).
+    BodyEnd(bool),
 }
 
 /// Follows the framing of a reply stream and checks the limits.
@@ -58,6 +78,8 @@ pub struct Scanner {
     pending: u64,
     /// Bytes of the current reply so far.
     used: u64,
+    /// Values of the current reply finished so far.
+    values: u64,
 }
 
 impl Default for Scanner {
@@ -66,6 +88,7 @@ impl Default for Scanner {
             state: State::Start,
             pending: 0,
             used: 0,
+            values: 0,
         }
     }
 }
@@ -85,76 +108,112 @@ fn is_aggregate(kind: u8) -> bool {
     matches!(kind, b'*' | b'~' | b'>' | b'%' | b'|')
 }
 
+/// Types whose length may be `-1` (null); the parser reads `-1` as `usize::MAX` for the
+/// others, or fails.
+fn may_be_null(kind: u8) -> bool {
+    matches!(kind, b'$' | b'*' | b'~' | b'>')
+}
+
 impl Scanner {
     /// Check the next bytes of the stream.
     pub fn feed(&mut self, mut data: &[u8]) -> Result<(), &'static str> {
-        while !data.is_empty() {
+        while let Some(&first) = data.first() {
             match self.state {
                 State::Body(left) => {
                     let n = left.min(data.len() as u64);
                     self.take(n)?;
                     data = &data[n as usize..];
-                    self.state = State::Body(left - n);
-                    if left == n {
+                    self.state = match left - n {
+                        0 => State::BodyEnd(false),
+                        rest => State::Body(rest),
+                    };
+                }
+                State::BodyEnd(lf) => {
+                    if first != if lf { b'\n' } else { b'\r' } {
+                        return Err("string not ended by CRLF");
+                    }
+                    self.take(1)?;
+                    data = &data[1..];
+                    if lf {
                         self.state = State::Start;
                         self.value_done();
+                    } else {
+                        self.state = State::BodyEnd(true);
                     }
                 }
                 State::Start => {
-                    let kind = data[0];
-                    if !(is_line(kind) || is_string(kind) || is_aggregate(kind)) {
+                    if !(is_line(first) || is_string(first) || is_aggregate(first)) {
                         return Err("not a RESP reply");
                     }
                     if self.pending == 0 {
                         // A new reply.
-                        (self.pending, self.used) = (1, 0);
+                        (self.pending, self.used, self.values) = (1, 0, 0);
                     }
                     self.take(1)?;
                     data = &data[1..];
                     self.state = State::Line {
-                        kind,
+                        kind: first,
                         len: 1,
+                        cr: false,
                         num: 0,
+                        digits: false,
                         neg: false,
                     };
                 }
                 State::Line {
                     kind,
-                    len,
+                    mut len,
+                    mut cr,
                     mut num,
+                    mut digits,
                     mut neg,
                 } => {
-                    let end = memchr::memchr(b'\n', data);
-                    let chunk = &data[..end.map_or(data.len(), |i| i + 1)];
-                    let len = len + chunk.len() as u64;
+                    let plain = is_line(kind);
+                    let mut i = 0;
+                    let ended = loop {
+                        let Some(&b) = data.get(i) else { break false };
+                        i += 1;
+                        len += 1;
+                        match b {
+                            b'\n' if cr => break true,
+                            _ if cr => return Err("CR or LF inside a reply line"),
+                            b'\r' => cr = true,
+                            b'\n' => return Err("CR or LF inside a reply line"),
+                            _ if plain => {}
+                            b'0'..=b'9' => {
+                                num = num.saturating_mul(10).saturating_add(u64::from(b - b'0'));
+                                digits = true;
+                            }
+                            b'-' if len == 2 => neg = true,
+                            _ => return Err("bad length in reply"),
+                        }
+                    };
                     if len > MAX_LINE {
                         return Err("reply line too long");
                     }
-                    self.take(chunk.len() as u64)?;
-                    data = &data[chunk.len()..];
-                    if !is_line(kind) {
-                        for &b in chunk {
-                            match b {
-                                b'0'..=b'9' => {
-                                    num = num.saturating_mul(10).saturating_add(u64::from(b - b'0'))
-                                }
-                                b'-' if num == 0 && !neg => neg = true,
-                                b'\r' | b'\n' => {}
-                                _ => return Err("bad length in reply"),
-                            }
-                        }
-                    }
-                    if end.is_none() {
+                    self.take(i as u64)?;
+                    data = &data[i..];
+                    if !ended {
                         self.state = State::Line {
                             kind,
                             len,
+                            cr,
                             num,
+                            digits,
                             neg,
                         };
                         continue;
                     }
                     self.state = State::Start;
-                    self.header_done(kind, if neg { None } else { Some(num) })?;
+                    if plain {
+                        self.value_done();
+                    } else if !digits || (neg && !(num == 1 && may_be_null(kind))) {
+                        return Err("bad length in reply");
+                    } else if neg {
+                        self.value_done(); // a null
+                    } else {
+                        self.header_done(kind, num)?;
+                    }
                 }
             }
         }
@@ -175,44 +234,56 @@ impl Scanner {
         MAX_REPLY.saturating_sub(self.used)
     }
 
-    /// A line of type `kind` ended; `num` is its number (`None`: negative, i.e. null).
-    fn header_done(&mut self, kind: u8, num: Option<u64>) -> Result<(), &'static str> {
-        match num {
-            _ if is_line(kind) => self.value_done(),
-            None => self.value_done(), // a null string or aggregate
-            Some(n) if is_string(kind) => {
-                if n.saturating_add(2) > self.room() {
-                    return Err("reply too large");
-                }
-                self.state = State::Body(n + 2);
+    /// The header of a string or aggregate of type `kind` and length `n` ended.
+    fn header_done(&mut self, kind: u8, n: u64) -> Result<(), &'static str> {
+        if is_string(kind) {
+            if n.saturating_add(2) > self.room() {
+                return Err("reply too large");
             }
-            Some(n) => {
-                let values = if matches!(kind, b'%' | b'|') {
-                    n.saturating_mul(2)
-                } else {
-                    n
-                };
-                let pending = self.pending.saturating_add(values);
-                if pending.saturating_mul(MIN_VALUE) > self.room() {
-                    return Err("reply too large");
-                }
-                // An attribute annotates the value after it: it is not a value itself.
-                self.pending = if kind == b'|' { pending } else { pending - 1 };
-                if self.pending == 0 {
-                    self.used = 0;
-                }
-            }
+            self.state = match n {
+                0 => State::BodyEnd(false),
+                n => State::Body(n),
+            };
+            return Ok(());
+        }
+        let children = if matches!(kind, b'%' | b'|') {
+            n.saturating_mul(2)
+        } else {
+            n
+        };
+        let pending = self.pending.saturating_add(children);
+        if pending.saturating_mul(MIN_VALUE) > self.room() {
+            return Err("reply too large");
+        }
+        // Every value still to come was counted in `pending` by a header: checking here
+        // bounds the whole reply.
+        if self.values.saturating_add(pending) > MAX_VALUES {
+            return Err("reply has too many values");
+        }
+        if kind == b'|' {
+            // An attribute annotates the value after it, still pending.
+            self.values += 1;
+            self.pending = pending;
+        } else {
+            self.pending = pending;
+            self.value_done();
         }
         Ok(())
     }
 
     fn value_done(&mut self) {
+        self.values += 1;
         self.pending = self.pending.saturating_sub(1);
-        if self.pending == 0 {
-            self.used = 0;
-        }
+    }
+
+    /// Whether the bytes so far end exactly at the end of a reply (or none came yet).
+    #[cfg(test)]
+    fn between_replies(&self) -> bool {
+        self.state == State::Start && self.pending == 0
     }
 }
+#[cfg(test)]
+mod agreement;
 
 /// A stream whose reads are checked by a [`Scanner`]; raises `dead` when it ends or fails.
 pub struct Guarded<S> {
@@ -315,14 +386,17 @@ mod tests {
             b"+OK\r\n",
             b"-NOSCRIPT No matching script\r\n",
             b":42\r\n",
+            b":-42\r\n",
             b"$-1\r\n",
             b"*-1\r\n",
+            b"$0\r\n\r\n",
             b"$5\r\nhello\r\n",
+            b"$4\r\n\r\n\r\n\r\n",
             b"*4\r\n:1\r\n:9\r\n:1000\r\n:0\r\n",
             b"*2\r\n*3\r\n:0\r\n:5460\r\n*2\r\n$9\r\n127.0.0.1\r\n:7000\r\n*0\r\n",
             b"%1\r\n+server\r\n$5\r\nredis\r\n_\r\n#t\r\n,1.5\r\n(12345\r\n",
             b"|1\r\n+ttl\r\n:3\r\n$2\r\nok\r\n>2\r\n+message\r\n$1\r\nx\r\n",
-            b"=7\r\ntxt:abc\r\n!3\r\nERR\r\n~1\r\n:1\r\n",
+            b"=7\r\ntxt:abc\r\n!3\r\nERR\r\n~1\r\n:1\r\n~-1\r\n>-1\r\n",
         ];
         for r in ok {
             assert_eq!(check(r), Ok(()), "{}", String::from_utf8_lossy(r));
@@ -337,8 +411,8 @@ mod tests {
         );
         for _ in 0..3 {
             assert_eq!(s.feed(big.as_bytes()), Ok(()));
+            assert!(s.between_replies());
         }
-        assert_eq!((s.pending, s.used), (0, 0));
     }
 
     #[test]
@@ -363,6 +437,71 @@ mod tests {
         assert_eq!(check(b"HTTP/1.1 200 OK\r\n"), Err("not a RESP reply"));
         assert_eq!(check(b"$12x\r\n"), Err("bad length in reply"));
         assert_eq!(check(b"*2\r\n:1\r\n?garbage"), Err("not a RESP reply"));
+    }
+
+    /// Where the scanner and the crate's parser could see different reply boundaries: the
+    /// scanner refuses.
+    #[test]
+    fn framing_the_parser_reads_otherwise_is_refused() {
+        // The parser ends a line at CRLF only: `+x\n$4194290\r\n` is one simple string to
+        // it, a reply and then a 4 MiB string (whose bytes nobody checks) to a scanner that
+        // ends lines at LF.
+        let lf = Err("CR or LF inside a reply line");
+        assert_eq!(check(b"+x\n$4194290\r\n"), lf);
+        assert_eq!(check_bytewise(b"+x\n$4194290\r\n"), lf);
+        assert_eq!(check(b"-ERR a\rb\r\n"), lf);
+        assert_eq!(check(b"$3\n"), lf);
+        assert_eq!(check(b":1\r\r\n"), lf);
+        // The parser reads `!-1` and `=-1` as strings of usize::MAX bytes, and fails on a
+        // negative map or attribute; only `-1`, and only where it means null, passes.
+        let bad = Err("bad length in reply");
+        for r in [
+            &b"!-1\r\n"[..],
+            b"=-1\r\n",
+            b"%-1\r\n",
+            b"|-1\r\n",
+            b"$-2\r\n",
+            b"$-0\r\n",
+            b"*-0\r\n",
+            b"*--1\r\n",
+            b"$1-\r\n",
+            b"$\r\n",
+            b"*\r\n",
+            b"$ 1\r\n",
+            b"$+1\r\n",
+        ] {
+            assert_eq!(check(r), bad, "{}", String::from_utf8_lossy(r));
+        }
+        // A string's bytes end with CRLF.
+        assert_eq!(check(b"$1\r\nxyz\r\n"), Err("string not ended by CRLF"));
+        assert_eq!(check(b"$0\r\n\n"), Err("string not ended by CRLF"));
+    }
+
+    #[test]
+    fn values_are_capped() {
+        // A million nulls fit in 4 MiB but would cost the parser ~60 MB of values.
+        assert_eq!(check(b"*1000000\r\n"), Err("reply has too many values"));
+        assert_eq!(check(b"%500000\r\n"), Err("reply has too many values"));
+        // Claimed little by little, by nested arrays.
+        let mut s = Scanner::default();
+        let per = 1000u64;
+        assert_eq!(
+            s.feed(format!("*{}\r\n", MAX_VALUES / per + 1).as_bytes()),
+            Ok(())
+        );
+        let inner = format!("*{}\r\n{}", per - 1, "_\r\n".repeat(per as usize - 1));
+        let mut r = Ok(());
+        for _ in 0..=MAX_VALUES / per {
+            r = s.feed(inner.as_bytes());
+            if r.is_err() {
+                break;
+            }
+        }
+        assert_eq!(r, Err("reply has too many values"));
+        // Just below the limit is fine.
+        let mut ok = format!("*{}\r\n", MAX_VALUES - 1).into_bytes();
+        ok.extend("_\r\n".repeat(MAX_VALUES as usize - 1).as_bytes());
+        assert_eq!(check(&ok), Ok(()));
     }
 
     #[test]

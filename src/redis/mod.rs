@@ -5,15 +5,21 @@
 //!
 //! The `redis` crate does the protocol: the RESP codec, the login (`AUTH` with user and
 //! password, `SELECT`), pipelining many calls on one connection per server
-//! (`MultiplexedConnection`), scripts by SHA with loading on `NOSCRIPT` (`Script`), URL
-//! parsing and error kinds (`MOVED`, `ASK`...). moat keeps on top what is its own:
+//! (`MultiplexedConnection`), URL parsing and error kinds (`MOVED`, `ASK`...). moat keeps
+//! on top what is its own:
 //! - [`guard`]: a bound on what a reply may make moat hold (the crate's parser has none);
-//! - [`node`]: the connection's life (made in the background, replaced when dead) and
-//!   [`breaker`]: per server, 3 failures in a row skip it for 500 ms, then one probe;
+//! - [`script`]: calls by SHA, again by text on `NOSCRIPT`;
+//! - [`node`]: the connection's life (made in the background, replaced when dead, when
+//!   the server says it cannot serve, or when its breaker opens) and [`breaker`]: per
+//!   server, 3 failures in a row skip it for 500 ms, then one probe. A failure is no
+//!   answer (timeout, I/O, no connection) or `READONLY`/`LOADING`/`MASTERDOWN`/
+//!   `CLUSTERDOWN`; any other error reply (a script error, `OOM`, `BUSY`) comes from a
+//!   server that answers, which counts as up;
 //! - [`cluster`] and [`sentinel`]: routing to the right server and keeping track of the
 //!   topology ([`topology`], [`discovery`]), where the crate's clients fall short;
 //! - every call bounded by `redis.timeout` as a whole (connect, discovery, redirections
-//!   included), each failure counted in `moat_redis_errors_total`.
+//!   included), each failure counted in `moat_redis_errors_total` and logged (at most one
+//!   message per [`LOG_EVERY`], with the number of failures in between).
 //!
 //! Nothing connects before the first call, so `moat check` never needs Redis. URLs and
 //! passwords are never logged.
@@ -26,6 +32,8 @@ pub mod breaker;
 pub mod cluster;
 pub mod config;
 pub mod discovery;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod guard;
 pub mod node;
 pub mod script;
@@ -33,16 +41,19 @@ pub mod sentinel;
 pub mod slots;
 pub mod topology;
 
-use breaker::Breaker;
 use config::{Mode, Settings};
-use node::{Node, Request};
+use node::{Failure, Node, Pass, Request};
 use prometheus::IntCounter;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use breaker::{OPEN_FOR, TRIP_AFTER};
-pub use redis::{Cmd, Value};
+pub use redis::{Cmd, ToRedisArgs, Value};
 pub use script::Script;
+
+/// Least time between two "redis call failed" messages.
+pub const LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a call failed.
 #[derive(Debug, Clone)]
@@ -51,25 +62,64 @@ pub enum RedisError {
     Open,
     /// No answer within `redis.timeout`.
     Timeout,
-    /// Connection or protocol failure.
+    /// Nothing was sent: no connection to the server the call needs (connect, TLS, login
+    /// or discovery failed), or no master serves the key's slot.
+    Unreachable(String),
+    /// Connection or protocol failure after the command may have left.
     Io(String),
-    /// Redis answered with an error.
+    /// The server answered that it cannot serve now (`READONLY`, `LOADING`, `MASTERDOWN`,
+    /// `CLUSTERDOWN`): it did not run the call.
+    Unavailable(String),
+    /// Redis answered with another error (a script error, `OOM`, `BUSY`...).
     Reply(String),
+}
+
+impl RedisError {
+    /// Whether Redis may have run the call (so its effect, e.g. a lease taken, may need
+    /// undoing): unless nothing was sent, or the server said it did not run it.
+    pub fn may_have_run(&self) -> bool {
+        matches!(
+            self,
+            RedisError::Timeout | RedisError::Io(_) | RedisError::Reply(_)
+        )
+    }
+
+    /// Whether the server the call went to counts as failing (its breaker).
+    fn blames_server(&self) -> bool {
+        !matches!(self, RedisError::Open | RedisError::Reply(_))
+    }
 }
 
 /// moat's view of an error of the crate: the server's own (`CODE detail`) or a failure.
 pub(crate) fn from_crate(e: redis::RedisError) -> RedisError {
     match e.code() {
-        Some(code) => RedisError::Reply(match e.detail() {
-            Some(d) => format!("{code} {d}"),
-            None => code.to_string(),
-        }),
+        Some(code) => {
+            let text = match e.detail() {
+                Some(d) => format!("{code} {d}"),
+                None => code.to_string(),
+            };
+            let down = redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown);
+            if node::cannot_serve(&e) || e.kind() == down {
+                RedisError::Unavailable(text)
+            } else {
+                RedisError::Reply(text)
+            }
+        }
         None => RedisError::Io(e.to_string()),
     }
 }
 
+impl From<Failure> for RedisError {
+    fn from(f: Failure) -> RedisError {
+        match f {
+            Failure::Unreachable(why) => RedisError::Unreachable(why),
+            Failure::Call(e) => from_crate(e),
+        }
+    }
+}
+
 enum Backend {
-    Single(Box<Node>),
+    Single(Arc<Node>),
     Cluster(cluster::Cluster),
     Sentinel(sentinel::Sentinel),
 }
@@ -83,6 +133,7 @@ pub struct Redis {
     /// Identifies the settings it was built from (see [`Settings::fingerprint`]).
     pub fingerprint: [u8; 32],
     errors: IntCounter,
+    log: LogEvery,
 }
 
 impl Redis {
@@ -90,7 +141,7 @@ impl Redis {
     pub fn new(s: Settings, errors: IntCounter) -> Redis {
         let bound = node::connect_bound(s.timeout);
         let backend = match s.mode {
-            Mode::Single(e) => Backend::Single(Box::new(Node::new(e, s.tls, bound))),
+            Mode::Single(e) => Backend::Single(Arc::new(Node::new(e, s.tls, bound))),
             Mode::Cluster(seeds) => {
                 Backend::Cluster(cluster::Cluster::new(seeds, s.tls, s.timeout))
             }
@@ -108,17 +159,20 @@ impl Redis {
             prefix: s.prefix,
             fingerprint: s.fingerprint,
             errors,
+            log: LogEvery::default(),
         }
     }
 
-    /// Run `script` with `keys` and `args`, bounded by the timeout and the breaker.
+    /// Run `script` with `keys` and `args` (one value, a tuple or a slice: see
+    /// [`Script::call`]), bounded by the timeout and the breaker.
     pub async fn eval(
         &self,
         script: &Script,
         keys: &[&str],
-        args: &[&str],
+        args: impl ToRedisArgs,
     ) -> Result<Value, RedisError> {
-        self.run(&Request::Eval(script, keys, args)).await
+        let call = script.call(keys, args);
+        self.run(&Request::Eval(script, &call)).await
     }
 
     /// Run one plain command (e.g. `SET k v NX PX ms`), bounded like [`Redis::eval`].
@@ -127,16 +181,13 @@ impl Redis {
     }
 
     async fn run(&self, req: &Request<'_>) -> Result<Value, RedisError> {
-        // The breaker of the server the call depends on when it ends.
-        let mut used: Option<Arc<Breaker>> = None;
+        // The server the call depends on when it ends.
+        let mut used: Option<Pass> = None;
         let call = async {
             match &self.backend {
                 Backend::Single(node) => {
-                    if !node.breaker.admit() {
-                        return Err(RedisError::Open);
-                    }
-                    used = Some(Arc::clone(&node.breaker));
-                    node.exec(req, false).await.map_err(from_crate)
+                    used = Some(Pass::admit(node).ok_or(RedisError::Open)?);
+                    Ok(node.exec(req, false).await?)
                 }
                 Backend::Cluster(c) => c.call(req, &mut used).await,
                 Backend::Sentinel(s) => s.call(req, &mut used).await,
@@ -154,22 +205,61 @@ impl Redis {
                 Err(RedisError::Timeout)
             }
         };
-        match &r {
-            Err(RedisError::Open) => {}
-            Ok(_) => {
-                if let Some(b) = used {
-                    b.success();
-                }
+        if let Some(pass) = used {
+            match &r {
+                Err(e) if e.blames_server() => pass.failed(),
+                _ => pass.answered(),
             }
-            Err(e) => {
+        }
+        if let Err(e) = &r {
+            if !matches!(e, RedisError::Open) {
                 self.errors.inc();
-                if let Some(b) = used {
-                    b.failure();
-                }
-                log::warn!("redis call failed: {e:?}");
+                self.log.failure(e);
             }
         }
         r
+    }
+}
+
+/// Logs failures at most once per [`LOG_EVERY`] (a Redis outage fails every request until
+/// the breakers open; a script error or an unserved slot fails every request for good),
+/// saying how many were not logged in between.
+struct LogEvery {
+    /// When the last message was logged (ms since `epoch`, plus one; 0: never).
+    last_ms: AtomicU64,
+    /// Failures not logged since.
+    skipped: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for LogEvery {
+    fn default() -> Self {
+        LogEvery {
+            last_ms: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl LogEvery {
+    fn failure(&self, e: &RedisError) {
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now >= last + LOG_EVERY.as_millis() as u64;
+        if !due
+            || self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match self.skipped.swap(0, Ordering::Relaxed) {
+            0 => log::warn!("redis call failed: {e:?}"),
+            n => log::warn!("redis call failed: {e:?} ({n} more failures since the last message)"),
+        }
     }
 }
 
@@ -213,10 +303,132 @@ mod tests {
         );
         let ping = redis::cmd("PING");
         for _ in 0..TRIP_AFTER {
-            assert!(matches!(r.command(&ping).await, Err(RedisError::Io(_))));
+            let e = r.command(&ping).await;
+            assert!(matches!(e, Err(RedisError::Unreachable(_))), "{e:?}");
         }
         assert!(matches!(r.command(&ping).await, Err(RedisError::Open)));
         assert_eq!(errors.get(), u64::from(TRIP_AFTER));
+    }
+
+    /// A client of the scripted server at `addr`, with `timeout`.
+    fn client_of(addr: std::net::SocketAddr, timeout: &str) -> Redis {
+        client(&format!(
+            "{{ url: \"redis://{addr}\", timeout: {timeout} }}"
+        ))
+    }
+
+    /// Answers the login (`CLIENT SETINFO`) like Redis, and every other command with
+    /// `reply(connection number)`.
+    async fn server(
+        reply: fn(usize) -> &'static str,
+    ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        fake::serve(move |n, cmd| {
+            if fake::is(cmd, "CLIENT") {
+                "+OK\r\n"
+            } else {
+                reply(n)
+            }
+        })
+        .await
+    }
+
+    async fn past_open_for() {
+        tokio::time::sleep(OPEN_FOR + Duration::from_millis(50)).await;
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_probe_does_not_keep_the_server_skipped() {
+        let (addr, _) = server(|_| "").await; // never answers
+        let r = client_of(addr, "50ms");
+        let ping = redis::cmd("PING");
+        for _ in 0..TRIP_AFTER {
+            assert!(matches!(r.command(&ping).await, Err(RedisError::Timeout)));
+        }
+        assert!(matches!(r.command(&ping).await, Err(RedisError::Open)));
+        past_open_for().await;
+        // The probe's request goes away before the call ends.
+        let cut = tokio::time::timeout(Duration::from_millis(10), r.command(&ping)).await;
+        assert!(cut.is_err());
+        // The next call probes: the server is tried, not skipped for good.
+        let e = r.command(&ping).await;
+        assert!(matches!(e, Err(RedisError::Timeout)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn error_replies_do_not_open_the_breaker() {
+        let (addr, accepted) = server(|_| "-ERR Error running script\r\n").await;
+        let r = client_of(addr, "1s");
+        let ping = redis::cmd("PING");
+        for _ in 0..3 * TRIP_AFTER {
+            let e = r.command(&ping).await;
+            assert!(
+                matches!(&e, Err(RedisError::Reply(m)) if m.starts_with("ERR")),
+                "{e:?}"
+            );
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(r.errors.get(), 3 * u64::from(TRIP_AFTER));
+    }
+
+    #[tokio::test]
+    async fn a_server_that_cannot_serve_is_reconnected_to() {
+        // The first connection reaches a demoted primary, the next ones a primary.
+        let (addr, accepted) = server(|n| match n {
+            0 => "-READONLY You can't write against a read only replica.\r\n",
+            _ => "+PONG\r\n",
+        })
+        .await;
+        let r = client_of(addr, "1s");
+        let ping = redis::cmd("PING");
+        let e = r.command(&ping).await;
+        assert!(
+            matches!(&e, Err(RedisError::Unavailable(m)) if m.starts_with("READONLY")),
+            "{e:?}"
+        );
+        assert_eq!(
+            r.command(&ping).await.unwrap(),
+            Value::SimpleString("PONG".into())
+        );
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_opened_breaker_drops_a_silent_connection() {
+        // The first connection logs in, then goes silent (a dead host, a blackholed path);
+        // a new one is answered.
+        let (addr, accepted) = server(|n| match n {
+            0 => "",
+            _ => "+PONG\r\n",
+        })
+        .await;
+        let r = client_of(addr, "100ms");
+        let ping = redis::cmd("PING");
+        for _ in 0..TRIP_AFTER {
+            assert!(matches!(r.command(&ping).await, Err(RedisError::Timeout)));
+        }
+        past_open_for().await;
+        assert_eq!(
+            r.command(&ping).await.unwrap(),
+            Value::SimpleString("PONG".into())
+        );
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn failures_are_logged_once_a_second() {
+        let log = LogEvery::default();
+        for _ in 0..10 {
+            log.failure(&RedisError::Timeout);
+        }
+        assert_eq!(log.skipped.load(Ordering::Relaxed), 9);
+        log.last_ms.store(1, Ordering::Relaxed);
+        std::thread::sleep(LOG_EVERY + Duration::from_millis(5));
+        log.failure(&RedisError::Timeout);
+        assert_eq!(
+            log.skipped.load(Ordering::Relaxed),
+            0,
+            "logged, with the 9 before"
+        );
     }
 
     #[test]

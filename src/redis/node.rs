@@ -10,20 +10,29 @@
 //!
 //! Connecting runs in its own task, shared by every call that needs it meanwhile and not
 //! cancelled by their `redis.timeout`; it gives up after [`connect_bound`]. A connection
-//! the server closed, or whose stream failed, is marked dead by its stream and replaced on
-//! the next call: a restarted Redis costs no failed call. A call whose command went out
-//! is never sent again (Redis may have run it); a call cut short before its command left
-//! is dropped by the crate unsent.
+//! is replaced on the next call (the host name resolved again) when:
+//! - the server closed it, or its stream failed (marked dead by the stream): a restarted
+//!   Redis costs no failed call;
+//! - the server answered `READONLY`, `LOADING` or `MASTERDOWN`: a demoted primary, say,
+//!   whose name now points at the new one;
+//! - the node's breaker opened ([`Pass::failed`]): calls went unanswered, as on a dead host
+//!   or a blackholed path, which TCP alone notices only after minutes. An idle connection
+//!   is checked by TCP keepalive ([`KEEPALIVE_IDLE`]).
+//!
+//! A call whose command went out is never sent again (Redis may have run it); a call cut
+//! short before its command left is dropped by the crate unsent.
 //!
 //! Credentials are sent only after the TLS handshake has checked the server's certificate
 //! (with TLS on), and are never logged.
 
-use super::breaker::Breaker;
+use super::breaker::{Breaker, Ticket};
 use super::guard::Guarded;
 use super::script::Script;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Cmd, RedisConnectionInfo, RedisFuture, Value};
+use redis::{
+    AsyncConnectionConfig, Cmd, ErrorKind, RedisConnectionInfo, RedisFuture, ServerErrorKind, Value,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,6 +71,11 @@ pub fn join_host_port(host: &str, port: u16) -> String {
 pub fn connect_bound(timeout: Duration) -> Duration {
     timeout.max(Duration::from_secs(1))
 }
+
+/// How long a connection may stay idle before TCP checks the server is still there.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+/// Between keepalive probes; 3 unanswered ones drop the connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A connection and the flag its stream raises when it can carry nothing more.
 #[derive(Clone)]
@@ -114,7 +128,7 @@ impl Node {
 
     /// The live connection, or the one being made (started here when none is, or when
     /// the last attempt failed with no call left waiting for it).
-    async fn conn(&self) -> Result<Live, redis::RedisError> {
+    async fn conn(&self) -> Result<Live, String> {
         let attempt = {
             let mut slot = self.slot();
             match &*slot {
@@ -135,7 +149,16 @@ impl Node {
                 Err(_) => Slot::Idle,
             };
         }
-        r.map_err(|why| redis::RedisError::from((redis::ErrorKind::Io, "connect failed", why)))
+        r.map_err(|why| format!("connect failed: {why}"))
+    }
+
+    /// Drop the connection (calls under way keep it until they end): the next call
+    /// connects again.
+    pub fn disconnect(&self) {
+        let mut slot = self.slot();
+        if matches!(&*slot, Slot::Ready(_)) {
+            *slot = Slot::Idle;
+        }
     }
 
     fn start_connect(&self) -> Connecting {
@@ -152,23 +175,84 @@ impl Node {
     }
 
     /// Run `req` on this node (right after `ASKING` when `asking`). Server errors (`MOVED`,
-    /// `NOSCRIPT`...) come back as errors of kind `Server`.
-    pub async fn exec(&self, req: &Request<'_>, asking: bool) -> Result<Value, redis::RedisError> {
-        let Live { mut conn, dead } = self.conn().await?;
+    /// `NOSCRIPT`...) come back as [`Failure::Call`] errors of kind `Server`.
+    pub async fn exec(&self, req: &Request<'_>, asking: bool) -> Result<Value, Failure> {
+        let Live { mut conn, dead } = self.conn().await.map_err(Failure::Unreachable)?;
         let r = match (req, asking) {
-            (Request::Eval(script, keys, args), false) => script.run(&mut conn, keys, args).await,
-            (Request::Eval(script, keys, args), true) => {
-                script.run(&mut Asking(&mut conn), keys, args).await
-            }
+            (Request::Eval(script, call), false) => script.run(&mut conn, call).await,
+            (Request::Eval(script, call), true) => script.run(&mut Asking(&mut conn), call).await,
             (Request::Command(cmd), false) => cmd.query_async(&mut conn).await,
             (Request::Command(cmd), true) => cmd.query_async(&mut Asking(&mut conn)).await,
         };
         if let Err(e) = &r {
-            if e.is_unrecoverable_error() {
+            if e.is_unrecoverable_error() || cannot_serve(e) {
                 dead.store(true, Ordering::Release);
             }
         }
-        r
+        r.map_err(Failure::Call)
+    }
+}
+
+/// Whether `e` says the server cannot serve for now (`READONLY`: a demoted primary;
+/// `LOADING`; `MASTERDOWN`): a new connection may reach one that can.
+pub fn cannot_serve(e: &redis::RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::ReadOnly | ServerErrorKind::BusyLoading | ServerErrorKind::MasterDown
+        )
+    )
+}
+
+/// Why a call on a node failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// No connection (connect, TLS or login failed): nothing was sent.
+    Unreachable(String),
+    /// The crate's error: the server's error reply, or the connection failed after the
+    /// command may have left.
+    Call(redis::RedisError),
+}
+
+/// A call admitted by a node's breaker. Its outcome is recorded once, by
+/// [`Pass::answered`] or [`Pass::failed`]; a pass dropped without one (the call was
+/// cancelled: its request went away) gives the breaker's probe back.
+pub struct Pass {
+    node: Arc<Node>,
+    ticket: Option<Ticket>,
+}
+
+impl Pass {
+    /// Admit a call to `node`, unless its breaker is open.
+    pub fn admit(node: &Arc<Node>) -> Option<Pass> {
+        let ticket = node.breaker.admit()?;
+        Some(Pass {
+            node: Arc::clone(node),
+            ticket: Some(ticket),
+        })
+    }
+
+    /// The server answered (an error reply included).
+    pub fn answered(mut self) {
+        if self.ticket.take().is_some() {
+            self.node.breaker.success();
+        }
+    }
+
+    /// No answer (or one saying the server cannot serve). When that opens the breaker,
+    /// the connection is dropped, so the probe that follows connects afresh.
+    pub fn failed(mut self) {
+        if self.ticket.take().is_some() && self.node.breaker.failure() {
+            self.node.disconnect();
+        }
+    }
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticket.take() {
+            self.node.breaker.abandon(t);
+        }
     }
 }
 
@@ -221,13 +305,12 @@ async fn connect(
     e: &Endpoint,
     tls: Option<&tokio_native_tls::TlsConnector>,
 ) -> Result<Live, String> {
-    let tcp = TcpStream::connect((e.host.as_str(), e.port))
+    let tcp = open_tcp(&e.host, e.port)
         .await
         .map_err(|err| err.kind().to_string())?;
-    let _ = tcp.set_nodelay(true);
     let dead = Arc::new(AtomicBool::new(false));
-    // The crate bounds nothing itself: every call is bounded by `redis.timeout` by the
-    // client, and connecting by `connect_bound`.
+    // The crate's own response timeout (500 ms by default) is off: every call is bounded
+    // by `redis.timeout` by the client, and connecting by `connect_bound`.
     let config = AsyncConnectionConfig::new().set_response_timeout(None);
     let stream: Box<dyn Stream> = match tls {
         Some(tls) => Box::new(
@@ -249,24 +332,42 @@ async fn connect(
     Ok(Live { conn, dead })
 }
 
+/// A TCP connection to `host:port` (the name resolved now), without Nagle's delay and with
+/// keepalive on (a socket option that cannot be set leaves the connection usable).
+async fn open_tcp(host: &str, port: u16) -> std::io::Result<TcpStream> {
+    let tcp = TcpStream::connect((host, port)).await?;
+    let _ = tcp.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(3);
+    let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+    Ok(tcp)
+}
+
 /// One call, before it is routed.
 pub enum Request<'a> {
-    /// A script with its keys and arguments.
-    Eval(&'a Script, &'a [&'a str], &'a [&'a str]),
+    /// A script call built by [`Script::call`].
+    Eval(&'a Script, &'a Cmd),
     /// A plain command.
     Command(&'a Cmd),
 }
 
 impl Request<'_> {
-    /// The key that routes the call in a cluster: a script's first key, a command's
-    /// second word (`SET key ...`); `None` (any master) without one.
+    /// The key that routes the call in a cluster: a script's first key (`EVALSHA sha
+    /// numkeys key ...`), a command's second word (`SET key ...`); `None` (any master)
+    /// without one.
     pub fn key(&self) -> Option<&[u8]> {
-        match self {
-            Request::Eval(_, keys, _) => keys.first().map(|k| k.as_bytes()),
-            Request::Command(cmd) => cmd.args_iter().nth(1).and_then(|a| match a {
-                redis::Arg::Simple(b) => Some(b),
+        fn word(cmd: &Cmd, i: usize) -> Option<&[u8]> {
+            match cmd.args_iter().nth(i) {
+                Some(redis::Arg::Simple(b)) => Some(b),
                 _ => None,
-            }),
+            }
+        }
+        match self {
+            Request::Eval(_, call) if word(call, 2) == Some(b"0") => None,
+            Request::Eval(_, call) => word(call, 3),
+            Request::Command(cmd) => word(cmd, 1),
         }
     }
 }
@@ -394,14 +495,26 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn connections_are_kept_alive() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = open_tcp("127.0.0.1", l.local_addr().unwrap().port())
+            .await
+            .unwrap();
+        let s = socket2::SockRef::from(&tcp);
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+        assert_eq!(s.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert!(tcp.nodelay().unwrap());
+    }
+
     #[test]
     fn routing_keys() {
         let s = Script::new("return 1");
-        assert_eq!(
-            Request::Eval(&s, &["a", "b"], &["1"]).key(),
-            Some(&b"a"[..])
-        );
-        assert_eq!(Request::Eval(&s, &[], &[]).key(), None);
+        let call = s.call(&["a", "b"], 1);
+        assert_eq!(Request::Eval(&s, &call).key(), Some(&b"a"[..]));
+        let call = s.call(&[], ("x", 2));
+        assert_eq!(Request::Eval(&s, &call).key(), None);
         let mut set = redis::cmd("SET");
         set.arg("k").arg(1);
         assert_eq!(Request::Command(&set).key(), Some(&b"k"[..]));

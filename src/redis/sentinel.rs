@@ -7,20 +7,22 @@
 //! failover the calls go to the new master within about 100 ms of the sentinels naming
 //! it; until then, failed calls follow `on_redis_error`.
 //!
-//! Each master met keeps its node (connection and breaker) by address, so flipping back
-//! to a previous master reuses it. Sentinels and masters are reached over the same TLS
+//! The current master and the one last named keep their nodes (connection and breaker);
+//! any other is forgotten at each lookup, so a sentinel naming a new address every time
+//! cannot grow the client. Sentinels and masters are reached over the same TLS
 //! settings; the sentinels log in with `sentinel.password_env`, the master with
 //! `redis.password_env` (and `sentinel.username`).
 //!
-//! Why not the `redis` crate's `sentinel` module: it opens its sockets itself (replies
-//! unbounded, see [`super::guard`]), builds a new client per lookup and bounds nothing in
-//! time; asking is one command, done here over the same guarded connections as the rest.
+//! Why not the `redis` crate's `sentinel` module: it opens its sockets itself, with no way
+//! to hand it a stream, so the reply guard ([`super::guard`]) cannot apply; it asks the
+//! sentinels one after the other (no hedging: a silent one costs its whole timeout) and
+//! makes a new client, hence a new connection, for every `ROLE` check. Asking is one
+//! command, done here over the same guarded connections as the rest.
 
-use super::breaker::Breaker;
 use super::discovery::first_answer;
-use super::node::{Endpoint, Node, Nodes, Request};
+use super::node::{Endpoint, Node, Nodes, Pass, Request};
 use super::topology::{Refresh, Topology};
-use super::{from_crate, RedisError, Value};
+use super::{RedisError, Value};
 use futures::FutureExt;
 use redis::RedisConnectionInfo;
 use std::sync::Arc;
@@ -32,7 +34,7 @@ struct Inner {
     /// How the master is logged in to.
     login: RedisConnectionInfo,
     timeout: Duration,
-    /// Every master met.
+    /// The current master and the one last named.
     masters: Nodes,
     master: Arc<Topology<Arc<Node>>>,
 }
@@ -72,19 +74,19 @@ impl Sentinel {
     pub async fn call(
         &self,
         req: &Request<'_>,
-        used: &mut Option<Arc<Breaker>>,
+        used: &mut Option<Pass>,
     ) -> Result<Value, RedisError> {
         let inner = &self.inner;
         let master = inner.master.for_call(|| inner.refresher()).await?;
-        if !master.breaker.admit() {
+        let Some(pass) = Pass::admit(&master) else {
             self.stale();
             return Err(RedisError::Open);
-        }
-        *used = Some(Arc::clone(&master.breaker));
+        };
+        *used = Some(pass);
         master.exec(req, false).await.map_err(|e| {
             // Down, demoted (READONLY), loading...: the sentinels may know better.
             self.stale();
-            from_crate(e)
+            e.into()
         })
     }
 
@@ -108,13 +110,16 @@ impl Inner {
         })
         .await?;
         let node = self.master_at(&host, port);
+        let current = self.master.current();
+        self.masters.retain(|_, n| {
+            Arc::ptr_eq(n, &node) || current.as_deref().is_some_and(|c| Arc::ptr_eq(c, n))
+        });
         let role = tokio::time::timeout(
             self.timeout,
             node.exec(&Request::Command(&redis::cmd("ROLE")), false),
         )
         .await
-        .map_err(|_| RedisError::Timeout)?
-        .map_err(from_crate)?;
+        .map_err(|_| RedisError::Timeout)??;
         match role {
             Value::Array(v) if v.first().is_some_and(|r| is_text(r, "master")) => Ok(node),
             _ => Err(RedisError::Reply(format!(
@@ -145,10 +150,7 @@ fn is_text(v: &Value, s: &str) -> bool {
 async fn master_addr(sentinel: Arc<Node>, name: String) -> Result<(String, u16), RedisError> {
     let mut cmd = redis::cmd("SENTINEL");
     cmd.arg("get-master-addr-by-name").arg(&name);
-    let v = sentinel
-        .exec(&Request::Command(&cmd), false)
-        .await
-        .map_err(from_crate)?;
+    let v = sentinel.exec(&Request::Command(&cmd), false).await?;
     let text = |v: &Value| match v {
         Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
         Value::SimpleString(s) => Some(s.clone()),
@@ -168,5 +170,40 @@ async fn master_addr(sentinel: Arc<Node>, name: String) -> Result<(String, u16),
             sentinel.addr
         ))),
         _ => Err(RedisError::Reply("sentinel: unexpected reply".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU16, Ordering};
+
+    #[tokio::test]
+    async fn masters_named_once_are_forgotten() {
+        // A sentinel that names a new master address at every lookup.
+        let next = AtomicU16::new(1);
+        let (at, _) = super::super::fake::serve(move |_, _| {
+            let port = next.fetch_add(1, Ordering::SeqCst).to_string();
+            format!("*2\r\n$9\r\n127.0.0.1\r\n${}\r\n{port}\r\n", port.len())
+        })
+        .await;
+        let login = RedisConnectionInfo::default().set_skip_set_lib_name();
+        let sentinel = Endpoint {
+            host: at.ip().to_string(),
+            port: at.port(),
+            login: login.clone(),
+        };
+        let s = Sentinel::new(
+            "m".into(),
+            vec![sentinel],
+            login,
+            None,
+            Duration::from_millis(500),
+        );
+        for _ in 0..20 {
+            // Nothing listens at the named ports: each lookup fails on `ROLE`.
+            assert!(s.inner.refresh().await.is_err());
+        }
+        assert!(s.inner.masters.count() <= 2, "{}", s.inner.masters.count());
     }
 }

@@ -45,6 +45,9 @@ pub fn parse_slots(v: &Value, asked_host: &str) -> Result<Vec<SlotRange>, String
         return Err("CLUSTER SLOTS: not an array".into());
     };
     let bad = |what: &str| format!("CLUSTER SLOTS: {what}");
+    if entries.len() > SLOTS {
+        return Err(bad("more ranges than slots"));
+    }
     let mut out = Vec::with_capacity(entries.len());
     for e in entries {
         let Value::Array(e) = e else {
@@ -203,6 +206,11 @@ mod tests {
         let bad_port = Value::Array(vec![entry(0, 1, node("h", 70000))]);
         assert!(parse_slots(&bad_port, "h").is_err());
         assert_eq!(parse_slots(&Value::Array(vec![]), "h").unwrap(), []);
+        let too_many = Value::Array(vec![entry(0, 0, node("h", 1)); SLOTS + 1]);
+        assert_eq!(
+            parse_slots(&too_many, "h"),
+            Err("CLUSTER SLOTS: more ranges than slots".to_string())
+        );
     }
 
     /// The error the crate makes of the error reply `line`.

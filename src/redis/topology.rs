@@ -88,9 +88,10 @@ impl<T: Send + Sync + 'static> Topology<T> {
             return Ok(v);
         }
         if !self.refreshing.swap(true, Ordering::AcqRel) {
-            // None under way: start one, unless the first discovery keeps failing.
+            // None under way: start one, unless the first discovery keeps failing (its task,
+            // which no caller cancels, records the outcome).
             let admitted = match tokio::runtime::Handle::try_current() {
-                Ok(rt) if self.first.admit() => Some(rt),
+                Ok(rt) if self.first.admit().is_some() => Some(rt),
                 _ => None,
             };
             let Some(rt) = admitted else {
@@ -100,13 +101,13 @@ impl<T: Send + Sync + 'static> Topology<T> {
             self.spawn(&rt, refresh(), Some(Arc::clone(&self.first)));
         }
         if done.changed().await.is_err() {
-            return Err(RedisError::Io("client dropped".into()));
+            return Err(RedisError::Unreachable("client dropped".into()));
         }
         if let Some(v) = self.current() {
             return Ok(v);
         }
         let why = done.borrow().clone().unwrap_or_default();
-        Err(RedisError::Io(format!("discovery failed: {why}")))
+        Err(RedisError::Unreachable(format!("discovery failed: {why}")))
     }
 
     /// The value for a call: [`Topology::get`], then a background refresh when the latest
@@ -165,7 +166,9 @@ impl<T: Send + Sync + 'static> Topology<T> {
             if let Some(b) = breaker {
                 match r {
                     Ok(_) => b.success(),
-                    Err(_) => b.failure(),
+                    Err(_) => {
+                        b.failure();
+                    }
                 }
             }
             let err = match r {
@@ -234,7 +237,7 @@ mod tests {
         for _ in 0..crate::redis::breaker::TRIP_AFTER {
             assert!(matches!(
                 t.get(counting(&n, false)).await,
-                Err(RedisError::Io(_))
+                Err(RedisError::Unreachable(_))
             ));
         }
         assert!(matches!(

@@ -25,6 +25,7 @@ mod plugin_heads;
 mod quickstart;
 mod redis_cluster;
 mod redis_hostile;
+mod redis_reconnect;
 mod redis_sentinel;
 mod redis_tls;
 mod reload;

@@ -1,9 +1,11 @@
-//! A hostile Redis: a TCP server answering every command with a huge bulk length followed
-//! by an endless stream, a 1 MiB line, or garbage. moat keeps serving every request per
-//! `on_redis_error`, drops each such connection on the spot (a reply guard, not the
+//! A hostile Redis: a TCP server that logs moat in normally, then answers every limiter
+//! call with a huge bulk length followed by an endless stream, a 1 MiB line, garbage, a
+//! line split at a bare LF that hides an endless array from a lenient reader, a negative
+//! blob length, or a million values. moat keeps serving every request per
+//! `on_redis_error`, drops each such connection on the spot (the reply guard, not the
 //! timeout, ends the call), its memory stays flat, and nothing panics.
 
-use crate::harness::redis::{Hostile, HostileRedis};
+use crate::harness::hostile_redis::{Hostile, HostileRedis};
 use crate::harness::{request, Moat, Upstream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -39,6 +41,9 @@ fn a_hostile_redis_never_stops_moat_nor_grows_its_memory() {
         (Hostile::MaxBulk, "reply too large"),
         (Hostile::LongLine, "reply line too long"),
         (Hostile::Garbage, "not a RESP reply"),
+        (Hostile::LfSmuggle, "CR or LF inside a reply line"),
+        (Hostile::NegativeBlob, "bad length in reply"),
+        (Hostile::ManyValues, "reply has too many values"),
     ] {
         let redis = HostileRedis::start(kind);
         let m = Moat::start(&config(redis.port, &up));
@@ -57,19 +62,25 @@ fn a_hostile_redis_never_stops_moat_nor_grows_its_memory() {
         }
         let after = rss_kib(m.pid());
         let logs = m.logs();
+        let (connections, attacks) = (
+            redis.connections.load(Ordering::SeqCst),
+            redis.attacks.load(Ordering::SeqCst),
+        );
         eprintln!(
-            "{kind:?}: {n} requests answered, {} connections dropped, RSS {before} KiB -> {after} KiB",
-            redis.connections.load(Ordering::SeqCst)
+            "{kind:?}: {n} requests answered, {attacks} hostile replies on {connections} connections, RSS {before} KiB -> {after} KiB"
         );
         assert!(
             after < before + 16 * 1024,
             "{kind:?}: RSS grew from {before} KiB to {after} KiB"
         );
-        // The breaker lets a probe through every 500 ms: each one is a new connection,
-        // dropped as soon as the reply breaks the guard's limits.
+        // The breaker lets a probe through every 500 ms: each one is a new connection
+        // that logs in, and is dropped as soon as the reply to its call breaks the guard's
+        // limits.
+        assert!(connections >= 3, "{kind:?}: moat stopped trying");
+        assert!(attacks >= 3, "{kind:?}: {attacks} calls reached the server");
         assert!(
-            redis.connections.load(Ordering::SeqCst) >= 3,
-            "{kind:?}: moat stopped trying"
+            !logs.contains("connect failed"),
+            "{kind:?}: the login failed, the calls were never made:\n{logs}"
         );
         assert!(
             logs.contains(why),

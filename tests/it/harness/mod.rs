@@ -5,9 +5,11 @@
 
 pub mod client;
 pub mod h2_upstream;
+pub mod hostile_redis;
 pub mod load;
 pub mod moat;
 pub mod redis;
+pub mod relay;
 pub mod tls;
 pub mod upstream;
 

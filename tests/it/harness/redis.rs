@@ -1,7 +1,7 @@
 //! Real Redis for the tests, each on free 127.0.0.1 ports, killed when dropped: a
 //! `redis-server` (plain, TLS-only with a CA made by the test, or a replica), a 3-master
-//! Redis Cluster, a master + replica watched by a `redis-sentinel`, and a hostile server
-//! that answers every command with something a client must not trust.
+//! Redis Cluster, a master + replica watched by a `redis-sentinel`. Every server keeps its
+//! files in its own temp dir. (A hostile server: `hostile_redis.rs`.)
 
 use super::tls::{ca, leaf, Cert};
 use super::{free_port, wait_until};
@@ -9,8 +9,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// TLS files for a Redis server and its clients: a CA made here, a server certificate for
@@ -60,6 +58,8 @@ pub struct RedisServer {
     pub port: u16,
     /// `redis-cli` flags reaching it (TLS files, password).
     cli_flags: Vec<String>,
+    /// Its working directory (`--dir`: where a replica writes the RDB it syncs).
+    dir: PathBuf,
 }
 
 impl RedisServer {
@@ -123,9 +123,12 @@ impl RedisServer {
     }
 
     fn spawn(port: u16, args: &[String], cli_flags: Vec<String>) -> RedisServer {
+        let dir = super::moat::temp_dir("redis-server");
         let child = Command::new("redis-server")
             .args(args)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -135,6 +138,7 @@ impl RedisServer {
             child: Some(child),
             port,
             cli_flags,
+            dir,
         };
         assert!(
             wait_until(Duration::from_secs(10), || r.ping()),
@@ -184,6 +188,7 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.signal("CONT");
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -283,102 +288,6 @@ impl Drop for RedisSentinel {
             let _ = c.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// What a [`HostileRedis`] answers to every command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hostile {
-    /// `$1099511627776` then an endless stream of bytes.
-    HugeBulk,
-    /// `$9223372036854775807` then an endless stream of bytes.
-    MaxBulk,
-    /// A status line of 1 MiB.
-    LongLine,
-    /// Bytes that are no RESP at all.
-    Garbage,
-}
-
-/// A TCP server on 127.0.0.1:0 that answers every command of every connection with a
-/// [`Hostile`] reply; stops when dropped.
-pub struct HostileRedis {
-    pub port: u16,
-    /// Connections accepted so far.
-    pub connections: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-}
-
-impl HostileRedis {
-    pub fn start(kind: Hostile) -> HostileRedis {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (connections, stop) = (
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (n, halt) = (Arc::clone(&connections), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            while !halt.load(Ordering::Acquire) {
-                let Ok((conn, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                n.fetch_add(1, Ordering::SeqCst);
-                let halt = Arc::clone(&halt);
-                std::thread::spawn(move || answer(conn, kind, &halt));
-            }
-        });
-        HostileRedis {
-            port,
-            connections,
-            stop,
-        }
-    }
-}
-
-impl Drop for HostileRedis {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-    }
-}
-
-/// Answer each read on `conn` with `kind`'s reply; the endless kinds keep writing until
-/// the client goes away (or 64 MiB, or the server stops).
-fn answer(mut conn: TcpStream, kind: Hostile, halt: &AtomicBool) {
-    let _ = conn.set_nonblocking(false);
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
-    let mut buf = [0u8; 4096];
-    let chunk = vec![b'x'; 64 * 1024];
-    while let Ok(n) = conn.read(&mut buf) {
-        if n == 0 || halt.load(Ordering::Acquire) {
-            return;
-        }
-        let (head, endless): (Vec<u8>, bool) = match kind {
-            Hostile::HugeBulk => (b"$1099511627776\r\n".to_vec(), true),
-            Hostile::MaxBulk => (b"$9223372036854775807\r\n".to_vec(), true),
-            Hostile::LongLine => {
-                let mut l = b"+".to_vec();
-                l.extend(std::iter::repeat_n(b'a', 1 << 20));
-                l.extend(b"\r\n");
-                (l, false)
-            }
-            Hostile::Garbage => (
-                b"\x00\xff\x13garbage\x07 not resp at all\r\n".to_vec(),
-                false,
-            ),
-        };
-        if conn.write_all(&head).is_err() {
-            return;
-        }
-        if endless {
-            for _ in 0..1024 {
-                if halt.load(Ordering::Acquire) || conn.write_all(&chunk).is_err() {
-                    return;
-                }
-            }
-        }
     }
 }
 
