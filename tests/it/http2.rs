@@ -345,12 +345,11 @@ pub(crate) fn h2c_exchange_heads(
             }
             pending.push(resp);
         }
-        let mut out = Vec::new();
-        for resp in pending {
-            let resp = tokio::time::timeout(Duration::from_secs(10), resp)
-                .await
-                .expect("response in time")
-                .expect("response");
+        // Every response is read at the same time: read one after the other, an unread
+        // body could hold the connection's flow-control window that another needs, and
+        // the exchange would wait forever (seen under load). The whole exchange is bounded.
+        let read = |resp: h2::client::ResponseFuture| async move {
+            let resp = resp.await.expect("response");
             let status = resp.status().as_u16();
             let (head, mut body) = resp.into_parts();
             let mut data = Vec::new();
@@ -359,9 +358,14 @@ pub(crate) fn h2c_exchange_heads(
                 let _ = body.flow_control().release_capacity(chunk.len());
                 data.extend_from_slice(&chunk);
             }
-            out.push((status, head.headers, data));
-        }
-        out
+            (status, head.headers, data)
+        };
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            futures::future::join_all(pending.into_iter().map(read)),
+        )
+        .await
+        .expect("every response in time")
     })
 }
 
