@@ -64,6 +64,7 @@ fn python_reference_fixture_verifies() {
         "POST",
         "/api/users?limit=10&q=a%20b",
         &[
+            ("Host", "api.example.com"),
             ("Date", "Sat, 23 Nov 2024 07:00:00 GMT"),
             ("Digest", &digest),
             ("X-Tenant", "blue"),
@@ -79,16 +80,38 @@ fn python_reference_fixture_verifies() {
         &a.signature
     ));
     assert!(!verify_mac(a.alg, b"wrong", s.as_bytes(), &a.signature));
-    // Tampering with the method, the path or a signed header breaks it.
-    for (m, t, tenant) in [
-        ("PUT", "/api/users?limit=10&q=a%20b", "blue"),
-        ("POST", "/api/users?limit=11&q=a%20b", "blue"),
-        ("POST", "/api/users?limit=10&q=a%20b", "red"),
+    // Tampering with the method, the path, the host or a signed header breaks it.
+    for (m, t, host, tenant) in [
+        (
+            "PUT",
+            "/api/users?limit=10&q=a%20b",
+            "api.example.com",
+            "blue",
+        ),
+        (
+            "POST",
+            "/api/users?limit=11&q=a%20b",
+            "api.example.com",
+            "blue",
+        ),
+        (
+            "POST",
+            "/api/users?limit=10&q=a%20b",
+            "api.example.org",
+            "blue",
+        ),
+        (
+            "POST",
+            "/api/users?limit=10&q=a%20b",
+            "api.example.com",
+            "red",
+        ),
     ] {
         let r = request(
             m,
             t,
             &[
+                ("Host", host),
                 ("Date", "Sat, 23 Nov 2024 07:00:00 GMT"),
                 ("Digest", &digest),
                 ("X-Tenant", tenant),

@@ -39,8 +39,10 @@ pub struct HmacSettings {
     pub skew: i64,
     /// A request with a body must carry a signed `Digest`.
     pub require_digest: bool,
-    /// Refuse a signature seen within this many seconds.
+    /// Refuse a signature seen within this many seconds (`None`: replay protection off).
     pub replay_window: Option<i64>,
+    /// Lower-case names that must be among the signed headers.
+    pub enforce: Vec<String>,
 }
 
 /// Why a signed request was refused.
@@ -83,7 +85,7 @@ pub async fn verify(
         .hmac_key(&auth.key_id)
         .ok_or(HmacError::UnknownKey)?;
     let signed = |n: &str| auth.headers.iter().any(|h| h == n);
-    if !signed("request-line") {
+    if !signed("request-line") || !s.enforce.iter().all(|h| signed(h)) {
         return Err(HmacError::Unsigned.into());
     }
     let digest = match credentials::header(req, "digest") {

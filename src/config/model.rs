@@ -663,7 +663,8 @@ pub struct AuthConfig {
     pub api_key: Option<ApiKeyAuthConfig>,
     pub hmac: Option<HmacAuthConfig>,
     pub require: Option<RequireConfig>,
-    #[serde(default)]
+    /// Remove the credential from what goes upstream [true].
+    #[serde(default = "yes")]
     pub hide_credentials: bool,
 }
 
@@ -699,9 +700,13 @@ pub struct ApiKeyAuthConfig {
 #[serde(deny_unknown_fields)]
 pub struct HmacAuthConfig {
     pub clock_skew: Option<Dur>,
-    #[serde(default)]
+    /// A request with a body must carry a signed `Digest` [true].
+    #[serde(default = "yes")]
     pub require_digest: bool,
+    /// A signature is accepted once within this window [clock_skew]; `0s` turns it off.
     pub replay_window: Option<Dur>,
+    /// Headers that must be among the signed ones (Kong's name) [`[host]`].
+    pub enforce_headers: Option<Vec<String>>,
 }
 
 /// Authorization rules.

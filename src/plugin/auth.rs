@@ -7,8 +7,8 @@
 //!   refused JWT); 403 `FORBIDDEN` when authenticated but `require` fails; 503 when a JWT
 //!   provider has no key set yet (fail closed); 413 when a signed body exceeds `max_body`.
 //! - Messages, logs and metrics carry a short category only, never the credential.
-//! - Upstream gets `X-Consumer-ID` and `X-Auth-Method`; with `hide_credentials` the
-//!   credential (header, query parameter or cookie) is removed first.
+//! - Upstream gets `X-Consumer-ID` and `X-Auth-Method`; with `hide_credentials` (the
+//!   default) the credential (header, query parameter or cookie) is removed first.
 //!
 //! HMAC requests are checked by `auth::signed`: a small signed body is read and checked
 //! before anything reaches the upstream; a longer or chunked one is held back
@@ -71,6 +71,8 @@ pub struct Auth {
     jwt: Option<JwtSettings>,
     api_key: Option<(HeaderName, Option<String>)>,
     hmac: Option<signed::HmacSettings>,
+    /// `WWW-Authenticate` for hmac: the headers to sign.
+    hmac_challenge: HeaderValue,
     require: Require,
     /// Where credentials travel, when `hide_credentials` removes them upstream.
     hide: Option<credentials::Carriers>,
@@ -155,15 +157,25 @@ impl Auth {
         };
         let hmac = if has(AuthMethod::Hmac) {
             let h = c.hmac.as_ref();
+            let skew = h
+                .and_then(|h| h.clock_skew)
+                .map(|d| d.get().as_secs() as i64)
+                .unwrap_or(hmac::DEFAULT_CLOCK_SKEW);
+            let enforce = match h.and_then(|h| h.enforce_headers.as_ref()) {
+                None => vec!["host".to_string()],
+                Some(list) => enforce_headers(list, &join(path, "hmac.enforce_headers"), errs),
+            };
             Some(signed::HmacSettings {
-                skew: h
-                    .and_then(|h| h.clock_skew)
-                    .map(|d| d.get().as_secs() as i64)
-                    .unwrap_or(hmac::DEFAULT_CLOCK_SKEW),
-                require_digest: h.is_some_and(|h| h.require_digest),
-                replay_window: h
-                    .and_then(|h| h.replay_window)
-                    .map(|d| d.get().as_secs() as i64),
+                skew,
+                // Safe by default: `require_digest` defaults to true (serde), replay
+                // protection to the clock skew; `0s` turns it off.
+                require_digest: h.is_none_or(|h| h.require_digest),
+                replay_window: match h.and_then(|h| h.replay_window) {
+                    None => Some(skew),
+                    Some(d) if d.get().is_zero() => None,
+                    Some(d) => Some(d.get().as_millis().div_ceil(1000) as i64),
+                },
+                enforce,
             })
         } else {
             if c.hmac.is_some() {
@@ -185,10 +197,12 @@ impl Auth {
             cookies: jwt.iter().flat_map(|j| j.cookies.iter().cloned()).collect(),
         });
         let req = c.require.clone().unwrap_or_default();
+        let hmac_challenge = hmac_challenge(hmac.as_ref().map_or(&[][..], |h| &h.enforce));
         (errs.0.len() == before).then(|| Auth {
             jwt,
             api_key,
             hmac,
+            hmac_challenge,
             require: Require::new(&req),
             hide,
             consumers: Arc::clone(&env.auth.consumers),
@@ -197,16 +211,16 @@ impl Auth {
         })
     }
 
-    fn challenges(&self) -> Vec<&'static str> {
+    fn challenges(&self) -> Vec<HeaderValue> {
         let mut c = Vec::new();
         if self.jwt.is_some() {
-            c.push("Bearer realm=\"moat\"");
+            c.push(HeaderValue::from_static("Bearer realm=\"moat\""));
         }
         if self.api_key.is_some() {
-            c.push("ApiKey realm=\"moat\"");
+            c.push(HeaderValue::from_static(APIKEY));
         }
         if self.hmac.is_some() {
-            c.push("hmac realm=\"moat\", headers=\"date request-line digest\"");
+            c.push(self.hmac_challenge.clone());
         }
         c
     }
@@ -216,7 +230,7 @@ impl Auth {
         method: &'static str,
         reason: &'static str,
         msg: &str,
-        challenge: Option<&'static str>,
+        challenge: Option<HeaderValue>,
     ) -> Refusal {
         let mut reply = Reply::error(ErrorCode::Unauthorized, msg);
         let list = match challenge {
@@ -224,7 +238,7 @@ impl Auth {
             None => self.challenges(),
         };
         for c in list {
-            reply = reply.with_header(http::header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
+            reply = reply.with_header(http::header::WWW_AUTHENTICATE, c);
         }
         Refusal {
             method,
@@ -333,7 +347,7 @@ impl Auth {
                                 "jwt",
                                 "claims",
                                 "invalid token",
-                                Some(BEARER_INVALID),
+                                Some(HeaderValue::from_static(BEARER_INVALID)),
                             ));
                         }
                         let tier = self
@@ -363,7 +377,12 @@ impl Auth {
                         } else {
                             "invalid token"
                         };
-                        Err(self.unauthorized("jwt", e.reason(), msg, Some(BEARER_INVALID)))
+                        Err(self.unauthorized(
+                            "jwt",
+                            e.reason(),
+                            msg,
+                            Some(HeaderValue::from_static(BEARER_INVALID)),
+                        ))
                     }
                 }
             }
@@ -373,7 +392,7 @@ impl Auth {
                         "api_key",
                         "malformed",
                         "invalid API key",
-                        Some(APIKEY),
+                        Some(HeaderValue::from_static(APIKEY)),
                     ));
                 }
                 match self.consumers.api_key(&key, now) {
@@ -389,13 +408,13 @@ impl Auth {
                         "api_key",
                         "expired",
                         "API key expired",
-                        Some(APIKEY),
+                        Some(HeaderValue::from_static(APIKEY)),
                     )),
                     Err(KeyRefusal::Unknown) => Err(self.unauthorized(
                         "api_key",
                         "unknown_key",
                         "invalid API key",
-                        Some(APIKEY),
+                        Some(HeaderValue::from_static(APIKEY)),
                     )),
                 }
             }
@@ -430,16 +449,53 @@ impl Auth {
                 reason: "body",
                 reply,
             }),
-            Err(signed::Refused::Signature(e)) => {
-                Err(self.unauthorized("hmac", e.reason(), "invalid request signature", Some(HMAC)))
-            }
+            Err(signed::Refused::Signature(e)) => Err(self.unauthorized(
+                "hmac",
+                e.reason(),
+                "invalid request signature",
+                Some(self.hmac_challenge.clone()),
+            )),
         }
     }
 }
 
 const BEARER_INVALID: &str = "Bearer error=\"invalid_token\"";
 const APIKEY: &str = "ApiKey realm=\"moat\"";
-const HMAC: &str = "hmac realm=\"moat\", headers=\"date request-line digest\"";
+
+/// The lower-case names of `hmac.enforce_headers`, each a header name or `request-line`.
+fn enforce_headers(list: &[String], path: &str, errs: &mut ConfigErrors) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (i, h) in list.iter().enumerate() {
+        let name = h.trim().to_ascii_lowercase();
+        if name != "request-line" && HeaderName::from_bytes(name.as_bytes()).is_err() {
+            errs.push(
+                format!("{path}[{i}]"),
+                format!("`{h}` is not a header name (or request-line)"),
+            );
+        } else if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// `hmac realm="moat", headers="date request-line ... digest"`: what a client must sign,
+/// `enforce` included.
+fn hmac_challenge(enforce: &[String]) -> HeaderValue {
+    let mut names = vec!["date", "request-line"];
+    names.extend(
+        enforce
+            .iter()
+            .map(String::as_str)
+            .filter(|h| !["date", "request-line", "digest"].contains(h)),
+    );
+    names.push("digest");
+    HeaderValue::from_str(&format!(
+        "hmac realm=\"moat\", headers=\"{}\"",
+        names.join(" ")
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("hmac realm=\"moat\""))
+}
 
 /// A credential found in the request, borrowed from its head when it can be.
 enum Cred<'r> {
@@ -488,7 +544,7 @@ impl Plugin for Auth {
                         "hmac",
                         "digest",
                         "invalid request signature",
-                        Some(HMAC),
+                        Some(self.hmac_challenge.clone()),
                     );
                     let failures =
                         self.failures

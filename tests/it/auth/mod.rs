@@ -15,6 +15,7 @@ pub(crate) use serde_json::json;
 pub(crate) use std::time::Duration;
 
 mod hmac;
+mod hmac_defaults;
 mod ip;
 mod jwt;
 mod keys;
