@@ -55,7 +55,7 @@ impl Default for AuthState {
         AuthState {
             consumers: Arc::default(),
             providers: BTreeMap::new(),
-            replay: Arc::new(replay::LocalReplay::new(replay::REPLAY_CAPACITY)),
+            replay: Arc::new(replay::LocalReplay::new()),
         }
     }
 }

@@ -18,7 +18,7 @@
 use super::consumers::{Consumer, ConsumerStore};
 use super::credentials::{self, Found};
 use super::hmac::{self, HmacError};
-use super::replay::ReplayGuard;
+use super::replay::{ReplayGuard, Signature, Use};
 use crate::reply::{ErrorCode, Reply};
 use bytes::BytesMut;
 use pingora_http::RequestHeader;
@@ -43,6 +43,8 @@ pub struct HmacSettings {
     pub replay_window: Option<i64>,
     /// Lower-case names that must be among the signed headers.
     pub enforce: Vec<String>,
+    /// Live signatures remembered per consumer; past it, [`Refused::Full`].
+    pub replay_capacity: usize,
 }
 
 /// Why a signed request was refused.
@@ -51,6 +53,9 @@ pub enum Refused {
     Signature(HmacError),
     /// The body could not be checked (413 too large, 408 too slow, 400 unreadable).
     Body(Reply),
+    /// The signature is good but its consumer has `replay_capacity` live signatures
+    /// already (503); the oldest expires in `retry_after` seconds.
+    Full { retry_after: i64 },
 }
 
 impl From<HmacError> for Refused {
@@ -124,9 +129,16 @@ pub async fn verify(
         }
     }
     if let Some(w) = s.replay_window {
-        let ttl = hmac::replay_ttl(w, signed_at, s.skew, now);
-        if !replay.first_use(hmac::replay_key(&auth), ttl, now).await {
-            return Err(HmacError::Replay.into());
+        let sig = Signature {
+            consumer: &consumer.id,
+            key: hmac::replay_key(&auth),
+            ttl: hmac::replay_ttl(w, signed_at, s.skew, now),
+            capacity: s.replay_capacity,
+        };
+        match replay.first_use(sig, now).await {
+            Use::First => {}
+            Use::Replay => return Err(HmacError::Replay.into()),
+            Use::Full { retry_after } => return Err(Refused::Full { retry_after }),
         }
     }
     Ok(Verified {

@@ -707,6 +707,8 @@ pub struct HmacAuthConfig {
     pub replay_window: Option<Dur>,
     /// Headers that must be among the signed ones (Kong's name) [`[host]`].
     pub enforce_headers: Option<Vec<String>>,
+    /// Live signatures remembered per consumer; past it, 503 [100000].
+    pub replay_capacity: Option<u64>,
 }
 
 /// Authorization rules.

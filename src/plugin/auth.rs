@@ -22,7 +22,7 @@ use crate::auth::held_body::HeldBody;
 use crate::auth::hmac;
 use crate::auth::jwt::JwtError;
 use crate::auth::provider::JwtProvider;
-use crate::auth::replay::ReplayGuard;
+use crate::auth::replay::{self, ReplayGuard};
 use crate::auth::require::Require;
 use crate::auth::signed;
 use crate::config::error::{join, ConfigErrors};
@@ -176,6 +176,14 @@ impl Auth {
                     Some(d) => Some(d.get().as_millis().div_ceil(1000) as i64),
                 },
                 enforce,
+                replay_capacity: match h.and_then(|h| h.replay_capacity) {
+                    None => replay::REPLAY_CAPACITY,
+                    Some(0) => {
+                        errs.push(join(path, "hmac.replay_capacity"), "must be at least 1");
+                        1
+                    }
+                    Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+                },
             })
         } else {
             if c.hmac.is_some() {
@@ -448,6 +456,15 @@ impl Auth {
                 method: "hmac",
                 reason: "body",
                 reply,
+            }),
+            Err(signed::Refused::Full { retry_after }) => Err(Refusal {
+                method: "hmac",
+                reason: "replay_capacity",
+                reply: Reply::error(
+                    ErrorCode::ServiceUnavailable,
+                    "too many signed requests from this consumer within the replay window",
+                )
+                .with_header(http::header::RETRY_AFTER, HeaderValue::from(retry_after)),
             }),
             Err(signed::Refused::Signature(e)) => Err(self.unauthorized(
                 "hmac",

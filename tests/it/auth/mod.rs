@@ -16,6 +16,7 @@ pub(crate) use std::time::Duration;
 
 mod hmac;
 mod hmac_defaults;
+mod hmac_replay;
 mod ip;
 mod jwt;
 mod keys;
