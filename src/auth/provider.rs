@@ -1,5 +1,10 @@
 //! A compiled JWT provider (`jwt_providers.NAME`): its key set, claim rules and verified-
-//! token cache, and for `jwks_url` the fetching policy:
+//! token cache, and for `jwks_url` the fetching policy. A token's consumer is
+//! `NAME:VALUE` of its `consumer_claim` (a namespace per provider, apart from
+//! `consumers:`), or the bare value with `consumer_map: consumers`, which the auth plugin
+//! then looks up among the configured consumers.
+//!
+//! Fetching:
 //! - a background loop ([`spawn_refresh`]) fetches at start and every `jwks_refresh`
 //!   (every `jwks_cooldown` while no key set was ever obtained), holding only a `Weak`
 //!   reference so it ends with its config generation;
@@ -22,7 +27,7 @@ use super::cache::{ExpiringCache, Key};
 use super::jwk::{self, Alg, KeySet};
 use super::jwt::{self, ClaimRules, JwtError};
 use crate::config::error::{join, ConfigErrors};
-use crate::config::model::JwtProviderConfig;
+use crate::config::model::{ConsumerMap, JwtProviderConfig};
 use arc_swap::ArcSwapOption;
 use foldhash::quality::RandomState;
 use jsonwebtoken::Validation;
@@ -50,7 +55,8 @@ pub struct Verified {
     pub claims: Arc<Map<String, Value>>,
     /// `exp`, UNIX seconds.
     pub exp: i64,
-    /// The consumer id (from `consumer_claim`).
+    /// The consumer id: `PROVIDER:VALUE` of `consumer_claim`, or the bare value with
+    /// `consumer_map: consumers` (then a `consumers:` id to look up).
     pub subject: Arc<str>,
     /// Scopes (from `scopes_claim`).
     pub scopes: Arc<[String]>,
@@ -76,6 +82,8 @@ pub struct JwtProvider {
     rules: ClaimRules,
     consumer_claim: String,
     scopes_claim: String,
+    /// What `consumer_claim` names.
+    pub consumer_map: ConsumerMap,
     url: Option<String>,
     keys: ArcSwapOption<KeySet>,
     cache: ExpiringCache<Cached>,
@@ -142,6 +150,7 @@ impl JwtProvider {
         if let Some(sc) = &c.scopes_claim {
             p.scopes_claim = sc.clone();
         }
+        p.consumer_map = c.consumer_map;
         p.refresh = c
             .jwks_refresh
             .map(|d| d.get())
@@ -162,6 +171,7 @@ impl JwtProvider {
             rules,
             consumer_claim: "sub".into(),
             scopes_claim: "scope".into(),
+            consumer_map: ConsumerMap::Namespaced,
             url: None,
             keys: ArcSwapOption::empty(),
             cache: ExpiringCache::new(CACHE_CAPACITY),
@@ -255,10 +265,14 @@ impl JwtProvider {
             }
         };
         let exp = jwt::check_claims(&claims, &self.rules, now)?;
-        let subject: Arc<str> = match claims.get(&self.consumer_claim) {
-            Some(Value::String(s)) if !s.is_empty() => Arc::from(s.as_str()),
-            Some(Value::Number(n)) => Arc::from(n.to_string()),
+        let value = match claims.get(&self.consumer_claim) {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
             _ => return Err(JwtError::Claims),
+        };
+        let subject: Arc<str> = match self.consumer_map {
+            ConsumerMap::Namespaced => Arc::from(format!("{}:{value}", self.name)),
+            ConsumerMap::Consumers => Arc::from(value),
         };
         let scopes = jwt::scopes(&claims, &self.scopes_claim).into();
         Ok(Verified {

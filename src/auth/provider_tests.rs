@@ -60,7 +60,7 @@ fn every_algorithm_verifies() {
         let v = p
             .verify_uncached(&t, now)
             .unwrap_or_else(|e| panic!("{alg}: {e:?}"));
-        assert_eq!(&*v.subject, "alice");
+        assert_eq!(&*v.subject, "t:alice", "namespaced by the provider");
         assert_eq!(&*v.scopes, ["read".to_string(), "write".to_string()]);
         // Without kid: the fitting keys are tried.
         let t = testkit::token(key, alg, None, &claims(60)).unwrap();
@@ -74,6 +74,19 @@ fn every_algorithm_verifies() {
             );
         }
     }
+}
+
+#[test]
+fn consumer_is_namespaced_unless_mapped_to_consumers() {
+    let (rsa, jwk) = testkit::rsa("r").unwrap();
+    let mut p = provider(&[Alg::RS256], &testkit::jwks(&[&jwk]));
+    let now = now_secs();
+    let mut c = claims(60);
+    c["sub"] = json!(42);
+    let t = testkit::token(&rsa, "RS256", Some("r"), &c).unwrap();
+    assert_eq!(&*p.verify_uncached(&t, now).unwrap().subject, "t:42");
+    p.consumer_map = ConsumerMap::Consumers;
+    assert_eq!(&*p.verify_uncached(&t, now).unwrap().subject, "42");
 }
 
 #[test]

@@ -389,6 +389,20 @@ pub struct JwtProviderConfig {
     pub jwks_cooldown: Option<Dur>,
     pub consumer_claim: Option<String>,
     pub scopes_claim: Option<String>,
+    /// What the `consumer_claim` names [namespaced].
+    #[serde(default)]
+    pub consumer_map: ConsumerMap,
+}
+
+/// What a JWT provider's `consumer_claim` names.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsumerMap {
+    /// A consumer of the provider's own: `PROVIDER:VALUE` (`corp:alice`).
+    #[default]
+    Namespaced,
+    /// One of `consumers:`, by id; a token naming none is refused.
+    Consumers,
 }
 
 /// One route.

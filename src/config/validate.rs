@@ -2,7 +2,7 @@
 //! listeners, admin, identities and key providers, and references between sections.
 
 use super::error::{index, join, ConfigErrors};
-use super::model::{Config, PluginConfig, RedisConfig};
+use super::model::{Config, ConsumerMap, PluginConfig, RedisConfig};
 use crate::net::CidrSet;
 use jsonwebtoken::AlgorithmFamily;
 use std::collections::HashSet;
@@ -211,6 +211,23 @@ fn consumers(cfg: &Config, errs: &mut ConfigErrors) {
                 format!("consumer ids must be unique and non-empty (`{}`)", c.id),
             );
         }
+        // `corp:alice` is what a token of provider `corp` becomes: a configured consumer
+        // may not take it over.
+        if let Some((ns, _)) = c.id.split_once(':') {
+            if cfg
+                .jwt_providers
+                .get(ns)
+                .is_some_and(|p| p.consumer_map == ConsumerMap::Namespaced)
+            {
+                errs.push(
+                    join(&p, "id"),
+                    format!(
+                        "`{}` is in the namespace of jwt provider `{ns}` (its tokens' consumers are `{ns}:VALUE`): rename the consumer, or set jwt_providers.{ns}.consumer_map: consumers",
+                        c.id
+                    ),
+                );
+            }
+        }
         for (j, k) in c.api_keys.iter().enumerate() {
             let kp = index(&join(&p, "api_keys"), j);
             let h = k.sha256.to_ascii_lowercase();
@@ -259,6 +276,12 @@ fn refused_algorithm(name: &str) -> String {
 fn providers(cfg: &Config, errs: &mut ConfigErrors) {
     for (name, p) in &cfg.jwt_providers {
         let path = join("jwt_providers", name);
+        if name.contains(':') {
+            errs.push(
+                path.clone(),
+                "a provider name cannot hold `:`, which separates it from the claim in its consumers' ids (NAME:VALUE)",
+            );
+        }
         let sources = [
             p.jwks_url.is_some(),
             p.jwks_file.is_some(),

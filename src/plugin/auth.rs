@@ -26,7 +26,7 @@ use crate::auth::replay::{self, ReplayGuard};
 use crate::auth::require::Require;
 use crate::auth::signed;
 use crate::config::error::{join, ConfigErrors};
-use crate::config::model::{AuthConfig, AuthMethod};
+use crate::config::model::{AuthConfig, AuthMethod, ConsumerMap};
 use crate::ctx::RequestCtx;
 use crate::identity::Identity;
 use crate::reply::{ErrorCode, Reply};
@@ -358,12 +358,24 @@ impl Auth {
                                 Some(HeaderValue::from_static(BEARER_INVALID)),
                             ));
                         }
-                        let tier = self
-                            .consumers
-                            .consumer(&v.subject)
-                            .and_then(|c| c.tier.clone());
+                        // `PROVIDER:VALUE`, a consumer of the provider's own; with
+                        // `consumer_map: consumers`, the configured consumer it names.
+                        let (consumer, tier) = match j.provider.consumer_map {
+                            ConsumerMap::Namespaced => (Arc::clone(&v.subject), None),
+                            ConsumerMap::Consumers => match self.consumers.consumer(&v.subject) {
+                                Some(c) => (Arc::clone(&c.id), c.tier.clone()),
+                                None => {
+                                    return Err(self.unauthorized(
+                                        "jwt",
+                                        "unknown_consumer",
+                                        "invalid token",
+                                        Some(HeaderValue::from_static(BEARER_INVALID)),
+                                    ))
+                                }
+                            },
+                        };
                         Ok(Authenticated {
-                            consumer: Arc::clone(&v.subject),
+                            consumer,
                             tier,
                             method: "jwt",
                             scopes: Arc::clone(&v.scopes),

@@ -571,6 +571,14 @@ fn rejected_cases() -> Vec<Case> {
             ],
         ),
         case(
+            "identity namespaces: a consumer id in a provider's namespace, a provider name with `:`",
+            "consumers:\n  - id: corp:alice\n  - id: partner:bob\n  - id: other:carol\njwt_providers:\n  corp:\n    jwks_url: http://127.0.0.1:1/certs\n    algorithms: [RS256]\n  partner:\n    jwks_url: http://127.0.0.1:1/certs\n    algorithms: [RS256]\n    consumer_map: consumers\n  \"a:b\":\n    jwks_url: http://127.0.0.1:1/certs\n    algorithms: [RS256]\n",
+            &[
+                "consumers[0].id: `corp:alice` is in the namespace of jwt provider `corp` (its tokens' consumers are `corp:VALUE`): rename the consumer, or set jwt_providers.corp.consumer_map: consumers",
+                "jwt_providers.a:b: a provider name cannot hold `:`, which separates it from the claim in its consumers' ids (NAME:VALUE)",
+            ],
+        ),
+        case(
             "auth names an unknown jwt provider",
             "routes:\n  - name: a\n    respond: {}\n    plugins:\n      - auth: { methods: [jwt], jwt: { provider: nope } }\n",
             &[

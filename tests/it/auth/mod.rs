@@ -19,6 +19,7 @@ mod hmac_defaults;
 mod hmac_replay;
 mod ip;
 mod jwt;
+mod jwt_identity;
 mod keys;
 
 pub(crate) fn claims(exp_in: i64, scope: &str) -> serde_json::Value {
