@@ -19,9 +19,10 @@
 //! when the token is the same, so a hash collision is a miss, never a wrong identity (and
 //! only verified tokens are ever stored). Per 700-byte token: SHA-256 cost ~25k
 //! instructions, SipHash ~1.7k, foldhash ~0.2k. The cache is
-//! cleared whenever the key set changes, and each entry carries the key-set generation it
-//! was verified under, so a verification racing a rotation cannot leave a token signed by
-//! a removed key in the cache.
+//! cleared whenever the key set changes — a fetch that returns the same keys (same
+//! [`KeySet::fingerprint`]) changes nothing and keeps it — and each entry carries the
+//! key-set generation it was verified under, so a verification racing a rotation cannot
+//! leave a token signed by a removed key in the cache.
 
 use super::cache::{ExpiringCache, Key};
 use super::jwk::{self, Alg, KeySet};
@@ -185,11 +186,21 @@ impl JwtProvider {
         }
     }
 
-    /// Replace the key set (clears the token cache).
-    pub fn set_keys(&self, keys: KeySet) {
+    /// Install `keys` and clear the token cache, unless they are the keys at hand
+    /// ([`KeySet::fingerprint`]): then nothing changes and cached tokens stay. True when
+    /// the set changed.
+    pub fn set_keys(&self, keys: KeySet) -> bool {
+        let current = self.keys.load();
+        if current
+            .as_ref()
+            .is_some_and(|k| k.fingerprint() == keys.fingerprint())
+        {
+            return false;
+        }
         self.keys.store(Some(Arc::new(keys)));
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.cache.clear();
+        true
     }
 
     /// JWKS fetches attempted so far.
@@ -331,19 +342,10 @@ impl JwtProvider {
             .and_then(|body| jwk::parse_jwks(&body));
         match got {
             Ok(set) => {
-                let changed = self
-                    .keys
-                    .load()
-                    .as_ref()
-                    .is_none_or(|old| old.kids() != set.kids());
-                if changed {
-                    log::info!(
-                        "jwt provider `{}`: key set updated ({} keys)",
-                        self.name,
-                        set.keys.len()
-                    );
+                let n = set.keys.len();
+                if self.set_keys(set) {
+                    log::info!("jwt provider `{}`: key set updated ({n} keys)", self.name);
                 }
-                self.set_keys(set);
                 true
             }
             Err(e) => {

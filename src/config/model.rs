@@ -392,6 +392,9 @@ pub struct JwtProviderConfig {
     /// What the `consumer_claim` names [namespaced].
     #[serde(default)]
     pub consumer_map: ConsumerMap,
+    /// Accept an `http://` `jwks_url` on a host that is not loopback [false].
+    #[serde(default)]
+    pub allow_insecure_jwks: bool,
 }
 
 /// What a JWT provider's `consumer_claim` names.

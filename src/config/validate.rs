@@ -294,6 +294,22 @@ fn providers(cfg: &Config, errs: &mut ConfigErrors) {
                 "give exactly one of jwks_url, jwks_file, public_key_file, secret_env",
             );
         }
+        if let Some(u) = &p.jwks_url {
+            if !p.allow_insecure_jwks && insecure_remote(u) {
+                errs.push(
+                    join(&path, "jwks_url"),
+                    "an http:// URL lets anyone on the way replace the keys: use https://, or set allow_insecure_jwks: true (loopback addresses need neither)",
+                );
+            }
+        }
+        if p.jwks_cooldown
+            .is_some_and(|d| d.get() < std::time::Duration::from_secs(1))
+        {
+            errs.push(
+                join(&path, "jwks_cooldown"),
+                "must be at least 1s (it bounds how often tokens can make moat fetch the JWKS)",
+            );
+        }
         if let Some(f) = &p.jwks_file {
             readable(f, &join(&path, "jwks_file"), errs);
         }
@@ -327,6 +343,24 @@ fn providers(cfg: &Config, errs: &mut ConfigErrors) {
             );
         }
     }
+}
+
+/// Whether `url` is plain `http://` to a host that is not loopback (`localhost`,
+/// 127.0.0.0/8, `::1`). Other shapes are left to the URL check of the provider.
+fn insecure_remote(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    if uri.scheme_str() != Some("http") {
+        return false;
+    }
+    let host = uri.host().unwrap_or("");
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.to_canonical().is_loopback());
+    !loopback
 }
 
 fn plugin_refs(cfg: &Config, path: &str, p: &PluginConfig, errs: &mut ConfigErrors) {
