@@ -31,6 +31,9 @@ pub mod require;
 pub mod signed;
 pub mod testkit;
 
+#[cfg(test)]
+mod proptests;
+
 use crate::config::error::ConfigErrors;
 use crate::config::model::Config;
 use crate::runtime::Runtime;
