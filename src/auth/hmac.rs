@@ -25,6 +25,8 @@ use subtle::ConstantTimeEq;
 
 /// Default `clock_skew`, seconds.
 pub const DEFAULT_CLOCK_SKEW: i64 = 300;
+/// Default `enforce_headers`: the host, so a signature holds for one virtual host only.
+pub const DEFAULT_ENFORCE_HEADERS: [&str; 1] = ["host"];
 
 /// Why an HMAC request was refused: a short category, safe to log and count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -162,7 +162,7 @@ impl Auth {
                 .map(|d| d.get().as_secs() as i64)
                 .unwrap_or(hmac::DEFAULT_CLOCK_SKEW);
             let enforce = match h.and_then(|h| h.enforce_headers.as_ref()) {
-                None => vec!["host".to_string()],
+                None => hmac::DEFAULT_ENFORCE_HEADERS.map(String::from).to_vec(),
                 Some(list) => enforce_headers(list, &join(path, "hmac.enforce_headers"), errs),
             };
             Some(signed::HmacSettings {
