@@ -3,7 +3,7 @@
 //! parsing, validation and compiling without a panic, and every error they get names a
 //! path: a section of the file (or one moat knows), empty only for a whole-file error.
 
-use super::error::ConfigErrors;
+use super::error::{ConfigErrors, SECTIONS};
 use super::load::parse;
 use crate::metrics::Metrics;
 use crate::plugin::registry::Extensions;
@@ -12,21 +12,6 @@ use crate::util::proptest::config;
 use once_cell::sync::Lazy;
 use proptest::prelude::*;
 use serde_yaml::{Mapping, Value};
-
-/// The sections moat knows (an error about a missing one names it).
-const SECTIONS: [&str; 11] = [
-    "server",
-    "listeners",
-    "admin",
-    "access_log",
-    "redis",
-    "watch",
-    "upstreams",
-    "consumers",
-    "jwt_providers",
-    "global_plugins",
-    "routes",
-];
 
 /// The bundled configs: the shapes operators write.
 const BASES: [&str; 8] = [
@@ -102,7 +87,7 @@ fn tree() -> impl Strategy<Value = Value> {
 }
 
 /// Every error names a path: empty only for whole-file errors, else headed by a section
-/// of `doc` or one moat knows; and says something.
+/// of `doc` or one moat knows (an error about a missing one names it); and says something.
 fn paths_are_named(doc: &Value, errs: &ConfigErrors) -> Result<(), TestCaseError> {
     let top: Vec<&str> = doc
         .as_mapping()

@@ -9,20 +9,6 @@ use super::*;
 use crate::util::proptest::config;
 use proptest::prelude::*;
 
-/// Feed `pieces` to a new validator: where the body ended (offset in the whole), `None`
-/// when more is expected.
-fn chunked(pieces: &[&[u8]]) -> Result<Option<usize>, Malformed> {
-    let mut c = Chunked::default();
-    let mut offset = 0;
-    for p in pieces {
-        match c.feed(p)? {
-            Fed::End(n) => return Ok(Some(offset + n)),
-            Fed::More => offset += p.len(),
-        }
-    }
-    Ok(None)
-}
-
 /// `bytes` cut at the (sorted, deduplicated) `cuts`.
 fn split<'a>(bytes: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
     let mut at: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
@@ -111,8 +97,8 @@ proptest! {
         // never read as framing, and the bytes after the body are not the body's.
         let mut stream = enc.clone();
         stream.extend_from_slice(&next);
-        prop_assert_eq!(chunked(&[&stream]), Ok(Some(enc.len())), "{:?}", enc.escape_ascii().to_string());
-        prop_assert_eq!(chunked(&split(&stream, &cuts)), Ok(Some(enc.len())));
+        prop_assert_eq!(Chunked::run(&[&stream]), Ok(Some(enc.len())), "{:?}", enc.escape_ascii().to_string());
+        prop_assert_eq!(Chunked::run(&split(&stream, &cuts)), Ok(Some(enc.len())));
     }
 
     #[test]
@@ -132,10 +118,10 @@ proptest! {
                 bad.remove(i);
             }
         }
-        let whole = chunked(&[&bad]);
-        prop_assert_eq!(&chunked(&split(&bad, &cuts)), &whole);
+        let whole = Chunked::run(&[&bad]);
+        prop_assert_eq!(&Chunked::run(&split(&bad, &cuts)), &whole);
         let bytes: Vec<&[u8]> = bad.chunks(1).collect();
-        prop_assert_eq!(&chunked(&bytes), &whole);
+        prop_assert_eq!(&Chunked::run(&bytes), &whole);
         if let Ok(Some(end)) = whole {
             prop_assert!(end <= bad.len());
         }
@@ -149,8 +135,8 @@ proptest! {
         ),
         cuts in prop::collection::vec(any::<prop::sample::Index>(), 1..8),
     ) {
-        let whole = chunked(&[&bytes]);
-        prop_assert_eq!(chunked(&split(&bytes, &cuts)), whole);
+        let whole = Chunked::run(&[&bytes]);
+        prop_assert_eq!(Chunked::run(&split(&bytes, &cuts)), whole);
     }
 }
 
