@@ -22,7 +22,7 @@ use crate::auth::held_body::HeldBody;
 use crate::auth::hmac;
 use crate::auth::jwt::JwtError;
 use crate::auth::provider::JwtProvider;
-use crate::auth::replay::{self, ReplayGuard};
+use crate::auth::replay::ReplayGuard;
 use crate::auth::require::Require;
 use crate::auth::signed;
 use crate::config::error::{join, ConfigErrors};
@@ -156,35 +156,11 @@ impl Auth {
             None
         };
         let hmac = if has(AuthMethod::Hmac) {
-            let h = c.hmac.as_ref();
-            let skew = h
-                .and_then(|h| h.clock_skew)
-                .map(|d| d.get().as_secs() as i64)
-                .unwrap_or(hmac::DEFAULT_CLOCK_SKEW);
-            let enforce = match h.and_then(|h| h.enforce_headers.as_ref()) {
-                None => hmac::DEFAULT_ENFORCE_HEADERS.map(String::from).to_vec(),
-                Some(list) => enforce_headers(list, &join(path, "hmac.enforce_headers"), errs),
-            };
-            Some(signed::HmacSettings {
-                skew,
-                // Safe by default: `require_digest` defaults to true (serde), replay
-                // protection to the clock skew; `0s` turns it off.
-                require_digest: h.is_none_or(|h| h.require_digest),
-                replay_window: match h.and_then(|h| h.replay_window) {
-                    None => Some(skew),
-                    Some(d) if d.get().is_zero() => None,
-                    Some(d) => Some(d.get().as_millis().div_ceil(1000) as i64),
-                },
-                enforce,
-                replay_capacity: match h.and_then(|h| h.replay_capacity) {
-                    None => replay::REPLAY_CAPACITY,
-                    Some(0) => {
-                        errs.push(join(path, "hmac.replay_capacity"), "must be at least 1");
-                        1
-                    }
-                    Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
-                },
-            })
+            Some(signed::HmacSettings::compile(
+                c.hmac.as_ref(),
+                &join(path, "hmac"),
+                errs,
+            ))
         } else {
             if c.hmac.is_some() {
                 errs.push(
@@ -205,7 +181,7 @@ impl Auth {
             cookies: jwt.iter().flat_map(|j| j.cookies.iter().cloned()).collect(),
         });
         let req = c.require.clone().unwrap_or_default();
-        let hmac_challenge = hmac_challenge(hmac.as_ref().map_or(&[][..], |h| &h.enforce));
+        let hmac_challenge = signed::challenge(hmac.as_ref().map_or(&[][..], |h| &h.enforce));
         (errs.0.len() == before).then(|| Auth {
             jwt,
             api_key,
@@ -225,7 +201,7 @@ impl Auth {
             c.push(HeaderValue::from_static("Bearer realm=\"moat\""));
         }
         if self.api_key.is_some() {
-            c.push(HeaderValue::from_static(APIKEY));
+            c.push(APIKEY.clone());
         }
         if self.hmac.is_some() {
             c.push(self.hmac_challenge.clone());
@@ -355,7 +331,7 @@ impl Auth {
                                 "jwt",
                                 "claims",
                                 "invalid token",
-                                Some(HeaderValue::from_static(BEARER_INVALID)),
+                                Some(BEARER_INVALID.clone()),
                             ));
                         }
                         // `PROVIDER:VALUE`, a consumer of the provider's own; with
@@ -369,7 +345,7 @@ impl Auth {
                                         "jwt",
                                         "unknown_consumer",
                                         "invalid token",
-                                        Some(HeaderValue::from_static(BEARER_INVALID)),
+                                        Some(BEARER_INVALID.clone()),
                                     ))
                                 }
                             },
@@ -397,12 +373,7 @@ impl Auth {
                         } else {
                             "invalid token"
                         };
-                        Err(self.unauthorized(
-                            "jwt",
-                            e.reason(),
-                            msg,
-                            Some(HeaderValue::from_static(BEARER_INVALID)),
-                        ))
+                        Err(self.unauthorized("jwt", e.reason(), msg, Some(BEARER_INVALID.clone())))
                     }
                 }
             }
@@ -412,7 +383,7 @@ impl Auth {
                         "api_key",
                         "malformed",
                         "invalid API key",
-                        Some(HeaderValue::from_static(APIKEY)),
+                        Some(APIKEY.clone()),
                     ));
                 }
                 match self.consumers.api_key(&key, now) {
@@ -428,13 +399,13 @@ impl Auth {
                         "api_key",
                         "expired",
                         "API key expired",
-                        Some(HeaderValue::from_static(APIKEY)),
+                        Some(APIKEY.clone()),
                     )),
                     Err(KeyRefusal::Unknown) => Err(self.unauthorized(
                         "api_key",
                         "unknown_key",
                         "invalid API key",
-                        Some(HeaderValue::from_static(APIKEY)),
+                        Some(APIKEY.clone()),
                     )),
                 }
             }
@@ -488,43 +459,8 @@ impl Auth {
     }
 }
 
-const BEARER_INVALID: &str = "Bearer error=\"invalid_token\"";
-const APIKEY: &str = "ApiKey realm=\"moat\"";
-
-/// The lower-case names of `hmac.enforce_headers`, each a header name or `request-line`.
-fn enforce_headers(list: &[String], path: &str, errs: &mut ConfigErrors) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for (i, h) in list.iter().enumerate() {
-        let name = h.trim().to_ascii_lowercase();
-        if name != "request-line" && HeaderName::from_bytes(name.as_bytes()).is_err() {
-            errs.push(
-                format!("{path}[{i}]"),
-                format!("`{h}` is not a header name (or request-line)"),
-            );
-        } else if !out.contains(&name) {
-            out.push(name);
-        }
-    }
-    out
-}
-
-/// `hmac realm="moat", headers="date request-line ... digest"`: what a client must sign,
-/// `enforce` included.
-fn hmac_challenge(enforce: &[String]) -> HeaderValue {
-    let mut names = vec!["date", "request-line"];
-    names.extend(
-        enforce
-            .iter()
-            .map(String::as_str)
-            .filter(|h| !["date", "request-line", "digest"].contains(h)),
-    );
-    names.push("digest");
-    HeaderValue::from_str(&format!(
-        "hmac realm=\"moat\", headers=\"{}\"",
-        names.join(" ")
-    ))
-    .unwrap_or_else(|_| HeaderValue::from_static("hmac realm=\"moat\""))
-}
+static BEARER_INVALID: HeaderValue = HeaderValue::from_static("Bearer error=\"invalid_token\"");
+static APIKEY: HeaderValue = HeaderValue::from_static("ApiKey realm=\"moat\"");
 
 /// A credential found in the request, borrowed from its head when it can be.
 enum Cred<'r> {

@@ -615,6 +615,14 @@ fn rejected_cases() -> Vec<Case> {
             ],
         ),
         case(
+            "HMAC: enforce_headers that are not header names, a replay capacity of 0",
+            "routes:\n  - name: a\n    respond: {}\n    plugins:\n      - auth: { methods: [hmac], hmac: { enforce_headers: [host, \"x y\", Request-Line], replay_capacity: 0 } }\n",
+            &[
+                "routes[0].plugins[0].auth.hmac.enforce_headers[1]: `x y` is not a header name (or request-line)",
+                "routes[0].plugins[0].auth.hmac.replay_capacity: must be at least 1",
+            ],
+        ),
+        case(
             "auth names an unknown jwt provider",
             "routes:\n  - name: a\n    respond: {}\n    plugins:\n      - auth: { methods: [jwt], jwt: { provider: nope } }\n",
             &[
