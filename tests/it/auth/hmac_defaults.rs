@@ -104,3 +104,43 @@ fn hmac_defaults_refuse_replays_unsigned_bodies_and_unsigned_hosts() {
         Some("hmac realm=\"moat\", headers=\"date request-line host digest\"")
     );
 }
+
+/// An HTTP/2 request has no `Host` header: its signed `host` is the `:authority`.
+#[test]
+fn hmac_over_http2_signs_the_authority_as_host() {
+    let up = Upstream::start("app");
+    let dir = temp_dir("hmac-h2");
+    let (port, admin) = (crate::harness::free_port(), crate::harness::free_port());
+    let text = format!(
+        "server:\n  threads: 1\n  pid_file: {d}/moat.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 0s\n  shutdown_timeout: 1s\nlisteners:\n  - name: public\n    address: 127.0.0.1:{port}\n    http2: true\nadmin:\n  address: 127.0.0.1:{admin}\nupstreams:\n  app: {{ targets: [\"{}\"] }}\nconsumers:\n  - id: acme\n    hmac: [{{ key_id: acme-svc, secret_env: MOAT_IT_HMAC }}]\nroutes:\n  - name: signed\n    match: {{ path_prefix: /api }}\n    upstream: app\n    plugins:\n      - auth: {{ methods: [hmac] }}\n",
+        up.address(),
+        d = dir.display()
+    );
+    let m = Moat::start_raw(&text, port, admin, dir, &[("MOAT_IT_HMAC", SECRET)]);
+    let now = format_http_date(now_secs());
+    let signed_for = |host: &str, path: &str| {
+        let auth = sign_manual(
+            &format!("GET {path} HTTP/2.0"),
+            &[("date", &now), ("host", host)],
+            "date request-line host",
+        );
+        let req = http::Request::builder()
+            .method("GET")
+            .uri(format!("http://h2c.example.com{path}"))
+            .header("date", now.as_str())
+            .header("authorization", auth)
+            .body(())
+            .unwrap();
+        (req, &b""[..])
+    };
+    let got = crate::http2::h2c_exchange(
+        m.port,
+        vec![
+            signed_for("h2c.example.com", "/api/a"),
+            signed_for("other.example.com", "/api/b"),
+        ],
+    );
+    let statuses: Vec<u16> = got.iter().map(|(s, _)| *s).collect();
+    assert_eq!(statuses, [200, 401], "{got:?}");
+    assert_eq!(up.last().target, "/api/a");
+}
