@@ -4,12 +4,13 @@
 #   loadtest/hmac.sh URL KEY_ID SECRET_ENV [DURATION=10s] [CONNECTIONS=50] [extra oha args...]
 #   e.g. ACME_HMAC_SECRET=... loadtest/hmac.sh http://127.0.0.1:8080/hooks acme-svc ACME_HMAC_SECRET
 # SECRET_ENV names the environment variable holding the secret (never on the command line).
-# One signature (Date = now) is repeated for the whole run, so the route must have no
-# replay_window and the run must end within its clock_skew (default 300 s); GET, no body
-# (a route with require_digest: true refuses it). moat: $MOAT, else the release build (in
-# CARGO_TARGET_DIR or target/), else `moat` on PATH. Prints requests/s, p50, p99, p99.9, errors.
+# One signature (Date = now; host = the URL's) is repeated for the whole run, so the route
+# must set `replay_window: 0s` (replay protection is on by default and would refuse every
+# repeat) and the run must end within its clock_skew (default 300 s); GET, no body.
+# moat: $MOAT, else the release build (in CARGO_TARGET_DIR or target/), else `moat` on
+# PATH. Prints requests/s, p50, p99, p99.9, errors.
 set -euo pipefail
-if [[ $# -lt 3 || "$1" == -h || "$1" == --help ]]; then sed -n '4,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; fi
+if [[ $# -lt 3 || "$1" == -h || "$1" == --help ]]; then sed -n '4,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; fi
 url=$1 key_id=$2 secret_env=$3 dur=${4:-10s} conns=${5:-50}
 shift $(( $# < 5 ? $# : 5 ))
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -333,6 +333,9 @@ fn render_var(v: &Var, f: &Facts, out: &mut impl Sink) {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;

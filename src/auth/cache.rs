@@ -1,13 +1,10 @@
 //! A small bounded cache with per-entry expiry, keyed by 32 bytes (a seeded hash and length
-//! of a verified JWT, whose entry keeps the token to compare; the SHA-256 of an HMAC
-//! signature). Used for verified JWTs and for HMAC replay detection.
+//! of a verified JWT, whose entry keeps the token to compare). Used for verified JWTs.
 //!
 //! It is sharded (16 mutex-protected maps chosen by the key's first byte) so concurrent
 //! requests rarely contend. Eviction is an approximate LRU: when a shard is full, expired
 //! entries go first, then the least recently used eighth of the shard, so one insert
-//! costs O(1) amortized and the size never exceeds the bound. [`ExpiringCache::insert_new`]
-//! (the replay guard) never evicts a live entry: forgetting a signature inside its window
-//! would let it be replayed, so a shard full of live entries refuses new ones instead.
+//! costs O(1) amortized and the size never exceeds the bound.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -98,24 +95,6 @@ impl<V: Clone> ExpiringCache<V> {
         s.put(key, value, expires);
     }
 
-    /// Store `value` only if no live entry exists; true when it was stored (the key is
-    /// new), false when it was already there (a replay) or when the shard is full of live
-    /// entries (fail closed: live entries are never evicted to make room).
-    pub fn insert_new(&self, key: Key, value: V, expires: i64, now: i64) -> bool {
-        let mut s = self.shard(&key);
-        if s.map.get(&key).is_some_and(|e| e.expires > now) {
-            return false;
-        }
-        if s.map.len() >= self.per_shard {
-            s.map.retain(|_, e| e.expires > now);
-            if s.map.len() >= self.per_shard {
-                return false;
-            }
-        }
-        s.put(key, value, expires);
-        true
-    }
-
     /// Drop every entry.
     pub fn clear(&self) {
         for m in &self.shards {
@@ -190,29 +169,5 @@ mod tests {
             c.insert(k(i), i, 1000, 1);
         }
         assert!(c.len() <= 8);
-    }
-
-    #[test]
-    fn insert_new_detects_replay() {
-        let c = ExpiringCache::new(10);
-        assert!(c.insert_new(k(1), (), 10, 0));
-        assert!(!c.insert_new(k(1), (), 10, 5));
-        assert!(c.insert_new(k(1), (), 20, 10));
-    }
-
-    #[test]
-    fn insert_new_never_evicts_live_entries() {
-        // Regression: a full shard used to drop its least recently used entries, so a
-        // flood of fresh signatures made an earlier one replayable inside its window.
-        let c = ExpiringCache::new(16 * 2); // 2 per shard
-        assert!(c.insert_new(k(1), (), 100, 0));
-        assert!(c.insert_new(k(2), (), 100, 0));
-        assert!(
-            !c.insert_new(k(3), (), 100, 1),
-            "full of live entries: refused"
-        );
-        assert!(!c.insert_new(k(1), (), 100, 2), "k(1) is still remembered");
-        assert!(c.insert_new(k(3), (), 200, 100), "room once entries expire");
-        assert!(c.len() <= 2);
     }
 }

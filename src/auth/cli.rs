@@ -29,9 +29,11 @@ pub struct SignRequest<'a> {
     pub algorithm: &'a str,
     /// HTTP method.
     pub method: &'a str,
-    /// Full URL or a path (`/api?x=1`); only the path and query are signed.
+    /// Full URL or a path (`/api?x=1`): the path and query are signed, and the URL's
+    /// host (with its port, as written) as `host`.
     pub url: &'a str,
-    /// Extra headers to send and sign, as `Name: value`.
+    /// Extra headers to send and sign, as `Name: value`; a `Host` here replaces the URL's
+    /// (and is needed when `url` is a path).
     pub headers: &'a [String],
     /// The body, when any (adds a signed `Digest`).
     pub body: Option<&'a [u8]>,
@@ -39,27 +41,32 @@ pub struct SignRequest<'a> {
     pub now: i64,
 }
 
-/// The headers to send, in order, as `(name, value)`.
+/// The headers to send, in order, as `(name, value)`: `Host`, `Date`, `Digest` (with a
+/// body), the extra headers, `Authorization`. The signed list is `date request-line host`,
+/// then `digest`, then the extra headers: what moat's defaults require (`host` is in
+/// `enforce_headers`, a body needs a signed `Digest`).
 pub fn sign(r: &SignRequest) -> Result<Vec<(String, String)>, String> {
     let alg = HmacAlg::parse(r.algorithm)
         .ok_or("algorithm must be hmac-sha256, hmac-sha384 or hmac-sha512")?;
-    let target = match r.url.find("://") {
+    let (url_host, target) = match r.url.find("://") {
         Some(i) => {
             let rest = &r.url[i + 3..];
-            rest.find('/').map(|j| &rest[j..]).unwrap_or("/")
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let authority = &rest[..end];
+            let host = authority.rsplit('@').next().unwrap_or(authority);
+            let target = match &rest[end..] {
+                t if t.starts_with('/') => t.to_string(),
+                t => format!("/{t}"),
+            };
+            (Some(host.to_string()).filter(|h| !h.is_empty()), target)
         }
-        None if r.url.starts_with('/') => r.url,
+        None if r.url.starts_with('/') => (None, r.url.to_string()),
         None => return Err("URL must be http(s)://host/path or /path".into()),
     };
     let target = target.split('#').next().unwrap_or("/");
     let method = r.method.to_ascii_uppercase();
-    let mut out: Vec<(String, String)> = Vec::new();
-    out.push(("Date".into(), super::dates::format_http_date(r.now)));
-    let mut names = vec!["date".to_string(), "request-line".to_string()];
-    if let Some(b) = r.body {
-        out.push(("Digest".into(), hmac::digest_header(b)));
-        names.push("digest".into());
-    }
+    let mut extra: Vec<(String, String)> = Vec::new();
+    let mut host = url_host;
     for h in r.headers {
         let (n, v) = h
             .split_once(':')
@@ -75,8 +82,31 @@ pub fn sign(r: &SignRequest) -> Result<Vec<(String, String)>, String> {
         ) {
             return Err(format!("`{n}` is set by the signer"));
         }
-        out.push((n.to_string(), v.trim().to_string()));
-        names.push(lower);
+        if lower == "host" {
+            host = Some(v.trim().to_string());
+        } else {
+            extra.push((n.to_string(), v.trim().to_string()));
+        }
+    }
+    let host = host.ok_or(
+        "the host is signed: give a full URL (http://host/path) or -H 'Host: NAME' with a path",
+    )?;
+    let mut out: Vec<(String, String)> = vec![
+        ("Host".into(), host),
+        ("Date".into(), super::dates::format_http_date(r.now)),
+    ];
+    let mut names = vec![
+        "date".to_string(),
+        "request-line".to_string(),
+        "host".into(),
+    ];
+    if let Some(b) = r.body {
+        out.push(("Digest".into(), hmac::digest_header(b)));
+        names.push("digest".into());
+    }
+    for (n, v) in extra {
+        names.push(n.to_ascii_lowercase());
+        out.push((n, v));
     }
     let line = format!("{method} {target} HTTP/1.1");
     let sstr = hmac::signing_string(&names, &line, |n| {
@@ -114,6 +144,56 @@ mod tests {
     }
 
     #[test]
+    fn sign_signs_the_host() {
+        let base = SignRequest {
+            key_id: "k",
+            secret: b"s",
+            algorithm: "hmac-sha256",
+            method: "GET",
+            url: "/x",
+            headers: &[],
+            body: None,
+            now: 0,
+        };
+        let host = |r: &SignRequest| {
+            sign(r).map(|out| {
+                let h = out.iter().find(|(k, _)| k == "Host").unwrap().1.clone();
+                let a = out.iter().find(|(k, _)| k == "Authorization").unwrap();
+                assert!(a.1.contains("headers=\"date request-line host\""), "{a:?}");
+                h
+            })
+        };
+        // A path alone does not say which host: refused.
+        assert!(host(&base).unwrap_err().contains("Host"));
+        let with = vec!["Host: api.example.com:8443".to_string()];
+        assert_eq!(
+            host(&SignRequest {
+                headers: &with,
+                ..base
+            })
+            .unwrap(),
+            "api.example.com:8443"
+        );
+        for (url, want) in [
+            ("http://u:p@h.example:8080/a?b=1", "h.example:8080"),
+            ("https://h.example?x=1", "h.example"),
+            ("http://[::1]:9/p", "[::1]:9"),
+        ] {
+            assert_eq!(host(&SignRequest { url, ..base }).unwrap(), want, "{url}");
+        }
+        // An explicit Host wins over the URL's.
+        assert_eq!(
+            host(&SignRequest {
+                url: "http://127.0.0.1:8080/p",
+                headers: &with,
+                ..base
+            })
+            .unwrap(),
+            "api.example.com:8443"
+        );
+    }
+
+    #[test]
     fn sign_known_answer() {
         // Same inputs as tests/fixtures/hmac_reference.py.
         let headers = vec!["X-Tenant: blue".to_string()];
@@ -130,7 +210,8 @@ mod tests {
         .unwrap();
         let get = |n: &str| out.iter().find(|(k, _)| k == n).unwrap().1.clone();
         assert_eq!(get("Date"), "Sat, 23 Nov 2024 07:00:00 GMT");
-        assert!(get("Authorization").contains("headers=\"date request-line digest x-tenant\""));
+        assert_eq!(get("Host"), "api.example.com");
+        assert!(get("Authorization").contains("headers=\"date request-line host digest x-tenant\""));
         let expected = include_str!("../../tests/fixtures/hmac_reference.expected");
         let want_sig = expected
             .lines()

@@ -9,8 +9,11 @@
 //! - `request-line` must be signed (so method, path and query cannot be changed), and
 //!   `x-date` or `date` must be signed and within `clock_skew`;
 //! - a `Digest` header, when sent, must be signed and match the body (`SHA-256=`); with
-//!   `require_digest` a request with a body must carry one;
-//! - every signed header must appear exactly once;
+//!   `require_digest` (the default) a request with a body must carry one;
+//! - the headers of `enforce_headers` (default `host`, so a signature made for one virtual
+//!   host does not verify on another) must be signed;
+//! - every signed header must appear exactly once (`host` of an HTTP/2 request is its
+//!   `:authority`);
 //! - signatures compare in constant time; replays are refused through a
 //!   [`super::replay::ReplayGuard`].
 
@@ -22,6 +25,8 @@ use subtle::ConstantTimeEq;
 
 /// Default `clock_skew`, seconds.
 pub const DEFAULT_CLOCK_SKEW: i64 = 300;
+/// Default `enforce_headers`: the host, so a signature holds for one virtual host only.
+pub const DEFAULT_ENFORCE_HEADERS: [&str; 1] = ["host"];
 
 /// Why an HMAC request was refused: a short category, safe to log and count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +37,8 @@ pub enum HmacError {
     Algorithm,
     /// No credential with this key id.
     UnknownKey,
-    /// `request-line`, `date`/`x-date` or `digest` is not among the signed headers.
+    /// `request-line`, `date`/`x-date`, `digest` or a header of `enforce_headers` is not
+    /// among the signed headers.
     Unsigned,
     /// The date is missing, unparsable or outside the clock skew.
     Date,
@@ -187,10 +193,16 @@ pub fn request_line(req: &RequestHeader) -> String {
     )
 }
 
-/// The single value of header `name` in `req` (a repeated header is refused).
+/// The single value of header `name` in `req` (a repeated header is refused). `host` of a
+/// request without a `Host` header (HTTP/2) is its `:authority`.
 pub fn single_header(req: &RequestHeader, name: &str) -> Result<String, HmacError> {
     let mut it = req.headers.get_all(name).iter();
     let (Some(v), None) = (it.next(), it.next()) else {
+        if name == "host" && !req.headers.contains_key(http::header::HOST) {
+            if let Some(a) = req.uri.authority() {
+                return Ok(a.as_str().to_string());
+            }
+        }
         return Err(HmacError::Malformed);
     };
     v.to_str()

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::auth::dates::{format_http_date, now_secs};
-use crate::auth::replay::{LocalReplay, ReplayGuard};
+use crate::auth::replay::{LocalReplay, ReplayGuard, Signature, Use};
 
 fn fixture() -> (String, String) {
     let text = include_str!("../../tests/fixtures/hmac_reference.expected");
@@ -64,6 +64,7 @@ fn python_reference_fixture_verifies() {
         "POST",
         "/api/users?limit=10&q=a%20b",
         &[
+            ("Host", "api.example.com"),
             ("Date", "Sat, 23 Nov 2024 07:00:00 GMT"),
             ("Digest", &digest),
             ("X-Tenant", "blue"),
@@ -79,16 +80,38 @@ fn python_reference_fixture_verifies() {
         &a.signature
     ));
     assert!(!verify_mac(a.alg, b"wrong", s.as_bytes(), &a.signature));
-    // Tampering with the method, the path or a signed header breaks it.
-    for (m, t, tenant) in [
-        ("PUT", "/api/users?limit=10&q=a%20b", "blue"),
-        ("POST", "/api/users?limit=11&q=a%20b", "blue"),
-        ("POST", "/api/users?limit=10&q=a%20b", "red"),
+    // Tampering with the method, the path, the host or a signed header breaks it.
+    for (m, t, host, tenant) in [
+        (
+            "PUT",
+            "/api/users?limit=10&q=a%20b",
+            "api.example.com",
+            "blue",
+        ),
+        (
+            "POST",
+            "/api/users?limit=11&q=a%20b",
+            "api.example.com",
+            "blue",
+        ),
+        (
+            "POST",
+            "/api/users?limit=10&q=a%20b",
+            "api.example.org",
+            "blue",
+        ),
+        (
+            "POST",
+            "/api/users?limit=10&q=a%20b",
+            "api.example.com",
+            "red",
+        ),
     ] {
         let r = request(
             m,
             t,
             &[
+                ("Host", host),
                 ("Date", "Sat, 23 Nov 2024 07:00:00 GMT"),
                 ("Digest", &digest),
                 ("X-Tenant", tenant),
@@ -162,17 +185,25 @@ async fn replay_remembered_while_the_date_is_accepted() {
         headers: vec!["date".into(), "request-line".into()],
         signature: vec![],
     };
+    let sig = |ttl| Signature {
+        consumer: "c",
+        key: k,
+        ttl,
+        capacity: 100,
+    };
     for window in [60, 300] {
-        let g = LocalReplay::new(100);
+        let g = LocalReplay::new();
         assert_eq!(check_date(&a, &r, t, skew), Ok(t));
-        assert!(g.first_use(k, replay_ttl(window, t, skew, t), t).await);
+        let first = g.first_use(sig(replay_ttl(window, t, skew, t)), t).await;
+        assert_eq!(first, Use::First);
         let later = t + skew;
         assert!(
             check_date(&a, &r, later, skew).is_ok(),
             "date still accepted"
         );
         let ttl = replay_ttl(window, t, skew, later);
-        assert!(!g.first_use(k, ttl, later).await, "window {window}: replay");
+        let again = g.first_use(sig(ttl), later).await;
+        assert_eq!(again, Use::Replay, "window {window}: replay");
         assert!(check_date(&a, &r, later + 1, skew).is_err());
     }
     // A date signed ahead of the receiver's clock is remembered until it leaves the skew.

@@ -106,6 +106,7 @@ pub struct KeySet {
     /// Every key, in document order.
     pub keys: Vec<Arc<Key>>,
     by_kid: HashMap<String, Arc<Key>>,
+    fingerprint: [u8; 32],
 }
 
 impl KeySet {
@@ -118,7 +119,20 @@ impl KeySet {
                 by_kid.entry(kid.clone()).or_insert_with(|| Arc::clone(k));
             }
         }
-        KeySet { keys, by_kid }
+        let fingerprint = fingerprint(&keys);
+        KeySet {
+            keys,
+            by_kid,
+            fingerprint,
+        }
+    }
+
+    /// SHA-256 of every key's `kid`, algorithm, family and key material, in document
+    /// order (which decides the keys tried for a token without `kid`): two sets with the
+    /// same fingerprint verify exactly the same tokens, however their documents were
+    /// formatted.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
     }
 
     /// The key named `kid`.
@@ -131,11 +145,31 @@ impl KeySet {
     pub fn has_kids(&self) -> bool {
         !self.by_kid.is_empty()
     }
+}
 
-    /// A fingerprint of the kids, to notice rotations.
-    pub fn kids(&self) -> Vec<Option<String>> {
-        self.keys.iter().map(|k| k.kid.clone()).collect()
+/// See [`KeySet::fingerprint`]. Every field is length-prefixed, so no two different sets
+/// feed the hash the same bytes.
+fn fingerprint(keys: &[Arc<Key>]) -> [u8; 32] {
+    use jsonwebtoken::DecodingKeyKind;
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_be_bytes());
+        h.update(b);
+    };
+    for k in keys {
+        field(&[u8::from(k.kid.is_some())]);
+        field(k.kid.as_deref().unwrap_or_default().as_bytes());
+        field(format!("{:?}/{:?}", k.alg, k.family).as_bytes());
+        match k.decoding.kind() {
+            DecodingKeyKind::SecretOrDer(b) => field(b),
+            DecodingKeyKind::RsaModulusExponent { n, e } => {
+                field(n);
+                field(e);
+            }
+        }
     }
+    h.finalize().into()
 }
 
 /// A base64url field (a trailing `=` padding is tolerated, as some issuers write it).

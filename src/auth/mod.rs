@@ -31,6 +31,9 @@ pub mod require;
 pub mod signed;
 pub mod testkit;
 
+#[cfg(test)]
+mod proptests;
+
 use crate::config::error::ConfigErrors;
 use crate::config::model::Config;
 use crate::runtime::Runtime;
@@ -55,7 +58,7 @@ impl Default for AuthState {
         AuthState {
             consumers: Arc::default(),
             providers: BTreeMap::new(),
-            replay: Arc::new(replay::LocalReplay::new(replay::REPLAY_CAPACITY)),
+            replay: Arc::new(replay::LocalReplay::new()),
         }
     }
 }

@@ -1,5 +1,10 @@
 //! A compiled JWT provider (`jwt_providers.NAME`): its key set, claim rules and verified-
-//! token cache, and for `jwks_url` the fetching policy:
+//! token cache, and for `jwks_url` the fetching policy. A token's consumer is
+//! `NAME:VALUE` of its `consumer_claim` (a namespace per provider, apart from
+//! `consumers:`), or the bare value with `consumer_map: consumers`, which the auth plugin
+//! then looks up among the configured consumers.
+//!
+//! Fetching:
 //! - a background loop ([`spawn_refresh`]) fetches at start and every `jwks_refresh`
 //!   (every `jwks_cooldown` while no key set was ever obtained), holding only a `Weak`
 //!   reference so it ends with its config generation;
@@ -14,15 +19,16 @@
 //! when the token is the same, so a hash collision is a miss, never a wrong identity (and
 //! only verified tokens are ever stored). Per 700-byte token: SHA-256 cost ~25k
 //! instructions, SipHash ~1.7k, foldhash ~0.2k. The cache is
-//! cleared whenever the key set changes, and each entry carries the key-set generation it
-//! was verified under, so a verification racing a rotation cannot leave a token signed by
-//! a removed key in the cache.
+//! cleared whenever the key set changes — a fetch that returns the same keys (same
+//! [`KeySet::fingerprint`]) changes nothing and keeps it — and each entry carries the
+//! key-set generation it was verified under, so a verification racing a rotation cannot
+//! leave a token signed by a removed key in the cache.
 
 use super::cache::{ExpiringCache, Key};
 use super::jwk::{self, Alg, KeySet};
 use super::jwt::{self, ClaimRules, JwtError};
 use crate::config::error::{join, ConfigErrors};
-use crate::config::model::JwtProviderConfig;
+use crate::config::model::{ConsumerMap, JwtProviderConfig};
 use arc_swap::ArcSwapOption;
 use foldhash::quality::RandomState;
 use jsonwebtoken::Validation;
@@ -50,7 +56,8 @@ pub struct Verified {
     pub claims: Arc<Map<String, Value>>,
     /// `exp`, UNIX seconds.
     pub exp: i64,
-    /// The consumer id (from `consumer_claim`).
+    /// The consumer id: `PROVIDER:VALUE` of `consumer_claim`, or the bare value with
+    /// `consumer_map: consumers` (then a `consumers:` id to look up).
     pub subject: Arc<str>,
     /// Scopes (from `scopes_claim`).
     pub scopes: Arc<[String]>,
@@ -76,6 +83,8 @@ pub struct JwtProvider {
     rules: ClaimRules,
     consumer_claim: String,
     scopes_claim: String,
+    /// What `consumer_claim` names.
+    pub consumer_map: ConsumerMap,
     url: Option<String>,
     keys: ArcSwapOption<KeySet>,
     cache: ExpiringCache<Cached>,
@@ -142,6 +151,7 @@ impl JwtProvider {
         if let Some(sc) = &c.scopes_claim {
             p.scopes_claim = sc.clone();
         }
+        p.consumer_map = c.consumer_map;
         p.refresh = c
             .jwks_refresh
             .map(|d| d.get())
@@ -162,6 +172,7 @@ impl JwtProvider {
             rules,
             consumer_claim: "sub".into(),
             scopes_claim: "scope".into(),
+            consumer_map: ConsumerMap::Namespaced,
             url: None,
             keys: ArcSwapOption::empty(),
             cache: ExpiringCache::new(CACHE_CAPACITY),
@@ -175,11 +186,21 @@ impl JwtProvider {
         }
     }
 
-    /// Replace the key set (clears the token cache).
-    pub fn set_keys(&self, keys: KeySet) {
+    /// Install `keys` and clear the token cache, unless they are the keys at hand
+    /// ([`KeySet::fingerprint`]): then nothing changes and cached tokens stay. True when
+    /// the set changed.
+    pub fn set_keys(&self, keys: KeySet) -> bool {
+        let current = self.keys.load();
+        if current
+            .as_ref()
+            .is_some_and(|k| k.fingerprint() == keys.fingerprint())
+        {
+            return false;
+        }
         self.keys.store(Some(Arc::new(keys)));
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.cache.clear();
+        true
     }
 
     /// JWKS fetches attempted so far.
@@ -255,10 +276,14 @@ impl JwtProvider {
             }
         };
         let exp = jwt::check_claims(&claims, &self.rules, now)?;
-        let subject: Arc<str> = match claims.get(&self.consumer_claim) {
-            Some(Value::String(s)) if !s.is_empty() => Arc::from(s.as_str()),
-            Some(Value::Number(n)) => Arc::from(n.to_string()),
+        let value = match claims.get(&self.consumer_claim) {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
             _ => return Err(JwtError::Claims),
+        };
+        let subject: Arc<str> = match self.consumer_map {
+            ConsumerMap::Namespaced => Arc::from(format!("{}:{value}", self.name)),
+            ConsumerMap::Consumers => Arc::from(value),
         };
         let scopes = jwt::scopes(&claims, &self.scopes_claim).into();
         Ok(Verified {
@@ -317,19 +342,10 @@ impl JwtProvider {
             .and_then(|body| jwk::parse_jwks(&body));
         match got {
             Ok(set) => {
-                let changed = self
-                    .keys
-                    .load()
-                    .as_ref()
-                    .is_none_or(|old| old.kids() != set.kids());
-                if changed {
-                    log::info!(
-                        "jwt provider `{}`: key set updated ({} keys)",
-                        self.name,
-                        set.keys.len()
-                    );
+                let n = set.keys.len();
+                if self.set_keys(set) {
+                    log::info!("jwt provider `{}`: key set updated ({n} keys)", self.name);
                 }
-                self.set_keys(set);
                 true
             }
             Err(e) => {

@@ -60,7 +60,7 @@ fn every_algorithm_verifies() {
         let v = p
             .verify_uncached(&t, now)
             .unwrap_or_else(|e| panic!("{alg}: {e:?}"));
-        assert_eq!(&*v.subject, "alice");
+        assert_eq!(&*v.subject, "t:alice", "namespaced by the provider");
         assert_eq!(&*v.scopes, ["read".to_string(), "write".to_string()]);
         // Without kid: the fitting keys are tried.
         let t = testkit::token(key, alg, None, &claims(60)).unwrap();
@@ -74,6 +74,19 @@ fn every_algorithm_verifies() {
             );
         }
     }
+}
+
+#[test]
+fn consumer_is_namespaced_unless_mapped_to_consumers() {
+    let (rsa, jwk) = testkit::rsa("r").unwrap();
+    let mut p = provider(&[Alg::RS256], &testkit::jwks(&[&jwk]));
+    let now = now_secs();
+    let mut c = claims(60);
+    c["sub"] = json!(42);
+    let t = testkit::token(&rsa, "RS256", Some("r"), &c).unwrap();
+    assert_eq!(&*p.verify_uncached(&t, now).unwrap().subject, "t:42");
+    p.consumer_map = ConsumerMap::Consumers;
+    assert_eq!(&*p.verify_uncached(&t, now).unwrap().subject, "42");
 }
 
 #[test]
@@ -382,4 +395,74 @@ fn kid_ignored_when_the_keys_have_none() {
         p.verify_uncached(&t, now_secs()).unwrap_err(),
         JwtError::BadSignature
     );
+}
+
+#[test]
+fn the_same_key_set_again_keeps_the_token_cache() {
+    // Regression: every JWKS fetch (every jwks_refresh, and each unknown-kid refetch)
+    // installed the set anew and flushed the verified-token cache, even when nothing
+    // changed: every cached token then paid a full signature check again.
+    let (rsa, jwk) = testkit::rsa("r").unwrap();
+    let (_, jwk2) = testkit::rsa("r2").unwrap();
+    let doc = testkit::jwks(&[&jwk, &jwk2]);
+    let p = provider(&[Alg::RS256], &doc);
+    let now = now_secs();
+    let t = testkit::token(&rsa, "RS256", Some("r"), &claims(60)).unwrap();
+    let a = p.verify_sync(&t, now).unwrap();
+    // The same keys, fetched again (even formatted differently).
+    let spaced =
+        serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(&doc).unwrap())
+            .unwrap();
+    p.set_keys(jwk::parse_jwks(spaced.as_bytes()).unwrap());
+    let b = p.verify_sync(&t, now).unwrap();
+    assert!(Arc::ptr_eq(&a, &b), "cache flushed by an unchanged key set");
+    // A key added, removed or changed is a new set: flushed.
+    for changed in [
+        testkit::jwks(&[&jwk]),
+        testkit::jwks(&[&jwk2, &jwk]),
+        testkit::jwks(&[&jwk, &jwk2, &testkit::rsa("r3").unwrap().1]),
+    ] {
+        let before = p.verify_sync(&t, now).unwrap();
+        p.set_keys(jwk::parse_jwks(changed.as_bytes()).unwrap());
+        let after = p.verify_sync(&t, now).unwrap();
+        assert!(!Arc::ptr_eq(&before, &after), "{changed}");
+    }
+}
+
+#[tokio::test]
+async fn a_refetch_of_the_same_jwks_keeps_the_token_cache() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (rsa, jwk) = testkit::rsa("r").unwrap();
+    let doc = testkit::jwks(&[&jwk]);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", l.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        for _ in 0..2 {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf).await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                doc.len()
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(doc.as_bytes()).await;
+        }
+    });
+    let mut p = JwtProvider::new("f", vec![Alg::RS256], ClaimRules::default());
+    p.url = Some(url);
+    assert!(p.fetch_now().await);
+    let now = now_secs();
+    let t = testkit::token(&rsa, "RS256", Some("r"), &claims(60)).unwrap();
+    let a = p.verify_sync(&t, now).unwrap();
+    assert!(p.fetch_now().await);
+    assert_eq!(p.fetches(), 2);
+    let b = p.verify_sync(&t, now).unwrap();
+    assert!(
+        Arc::ptr_eq(&a, &b),
+        "cache flushed by a refetch of the same JWKS"
+    );
+    server.await.unwrap();
 }

@@ -18,9 +18,12 @@
 use super::consumers::{Consumer, ConsumerStore};
 use super::credentials::{self, Found};
 use super::hmac::{self, HmacError};
-use super::replay::ReplayGuard;
+use super::replay::{ReplayGuard, Signature, Use, REPLAY_CAPACITY};
+use crate::config::error::{index, join, ConfigErrors};
+use crate::config::model::HmacAuthConfig;
 use crate::reply::{ErrorCode, Reply};
 use bytes::BytesMut;
+use http::HeaderValue;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 use std::sync::Arc;
@@ -39,8 +42,80 @@ pub struct HmacSettings {
     pub skew: i64,
     /// A request with a body must carry a signed `Digest`.
     pub require_digest: bool,
-    /// Refuse a signature seen within this many seconds.
+    /// Refuse a signature seen within this many seconds (`None`: replay protection off).
     pub replay_window: Option<i64>,
+    /// Lower-case names that must be among the signed headers.
+    pub enforce: Vec<String>,
+    /// Live signatures remembered per consumer; past it, [`Refused::Full`].
+    pub replay_capacity: usize,
+}
+
+impl HmacSettings {
+    /// An `auth` plugin's `hmac:` settings (`path`: where they are), with moat's defaults:
+    /// `require_digest` true (serde's), replay protection over the clock skew (`0s` turns
+    /// it off; a part of a second counts as one), `enforce_headers` `[host]`.
+    pub fn compile(h: Option<&HmacAuthConfig>, path: &str, errs: &mut ConfigErrors) -> Self {
+        let skew = h
+            .and_then(|h| h.clock_skew)
+            .map(|d| d.get().as_secs() as i64)
+            .unwrap_or(hmac::DEFAULT_CLOCK_SKEW);
+        HmacSettings {
+            skew,
+            require_digest: h.is_none_or(|h| h.require_digest),
+            replay_window: match h.and_then(|h| h.replay_window) {
+                None => Some(skew),
+                Some(d) if d.get().is_zero() => None,
+                Some(d) => Some(d.get().as_millis().div_ceil(1000) as i64),
+            },
+            enforce: match h.and_then(|h| h.enforce_headers.as_ref()) {
+                None => hmac::DEFAULT_ENFORCE_HEADERS.map(String::from).to_vec(),
+                Some(list) => enforce_headers(list, &join(path, "enforce_headers"), errs),
+            },
+            replay_capacity: match h.and_then(|h| h.replay_capacity) {
+                None => REPLAY_CAPACITY,
+                Some(0) => {
+                    errs.push(join(path, "replay_capacity"), "must be at least 1");
+                    1
+                }
+                Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            },
+        }
+    }
+}
+
+/// The lower-case names of `enforce_headers`, each a header name or `request-line`.
+fn enforce_headers(list: &[String], path: &str, errs: &mut ConfigErrors) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (i, h) in list.iter().enumerate() {
+        let name = h.trim().to_ascii_lowercase();
+        if name != "request-line" && http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            errs.push(
+                index(path, i),
+                format!("`{h}` is not a header name (or request-line)"),
+            );
+        } else if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// `WWW-Authenticate: hmac realm="moat", headers="date request-line ... digest"`: what a
+/// client must sign, the `enforce` headers included.
+pub fn challenge(enforce: &[String]) -> HeaderValue {
+    let mut names = vec!["date", "request-line"];
+    names.extend(
+        enforce
+            .iter()
+            .map(String::as_str)
+            .filter(|h| !["date", "request-line", "digest"].contains(h)),
+    );
+    names.push("digest");
+    HeaderValue::from_str(&format!(
+        "hmac realm=\"moat\", headers=\"{}\"",
+        names.join(" ")
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("hmac realm=\"moat\""))
 }
 
 /// Why a signed request was refused.
@@ -49,6 +124,9 @@ pub enum Refused {
     Signature(HmacError),
     /// The body could not be checked (413 too large, 408 too slow, 400 unreadable).
     Body(Reply),
+    /// The signature is good but its consumer has `replay_capacity` live signatures
+    /// already (503); the oldest expires in `retry_after` seconds.
+    Full { retry_after: i64 },
 }
 
 impl From<HmacError> for Refused {
@@ -83,7 +161,7 @@ pub async fn verify(
         .hmac_key(&auth.key_id)
         .ok_or(HmacError::UnknownKey)?;
     let signed = |n: &str| auth.headers.iter().any(|h| h == n);
-    if !signed("request-line") {
+    if !signed("request-line") || !s.enforce.iter().all(|h| signed(h)) {
         return Err(HmacError::Unsigned.into());
     }
     let digest = match credentials::header(req, "digest") {
@@ -122,9 +200,16 @@ pub async fn verify(
         }
     }
     if let Some(w) = s.replay_window {
-        let ttl = hmac::replay_ttl(w, signed_at, s.skew, now);
-        if !replay.first_use(hmac::replay_key(&auth), ttl, now).await {
-            return Err(HmacError::Replay.into());
+        let sig = Signature {
+            consumer: &consumer.id,
+            key: hmac::replay_key(&auth),
+            ttl: hmac::replay_ttl(w, signed_at, s.skew, now),
+            capacity: s.replay_capacity,
+        };
+        match replay.first_use(sig, now).await {
+            Use::First => {}
+            Use::Replay => return Err(HmacError::Replay.into()),
+            Use::Full { retry_after } => return Err(Refused::Full { retry_after }),
         }
     }
     Ok(Verified {

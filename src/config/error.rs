@@ -22,6 +22,21 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// The sections of a config file, in the reference file's order.
+pub const SECTIONS: [&str; 11] = [
+    "server",
+    "listeners",
+    "admin",
+    "access_log",
+    "redis",
+    "watch",
+    "upstreams",
+    "consumers",
+    "jwt_providers",
+    "global_plugins",
+    "routes",
+];
+
 /// Every problem found in a config; never empty when returned as an error.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
@@ -43,19 +58,6 @@ impl ConfigErrors {
     /// Put the errors in the order their keys appear in a config file: by section (in the
     /// reference file's order), then by list index; the order found is kept otherwise.
     pub fn sort_by_file_order(&mut self) {
-        const SECTIONS: &[&str] = &[
-            "server",
-            "listeners",
-            "admin",
-            "access_log",
-            "redis",
-            "watch",
-            "upstreams",
-            "consumers",
-            "jwt_providers",
-            "global_plugins",
-            "routes",
-        ];
         self.0.sort_by_key(|e| {
             let head_end = e.path.find(['.', '[']).unwrap_or(e.path.len());
             let section = SECTIONS

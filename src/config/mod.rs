@@ -11,6 +11,8 @@ pub mod validate;
 pub mod warnings;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod reference_tests;
 
 pub use error::{ConfigError, ConfigErrors};

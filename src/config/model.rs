@@ -389,6 +389,23 @@ pub struct JwtProviderConfig {
     pub jwks_cooldown: Option<Dur>,
     pub consumer_claim: Option<String>,
     pub scopes_claim: Option<String>,
+    /// What the `consumer_claim` names [namespaced].
+    #[serde(default)]
+    pub consumer_map: ConsumerMap,
+    /// Accept an `http://` `jwks_url` on a host that is not loopback [false].
+    #[serde(default)]
+    pub allow_insecure_jwks: bool,
+}
+
+/// What a JWT provider's `consumer_claim` names.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsumerMap {
+    /// A consumer of the provider's own: `PROVIDER:VALUE` (`corp:alice`).
+    #[default]
+    Namespaced,
+    /// One of `consumers:`, by id; a token naming none is refused.
+    Consumers,
 }
 
 /// One route.
@@ -663,7 +680,8 @@ pub struct AuthConfig {
     pub api_key: Option<ApiKeyAuthConfig>,
     pub hmac: Option<HmacAuthConfig>,
     pub require: Option<RequireConfig>,
-    #[serde(default)]
+    /// Remove the credential from what goes upstream [true].
+    #[serde(default = "yes")]
     pub hide_credentials: bool,
 }
 
@@ -699,9 +717,15 @@ pub struct ApiKeyAuthConfig {
 #[serde(deny_unknown_fields)]
 pub struct HmacAuthConfig {
     pub clock_skew: Option<Dur>,
-    #[serde(default)]
+    /// A request with a body must carry a signed `Digest` [true].
+    #[serde(default = "yes")]
     pub require_digest: bool,
+    /// A signature is accepted once within this window [clock_skew]; `0s` turns it off.
     pub replay_window: Option<Dur>,
+    /// Headers that must be among the signed ones (Kong's name) [`[host]`].
+    pub enforce_headers: Option<Vec<String>>,
+    /// Live signatures remembered per consumer; past it, 503 [100000].
+    pub replay_capacity: Option<u64>,
 }
 
 /// Authorization rules.

@@ -241,6 +241,18 @@ fn reference_file_states_the_defaults_the_code_uses() {
     use Code::*;
     let server = crate::server::server_conf(&super::Config::default(), false);
     let limits = crate::runtime::Limits::default();
+    // What serde fills in for keys left out.
+    let provider: super::model::JwtProviderConfig =
+        serde_yaml::from_str("algorithms: [RS256]").expect("provider");
+    let auth: super::model::AuthConfig =
+        serde_yaml::from_str("{ methods: [hmac], hmac: {} }").expect("auth");
+    let hmac = auth.hmac.clone().expect("hmac");
+    let yaml = |v: &super::model::ConsumerMap| {
+        serde_yaml::to_string(v)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
     let rows: Vec<(&str, Code)> = vec![
         ("  threads:", Int(server.threads as u64)),
         ("  upgrade_sock:", Text(server.upgrade_sock.clone())),
@@ -299,6 +311,41 @@ fn reference_file_states_the_defaults_the_code_uses() {
             Int(crate::limit::store::DEFAULT_MAX_KEYS as u64),
         ),
         ("          lease:", Dur(crate::limit::lease::DEFAULT_LEASE)),
+        (
+            "    jwks_refresh:",
+            Dur(crate::auth::provider::DEFAULT_REFRESH),
+        ),
+        (
+            "    jwks_cooldown:",
+            Dur(crate::auth::provider::DEFAULT_COOLDOWN),
+        ),
+        (
+            "    allow_insecure_jwks:",
+            Text(provider.allow_insecure_jwks.to_string()),
+        ),
+        ("    consumer_map:", Text(yaml(&provider.consumer_map))),
+        (
+            "            clock_skew:",
+            Dur(std::time::Duration::from_secs(
+                crate::auth::hmac::DEFAULT_CLOCK_SKEW as u64,
+            )),
+        ),
+        (
+            "            require_digest:",
+            Text(hmac.require_digest.to_string()),
+        ),
+        (
+            "            enforce_headers:",
+            Text(crate::auth::hmac::DEFAULT_ENFORCE_HEADERS.join(", ")),
+        ),
+        (
+            "            replay_capacity:",
+            Int(crate::auth::replay::REPLAY_CAPACITY as u64),
+        ),
+        (
+            "          hide_credentials:",
+            Text(auth.hide_credentials.to_string()),
+        ),
     ];
     for (prefix, code) in rows {
         let text = stated(prefix);

@@ -2,7 +2,7 @@
 //! listeners, admin, identities and key providers, and references between sections.
 
 use super::error::{index, join, ConfigErrors};
-use super::model::{Config, PluginConfig, RedisConfig};
+use super::model::{Config, ConsumerMap, PluginConfig, RedisConfig};
 use crate::net::CidrSet;
 use jsonwebtoken::AlgorithmFamily;
 use std::collections::HashSet;
@@ -211,6 +211,23 @@ fn consumers(cfg: &Config, errs: &mut ConfigErrors) {
                 format!("consumer ids must be unique and non-empty (`{}`)", c.id),
             );
         }
+        // `corp:alice` is what a token of provider `corp` becomes: a configured consumer
+        // may not take it over.
+        if let Some((ns, _)) = c.id.split_once(':') {
+            if cfg
+                .jwt_providers
+                .get(ns)
+                .is_some_and(|p| p.consumer_map == ConsumerMap::Namespaced)
+            {
+                errs.push(
+                    join(&p, "id"),
+                    format!(
+                        "`{}` is in the namespace of jwt provider `{ns}` (its tokens' consumers are `{ns}:VALUE`): rename the consumer, or set jwt_providers.{ns}.consumer_map: consumers",
+                        c.id
+                    ),
+                );
+            }
+        }
         for (j, k) in c.api_keys.iter().enumerate() {
             let kp = index(&join(&p, "api_keys"), j);
             let h = k.sha256.to_ascii_lowercase();
@@ -259,6 +276,12 @@ fn refused_algorithm(name: &str) -> String {
 fn providers(cfg: &Config, errs: &mut ConfigErrors) {
     for (name, p) in &cfg.jwt_providers {
         let path = join("jwt_providers", name);
+        if name.contains(':') {
+            errs.push(
+                path.clone(),
+                "a provider name cannot hold `:`, which separates it from the claim in its consumers' ids (NAME:VALUE)",
+            );
+        }
         let sources = [
             p.jwks_url.is_some(),
             p.jwks_file.is_some(),
@@ -269,6 +292,22 @@ fn providers(cfg: &Config, errs: &mut ConfigErrors) {
             errs.push(
                 path.clone(),
                 "give exactly one of jwks_url, jwks_file, public_key_file, secret_env",
+            );
+        }
+        if let Some(u) = &p.jwks_url {
+            if !p.allow_insecure_jwks && insecure_remote(u) {
+                errs.push(
+                    join(&path, "jwks_url"),
+                    "an http:// URL lets anyone on the way replace the keys: use https://, or set allow_insecure_jwks: true (loopback addresses need neither)",
+                );
+            }
+        }
+        if p.jwks_cooldown
+            .is_some_and(|d| d.get() < std::time::Duration::from_secs(1))
+        {
+            errs.push(
+                join(&path, "jwks_cooldown"),
+                "must be at least 1s (it bounds how often tokens can make moat fetch the JWKS)",
             );
         }
         if let Some(f) = &p.jwks_file {
@@ -304,6 +343,24 @@ fn providers(cfg: &Config, errs: &mut ConfigErrors) {
             );
         }
     }
+}
+
+/// Whether `url` is plain `http://` to a host that is not loopback (`localhost`,
+/// 127.0.0.0/8, `::1`). Other shapes are left to the URL check of the provider.
+fn insecure_remote(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    if uri.scheme_str() != Some("http") {
+        return false;
+    }
+    let host = uri.host().unwrap_or("");
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.to_canonical().is_loopback());
+    !loopback
 }
 
 fn plugin_refs(cfg: &Config, path: &str, p: &PluginConfig, errs: &mut ConfigErrors) {

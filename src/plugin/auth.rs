@@ -7,8 +7,8 @@
 //!   refused JWT); 403 `FORBIDDEN` when authenticated but `require` fails; 503 when a JWT
 //!   provider has no key set yet (fail closed); 413 when a signed body exceeds `max_body`.
 //! - Messages, logs and metrics carry a short category only, never the credential.
-//! - Upstream gets `X-Consumer-ID` and `X-Auth-Method`; with `hide_credentials` the
-//!   credential (header, query parameter or cookie) is removed first.
+//! - Upstream gets `X-Consumer-ID` and `X-Auth-Method`; with `hide_credentials` (the
+//!   default) the credential (header, query parameter or cookie) is removed first.
 //!
 //! HMAC requests are checked by `auth::signed`: a small signed body is read and checked
 //! before anything reaches the upstream; a longer or chunked one is held back
@@ -26,7 +26,7 @@ use crate::auth::replay::ReplayGuard;
 use crate::auth::require::Require;
 use crate::auth::signed;
 use crate::config::error::{join, ConfigErrors};
-use crate::config::model::{AuthConfig, AuthMethod};
+use crate::config::model::{AuthConfig, AuthMethod, ConsumerMap};
 use crate::ctx::RequestCtx;
 use crate::identity::Identity;
 use crate::reply::{ErrorCode, Reply};
@@ -71,6 +71,8 @@ pub struct Auth {
     jwt: Option<JwtSettings>,
     api_key: Option<(HeaderName, Option<String>)>,
     hmac: Option<signed::HmacSettings>,
+    /// `WWW-Authenticate` for hmac: the headers to sign.
+    hmac_challenge: HeaderValue,
     require: Require,
     /// Where credentials travel, when `hide_credentials` removes them upstream.
     hide: Option<credentials::Carriers>,
@@ -154,17 +156,11 @@ impl Auth {
             None
         };
         let hmac = if has(AuthMethod::Hmac) {
-            let h = c.hmac.as_ref();
-            Some(signed::HmacSettings {
-                skew: h
-                    .and_then(|h| h.clock_skew)
-                    .map(|d| d.get().as_secs() as i64)
-                    .unwrap_or(hmac::DEFAULT_CLOCK_SKEW),
-                require_digest: h.is_some_and(|h| h.require_digest),
-                replay_window: h
-                    .and_then(|h| h.replay_window)
-                    .map(|d| d.get().as_secs() as i64),
-            })
+            Some(signed::HmacSettings::compile(
+                c.hmac.as_ref(),
+                &join(path, "hmac"),
+                errs,
+            ))
         } else {
             if c.hmac.is_some() {
                 errs.push(
@@ -185,10 +181,12 @@ impl Auth {
             cookies: jwt.iter().flat_map(|j| j.cookies.iter().cloned()).collect(),
         });
         let req = c.require.clone().unwrap_or_default();
+        let hmac_challenge = signed::challenge(hmac.as_ref().map_or(&[][..], |h| &h.enforce));
         (errs.0.len() == before).then(|| Auth {
             jwt,
             api_key,
             hmac,
+            hmac_challenge,
             require: Require::new(&req),
             hide,
             consumers: Arc::clone(&env.auth.consumers),
@@ -197,16 +195,16 @@ impl Auth {
         })
     }
 
-    fn challenges(&self) -> Vec<&'static str> {
+    fn challenges(&self) -> Vec<HeaderValue> {
         let mut c = Vec::new();
         if self.jwt.is_some() {
-            c.push("Bearer realm=\"moat\"");
+            c.push(HeaderValue::from_static("Bearer realm=\"moat\""));
         }
         if self.api_key.is_some() {
-            c.push("ApiKey realm=\"moat\"");
+            c.push(APIKEY.clone());
         }
         if self.hmac.is_some() {
-            c.push("hmac realm=\"moat\", headers=\"date request-line digest\"");
+            c.push(self.hmac_challenge.clone());
         }
         c
     }
@@ -216,7 +214,7 @@ impl Auth {
         method: &'static str,
         reason: &'static str,
         msg: &str,
-        challenge: Option<&'static str>,
+        challenge: Option<HeaderValue>,
     ) -> Refusal {
         let mut reply = Reply::error(ErrorCode::Unauthorized, msg);
         let list = match challenge {
@@ -224,7 +222,7 @@ impl Auth {
             None => self.challenges(),
         };
         for c in list {
-            reply = reply.with_header(http::header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
+            reply = reply.with_header(http::header::WWW_AUTHENTICATE, c);
         }
         Refusal {
             method,
@@ -333,15 +331,27 @@ impl Auth {
                                 "jwt",
                                 "claims",
                                 "invalid token",
-                                Some(BEARER_INVALID),
+                                Some(BEARER_INVALID.clone()),
                             ));
                         }
-                        let tier = self
-                            .consumers
-                            .consumer(&v.subject)
-                            .and_then(|c| c.tier.clone());
+                        // `PROVIDER:VALUE`, a consumer of the provider's own; with
+                        // `consumer_map: consumers`, the configured consumer it names.
+                        let (consumer, tier) = match j.provider.consumer_map {
+                            ConsumerMap::Namespaced => (Arc::clone(&v.subject), None),
+                            ConsumerMap::Consumers => match self.consumers.consumer(&v.subject) {
+                                Some(c) => (Arc::clone(&c.id), c.tier.clone()),
+                                None => {
+                                    return Err(self.unauthorized(
+                                        "jwt",
+                                        "unknown_consumer",
+                                        "invalid token",
+                                        Some(BEARER_INVALID.clone()),
+                                    ))
+                                }
+                            },
+                        };
                         Ok(Authenticated {
-                            consumer: Arc::clone(&v.subject),
+                            consumer,
                             tier,
                             method: "jwt",
                             scopes: Arc::clone(&v.scopes),
@@ -363,7 +373,7 @@ impl Auth {
                         } else {
                             "invalid token"
                         };
-                        Err(self.unauthorized("jwt", e.reason(), msg, Some(BEARER_INVALID)))
+                        Err(self.unauthorized("jwt", e.reason(), msg, Some(BEARER_INVALID.clone())))
                     }
                 }
             }
@@ -373,7 +383,7 @@ impl Auth {
                         "api_key",
                         "malformed",
                         "invalid API key",
-                        Some(APIKEY),
+                        Some(APIKEY.clone()),
                     ));
                 }
                 match self.consumers.api_key(&key, now) {
@@ -389,13 +399,13 @@ impl Auth {
                         "api_key",
                         "expired",
                         "API key expired",
-                        Some(APIKEY),
+                        Some(APIKEY.clone()),
                     )),
                     Err(KeyRefusal::Unknown) => Err(self.unauthorized(
                         "api_key",
                         "unknown_key",
                         "invalid API key",
-                        Some(APIKEY),
+                        Some(APIKEY.clone()),
                     )),
                 }
             }
@@ -430,16 +440,27 @@ impl Auth {
                 reason: "body",
                 reply,
             }),
-            Err(signed::Refused::Signature(e)) => {
-                Err(self.unauthorized("hmac", e.reason(), "invalid request signature", Some(HMAC)))
-            }
+            Err(signed::Refused::Full { retry_after }) => Err(Refusal {
+                method: "hmac",
+                reason: "replay_capacity",
+                reply: Reply::error(
+                    ErrorCode::ServiceUnavailable,
+                    "too many signed requests from this consumer within the replay window",
+                )
+                .with_header(http::header::RETRY_AFTER, HeaderValue::from(retry_after)),
+            }),
+            Err(signed::Refused::Signature(e)) => Err(self.unauthorized(
+                "hmac",
+                e.reason(),
+                "invalid request signature",
+                Some(self.hmac_challenge.clone()),
+            )),
         }
     }
 }
 
-const BEARER_INVALID: &str = "Bearer error=\"invalid_token\"";
-const APIKEY: &str = "ApiKey realm=\"moat\"";
-const HMAC: &str = "hmac realm=\"moat\", headers=\"date request-line digest\"";
+static BEARER_INVALID: HeaderValue = HeaderValue::from_static("Bearer error=\"invalid_token\"");
+static APIKEY: HeaderValue = HeaderValue::from_static("ApiKey realm=\"moat\"");
 
 /// A credential found in the request, borrowed from its head when it can be.
 enum Cred<'r> {
@@ -488,7 +509,7 @@ impl Plugin for Auth {
                         "hmac",
                         "digest",
                         "invalid request signature",
-                        Some(HMAC),
+                        Some(self.hmac_challenge.clone()),
                     );
                     let failures =
                         self.failures

@@ -303,6 +303,10 @@ pub fn apply(
 }
 
 #[cfg(test)]
+#[path = "forwarding_prop.rs"]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

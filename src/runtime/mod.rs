@@ -65,7 +65,7 @@ pub struct Runtime {
     /// The Redis client (`redis:`), kept across reloads while its settings do not change.
     pub redis: Option<Arc<crate::redis::Redis>>,
     /// This instance's own HMAC replay guard (behind the Redis one when `redis:` is set).
-    pub local_replay: Arc<dyn crate::auth::replay::ReplayGuard>,
+    pub local_replay: Arc<crate::auth::replay::LocalReplay>,
     /// What `config::warnings` found: printed by `moat check`, logged by `run` and reload.
     pub warnings: Vec<crate::config::ConfigError>,
     /// The admin listener's token and `Host` rules (the token is read again on reload).
@@ -244,9 +244,7 @@ impl Runtime {
             auth: Arc::default(),
             limits: Arc::default(),
             redis: None,
-            local_replay: Arc::new(crate::auth::replay::LocalReplay::new(
-                crate::auth::replay::REPLAY_CAPACITY,
-            )),
+            local_replay: Arc::default(),
             warnings: Vec::new(),
             admin: Default::default(),
         }
@@ -276,11 +274,11 @@ impl Runtime {
         let tls = crate::tls::compile(&cfg.listeners, &mut errs);
         let mut auth = AuthState::compile(&cfg, &mut errs);
         // Signatures seen before a reload stay seen: a reload must not reopen the replay
-        // window. With `redis:`, the guard is shared by every instance through Redis and
-        // falls back on this instance's own one.
+        // window. With `redis:`, Redis decides for every instance; this instance's own
+        // memory short-cuts known replays and stands in when Redis cannot answer.
         let local_replay = match previous {
             Some(prev) => Arc::clone(&prev.local_replay),
-            None => Arc::clone(&auth.replay),
+            None => Arc::default(),
         };
         let redis = redis_client(&cfg, metrics, previous, &mut errs);
         let mut admin_warnings = ConfigErrors::default();
@@ -290,7 +288,7 @@ impl Runtime {
                 Arc::clone(r),
                 Arc::clone(&local_replay),
             )),
-            None => Arc::clone(&local_replay),
+            None => Arc::clone(&local_replay) as Arc<dyn crate::auth::replay::ReplayGuard>,
         };
         let auth = Arc::new(auth);
         let limits = Arc::new(crate::limit::Registry::inherit(

@@ -286,5 +286,22 @@ impl Chunked {
 }
 
 #[cfg(test)]
+impl Chunked {
+    /// Feed `pieces` to a new validator: where the body ended in their concatenation
+    /// (`Some`), or `None` when more is expected.
+    pub(crate) fn run(pieces: &[&[u8]]) -> Result<Option<usize>, Malformed> {
+        let mut c = Chunked::default();
+        let mut offset = 0;
+        for p in pieces {
+            match c.feed(p)? {
+                Fed::End(n) => return Ok(Some(offset + n)),
+                Fed::More => offset += p.len(),
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
 #[path = "chunked_tests.rs"]
 mod tests;

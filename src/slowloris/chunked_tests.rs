@@ -29,15 +29,7 @@ fn check(body: &[u8]) -> Result<Option<usize>, Malformed> {
 }
 
 fn run(pieces: &[&[u8]]) -> Result<Option<usize>, Malformed> {
-    let mut c = Chunked::default();
-    let mut offset = 0;
-    for p in pieces {
-        match c.feed(p)? {
-            Fed::End(n) => return Ok(Some(offset + n)),
-            Fed::More => offset += p.len(),
-        }
-    }
-    Ok(None)
+    Chunked::run(pieces)
 }
 
 fn ends(body: &str) -> usize {

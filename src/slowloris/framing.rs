@@ -216,6 +216,10 @@ impl Framing {
 }
 
 #[cfg(test)]
+#[path = "framing_prop.rs"]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

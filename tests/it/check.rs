@@ -157,6 +157,32 @@ fn a_minimal_config_passes_and_counts_upstreams() {
 }
 
 #[test]
+fn plain_http_jwks_on_loopback_or_when_allowed_passes() {
+    let providers: String = [
+        ("a", "http://127.0.0.1:8081/certs", ""),
+        ("b", "http://localhost:8081/certs", ""),
+        ("c", "http://[::1]:8081/certs", ""),
+        ("d", "https://auth.example.com/certs", ""),
+        (
+            "e",
+            "http://auth.internal/certs",
+            "    allow_insecure_jwks: true\n",
+        ),
+    ]
+    .iter()
+    .map(|(n, url, extra)| {
+        format!("  {n}:\n    issuer: i\n    audiences: [a]\n    jwks_url: {url}\n    algorithms: [RS256]\n    jwks_cooldown: 1s\n{extra}")
+    })
+    .collect();
+    let c = check_text(
+        "check-jwks-http",
+        &format!("{LISTENER}jwt_providers:\n{providers}"),
+    );
+    assert_eq!(c.code, Some(0), "stderr:\n{}", c.stderr);
+    assert!(c.stderr.is_empty(), "{}", c.stderr);
+}
+
+#[test]
 fn a_bad_file_exits_1_with_every_error() {
     let c = check_text(
         "check-bad",
@@ -568,6 +594,32 @@ fn rejected_cases() -> Vec<Case> {
             &[
                         "consumers[0].api_keys[0].sha256: must be 64 hex digits (the SHA-256 of the key)",
                 "consumers[1].id: consumer ids must be unique and non-empty (`a`)",
+            ],
+        ),
+        case(
+            "identity namespaces: a consumer id in a provider's namespace, a provider name with `:`",
+            "consumers:\n  - id: corp:alice\n  - id: partner:bob\n  - id: other:carol\njwt_providers:\n  corp:\n    jwks_url: http://127.0.0.1:1/certs\n    algorithms: [RS256]\n  partner:\n    jwks_url: http://127.0.0.1:1/certs\n    algorithms: [RS256]\n    consumer_map: consumers\n  \"a:b\":\n    jwks_url: http://127.0.0.1:1/certs\n    algorithms: [RS256]\n",
+            &[
+                "consumers[0].id: `corp:alice` is in the namespace of jwt provider `corp` (its tokens' consumers are `corp:VALUE`): rename the consumer, or set jwt_providers.corp.consumer_map: consumers",
+                "jwt_providers.a:b: a provider name cannot hold `:`, which separates it from the claim in its consumers' ids (NAME:VALUE)",
+            ],
+        ),
+        case(
+            "JWKS: a cooldown under 1s, keys over plain http from another host",
+            "jwt_providers:\n  p:\n    jwks_url: http://auth.example.com/certs\n    algorithms: [RS256]\n    jwks_cooldown: 500ms\n  q:\n    jwks_url: http://10.0.0.1:8080/certs\n    algorithms: [RS256]\n    jwks_cooldown: 0s\n",
+            &[
+                "jwt_providers.p.jwks_url: an http:// URL lets anyone on the way replace the keys: use https://, or set allow_insecure_jwks: true (loopback addresses need neither)",
+                "jwt_providers.p.jwks_cooldown: must be at least 1s (it bounds how often tokens can make moat fetch the JWKS)",
+                "jwt_providers.q.jwks_url: an http:// URL lets anyone on the way replace the keys: use https://, or set allow_insecure_jwks: true (loopback addresses need neither)",
+                "jwt_providers.q.jwks_cooldown: must be at least 1s (it bounds how often tokens can make moat fetch the JWKS)",
+            ],
+        ),
+        case(
+            "HMAC: enforce_headers that are not header names, a replay capacity of 0",
+            "routes:\n  - name: a\n    respond: {}\n    plugins:\n      - auth: { methods: [hmac], hmac: { enforce_headers: [host, \"x y\", Request-Line], replay_capacity: 0 } }\n",
+            &[
+                "routes[0].plugins[0].auth.hmac.enforce_headers[1]: `x y` is not a header name (or request-line)",
+                "routes[0].plugins[0].auth.hmac.replay_capacity: must be at least 1",
             ],
         ),
         case(

@@ -202,7 +202,8 @@ fn fast_mode_paced_traffic_stays_within_the_interval_bound() {
 }
 
 fn signed(path: &str, date: &str) -> String {
-    let signing = format!("date: {date}\nGET {path} HTTP/1.1");
+    // The harness's client sends `Host: localhost`; `host` must be signed.
+    let signing = format!("date: {date}\nGET {path} HTTP/1.1\nhost: localhost");
     let mac = moat::auth::hmac::compute(
         moat::auth::hmac::HmacAlg::Sha256,
         b"replay-secret",
@@ -211,7 +212,7 @@ fn signed(path: &str, date: &str) -> String {
     .unwrap();
     use base64::Engine;
     format!(
-        "hmac username=\"svc\", algorithm=\"hmac-sha256\", headers=\"date request-line\", signature=\"{}\"",
+        "hmac username=\"svc\", algorithm=\"hmac-sha256\", headers=\"date request-line host\", signature=\"{}\"",
         base64::engine::general_purpose::STANDARD.encode(mac)
     )
 }

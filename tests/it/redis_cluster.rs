@@ -174,8 +174,10 @@ fn fast_mode_across_masters_is_bounded_and_converges() {
     assert!(masters.len() >= 2, "keys on {masters:?} only");
 }
 
-fn signed(path: &str, date: &str) -> String {
-    let signing = format!("date: {date}\nGET {path} HTTP/1.1");
+/// `path` signed by the credential `svc{n}` (consumer `acme{n}`).
+fn signed(path: &str, date: &str, n: usize) -> String {
+    // The harness's client sends `Host: localhost`; `host` must be signed.
+    let signing = format!("date: {date}\nGET {path} HTTP/1.1\nhost: localhost");
     let mac = moat::auth::hmac::compute(
         moat::auth::hmac::HmacAlg::Sha256,
         b"cluster-secret",
@@ -184,7 +186,7 @@ fn signed(path: &str, date: &str) -> String {
     .unwrap();
     use base64::Engine;
     format!(
-        "hmac username=\"svc\", algorithm=\"hmac-sha256\", headers=\"date request-line\", signature=\"{}\"",
+        "hmac username=\"svc{n}\", algorithm=\"hmac-sha256\", headers=\"date request-line host\", signature=\"{}\"",
         base64::engine::general_purpose::STANDARD.encode(mac)
     )
 }
@@ -194,8 +196,15 @@ fn hmac_replays_are_refused_across_instances_through_the_cluster() {
     let cluster = RedisCluster::start();
     let up = Upstream::start("app");
     let seeds: Vec<String> = cluster.urls().iter().map(|s| format!("\"{s}\"")).collect();
+    // Replay memory is one sorted set per consumer: several consumers, so the sets land
+    // on several masters.
+    let consumers: String = (0..6)
+        .map(|n| {
+            format!("  - id: acme{n}\n    hmac: [{{ key_id: svc{n}, secret_env: MOAT_IT_CLUSTER_REPLAY }}]\n")
+        })
+        .collect();
     let body = format!(
-        "redis: {{ cluster: [{}], timeout: 1s }}\nupstreams:\n  app: {{ targets: [\"{}\"] }}\nconsumers:\n  - id: acme\n    hmac: [{{ key_id: svc, secret_env: MOAT_IT_CLUSTER_REPLAY }}]\nroutes:\n  - name: s\n    match: {{ path_prefix: /api }}\n    upstream: app\n    plugins:\n      - auth: {{ methods: [hmac], hmac: {{ replay_window: 300s }} }}\n",
+        "redis: {{ cluster: [{}], timeout: 1s }}\nupstreams:\n  app: {{ targets: [\"{}\"] }}\nconsumers:\n{consumers}routes:\n  - name: s\n    match: {{ path_prefix: /api }}\n    upstream: app\n    plugins:\n      - auth: {{ methods: [hmac], hmac: {{ replay_window: 300s }} }}\n",
         seeds.join(", "),
         up.address()
     );
@@ -203,10 +212,10 @@ fn hmac_replays_are_refused_across_instances_through_the_cluster() {
     let a = Moat::start_with(&body, &[], &env);
     let b = Moat::start_with(&body, &[], &env);
     let date = moat::auth::dates::format_http_date(moat::auth::dates::now_secs());
-    // Several signatures, so their replay keys land on several masters.
+    // Several consumers' signatures, so their replay sets land on several masters.
     for n in 0..6 {
         let path = format!("/api/{n}");
-        let auth = signed(&path, &date);
+        let auth = signed(&path, &date, n);
         let h = [("Date", date.as_str()), ("Authorization", auth.as_str())];
         assert_eq!(request(a.port, "GET", &path, &h, b"").status, 200);
         let r = request(b.port, "GET", &path, &h, b"");

@@ -45,7 +45,7 @@ fn jwt_good_tokens_and_identity_headers() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let got = s.up.last();
-    assert_eq!(got.all("x-consumer-id"), ["alice"]);
+    assert_eq!(got.all("x-consumer-id"), ["corp:alice"]);
     assert_eq!(got.all("x-auth-method"), ["jwt"]);
     assert!(
         got.header("authorization").is_none(),
@@ -113,7 +113,7 @@ fn jwt_good_tokens_and_identity_headers() {
     let lines = s.m.access_lines(10);
     assert!(lines
         .iter()
-        .any(|l| l["consumer"] == "alice" && l["auth_method"] == "jwt"));
+        .any(|l| l["consumer"] == "corp:alice" && l["auth_method"] == "jwt"));
     for text in [s.m.access_log(), s.m.logs()] {
         assert!(
             !text.contains(&t[..40]) && !text.contains(&adm[..40]),

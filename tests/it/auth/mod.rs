@@ -15,8 +15,11 @@ pub(crate) use serde_json::json;
 pub(crate) use std::time::Duration;
 
 mod hmac;
+mod hmac_defaults;
+mod hmac_replay;
 mod ip;
 mod jwt;
+mod jwt_identity;
 mod keys;
 
 pub(crate) fn claims(exp_in: i64, scope: &str) -> serde_json::Value {
