@@ -1,5 +1,6 @@
 //! Relay tests over real TCP connections on 127.0.0.1.
 
+use super::super::frames::frame;
 use super::*;
 use crate::drain::Drain;
 use std::sync::Arc;
@@ -141,20 +142,14 @@ async fn a_reset_ends_it_with_an_error() {
     .await;
 }
 
-/// An unmasked (server) frame: FIN, `opcode`, `payload` (under 126 bytes).
+/// An unmasked (server) frame: FIN, `opcode`, `payload`.
 fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x80 | opcode, payload.len() as u8];
-    f.extend_from_slice(payload);
-    f
+    frame(opcode, payload, None)
 }
 
-/// A masked (client) frame: FIN, `opcode`, `payload` (under 126 bytes).
+/// A masked (client) frame: FIN, `opcode`, `payload`.
 fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let key = [1u8, 2, 3, 4];
-    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
-    f.extend_from_slice(&key);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    f
+    frame(opcode, payload, Some([1, 2, 3, 4]))
 }
 
 /// Read one frame: (opcode, unmasked payload); `None` at the end of the stream.

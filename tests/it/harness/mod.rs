@@ -10,6 +10,7 @@ pub mod moat;
 pub mod redis;
 pub mod tls;
 pub mod upstream;
+pub mod ws;
 
 pub use client::{request, send_raw, Response};
 pub use moat::Moat;
