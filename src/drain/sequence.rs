@@ -173,7 +173,7 @@ mod tests {
         let s = sequence("grace_period: 2s, shutdown_timeout: 5s");
         let drain = Arc::clone(&s.drain);
         let mut accept = drain.accept_watch();
-        let conn = drain.track();
+        let conn = drain.track(0);
         let run = tokio::spawn(async move { s.run().await });
         tokio::time::sleep(Duration::from_millis(1900)).await;
         assert_eq!(drain.stage(), Stage::Draining);
@@ -196,7 +196,7 @@ mod tests {
     async fn ends_early_when_nothing_is_left() {
         let s = sequence("grace_period: 0s, shutdown_timeout: 30s");
         let drain = Arc::clone(&s.drain);
-        let conn = drain.track();
+        let conn = drain.track(0);
         let started = Instant::now();
         let run = tokio::spawn(async move { s.run().await });
         tokio::time::sleep(Duration::from_secs(3)).await;

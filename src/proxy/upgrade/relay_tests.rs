@@ -32,7 +32,7 @@ fn spawn_relay(
     idle: Duration,
     drain: &Arc<Drain>,
 ) -> tokio::task::JoinHandle<(Traffic, End)> {
-    let mut tracked = drain.track();
+    let mut tracked = drain.track(0);
     tokio::spawn(async move {
         let mut t = Traffic::default();
         let frames = Default::default();
