@@ -249,3 +249,35 @@ async fn peers_that_never_answer_the_close_are_cut_after_close_wait() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_side_that_already_sent_its_close_gets_no_second_one() {
+    let (mut client, a, b, mut server) = pairs().await;
+    let drain = Drain::new();
+    let task = spawn_relay(a, b, Duration::from_secs(30), &drain);
+    bounded(async {
+        // The client closed (the upstream has not answered yet); the upstream is halfway
+        // through a close frame of its own when the process stops.
+        let code = 1000u16.to_be_bytes();
+        client.write_all(&client_frame(8, &code)).await.unwrap();
+        assert_eq!(read_frame(&mut server).await, Some((8, code.to_vec())));
+        let theirs = server_frame(8, &code);
+        server.write_all(&theirs[..2]).await.unwrap();
+        let mut got = vec![0u8; 2];
+        client.read_exact(&mut got).await.unwrap();
+        drain.end();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        server.write_all(&theirs[2..]).await.unwrap();
+        // Each side gets the other's close, whole, then the end: never a second close
+        // (RFC 6455 §5.5.1), so moat's 1001 goes nowhere.
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        got.extend_from_slice(&rest);
+        assert_eq!(got, theirs);
+        assert_eq!(read_frame(&mut server).await, None);
+        let (t, end) = task.await.unwrap();
+        assert_eq!(end, End::GoingAway);
+        assert_eq!((t.a_to_b, t.b_to_a), (8, 4));
+    })
+    .await;
+}
