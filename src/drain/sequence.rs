@@ -122,9 +122,11 @@ impl Sequence {
             .spawn(move || {
                 let fds = fds.lock();
                 let sent = if fds.is_empty() {
-                    Ok(0)
+                    Ok(None)
                 } else {
-                    fds.send_to_sock(path.as_str()).map_err(|e| e.to_string())
+                    fds.send_to_sock(path.as_str())
+                        .map(Some)
+                        .map_err(|e| e.to_string())
                 };
                 let _ = tx.send(sent);
             });
@@ -133,7 +135,8 @@ impl Sequence {
             return;
         }
         match rx.await {
-            Ok(Ok(n)) => log::info!("listening sockets handed over ({n} bytes sent)"),
+            Ok(Ok(None)) => log::info!("no listening sockets to hand over"),
+            Ok(Ok(Some(n))) => log::info!("listening sockets handed over ({n} bytes sent)"),
             Ok(Err(e)) => log::info!("no new process took the listening sockets ({e})"),
             Err(_) => log::error!("handing the listening sockets over failed"),
         }
