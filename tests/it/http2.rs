@@ -477,3 +477,62 @@ fn an_http2_client_gets_goaway_when_the_listeners_stop_and_its_stream_finishes()
     assert_eq!(status, 200);
     assert!(closed_after < Duration::from_secs(2), "{closed_after:?}");
 }
+
+#[test]
+fn an_http2_client_gets_goaway_at_sigquit_while_the_listeners_still_accept() {
+    let up = Upstream::start("app");
+    up.set(crate::harness::Behavior {
+        delay: Duration::from_secs(1),
+        ..Default::default()
+    });
+    let dir = temp_dir("h2goaway");
+    let (port, admin) = (free_port(), free_port());
+    let text = format!(
+        "server:\n  threads: 1\n  pid_file: {d}/moat.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 6s\n  shutdown_timeout: 5s\nlisteners:\n  - name: public\n    address: 127.0.0.1:{port}\n    http2: true\nadmin:\n  address: 127.0.0.1:{admin}\nupstreams:\n  app: {{ targets: [\"{}\"] }}\nroutes:\n  - name: r\n    match: {{ path_prefix: / }}\n    upstream: app\n",
+        up.address(),
+        d = dir.display()
+    );
+    let m = Moat::start_raw(&text, port, admin, dir, &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+        let conn = tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req = http::Request::builder()
+            .uri("http://h2c.example.com/slow")
+            .body(())
+            .unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let quit = Instant::now();
+        m.signal("QUIT");
+        // Told at once, as HTTP/1 clients are by `Connection: close`: the stream in flight
+        // finishes, then the connection closes, while the listeners still accept (for
+        // grace_period), so the client goes elsewhere as soon as it can.
+        let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+            .await
+            .expect("in time")
+            .expect("the stream in flight finishes");
+        assert_eq!(resp.status(), 200);
+        let end = tokio::time::timeout(Duration::from_secs(10), conn).await;
+        let closed = quit.elapsed();
+        assert!(
+            matches!(end, Ok(Ok(Ok(())))),
+            "closed after GOAWAY: {end:?}"
+        );
+        assert!(
+            closed < Duration::from_secs(3),
+            "closed {closed:?} after SIGQUIT"
+        );
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            "the listeners still accept"
+        );
+    });
+}
