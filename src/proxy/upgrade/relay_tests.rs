@@ -243,8 +243,12 @@ async fn peers_that_never_answer_the_close_are_cut_after_close_wait() {
         ));
         let (_, end) = task.await.unwrap();
         assert_eq!(end, End::GoingAway);
+        // After CLOSE_WAIT, not at the idle limit (30 s).
         let took = started.elapsed();
-        assert!(took >= CLOSE_WAIT && took < CLOSE_WAIT * 3, "{took:?}");
+        assert!(
+            took >= CLOSE_WAIT && took < Duration::from_secs(10),
+            "{took:?}"
+        );
         assert_eq!(read_frame(&mut client).await, None);
     })
     .await;

@@ -267,11 +267,16 @@ fn a_drain_without_a_new_process_answers_every_connection_it_accepted() {
     partial
         .write_all(b"GET /partial HTTP/1.1\r\nHo")
         .expect("write");
-    // The stop: a new connection is refused.
-    let mut stopped = None;
+    // The stop: a new connection is refused. `last_open`: when a connection attempt last
+    // began that was accepted (the listener was still open after that moment).
+    let (mut last_open, mut stopped) = (quit, None);
     assert!(wait_until(Duration::from_secs(12), || {
+        let attempt = Instant::now();
         match TcpStream::connect(("127.0.0.1", m.port)) {
-            Ok(_) => false,
+            Ok(_) => {
+                last_open = attempt;
+                false
+            }
             Err(_) => {
                 stopped = Some(Instant::now());
                 true
@@ -293,16 +298,22 @@ fn a_drain_without_a_new_process_answers_every_connection_it_accepted() {
         assert_eq!(answers[0].status, 200);
         assert!(closes(&answers[0]), "answered with Connection: close");
     }
-    // The idle connections ended when the listeners stopped: not before, cleanly.
+    // The idle connections ended when the listeners stopped: not before (the listener
+    // closes a moment after the stop itself), not at the end of shutdown_timeout (8 s),
+    // cleanly.
     for i in idle {
         let at = i.closed_at();
         assert!(
-            at >= quit + Duration::from_secs(1) && at + Duration::from_millis(500) >= stopped,
-            "idle connection closed {:?} after SIGQUIT, the stop seen after {:?}",
+            at >= quit + Duration::from_secs(1) && at + Duration::from_secs(1) >= last_open,
+            "idle connection closed {:?} after SIGQUIT, the listener open {:?} after",
             at - quit,
-            stopped - quit
+            last_open - quit
         );
-        assert!(at <= stopped + Duration::from_secs(1));
+        assert!(
+            at <= stopped + Duration::from_secs(3),
+            "idle connection closed {:?} after the stop was seen",
+            at - stopped
+        );
     }
     // The slow requests finish after the stop, and close their connections; the second
     // pipelined one was never read (the client sends it again elsewhere).
