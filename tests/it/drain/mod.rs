@@ -49,6 +49,16 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// One line for the test's output.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} requests answered on {} connections ({} closed by `Connection: close`)",
+            self.answered.len(),
+            self.connections,
+            self.closes
+        )
+    }
+
     fn merge(&mut self, other: Tally) {
         self.answered.extend(other.answered);
         self.failures.extend(other.failures);
