@@ -412,7 +412,7 @@ impl AsyncWrite for HeadDeadline {
     }
 
     /// Shuts the write side, then lingers while draining (see
-    /// [`HeadDeadline::poll_linger`]): Pingora shuts a connection down this way before
+    /// `HeadDeadline::poll_linger`): Pingora shuts a connection down this way before
     /// closing it after an answer it does not keep alive, and while draining many answers
     /// close their connections, some with requests pipelined behind them.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

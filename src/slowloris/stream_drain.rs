@@ -62,7 +62,7 @@ impl HeadDeadline {
         }
     }
 
-    /// One read of [`Peek::try_peek`] into `chunk`: as a head read, it ends when the drain
+    /// One read of `Peek::try_peek` into `chunk`: as a head read, it ends when the drain
     /// ends everything, and (with a `deadline`) when the head deadline passes.
     pub(super) fn poll_peek(
         &mut self,
