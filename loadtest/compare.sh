@@ -2,13 +2,16 @@
 # compare.sh — load bare Pingora, nginx and moat (one per scenario) side by side; print one table.
 #
 # usage: loadtest/compare.sh [--scenario NAME]... [--rounds N=3] [--duration D=10s]
-#          [--connections C=50] [--latency [--rate R=5000]] [--ws [N=10000]]
+#          [--connections C=50] [--latency [--rate R=5000]] [--no-keepalive] [--ws [N=10000]]
 #          [--no-nginx] [--no-build] [--out FILE.tsv] [--keep]
 #   --scenario NAME  moat config template scenarios/NAME.yaml (repeatable; default: all)
 #   --latency        fixed-rate mode: oha -q R (with latency correction) against the upstream
 #                    directly, the bare/nginx variants needed and each scenario; prints
 #                    p50/p99/p99.9 and what each adds over the upstream direct
 #                    (loadtest/latency.sh: this mode, scenario "full", 1 round of 10 s)
+#   --no-keepalive   a new connection for every request (oha --disable-keepalive; h2 rows
+#                    keep theirs, oha has no such mode for HTTP/2): what accepting and
+#                    closing a connection costs each proxy
 #   --ws [N]         afterwards, N idle WebSockets through moat and through bare (ws_idle.py)
 #   --no-nginx       ignore an installed nginx (upstream becomes examples/upstream, no nginx rows)
 #   --no-build       use the binaries already built (in CARGO_TARGET_DIR or target/, release)
@@ -18,8 +21,8 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-usage() { sed -n '4,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
-SCENARIOS=() ROUNDS= DURATION= CONNS=50 USE_NGINX=1 BUILD=1 OUT= MODE=throughput RATE=5000 WS=0
+usage() { sed -n '4,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+SCENARIOS=() ROUNDS= DURATION= CONNS=50 USE_NGINX=1 BUILD=1 OUT= MODE=throughput RATE=5000 WS=0 KEEPALIVE=1
 while [[ $# -gt 0 ]]; do
     case $1 in
         --scenario) [[ $# -ge 2 ]] || usage; SCENARIOS+=("$2"); shift 2 ;;
@@ -28,6 +31,7 @@ while [[ $# -gt 0 ]]; do
         --connections) [[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || usage; CONNS=$2; shift 2 ;;
         --latency) MODE=latency; shift ;;
         --rate) [[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || usage; RATE=$2; shift 2 ;;
+        --no-keepalive) KEEPALIVE=0; shift ;;
         --ws) WS=10000; shift; if [[ $# -gt 0 && $1 =~ ^[1-9][0-9]*$ ]]; then WS=$1; shift; fi ;;
         --no-nginx) USE_NGINX=0; shift ;;
         --no-build) BUILD=0; shift ;;
@@ -150,6 +154,8 @@ client_args() {
         tls) CLIENT_ARGS=(--insecure) ;;
         h2) CLIENT_ARGS=(--insecure --http2) ;;
     esac
+    [[ $KEEPALIVE == 0 && $1 != h2 ]] && CLIENT_ARGS+=(--disable-keepalive)
+    return 0
 }
 # header_args NAME: HDR_ARGS=(-H "line" ...) for target NAME (its scenario's headers).
 header_args() {
@@ -273,6 +279,7 @@ done
 # ---- table --------------------------------------------------------------------------------
 echo
 echo "upstream: $UPSTREAM_KIND on CPU $LT_LOAD_CPU; proxies on CPU $LT_PROXY_CPU; oha on CPU $LT_LOAD_CPU, $CONNS connections${REDIS_PORT:+; redis-server on CPU $LT_LOAD_CPU}"
+[[ $KEEPALIVE == 0 ]] && echo "a new connection for every request (oha --disable-keepalive; h2 rows excepted)"
 if [[ $MODE == latency ]]; then
     echo "fixed rate: oha -q $RATE --latency-correction; $ROUNDS round(s) x $DURATION, alternating; percentiles = median of rounds"
     echo "+p50/+p99/+p99.9 = this row minus the upstream loaded directly (TLS rows include the TLS cost)"

@@ -1,20 +1,22 @@
 //! What happens after SIGQUIT, and when (`docs/operations.md` has the operator's view):
 //!
 //! 1. At once: [`Drain::start_draining`] (`/readyz` 503, responses close their
-//!    connections), and the listening sockets are offered to a new process on
-//!    `server.upgrade_sock` with Pingora's own handover (`Fds::send_to_sock`: a new
-//!    process waiting there takes them at once; with none, Pingora retries for ~5 s
-//!    before giving up). Both processes accept from here on.
+//!    connections, HTTP/2 clients get a GOAWAY), and the listening sockets are offered
+//!    to a new process on `server.upgrade_sock` with Pingora's own handover
+//!    (`Fds::send_to_sock`: a new process waiting there takes them at once; with none,
+//!    Pingora retries for ~5 s before giving up; with one slow to take them, it polls
+//!    for up to 10 s more). Both processes accept from here on. The offer is made once.
 //! 2. `grace_period` after the signal (and not before the offer is over):
 //!    [`Drain::stop_accepting`]. The old listeners close in this process (a new process
 //!    holding the sockets goes on accepting); connections already accepted are served.
 //! 3. As soon as no connection is left (checked from [`SETTLE`] after the stop, so that
-//!    a connection accepted last, still in its TLS handshake or not yet handed to moat,
-//!    is not missed), or else when `shutdown_timeout` has passed since the stop:
+//!    a connection accepted last and not yet handed to moat is not missed; one whose TLS
+//!    handshake takes longer still is), or else when `shutdown_timeout` has passed since
+//!    the stop:
 //!    [`Drain::end`] ends what is left, and the process waits at most [`LINGER`] more for
 //!    the WebSocket close handshakes and the connections being cut.
-//! 4. The sequence returns and Pingora stops the runtimes at once (moat sets Pingora's
-//!    own grace period to 0: this sequence replaces it).
+//! 4. The sequence returns and Pingora stops the runtimes, giving their tasks at most
+//!    1 s (moat sets Pingora's own grace period to 0: this sequence replaces it).
 //!
 //! Pingora's own SIGQUIT path is not used: it stops accepting a fixed 5 s after the
 //! handover (`CLOSE_TIMEOUT`, a constant), then waits `grace_period_seconds` whatever is
@@ -122,9 +124,11 @@ impl Sequence {
             .spawn(move || {
                 let fds = fds.lock();
                 let sent = if fds.is_empty() {
-                    Ok(0)
+                    Ok(None)
                 } else {
-                    fds.send_to_sock(path.as_str()).map_err(|e| e.to_string())
+                    fds.send_to_sock(path.as_str())
+                        .map(Some)
+                        .map_err(|e| e.to_string())
                 };
                 let _ = tx.send(sent);
             });
@@ -133,7 +137,8 @@ impl Sequence {
             return;
         }
         match rx.await {
-            Ok(Ok(n)) => log::info!("listening sockets handed over ({n} bytes sent)"),
+            Ok(Ok(None)) => log::info!("no listening sockets to hand over"),
+            Ok(Ok(Some(n))) => log::info!("listening sockets handed over ({n} bytes sent)"),
             Ok(Err(e)) => log::info!("no new process took the listening sockets ({e})"),
             Err(_) => log::error!("handing the listening sockets over failed"),
         }
@@ -173,7 +178,7 @@ mod tests {
         let s = sequence("grace_period: 2s, shutdown_timeout: 5s");
         let drain = Arc::clone(&s.drain);
         let mut accept = drain.accept_watch();
-        let conn = drain.track();
+        let conn = drain.track(0);
         let run = tokio::spawn(async move { s.run().await });
         tokio::time::sleep(Duration::from_millis(1900)).await;
         assert_eq!(drain.stage(), Stage::Draining);
@@ -196,7 +201,7 @@ mod tests {
     async fn ends_early_when_nothing_is_left() {
         let s = sequence("grace_period: 0s, shutdown_timeout: 30s");
         let drain = Arc::clone(&s.drain);
-        let conn = drain.track();
+        let conn = drain.track(0);
         let started = Instant::now();
         let run = tokio::spawn(async move { s.run().await });
         tokio::time::sleep(Duration::from_secs(3)).await;

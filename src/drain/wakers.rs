@@ -5,10 +5,13 @@
 //! A task registers its waker the first time it waits and keeps its place until it ends;
 //! waiting again with the same waker (the same task: a connection is served by one task
 //! from start to end) only compares it with the copy it kept, without a lock. Places are
-//! spread over shards, so connections starting and ending on different threads rarely
-//! meet on a lock. Pingora's own shutdown notice registers each request's wait instead,
-//! which is the cost this avoids.
+//! spread over shards by a hint (the connection's file descriptor: those open at once
+//! differ), each on its own cache line, so connections starting and ending on different
+//! threads rarely meet on a lock or a line. Pingora's own shutdown notice (a `Notify` per
+//! thread) registers and unregisters each request's wait instead, which is the cost this
+//! avoids; a single `tokio::sync::Notify` would do the same on one lock.
 
+use crossbeam_utils::CachePadded;
 use slab::Slab;
 use std::sync::Mutex;
 use std::task::Waker;
@@ -18,7 +21,7 @@ const SHARDS: usize = 16;
 
 /// Registered wakers, woken all at once by [`Wakers::wake_all`].
 pub(super) struct Wakers {
-    shards: Box<[Mutex<Slab<Waker>>]>,
+    shards: Box<[CachePadded<Mutex<Slab<Waker>>>]>,
 }
 
 /// One task's place in a [`Wakers`].
@@ -33,7 +36,9 @@ pub(super) struct Slot {
 impl Wakers {
     pub(super) fn new() -> Wakers {
         Wakers {
-            shards: (0..SHARDS).map(|_| Mutex::new(Slab::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| CachePadded::new(Mutex::new(Slab::new())))
+                .collect(),
         }
     }
 

@@ -20,7 +20,9 @@
 //! [`HeadDeadline`] is counted in the drain and ends its connection as the drain says
 //! (between requests once the listeners stopped, at once when `shutdown_timeout` is
 //! over), which is why Pingora's own shutdown notice is not passed on (see
-//! [`HeadTimeout`]'s `cleanup`).
+//! [`HeadTimeout`]'s `cleanup`). [`HeadTimeout`] gives the HTTP sessions the drain's
+//! [`Drain::draining_watch`] as their shutdown signal, so that HTTP/2 clients get a
+//! GOAWAY as soon as SIGQUIT comes (HTTP/1 ones get `Connection: close` from the proxy).
 //!
 //! The same wrapper validates chunked request bodies (the `chunked` and `framing`
 //! modules): Pingora 0.9's chunk parser is lenient, and whatever moat accepts must not be
@@ -45,7 +47,7 @@ pub use scan::HeadScan;
 pub use stream::HeadDeadline;
 
 use crate::config::Config;
-use crate::drain::{Drain, Tracked};
+use crate::drain::{Drain, Holder, Tracked};
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
@@ -137,6 +139,14 @@ pub struct Policy {
     pub drain: Arc<Drain>,
 }
 
+/// Each connection's [`HeadDeadline`] holds its service's policy: the drain is reached
+/// through it.
+impl Holder for Arc<Policy> {
+    fn drain(&self) -> &Arc<Drain> {
+        &self.drain
+    }
+}
+
 impl Policy {
     /// `limit`, counted in `moat_header_timeouts_total{kind}`, for connections of `drain`.
     pub fn new(limit: Duration, metrics: &Metrics, drain: &Arc<Drain>) -> Policy {
@@ -154,6 +164,8 @@ impl Policy {
 /// HTTP/2 connection preface) limited by a [`Policy`].
 pub struct HeadTimeout<A> {
     app: Arc<NextHead<A>>,
+    /// The HTTP sessions' shutdown signal: true from `Draining` on.
+    told: ShutdownWatch,
     policy: Arc<Policy>,
 }
 
@@ -164,6 +176,7 @@ impl<A> HeadTimeout<A> {
             app: Arc::new(NextHead {
                 inner: Arc::new(app),
             }),
+            told: policy.drain.draining_watch(),
             policy: Arc::new(policy),
         }
     }
@@ -174,13 +187,18 @@ impl<A> ServerApp for HeadTimeout<A>
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
+    /// The connection goes to the application wrapped, with the drain's
+    /// [`Drain::draining_watch`] as its shutdown signal rather than the listener's
+    /// (`_stop`, true only once the listeners stop): Pingora sends an HTTP/2 client a
+    /// graceful GOAWAY when the signal turns, and no longer keeps HTTP/1 connections
+    /// alive (which the proxy already stopped doing at `Draining`).
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
-        shutdown: &ShutdownWatch,
+        _stop: &ShutdownWatch,
     ) -> Option<Stream> {
         let stream: Stream = Box::new(HeadDeadline::new(stream, Arc::clone(&self.policy)));
-        self.app.process_new(stream, shutdown).await
+        self.app.process_new(stream, &self.told).await
     }
 
     /// Nothing: Pingora's `http_cleanup`, which the wrapped application would run now

@@ -25,12 +25,15 @@
 //! - It counts the connection in the process's drain ([`crate::drain`]) and, whenever a
 //!   read has to wait, registers the task to wake when the drain moves on: once the
 //!   listeners stopped (`Closing`), a connection waiting between requests with no byte
-//!   of a next one ends (the stream ends, and Pingora closes it quietly); once
-//!   `shutdown_timeout` is over (`Ending`), any read that has to wait fails with
+//!   of a next one ends (the stream ends, and Pingora closes it quietly) once it has
+//!   been idle for [`crate::drain::QUIET`] (a next request arriving before that is read
+//!   as usual); once `shutdown_timeout` is over (`Ending`), any read that has to wait fails with
 //!   `ConnectionAborted` (the stream simply ends if no byte of a head was sent), which
 //!   Pingora takes as the client gone: the request ends between two writes. A
-//!   connection waiting for its first head, or with a head or body arriving, is read as
-//!   usual until then.
+//!   connection waiting for its first head (an h2c one peeking at its preface included),
+//!   or with a head or body arriving, is read as usual until then. While draining, a
+//!   connection Pingora shuts down after an answer first reads and drops what its client
+//!   still sends, for up to a second (`drain::LINGERING_CLOSE`, see `poll_shutdown`).
 //!
 //! It also follows the connection's message framing ([`Framing`]) so that chunked request
 //! bodies are validated on the bytes read: a malformed one found among bytes read with
@@ -53,8 +56,9 @@ use super::chunked::Malformed;
 use super::framing::{Body, Framing};
 use super::scan::HeadScan;
 use super::Policy;
-use crate::drain::{Stage, Tracked};
+use crate::drain::Tracked;
 use async_trait::async_trait;
+use drain::Shut;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::{SslDigest, TlsRef};
 use pingora_core::protocols::{
@@ -91,7 +95,6 @@ const HEAD_PARSED: u8 = 2;
 /// A [`Stream`] whose request heads are timed as a whole (see the module docs).
 pub struct HeadDeadline {
     inner: Stream,
-    policy: Arc<Policy>,
     phase: Phase,
     scan: HeadScan,
     /// Bytes of the current head read so far (0: nothing sent yet).
@@ -115,8 +118,11 @@ pub struct HeadDeadline {
     /// The connection's message framing. Reads reach it without locking
     /// (`Mutex::get_mut`); only [`HeadDeadline::head_parsed`], once per request, locks.
     framing: Mutex<Framing>,
-    /// The connection, counted in the process's drain.
-    tracked: Tracked,
+    /// The connection, counted in the process's drain, which is reached through the
+    /// service's policy (the limit, the counters).
+    tracked: Tracked<Arc<Policy>>,
+    /// Where the connection is in its close (see `drain`).
+    shut: Shut,
 }
 
 /// The HTTP/2 connection preface a client sends on an h2c (prior knowledge) connection.
@@ -131,14 +137,17 @@ impl HeadDeadline {
             // HTTP/2 has its own framing.
             framing.stop();
         }
+        // Connections open at once have different descriptors: they spread the drain's
+        // waker registry.
+        let hint = inner.id().unsigned_abs() as usize;
         HeadDeadline {
             inner,
-            tracked: policy.drain.track(),
             phase: Phase::Head,
             scan: HeadScan::default(),
             head_bytes: 0,
             deadline: Instant::now() + policy.limit,
-            policy,
+            tracked: Tracked::new(policy, hint),
+            shut: Shut::Open,
             sleep: None,
             idle_since: Instant::now(),
             idle_secs: AtomicU32::new(0),
@@ -149,9 +158,15 @@ impl HeadDeadline {
     }
 
     /// The wrapped stream, bytes read by [`Peek::try_peek`] not handed out yet (they come
-    /// before anything read from the stream), and the connection's place in the drain.
+    /// before anything read from the stream), and the connection's place in the drain
+    /// (held through the drain itself from here on).
     pub fn into_parts(self) -> (Stream, Vec<u8>, Tracked) {
-        (self.inner, self.peeked, self.tracked)
+        (self.inner, self.peeked, self.tracked.detach())
+    }
+
+    /// What every connection of the service shares.
+    fn policy(&self) -> &Policy {
+        self.tracked.holder()
     }
 
     /// The request on this connection is over and the connection waits for the next one:
@@ -206,7 +221,7 @@ impl HeadDeadline {
             self.phase = Phase::Head;
             self.scan = HeadScan::default();
             self.head_bytes = 0;
-            self.deadline = Instant::now() + self.policy.limit;
+            self.deadline = Instant::now() + self.policy().limit;
         }
         self.head_bytes += fresh.len();
         if self.scan.feed(fresh).is_some() {
@@ -262,33 +277,6 @@ impl HeadDeadline {
         Poll::Ready(Ok(()))
     }
 
-    /// A read has to wait: register with the drain, and end the stream if the drain
-    /// says so (see the module docs); `Pending` otherwise.
-    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.tracked.park(cx.waker()) {
-            Stage::Ending if self.phase == Phase::Body || self.head_bytes > 0 => {
-                self.phase = Phase::Ended;
-                Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "shutdown_timeout over: connection ended",
-                )))
-            }
-            Stage::Ending => {
-                self.phase = Phase::Ended;
-                Poll::Ready(Ok(()))
-            }
-            Stage::Closing if self.phase == Phase::Idle => {
-                log::debug!(
-                    "connection {} idle between requests while draining: closed",
-                    self.inner.id()
-                );
-                self.phase = Phase::Ended;
-                Poll::Ready(Ok(()))
-            }
-            _ => Poll::Pending,
-        }
-    }
-
     /// The head read has to wait: `Ready` with the read's outcome once the deadline has
     /// passed.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -301,7 +289,7 @@ impl HeadDeadline {
                 "connection {} sent no request within header_timeout",
                 self.inner.id()
             );
-            self.policy.no_request.inc();
+            self.policy().no_request.inc();
             self.phase = Phase::Ended;
             return Poll::Ready(Ok(()));
         }
@@ -311,16 +299,17 @@ impl HeadDeadline {
     /// Count the timeout and end the stream: the error is returned once, then reads end.
     fn timed_out(&mut self) -> io::Error {
         if self.head_bytes == 0 {
-            self.policy.no_request.inc();
+            self.policy().no_request.inc();
         } else {
-            self.policy.partial_head.inc();
+            self.policy().partial_head.inc();
         }
         self.phase = Phase::Ended;
         io::Error::new(
             io::ErrorKind::TimedOut,
             format!(
                 "request head not complete within header_timeout ({:?}, {} bytes read)",
-                self.policy.limit, self.head_bytes
+                self.policy().limit,
+                self.head_bytes
             ),
         )
     }
@@ -422,15 +411,27 @@ impl AsyncWrite for HeadDeadline {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
 
+    /// Shuts the write side, then lingers while draining (see
+    /// `HeadDeadline::poll_linger`): Pingora shuts a connection down this way before
+    /// closing it after an answer it does not keep alive, and while draining many answers
+    /// close their connections, some with requests pipelined behind them.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.shut == Shut::Open {
+            std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+        }
+        this.poll_linger(cx)
     }
 }
 
+/// As for the streams Pingora wraps: the write side shut, errors logged (and the linger
+/// while draining, see `poll_shutdown`).
 #[async_trait]
 impl Shutdown for HeadDeadline {
     async fn shutdown(&mut self) {
-        Shutdown::shutdown(&mut *self.inner).await
+        if let Err(e) = tokio::io::AsyncWriteExt::shutdown(self).await {
+            log::debug!("connection {}: shutdown: {e}", self.inner.id());
+        }
     }
 }
 
@@ -491,12 +492,12 @@ impl GetSocketDigest for HeadDeadline {
 /// Pingora's h2c services peek at a connection's first 24 bytes (the length of the HTTP/2
 /// preface) before choosing HTTP/2 or HTTP/1. The wait is bounded by the head deadline: a
 /// connection that has not sent 24 bytes by then (idle, a head dribbled, or a whole
-/// request shorter than that) fails the peek with `TimedOut`, and Pingora drops it. The
-/// bytes are read here and handed out again by the next reads, which scan them as usual.
+/// request shorter than that) fails the peek with `TimedOut`, and Pingora drops it; so is
+/// it by the drain's end (`ConnectionAborted`). The bytes are read here and handed out
+/// again by the next reads, which scan them as usual.
 #[async_trait]
 impl Peek for HeadDeadline {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        use tokio::io::AsyncReadExt;
         // Only a head still to come is bounded (Pingora peeks before the first one).
         let deadline = match self.phase {
             Phase::Ended => {
@@ -514,30 +515,16 @@ impl Peek for HeadDeadline {
         let mut chunk = [0u8; 64];
         while self.peeked.len() < buf.len() {
             let want = (buf.len() - self.peeked.len()).min(chunk.len());
-            let read = self.inner.read(&mut chunk[..want]);
-            let read = match deadline {
-                Some(d) => tokio::time::timeout_at(d, read).await,
-                None => Ok(read.await),
-            };
-            match read {
-                Ok(Ok(0)) => {
+            match std::future::poll_fn(|cx| self.poll_peek(cx, &mut chunk[..want], deadline))
+                .await?
+            {
+                0 => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "connection closed while peeking",
                     ))
                 }
-                Ok(Ok(n)) => self.peeked.extend_from_slice(&chunk[..n]),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    self.head_bytes = self.peeked.len();
-                    log::debug!(
-                        "connection {} sent {} of the {} bytes peeked at within header_timeout",
-                        self.inner.id(),
-                        self.head_bytes,
-                        buf.len()
-                    );
-                    return Err(self.timed_out());
-                }
+                n => self.peeked.extend_from_slice(&chunk[..n]),
             }
         }
         buf.copy_from_slice(&self.peeked[..buf.len()]);
@@ -551,6 +538,9 @@ impl Peek for HeadDeadline {
         Ok(true)
     }
 }
+
+#[path = "stream_drain.rs"]
+mod drain;
 
 #[cfg(test)]
 #[path = "stream_tests.rs"]

@@ -1,6 +1,8 @@
 //! [`HeadDeadline`] over an in-memory pipe, in real time with short limits.
 
+use super::drain::LINGERING_CLOSE;
 use super::*;
+use crate::drain::QUIET;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 const LIMIT: Duration = Duration::from_millis(300);
@@ -70,8 +72,8 @@ async fn a_dribbled_head_fails_at_the_deadline() {
     let err = res.expect_err("the head must time out");
     assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     assert!(got > 3 && got < 40, "{got} bytes read");
-    assert_eq!(s.policy.partial_head.get(), 1);
-    assert_eq!(s.policy.no_request.get(), 0);
+    assert_eq!(s.policy().partial_head.get(), 1);
+    assert_eq!(s.policy().no_request.get(), 0);
     let took = start.elapsed();
     assert!(took >= LIMIT && took < LIMIT * 3, "{took:?}");
 }
@@ -85,8 +87,8 @@ async fn nothing_sent_ends_the_stream_quietly() {
     assert!(start.elapsed() >= LIMIT);
     // And stays ended.
     assert_eq!(s.read(&mut buf).await.expect("no error"), 0);
-    assert_eq!(s.policy.no_request.get(), 1);
-    assert_eq!(s.policy.partial_head.get(), 0);
+    assert_eq!(s.policy().no_request.get(), 1);
+    assert_eq!(s.policy().partial_head.get(), 0);
 }
 
 #[tokio::test]
@@ -154,7 +156,7 @@ async fn a_peek_is_bounded_by_the_head_deadline() {
     let took = start.elapsed();
     assert!(took >= LIMIT && took < LIMIT * 3, "{took:?}");
     assert_eq!(
-        (s.policy.no_request.get(), s.policy.partial_head.get()),
+        (s.policy().no_request.get(), s.policy().partial_head.get()),
         (1, 0)
     );
     assert_eq!(s.read(&mut buf).await.expect("ended"), 0);
@@ -164,7 +166,7 @@ async fn a_peek_is_bounded_by_the_head_deadline() {
     let err = s.try_peek(&mut buf).await.expect_err("must time out");
     assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     assert_eq!(
-        (s.policy.no_request.get(), s.policy.partial_head.get()),
+        (s.policy().no_request.get(), s.policy().partial_head.get()),
         (0, 1)
     );
 }
@@ -243,8 +245,8 @@ async fn a_keep_alive_wait_ends_after_the_idle_timeout() {
         "{took:?}"
     );
     // Not a head timeout.
-    assert_eq!(s.policy.no_request.get(), 0);
-    assert_eq!(s.policy.partial_head.get(), 0);
+    assert_eq!(s.policy().no_request.get(), 0);
+    assert_eq!(s.policy().partial_head.get(), 0);
 }
 
 #[tokio::test]
@@ -364,7 +366,7 @@ async fn when_accepting_stops_only_connections_idle_between_requests_end() {
     drain.stop_accepting();
     let (idle, r) = tokio::time::timeout(Duration::from_secs(5), idle)
         .await
-        .expect("the idle one ends at once")
+        .expect("the idle one ends (once idle for QUIET)")
         .expect("task");
     assert_eq!(r.expect("no error"), 0, "end of stream");
     drop(idle);
@@ -403,4 +405,113 @@ async fn when_shutdown_timeout_is_over_every_waiting_read_ends() {
     );
     let (_w, r) = waiting.await.expect("task");
     assert_eq!(r.expect("nothing was sent: a quiet end"), 0);
+}
+
+/// A connection whose first request was read, waiting for its next one.
+async fn between_requests(policy: &Arc<Policy>) -> (DuplexStream, HeadDeadline) {
+    let (mut c, mut s) = pair_with(policy);
+    let head = b"GET / HTTP/1.1\r\n\r\n";
+    c.write_all(head).await.expect("write");
+    assert_eq!(read_n(&mut s, head.len()).await.0, head.len());
+    s.next_head();
+    (c, s)
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_the_stop_a_connection_answered_a_moment_ago_may_still_send_its_next_request() {
+    let long = policy_for(Duration::from_secs(30));
+    let drain = Arc::clone(&long.drain);
+    let (_old_c, old) = between_requests(&long).await;
+    let old = read_later(old);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Two answered 200 ms before the stop: one whose client sends its next request right
+    // after the stop, one whose client sends nothing more.
+    let (mut next_c, next) = between_requests(&long).await;
+    let (_silent_c, silent) = between_requests(&long).await;
+    let (next, silent) = (read_later(next), read_later(silent));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stop = Instant::now();
+    drain.stop_accepting();
+    // Idle for 5 s: ended at once.
+    let (_old, r) = old.await.expect("task");
+    assert_eq!(r.expect("a quiet end"), 0);
+    assert!(stop.elapsed() < Duration::from_millis(10));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!next.is_finished() && !silent.is_finished());
+    let head = b"GET /next HTTP/1.1\r\n\r\n";
+    next_c.write_all(head).await.expect("write");
+    let (_next, r) = next.await.expect("task");
+    assert_eq!(r.expect("read"), head.len());
+    // Nothing sent: ended once idle for QUIET.
+    let (_silent, r) = silent.await.expect("task");
+    assert_eq!(r.expect("a quiet end"), 0);
+    let idle = stop.elapsed() + Duration::from_millis(200);
+    assert!(
+        idle >= QUIET && idle < QUIET + Duration::from_millis(20),
+        "{idle:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_peek_waiting_for_its_bytes_ends_when_shutdown_timeout_is_over() {
+    let long = policy_for(Duration::from_secs(30));
+    let drain = Arc::clone(&long.drain);
+    let (mut c, mut s) = pair_with(&long);
+    c.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+    let peek = tokio::spawn(async move {
+        let mut buf = [0u8; 24];
+        let r = s.try_peek(&mut buf).await;
+        (s, r)
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drain.stop_accepting();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !peek.is_finished(),
+        "waiting for its first head: still read"
+    );
+    drain.end();
+    let (_s, r) = tokio::time::timeout(Duration::from_secs(5), peek)
+        .await
+        .expect("woken when shutdown_timeout is over")
+        .expect("task");
+    assert_eq!(
+        r.map_err(|e| e.kind()).err(),
+        Some(io::ErrorKind::ConnectionAborted)
+    );
+}
+
+#[tokio::test]
+async fn while_draining_a_closed_connection_reads_and_drops_what_its_client_still_sends() {
+    let policy = policy();
+    let shut_down = |mut s: HeadDeadline| {
+        tokio::spawn(async move {
+            let start = Instant::now();
+            Shutdown::shutdown(&mut s).await;
+            start.elapsed()
+        })
+    };
+    // Not draining: closed at once.
+    let (_c, s) = between_requests(&policy).await;
+    let took = shut_down(s).await.expect("task");
+    assert!(took < Duration::from_millis(50), "{took:?}");
+    policy.drain.start_draining();
+    // A pipelining client: what it sends after the answer (more than the pipe holds) is
+    // read, until it closes.
+    let (mut c, s) = between_requests(&policy).await;
+    let shut = shut_down(s);
+    tokio::time::timeout(Duration::from_secs(5), c.write_all(&[b'x'; 256 * 1024]))
+        .await
+        .expect("read by the server")
+        .expect("write");
+    drop(c);
+    let took = shut.await.expect("task");
+    assert!(took < Duration::from_millis(900), "{took:?}");
+    // A client that neither sends nor closes: given LINGERING_CLOSE.
+    let (_c, s) = between_requests(&policy).await;
+    let took = shut_down(s).await.expect("task");
+    assert!(
+        took >= LINGERING_CLOSE && took < LINGERING_CLOSE * 2,
+        "{took:?}"
+    );
 }

@@ -449,37 +449,57 @@ fn h2c_listener_takes_prior_knowledge_and_http1() {
     assert!(up_req.header("upgrade").is_none() && up_req.header("http2-settings").is_none());
 }
 
-#[test]
-fn an_http2_client_gets_goaway_when_the_listeners_stop_and_its_stream_finishes() {
+/// moat on an h2c listener (`grace_period` as given, `shutdown_timeout` 5 s) in front of
+/// an upstream that answers after `delay`.
+fn h2c_before_a_slow_upstream(delay: Duration, grace: &str) -> (Upstream, Moat) {
     let up = Upstream::start("app");
     up.set(crate::harness::Behavior {
-        delay: Duration::from_secs(3),
+        delay,
         ..Default::default()
     });
     let dir = temp_dir("h2drain");
     let (port, admin) = (free_port(), free_port());
     let text = format!(
-        "server:\n  threads: 1\n  pid_file: {d}/moat.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 0s\n  shutdown_timeout: 5s\nlisteners:\n  - name: public\n    address: 127.0.0.1:{port}\n    http2: true\nadmin:\n  address: 127.0.0.1:{admin}\nupstreams:\n  app: {{ targets: [\"{}\"] }}\nroutes:\n  - name: r\n    match: {{ path_prefix: / }}\n    upstream: app\n",
+        "server:\n  threads: 1\n  pid_file: {d}/moat.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: {grace}\n  shutdown_timeout: 5s\nlisteners:\n  - name: public\n    address: 127.0.0.1:{port}\n    http2: true\nadmin:\n  address: 127.0.0.1:{admin}\nupstreams:\n  app: {{ targets: [\"{}\"] }}\nroutes:\n  - name: r\n    match: {{ path_prefix: / }}\n    upstream: app\n",
         up.address(),
         d = dir.display()
     );
-    let mut m = Moat::start_raw(&text, port, admin, dir, &[]);
+    let m = Moat::start_raw(&text, port, admin, dir, &[]);
+    (up, m)
+}
+
+/// An h2c connection to `port` with a request to `/slow` in flight: the connection's task
+/// (over once the connection closed) and the response to come.
+async fn a_stream_in_flight(
+    port: u16,
+) -> (
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+    h2::client::ResponseFuture,
+) {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+    let conn = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::builder()
+        .uri("http://h2c.example.com/slow")
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    (conn, resp)
+}
+
+#[test]
+fn an_http2_client_gets_goaway_when_the_listeners_stop_and_its_stream_finishes() {
+    let (_up, mut m) = h2c_before_a_slow_upstream(Duration::from_secs(3), "0s");
+    let port = m.port;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let (status, closed_after) = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
-        let conn = tokio::spawn(conn);
-        let mut client = client.ready().await.unwrap();
-        let req = http::Request::builder()
-            .uri("http://h2c.example.com/slow")
-            .body(())
-            .unwrap();
-        let (resp, _) = client.send_request(req, true).unwrap();
+        let (conn, resp) = a_stream_in_flight(port).await;
         // The request is in flight (the upstream takes 3 s) when the listeners stop.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let new = tokio::task::spawn_blocking(move || {
@@ -506,4 +526,42 @@ fn an_http2_client_gets_goaway_when_the_listeners_stop_and_its_stream_finishes()
     });
     assert_eq!(status, 200);
     assert!(closed_after < Duration::from_secs(2), "{closed_after:?}");
+}
+
+#[test]
+fn an_http2_client_gets_goaway_at_sigquit_while_the_listeners_still_accept() {
+    let (_up, m) = h2c_before_a_slow_upstream(Duration::from_secs(1), "6s");
+    let port = m.port;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (conn, resp) = a_stream_in_flight(port).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let quit = Instant::now();
+        m.signal("QUIT");
+        // Told at once, as HTTP/1 clients are by `Connection: close`: the stream in flight
+        // finishes, then the connection closes, while the listeners still accept (for
+        // grace_period), so the client goes elsewhere as soon as it can.
+        let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+            .await
+            .expect("in time")
+            .expect("the stream in flight finishes");
+        assert_eq!(resp.status(), 200);
+        let end = tokio::time::timeout(Duration::from_secs(10), conn).await;
+        let closed = quit.elapsed();
+        assert!(
+            matches!(end, Ok(Ok(Ok(())))),
+            "closed after GOAWAY: {end:?}"
+        );
+        assert!(
+            closed < Duration::from_secs(3),
+            "closed {closed:?} after SIGQUIT"
+        );
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            "the listeners still accept"
+        );
+    });
 }

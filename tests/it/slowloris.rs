@@ -8,7 +8,7 @@
 use crate::harness::client::{parse_one, Conn};
 use crate::harness::moat::temp_dir;
 use crate::harness::tls::{ca, leaf};
-use crate::harness::{free_port, request, Moat, Upstream};
+use crate::harness::{free_port, request, ws, Moat, Upstream};
 use openssl::ssl::{SslConnector, SslMethod};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -168,30 +168,16 @@ fn keep_alive_heads_are_timed_from_their_first_byte() {
 #[test]
 fn an_idle_websocket_outlives_header_timeout() {
     let handshakes = Arc::new(AtomicUsize::new(0));
-    let ws = crate::streaming::ws_upstream(Arc::clone(&handshakes));
+    let ws = ws::echo_upstream(Arc::clone(&handshakes));
     let m = start(&format!("127.0.0.1:{ws}"), None);
     let mut s = connect(m.port);
     s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        .expect("handshake");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
-        s.read_exact(&mut byte).expect("101 head");
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    s.write_all(ws::HANDSHAKE).expect("handshake");
+    let head = ws::read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     std::thread::sleep(HEADER_TIMEOUT * 2 + Duration::from_millis(500));
     // A masked text frame "ping", sent slowly too: the connection is no longer a head.
-    let mask = [7u8, 1, 2, 3];
-    let mut frame = vec![0x81, 0x84];
-    frame.extend_from_slice(&mask);
-    frame.extend(b"ping".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    for b in &frame {
+    for b in &ws::frame(1, b"ping", true) {
         s.write_all(&[*b]).expect("frame byte");
         std::thread::sleep(Duration::from_millis(150));
     }

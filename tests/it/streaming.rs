@@ -2,9 +2,8 @@
 //! buffered until the stream ends), and WebSocket upgrades pass through authentication
 //! and echo, 1,000 connections at once.
 
+use crate::harness::ws::{echo_upstream, frame, handshake};
 use crate::harness::Moat;
-use openssl::base64;
-use openssl::sha::sha1;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -79,68 +78,14 @@ fn sse_events_arrive_before_the_stream_ends() {
     );
 }
 
-const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC11B65";
-
-/// A WebSocket echo upstream: completes the handshake, then echoes each frame's payload
-/// back unmasked. Counts handshakes.
-pub(crate) fn ws_upstream(handshakes: Arc<AtomicUsize>) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for c in l.incoming().flatten() {
-            let handshakes = Arc::clone(&handshakes);
-            std::thread::spawn(move || {
-                let mut c = c;
-                c.set_read_timeout(Some(Duration::from_secs(20))).ok();
-                let mut r = BufReader::new(c.try_clone().unwrap());
-                let mut key = String::new();
-                let mut line = String::new();
-                while r.read_line(&mut line).is_ok_and(|n| n > 2) {
-                    if line.to_ascii_lowercase().starts_with("sec-websocket-key:") {
-                        key = line["sec-websocket-key:".len()..].trim().to_string();
-                    }
-                    line.clear();
-                }
-                let accept = base64::encode_block(&sha1(format!("{key}{GUID}").as_bytes()));
-                handshakes.fetch_add(1, Ordering::SeqCst);
-                let _ = c.write_all(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").as_bytes());
-                loop {
-                    let mut h = [0u8; 2];
-                    if r.read_exact(&mut h).is_err() {
-                        return;
-                    }
-                    let len = (h[1] & 0x7f) as usize;
-                    let mut mask = [0u8; 4];
-                    if h[1] & 0x80 != 0 && r.read_exact(&mut mask).is_err() {
-                        return;
-                    }
-                    let mut payload = vec![0u8; len];
-                    if r.read_exact(&mut payload).is_err() {
-                        return;
-                    }
-                    for (i, b) in payload.iter_mut().enumerate() {
-                        *b ^= mask[i % 4];
-                    }
-                    let mut out = vec![0x81, len as u8];
-                    out.extend_from_slice(&payload);
-                    if c.write_all(&out).is_err() || h[0] & 0x0f == 8 {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
 fn ws_exchange(port: u16, key_header: Option<&str>, msg: &str) -> Result<String, String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(15))).ok();
     let auth = key_header
         .map(|k| format!("x-api-key: {k}\r\n"))
         .unwrap_or_default();
-    let hs = format!("GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n");
-    s.write_all(hs.as_bytes()).map_err(|e| e.to_string())?;
+    s.write_all(&handshake("/ws", &auth))
+        .map_err(|e| e.to_string())?;
     let mut r = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
     let mut status = String::new();
     r.read_line(&mut status).map_err(|e| e.to_string())?;
@@ -151,11 +96,8 @@ fn ws_exchange(port: u16, key_header: Option<&str>, msg: &str) -> Result<String,
     if !status.contains(" 101 ") {
         return Err(status.trim().to_string());
     }
-    let mask = [1u8, 2, 3, 4];
-    let mut frame = vec![0x81, 0x80 | msg.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(msg.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    s.write_all(&frame).map_err(|e| e.to_string())?;
+    s.write_all(&frame(1, msg.as_bytes(), true))
+        .map_err(|e| e.to_string())?;
     let mut h = [0u8; 2];
     r.read_exact(&mut h).map_err(|e| e.to_string())?;
     let mut payload = vec![0u8; (h[1] & 0x7f) as usize];
@@ -166,7 +108,7 @@ fn ws_exchange(port: u16, key_header: Option<&str>, msg: &str) -> Result<String,
 #[test]
 fn websocket_through_auth_1000_at_once() {
     let handshakes = Arc::new(AtomicUsize::new(0));
-    let up = ws_upstream(Arc::clone(&handshakes));
+    let up = echo_upstream(Arc::clone(&handshakes));
     // sha256("ws-test-key")
     let hash = openssl::sha::sha256(b"ws-test-key")
         .iter()

@@ -7,6 +7,7 @@
 use crate::harness::client::parse_one;
 use crate::harness::moat::temp_dir;
 use crate::harness::tls::{ca, leaf};
+use crate::harness::ws::{echo_upstream, frame, raw_upstream, read_head, HANDSHAKE};
 use crate::harness::{free_port, send_raw, wait_until, Behavior, Moat, Upstream};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -15,39 +16,15 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const HANDSHAKE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-
 fn route(up: &str, extra: &str) -> String {
     format!(
         "upstreams:\n  ws: {{ targets: [{up}]{extra} }}\nroutes:\n  - name: ws\n    match: {{ path_prefix: / }}\n    upstream: ws\n"
     )
 }
 
-/// Read one response head byte by byte (nothing past it), as text.
-fn read_head(s: &mut impl Read) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
-        if s.read(&mut byte).unwrap_or(0) == 0 {
-            break;
-        }
-        head.push(byte[0]);
-    }
-    String::from_utf8_lossy(&head).into_owned()
-}
-
-/// A masked text frame carrying `msg` (under 126 bytes).
-fn frame(msg: &[u8]) -> Vec<u8> {
-    let mask = [9u8, 8, 7, 6];
-    let mut f = vec![0x81, 0x80 | msg.len() as u8];
-    f.extend_from_slice(&mask);
-    f.extend(msg.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
-}
-
 /// Send `msg` and read the echo server's unmasked frame back.
 fn echo(s: &mut (impl Read + Write), msg: &[u8]) -> Vec<u8> {
-    s.write_all(&frame(msg)).expect("send frame");
+    s.write_all(&frame(1, msg, true)).expect("send frame");
     let mut h = [0u8; 2];
     s.read_exact(&mut h).expect("echo frame head");
     let mut payload = vec![0u8; (h[1] & 0x7f) as usize];
@@ -57,32 +34,6 @@ fn echo(s: &mut (impl Read + Write), msg: &[u8]) -> Vec<u8> {
 
 fn open(port: u16) -> TcpStream {
     open_head(port).0
-}
-
-/// A raw upstream: answers every connection's head with `answer`, then hands the
-/// connection to `then`.
-fn raw_upstream(answer: &'static [u8], then: impl Fn(TcpStream) + Send + Sync + 'static) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let then = Arc::new(then);
-    std::thread::spawn(move || {
-        for c in l.incoming().flatten() {
-            let then = Arc::clone(&then);
-            std::thread::spawn(move || {
-                let mut c = c;
-                c.set_read_timeout(Some(Duration::from_secs(20))).ok();
-                let head = read_head(&mut c);
-                if head.is_empty() {
-                    return;
-                }
-                if c.write_all(answer).is_err() {
-                    return;
-                }
-                then(c);
-            });
-        }
-    });
-    port
 }
 
 #[test]
@@ -150,7 +101,7 @@ fn a_target_down_is_a_502_json_error_and_another_target_is_tried() {
     drop(m);
 
     // With a live target next to it, every handshake ends up there (retries: 1).
-    let live = crate::streaming::ws_upstream(Arc::new(AtomicUsize::new(0)));
+    let live = echo_upstream(Arc::new(AtomicUsize::new(0)));
     let m = Moat::start(&route(
         &format!("\"127.0.0.1:{dead}\", \"127.0.0.1:{live}\""),
         ", retries: 1",
@@ -191,7 +142,7 @@ fn a_client_half_close_reaches_the_upstream_which_can_still_answer() {
 
 #[test]
 fn bytes_flow_both_ways_after_idle_periods_until_the_idle_limit() {
-    let up = crate::streaming::ws_upstream(Arc::new(AtomicUsize::new(0)));
+    let up = echo_upstream(Arc::new(AtomicUsize::new(0)));
     let m = Moat::start(&route(&format!("\"127.0.0.1:{up}\""), ", read_timeout: 2s"));
     let mut s = open(m.port);
     // 1.5 s idle twice: 3 s in all, over the 2 s limit, but traffic in between.
@@ -212,11 +163,11 @@ fn bytes_flow_both_ways_after_idle_periods_until_the_idle_limit() {
 
 #[test]
 fn bytes_sent_before_the_101_are_forwarded_after_it() {
-    let up = crate::streaming::ws_upstream(Arc::new(AtomicUsize::new(0)));
+    let up = echo_upstream(Arc::new(AtomicUsize::new(0)));
     let m = Moat::start(&route(&format!("\"127.0.0.1:{up}\""), ""));
     let mut s = TcpStream::connect(("127.0.0.1", m.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    s.write_all(&[HANDSHAKE, &frame(b"early")].concat())
+    s.write_all(&[HANDSHAKE, &frame(1, b"early", true)].concat())
         .unwrap();
     let head = read_head(&mut s);
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
@@ -227,7 +178,7 @@ fn bytes_sent_before_the_101_are_forwarded_after_it() {
 
 #[test]
 fn the_request_is_logged_with_101_when_the_relayed_connection_ends() {
-    let up = crate::streaming::ws_upstream(Arc::new(AtomicUsize::new(0)));
+    let up = echo_upstream(Arc::new(AtomicUsize::new(0)));
     let m = Moat::start(&format!(
         "access_log: {{ path: stdout }}\n{}",
         route(&format!("\"127.0.0.1:{up}\""), "")
@@ -269,7 +220,7 @@ fn the_request_is_logged_with_101_when_the_relayed_connection_ends() {
 #[test]
 fn a_tls_client_gets_its_websocket() {
     use openssl::ssl::{SslConnector, SslMethod};
-    let up = crate::streaming::ws_upstream(Arc::new(AtomicUsize::new(0)));
+    let up = echo_upstream(Arc::new(AtomicUsize::new(0)));
     let dir = temp_dir("ws-tls");
     let authority = ca();
     let cert = leaf(&authority, &["ws.example.com"]);
@@ -355,7 +306,7 @@ fn an_idle_relayed_websocket_costs_a_fraction_of_pingoras_56_kib() {
 
 #[test]
 fn on_sigquit_a_relayed_websocket_gets_going_away_and_is_logged_when_the_process_stops() {
-    let up = crate::streaming::ws_upstream(Arc::new(AtomicUsize::new(0)));
+    let up = echo_upstream(Arc::new(AtomicUsize::new(0)));
     // The harness sets grace_period 0s, shutdown_timeout 1s.
     let mut m = Moat::start(&format!(
         "access_log: {{ path: stdout }}\n{}",

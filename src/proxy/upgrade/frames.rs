@@ -20,19 +20,31 @@ const CLOSE: u8 = 0x8;
 pub fn going_away(mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut payload = GOING_AWAY.to_be_bytes().to_vec();
     payload.extend_from_slice(REASON);
-    let mut frame = vec![0x80 | CLOSE];
-    // The payload is under 126 bytes: a 7-bit length.
-    let len = payload.len() as u8;
+    frame(CLOSE, &payload, mask)
+}
+
+/// A whole frame (FIN set) with `opcode` and `payload`, masked with `mask` if given.
+pub fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(payload.len() + 14);
+    frame.push(0x80 | opcode);
+    let masked = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n @ 0..=125 => frame.push(masked | n as u8),
+        n @ 126..=65535 => {
+            frame.push(masked | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(masked | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
     match mask {
         Some(key) => {
-            frame.push(0x80 | len);
             frame.extend_from_slice(&key);
             frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
         }
-        None => {
-            frame.push(len);
-            frame.extend_from_slice(&payload);
-        }
+        None => frame.extend_from_slice(payload),
     }
     frame
 }
@@ -132,35 +144,18 @@ mod tests {
     use super::*;
 
     /// A frame with `opcode`, `len` payload bytes of `b'x'`, masked or not.
-    fn frame(opcode: u8, len: usize, masked: bool) -> Vec<u8> {
-        let mut f = vec![0x80 | opcode];
-        let m = if masked { 0x80 } else { 0 };
-        match len {
-            0..=125 => f.push(m | len as u8),
-            126..=65535 => {
-                f.push(m | 126);
-                f.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            _ => {
-                f.push(m | 127);
-                f.extend_from_slice(&(len as u64).to_be_bytes());
-            }
-        }
-        if masked {
-            f.extend_from_slice(&[1, 2, 3, 4]);
-        }
-        f.extend(std::iter::repeat_n(b'x', len));
-        f
+    fn frame_of(opcode: u8, len: usize, masked: bool) -> Vec<u8> {
+        frame(opcode, &vec![b'x'; len], masked.then_some([1, 2, 3, 4]))
     }
 
     #[test]
     fn boundaries_are_found_whatever_the_reads() {
         for masked in [false, true] {
             let frames = [
-                frame(1, 5, masked),
-                frame(2, 300, masked),
-                frame(2, 70_000, masked),
-                frame(9, 0, masked),
+                frame_of(1, 5, masked),
+                frame_of(2, 300, masked),
+                frame_of(2, 70_000, masked),
+                frame_of(9, 0, masked),
             ];
             let stream: Vec<u8> = frames.concat();
             let ends: Vec<usize> = frames
@@ -208,7 +203,7 @@ mod tests {
     #[test]
     fn close_frames_are_seen_and_built() {
         let mut f = Frames::default();
-        f.advance(&frame(1, 3, true), false);
+        f.advance(&frame_of(1, 3, true), false);
         assert!(!f.closed());
         let ours = going_away(Some([7, 7, 7, 7]));
         f.advance(&ours, false);

@@ -246,7 +246,8 @@ impl Moat {
             log::debug!("upgraded client connection could not be taken over");
             return;
         };
-        let mut tracked = tracked.unwrap_or_else(|| self.drain.track());
+        let mut tracked =
+            tracked.unwrap_or_else(|| self.drain.track(down.id().unsigned_abs() as usize));
         let mut head = head::response_to_wire(&resp);
         drop(resp);
         head.extend_from_slice(&rest);

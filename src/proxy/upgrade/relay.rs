@@ -14,8 +14,9 @@
 //! closes the WebSocket itself, both ways: each direction is relayed up to the end of the
 //! frame in progress ([`Frames`] follows where frames end, without holding them), then a
 //! close frame with status 1001 "going away" goes out instead of what follows (masked
-//! toward the upstream, as a client's frames must be), and what the peer sends after
-//! is read and dropped. When a peer answers with its own close frame (or ends its
+//! toward the upstream, as a client's frames must be; not at all in a direction that
+//! already carried its sender's own close), and what the peer sends after is read and
+//! dropped. When a peer answers with its own close frame (or ends its
 //! stream), the other side's write half is shut; the relay ends when both did, or after
 //! [`CLOSE_WAIT`], whichever comes first.
 
@@ -109,6 +110,18 @@ impl Half {
         }
     }
 
+    /// This direction reached the frame boundary its close waited for: queue the close
+    /// frame, unless `peer_closed` (the source's own close frame went through whole: a
+    /// second close is forbidden, RFC 6455 §5.5.1). Either way, the source is dropped
+    /// from here on.
+    fn close_due(&mut self, peer_closed: bool) {
+        if let Closing::Wanted(frame) = std::mem::replace(&mut self.closing, Closing::Sent) {
+            if !peer_closed {
+                self.pending.extend_from_slice(&frame);
+            }
+        }
+    }
+
     /// Move bytes from `src` to `dst` until either would block. `Ready(Ok(moved))` when
     /// this direction has ended (or used its turn: then it woke the task), `Pending` when
     /// it waits; `moved` says whether any byte went through either way.
@@ -153,10 +166,7 @@ impl Half {
             }
             if matches!(self.closing, Closing::Wanted(_)) && self.frames.at_boundary() {
                 // Everything read was written and ends a frame: the close goes next.
-                if let Closing::Wanted(frame) = std::mem::replace(&mut self.closing, Closing::Sent)
-                {
-                    self.pending = frame;
-                }
+                self.close_due(self.frames.closed());
                 continue;
             }
             if matches!(self.closing, Closing::Sent) && self.frames.closed() {
@@ -197,6 +207,7 @@ impl Half {
                 Closing::Wanted(_) => self.frames.advance(&scratch[..n], true),
                 Closing::Sent => 0,
             };
+            let peer_closed = self.frames.closed();
             // The rest is dropped, but its frames are followed (to see a close).
             self.frames.advance(&scratch[forward..n], false);
             *bytes += forward as u64;
@@ -218,10 +229,7 @@ impl Half {
             }
             if forward < n {
                 // A frame ended inside this read: the close goes right after it.
-                if let Closing::Wanted(frame) = std::mem::replace(&mut self.closing, Closing::Sent)
-                {
-                    self.pending.extend_from_slice(&frame);
-                }
+                self.close_due(peer_closed);
             }
         }
     }

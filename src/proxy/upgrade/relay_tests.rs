@@ -1,5 +1,6 @@
 //! Relay tests over real TCP connections on 127.0.0.1.
 
+use super::super::frames::frame;
 use super::*;
 use crate::drain::Drain;
 use std::sync::Arc;
@@ -31,7 +32,7 @@ fn spawn_relay(
     idle: Duration,
     drain: &Arc<Drain>,
 ) -> tokio::task::JoinHandle<(Traffic, End)> {
-    let mut tracked = drain.track();
+    let mut tracked = drain.track(0);
     tokio::spawn(async move {
         let mut t = Traffic::default();
         let frames = Default::default();
@@ -141,20 +142,14 @@ async fn a_reset_ends_it_with_an_error() {
     .await;
 }
 
-/// An unmasked (server) frame: FIN, `opcode`, `payload` (under 126 bytes).
+/// An unmasked (server) frame: FIN, `opcode`, `payload`.
 fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x80 | opcode, payload.len() as u8];
-    f.extend_from_slice(payload);
-    f
+    frame(opcode, payload, None)
 }
 
-/// A masked (client) frame: FIN, `opcode`, `payload` (under 126 bytes).
+/// A masked (client) frame: FIN, `opcode`, `payload`.
 fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let key = [1u8, 2, 3, 4];
-    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
-    f.extend_from_slice(&key);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    f
+    frame(opcode, payload, Some([1, 2, 3, 4]))
 }
 
 /// Read one frame: (opcode, unmasked payload); `None` at the end of the stream.
@@ -248,9 +243,45 @@ async fn peers_that_never_answer_the_close_are_cut_after_close_wait() {
         ));
         let (_, end) = task.await.unwrap();
         assert_eq!(end, End::GoingAway);
+        // After CLOSE_WAIT, not at the idle limit (30 s).
         let took = started.elapsed();
-        assert!(took >= CLOSE_WAIT && took < CLOSE_WAIT * 3, "{took:?}");
+        assert!(
+            took >= CLOSE_WAIT && took < Duration::from_secs(10),
+            "{took:?}"
+        );
         assert_eq!(read_frame(&mut client).await, None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_side_that_already_sent_its_close_gets_no_second_one() {
+    let (mut client, a, b, mut server) = pairs().await;
+    let drain = Drain::new();
+    let task = spawn_relay(a, b, Duration::from_secs(30), &drain);
+    bounded(async {
+        // The client closed (the upstream has not answered yet); the upstream is halfway
+        // through a close frame of its own when the process stops.
+        let code = 1000u16.to_be_bytes();
+        client.write_all(&client_frame(8, &code)).await.unwrap();
+        assert_eq!(read_frame(&mut server).await, Some((8, code.to_vec())));
+        let theirs = server_frame(8, &code);
+        server.write_all(&theirs[..2]).await.unwrap();
+        let mut got = vec![0u8; 2];
+        client.read_exact(&mut got).await.unwrap();
+        drain.end();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        server.write_all(&theirs[2..]).await.unwrap();
+        // Each side gets the other's close, whole, then the end: never a second close
+        // (RFC 6455 §5.5.1), so moat's 1001 goes nowhere.
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        got.extend_from_slice(&rest);
+        assert_eq!(got, theirs);
+        assert_eq!(read_frame(&mut server).await, None);
+        let (t, end) = task.await.unwrap();
+        assert_eq!(end, End::GoingAway);
+        assert_eq!((t.a_to_b, t.b_to_a), (8, 4));
     })
     .await;
 }

@@ -49,6 +49,16 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// One line for the test's output.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} requests answered on {} connections ({} closed by `Connection: close`)",
+            self.answered.len(),
+            self.connections,
+            self.closes
+        )
+    }
+
     fn merge(&mut self, other: Tally) {
         self.answered.extend(other.answered);
         self.failures.extend(other.failures);
@@ -69,6 +79,11 @@ pub enum Kind {
     Hesitant,
     /// One connection for as long as the server keeps it, requests back to back.
     KeepAlive,
+    /// Keep-alive, a `POST` with a body each time, and a pause of 1 to `n` ms after each
+    /// answer (a client doing something with it): the connection sits idle between
+    /// requests for longer, and a client does not send a `POST` again by itself when the
+    /// connection closes under it (RFC 9112 §9.3.1).
+    Posting(u64),
     /// Keep-alive with `depth` requests written at once before reading the answers; the
     /// ones a `Connection: close` answer leaves unanswered are sent again on a new
     /// connection (RFC 9112 §9.3.2).
@@ -158,6 +173,20 @@ fn get(id: &str, close: bool) -> Vec<u8> {
     format!("GET /{id} HTTP/1.1\r\nHost: h\r\n{conn}\r\n").into_bytes()
 }
 
+/// The body [`Kind::Posting`] clients send with request `id`.
+pub fn post_body(id: &str) -> String {
+    format!("order {id}")
+}
+
+fn post(id: &str) -> Vec<u8> {
+    let body = post_body(id);
+    format!(
+        "POST /{id} HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 fn run(port: u16, tag: &str, kind: Kind, stop: &AtomicBool) -> Tally {
     let mut t = Tally::default();
     let mut n = 0usize;
@@ -170,7 +199,7 @@ fn run(port: u16, tag: &str, kind: Kind, stop: &AtomicBool) -> Tally {
     let mut conn: Option<(TcpStream, Vec<u8>)> = None;
     while !stop.load(Ordering::SeqCst) {
         let depth = match kind {
-            Kind::Close | Kind::Hesitant | Kind::KeepAlive => 1,
+            Kind::Close | Kind::Hesitant | Kind::KeepAlive | Kind::Posting(_) => 1,
             Kind::Pipelined(d) => d,
         };
         let mut ids = std::mem::take(&mut again);
@@ -193,7 +222,10 @@ fn run(port: u16, tag: &str, kind: Kind, stop: &AtomicBool) -> Tally {
             continue;
         };
         let close = matches!(kind, Kind::Close | Kind::Hesitant);
-        let bytes: Vec<u8> = ids.iter().flat_map(|id| get(id, close)).collect();
+        let bytes: Vec<u8> = match kind {
+            Kind::Posting(_) => ids.iter().flat_map(|id| post(id)).collect(),
+            _ => ids.iter().flat_map(|id| get(id, close)).collect(),
+        };
         let sent = if matches!(kind, Kind::Hesitant) {
             std::thread::sleep(Duration::from_millis(5));
             let half = bytes.len() / 2;
@@ -251,6 +283,10 @@ fn run(port: u16, tag: &str, kind: Kind, stop: &AtomicBool) -> Tally {
                 }
             }
             conn = None;
+        }
+        if let Kind::Posting(most) = kind {
+            let k = t.answered.len() as u64;
+            std::thread::sleep(Duration::from_millis(1 + (k * 7) % most.max(1)));
         }
     }
     // Requests left to send again when stopped were answered by nobody and sent by

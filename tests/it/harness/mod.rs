@@ -12,6 +12,7 @@ pub mod redis;
 pub mod relay;
 pub mod tls;
 pub mod upstream;
+pub mod ws;
 
 pub use client::{request, send_raw, Response};
 pub use moat::Moat;
