@@ -371,7 +371,7 @@ fn an_upgrade_to_a_tls_upstream_is_verified_like_any_request() {
 /// log got (issue 12: `X-Request-ID` on every response, with no `request_id` plugin).
 #[test]
 fn the_101_and_a_refusal_echo_the_request_id() {
-    let echo_up = crate::streaming::ws_upstream(Arc::new(AtomicUsize::new(0)));
+    let echo_up = crate::harness::ws::echo_upstream(Arc::new(AtomicUsize::new(0)));
     let refusing = Upstream::start("refusing");
     refusing.set(Behavior {
         status: 426,
