@@ -295,7 +295,7 @@ fn providers(cfg: &Config, errs: &mut ConfigErrors) {
             );
         }
         if let Some(u) = &p.jwks_url {
-            if !p.allow_insecure_jwks && insecure_remote(u) {
+            if !p.allow_insecure_jwks && crate::auth::fetch::insecure_remote(u) {
                 errs.push(
                     join(&path, "jwks_url"),
                     "an http:// URL lets anyone on the way replace the keys: use https://, or set allow_insecure_jwks: true (loopback addresses need neither)",
@@ -343,24 +343,6 @@ fn providers(cfg: &Config, errs: &mut ConfigErrors) {
             );
         }
     }
-}
-
-/// Whether `url` is plain `http://` to a host that is not loopback (`localhost`,
-/// 127.0.0.0/8, `::1`). Other shapes are left to the URL check of the provider.
-fn insecure_remote(url: &str) -> bool {
-    let Ok(uri) = url.parse::<http::Uri>() else {
-        return false;
-    };
-    if uri.scheme_str() != Some("http") {
-        return false;
-    }
-    let host = uri.host().unwrap_or("");
-    let ip = host.trim_start_matches('[').trim_end_matches(']');
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || ip
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|a| a.to_canonical().is_loopback());
-    !loopback
 }
 
 fn plugin_refs(cfg: &Config, path: &str, p: &PluginConfig, errs: &mut ConfigErrors) {
