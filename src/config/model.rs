@@ -351,6 +351,10 @@ pub struct ConsumerConfig {
     pub api_keys: Vec<ApiKeyConfig>,
     #[serde(default)]
     pub hmac: Vec<HmacCredentialConfig>,
+    /// JWT providers (with `consumer_map: consumers`) whose tokens may name this consumer
+    /// [none: no token can].
+    #[serde(default)]
+    pub jwt_providers: Vec<String>,
 }
 
 /// An API key, stored as the SHA-256 of the key.
@@ -724,8 +728,23 @@ pub struct HmacAuthConfig {
     pub replay_window: Option<Dur>,
     /// Headers that must be among the signed ones (Kong's name) [`[host]`].
     pub enforce_headers: Option<Vec<String>>,
-    /// Live signatures remembered per consumer; past it, 503 [100000].
+    /// Live signatures remembered per credential; past it, 503 [100000].
     pub replay_capacity: Option<u64>,
+    /// What to do when Redis cannot answer the replay check [local].
+    #[serde(default)]
+    pub replay_on_redis_error: ReplayOnRedisError,
+}
+
+/// `hmac.replay_on_redis_error`: deciding a replay check without Redis.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayOnRedisError {
+    /// This instance's own memory decides (a replay sent to another instance meanwhile is
+    /// not caught).
+    #[default]
+    Local,
+    /// 503: no signed request is accepted without Redis.
+    Deny,
 }
 
 /// Authorization rules.

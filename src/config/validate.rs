@@ -211,6 +211,25 @@ fn consumers(cfg: &Config, errs: &mut ConfigErrors) {
                 format!("consumer ids must be unique and non-empty (`{}`)", c.id),
             );
         }
+        if http::HeaderValue::from_str(&c.id).is_err() {
+            errs.push(
+                join(&p, "id"),
+                format!(
+                    "{:?} holds a control character: it could not be sent as X-Consumer-ID",
+                    c.id
+                ),
+            );
+        }
+        for (j, name) in c.jwt_providers.iter().enumerate() {
+            let msg = match cfg.jwt_providers.get(name) {
+                None => format!("unknown jwt provider `{name}`"),
+                Some(pr) if pr.consumer_map == ConsumerMap::Namespaced => format!(
+                    "jwt provider `{name}` does not set consumer_map: consumers (its tokens' consumers are `{name}:VALUE`, never this one)"
+                ),
+                Some(_) => continue,
+            };
+            errs.push(index(&join(&p, "jwt_providers"), j), msg);
+        }
         // `corp:alice` is what a token of provider `corp` becomes: a configured consumer
         // may not take it over.
         if let Some((ns, _)) = c.id.split_once(':') {
