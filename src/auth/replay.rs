@@ -25,7 +25,7 @@
 //! - [`RedisReplay`] (with `redis:`): Redis is the authority, shared by every instance —
 //!   one sorted set per credential (`<key_prefix>replay:<key_id>`, member = the 16-byte
 //!   signature hash, score = expiry in ms), checked and updated by one Lua script that
-//!   drops expired members on every call and applies the bound to live ones. Redis keeps
+//!   drops expired members (a few per call) and applies the bound to live ones. Redis keeps
 //!   a member, and the set, `clock_skew` past its expiry: an instance whose clock runs
 //!   fast (by less than the clock skew, or it would refuse fresh dates) cannot make Redis
 //!   forget a signature the others still accept. The local memory short-cuts "already
@@ -281,14 +281,17 @@ impl ReplayGuard for LocalReplay {
 
 /// KEYS[1]: the credential's sorted set (member: signature hash, score: expiry in ms).
 /// ARGV: member, now (ms), expiry (ms), capacity, margin (ms). Returns 1 (first use),
-/// 0 (replay) or -N (full: the next live signature expires in N seconds). Members expired
-/// for longer than the margin are dropped on every call (each once: the cost of a
-/// ZADD), so the set follows live traffic; only live members count against the capacity.
-/// The set expires `margin` after its last member.
+/// 0 (replay) or -N (full: the next live signature expires in N seconds). Every call
+/// drops up to 32 members expired for longer than the margin, soonest first (each once:
+/// about the cost of its ZADD; a burst that expires at once is dropped over the next
+/// calls, never in one long call that would hold Redis up), so the set follows live
+/// traffic; only live members count against the capacity. The set expires `margin`
+/// after its last member.
 const LUA: &str = r#"
 local now = tonumber(ARGV[2])
 local margin = tonumber(ARGV[5])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - margin)
+local old = redis.call('ZCOUNT', KEYS[1], '-inf', now - margin)
+if old > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, math.min(old, 32) - 1) end
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if score and tonumber(score) > now then return 0 end
 if redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[2], '+inf') >= tonumber(ARGV[4]) then

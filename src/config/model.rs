@@ -48,6 +48,26 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
+impl Config {
+    /// Every plugin entry, global ones first, with its path (`global_plugins[0]`,
+    /// `routes[1].plugins[2]`).
+    pub fn plugins(&self) -> impl Iterator<Item = (String, &PluginConfig)> {
+        use super::error::{index, join};
+        let global = self
+            .global_plugins
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (index("global_plugins", i), p));
+        let routes = self.routes.iter().enumerate().flat_map(|(i, r)| {
+            r.plugins
+                .iter()
+                .enumerate()
+                .map(move |(j, p)| (index(&join(&index("routes", i), "plugins"), j), p))
+        });
+        global.chain(routes)
+    }
+}
+
 /// `server:` — maps onto Pingora's `ServerConf`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -57,18 +57,7 @@ pub fn validate(cfg: &Config, errs: &mut ConfigErrors) {
     }
     consumers(cfg, errs);
     providers(cfg, errs);
-    let plugins = cfg
-        .global_plugins
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (index("global_plugins", i), p))
-        .chain(cfg.routes.iter().enumerate().flat_map(|(i, r)| {
-            r.plugins
-                .iter()
-                .enumerate()
-                .map(move |(j, p)| (index(&join(&index("routes", i), "plugins"), j), p))
-        }));
-    for (path, p) in plugins {
+    for (path, p) in cfg.plugins() {
         plugin_refs(cfg, &join(&path, p.name()), p, errs);
     }
 }

@@ -93,18 +93,8 @@ fn hmac_secrets(cfg: &Config, w: &mut ConfigErrors) {
 /// shared by every route, and each request is checked against its own route's figure,
 /// so traffic on a route with a larger one can fill it past a smaller one.
 fn replay_capacities(cfg: &Config, w: &mut ConfigErrors) {
-    let plugins = cfg
-        .global_plugins
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (index("global_plugins", i), p))
-        .chain(cfg.routes.iter().enumerate().flat_map(|(i, r)| {
-            r.plugins
-                .iter()
-                .enumerate()
-                .map(move |(j, p)| (index(&join(&index("routes", i), "plugins"), j), p))
-        }));
-    let capacities: Vec<(String, u64)> = plugins
+    let capacities: Vec<(String, u64)> = cfg
+        .plugins()
         .filter_map(|(path, p)| match p {
             PluginConfig::Auth(a) if a.methods.contains(&AuthMethod::Hmac) => {
                 let capacity = a.hmac.as_ref().and_then(|h| h.replay_capacity);

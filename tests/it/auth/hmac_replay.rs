@@ -223,27 +223,29 @@ fn redis_holds_live_signatures_only_and_keeps_them_a_clock_skew_longer() {
     let pttl: i64 = redis.cli(&["PTTL", set]).trim().parse().unwrap();
     assert!(pttl > 590_000, "PTTL {pttl}");
     // Regression: expired members stayed until the set was full (and the set's expiry
-    // moved forward with every new one). Age the member past its expiry and the margin:
-    // the next call drops it.
+    // moved forward with every new one), then went all in one call. Age the member past
+    // its expiry and the margin, with 40 more like it: each call drops up to 32.
     let aged = redis.cli(&[
         "EVAL",
-        "local m = redis.call('ZRANGE', KEYS[1], 0, -1) for _, v in ipairs(m) do redis.call('ZADD', KEYS[1], 1000, v) end return #m",
+        "local m = redis.call('ZRANGE', KEYS[1], 0, -1) for _, v in ipairs(m) do redis.call('ZADD', KEYS[1], 1000, v) end for i = 1, 40 do redis.call('ZADD', KEYS[1], 1000, 'old-' .. i) end return #m",
         "1",
         set,
     ]);
     assert_eq!(aged.trim(), "1");
     assert_eq!(status(&m, &signed("flood", 2)).status, 200);
+    assert_eq!(redis.cli(&["ZCARD", set]).trim(), "10", "32 of 41 dropped");
+    assert_eq!(status(&m, &signed("flood", 3)).status, 200);
     assert_eq!(
         redis.cli(&["ZCARD", set]).trim(),
-        "1",
-        "the expired one left"
+        "2",
+        "the expired ones left"
     );
     // An expired one within the margin stays, but no longer counts as live.
     let now_ms = now_secs() * 1000;
     let just = (now_ms - 1000).to_string();
     redis.cli(&["ZADD", set, &just, "just-expired-sig"]);
-    assert_eq!(status(&m, &signed("flood", 3)).status, 200);
-    assert_eq!(redis.cli(&["ZCARD", set]).trim(), "3");
+    assert_eq!(status(&m, &signed("flood", 4)).status, 200);
+    assert_eq!(redis.cli(&["ZCARD", set]).trim(), "4");
     assert_eq!(redis.cli(&["ZSCORE", set, "just-expired-sig"]).trim(), just);
 }
 
