@@ -1,7 +1,7 @@
 //! Authentication costs: RS256 and ES256 JWT verification uncached vs served from the
 //! verified-token cache, an HMAC request-signature check (parse, signing string, MAC),
-//! the local HMAC replay memory's check-and-record, and an API-key lookup among 10,000
-//! keys.
+//! the local HMAC replay memory (steady, full, contended, swept), and an API-key lookup
+//! among 10,000 keys.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use moat::auth::consumers::{sha256, ConsumerStore};
@@ -82,27 +82,93 @@ fn hmac_verify(c: &mut Criterion) {
     });
 }
 
-/// The local replay memory at a steady 65,536 live signatures of one consumer: each
-/// iteration checks and records one signature (an expired one is replaced).
+/// The local replay memory's check-and-record (`ReplaySet::record`, what a request pays):
+/// - `steady`: one credential holding ~65,536 live signatures, each new one recorded as
+///   one expires (the expired one leaves on that same call: a heap pop and a map removal);
+/// - `full`: a credential at its capacity, every signature refused (503) without a sweep;
+/// - `contended`: `steady` while another thread records into the same credential's set
+///   as fast as it can (the set's lock is the only one taken);
+/// - `sweep_100k`: what the background sweep pays for one idle set whose 100,000
+///   signatures all expired (each one removed, then the room given back).
 fn replay(c: &mut Criterion) {
-    use moat::auth::replay::{LocalReplay, ReplayGuard, Signature};
-    let g = LocalReplay::new();
+    use moat::auth::replay::{LocalReplay, ReplaySet, Signature, Use};
+    use moat::config::model::ReplayOnRedisError;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let sig = |set: &ReplaySet, i: u64, ttl: i64, capacity: usize| -> Use {
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&i.to_le_bytes());
+        let s = Signature {
+            set,
+            name: "acme-svc",
+            key,
+            ttl,
+            capacity,
+            margin: 300,
+            on_redis_error: ReplayOnRedisError::Local,
+        };
+        // One new second per 1,024 signatures, each kept 64 s: ~65,536 live.
+        set.record(&s, 1_000_000 + (i >> 10) as i64)
+    };
+    let memory = LocalReplay::new();
+    let set = memory.set([1; 32]);
     let mut i: u64 = 0;
-    c.bench_function("hmac_replay/local_first_use", |b| {
+    for _ in 0..70_000 {
+        i += 1;
+        sig(&set, i, 64, 100_000);
+    }
+    c.bench_function("hmac_replay/steady", |b| {
         b.iter(|| {
             i += 1;
-            let mut key = [0u8; 32];
-            key[..2].copy_from_slice(&(i as u16).to_le_bytes());
-            let sig = Signature {
-                consumer: "acme",
-                key,
-                ttl: 1,
-                capacity: 100_000,
-            };
-            // A new second per 65,536 signatures: the previous round has expired.
-            let now = 1_000_000 + (i >> 16) as i64;
-            black_box(futures::executor::block_on(g.first_use(sig, now)))
+            black_box(sig(&set, i, 64, 100_000))
         })
+    });
+    let full = ReplaySet::default();
+    for n in 0..1000 {
+        sig(&full, n, 1_000_000, 1000);
+    }
+    let mut n: u64 = 1 << 40;
+    c.bench_function("hmac_replay/full", |b| {
+        b.iter(|| {
+            n += 1;
+            black_box(sig(&full, n, 1_000_000, 1000))
+        })
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let other = {
+        let (set, stop) = (Arc::clone(&set), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut j: u64 = 1 << 50;
+            while !stop.load(Ordering::Relaxed) {
+                j += 1;
+                sig(&set, j, 64, 100_000);
+            }
+        })
+    };
+    c.bench_function("hmac_replay/contended", |b| {
+        b.iter(|| {
+            i += 1;
+            black_box(sig(&set, i, 64, 100_000))
+        })
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _ = other.join();
+    c.bench_function("hmac_replay/sweep_100k", |b| {
+        b.iter_batched(
+            || {
+                let m = LocalReplay::new();
+                let s = m.set([2; 32]);
+                for k in 0..100_000 {
+                    sig(&s, k, 1, 200_000);
+                }
+                (m, s)
+            },
+            |(m, s)| {
+                m.sweep(2_000_000);
+                black_box(s.len())
+            },
+            criterion::BatchSize::LargeInput,
+        )
     });
 }
 
@@ -116,7 +182,11 @@ fn api_keys(c: &mut Criterion) {
         }
     }
     let cfg: moat::config::Config = serde_yaml::from_str(&yaml).expect("yaml");
-    let store = ConsumerStore::compile(&cfg, &mut ConfigErrors::default());
+    let store = ConsumerStore::compile(
+        &cfg,
+        &moat::auth::replay::LocalReplay::new(),
+        &mut ConfigErrors::default(),
+    );
     let now = now_secs();
     c.bench_function("api_key_lookup/10000_keys", |b| {
         b.iter(|| black_box(store.api_key(black_box("key-777-7"), now).is_ok()))

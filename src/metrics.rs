@@ -37,6 +37,9 @@ pub struct Metrics {
     /// `moat_connections_refused_total{reason}` (an addition: connections closed at
     /// accept by `server.limits.max_connections_per_ip` or `max_connections`).
     pub connections_refused: IntCounterVec,
+    /// `moat_auth_replay_fallback_total{action}` (an addition: HMAC replay checks Redis
+    /// could not answer, by what `hmac.replay_on_redis_error` did: local or deny).
+    pub replay_fallback: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -125,6 +128,12 @@ impl Metrics {
              (server.limits.max_connections_per_ip) or total (server.limits.max_connections)",
             &["reason"],
         )?;
+        let replay_fallback = counter(
+            "moat_auth_replay_fallback_total",
+            "HMAC replay checks Redis could not answer, by what hmac.replay_on_redis_error \
+             did: local (this instance's memory decided alone) or deny (503)",
+            &["action"],
+        )?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -144,6 +153,7 @@ impl Metrics {
             connections_active,
             header_timeouts,
             connections_refused,
+            replay_fallback,
         })
     }
 

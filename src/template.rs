@@ -357,6 +357,7 @@ mod tests {
         claims.insert("roles".into(), serde_json::json!(["a", "b"]));
         let id = Identity {
             consumer_id: Arc::from("acme"),
+            consumer_header: http::HeaderValue::from_static("acme"),
             tier: Some(Arc::from("gold")),
             method: "jwt",
             claims: Some(Arc::new(claims)),
@@ -394,6 +395,7 @@ mod tests {
         claims.insert("f".into(), serde_json::json!(-1.25e-7));
         let id = Identity {
             consumer_id: Arc::from("ac<me>"),
+            consumer_header: http::HeaderValue::from_static("ac<me>"),
             tier: Some(Arc::from("g&ld")),
             method: "jwt",
             claims: Some(Arc::new(claims)),

@@ -22,11 +22,30 @@ pub fn check_url(url: &str) -> Result<(), String> {
     parse(url).map(|_| ())
 }
 
+/// Whether `url` is plain `http://` to a host that is not loopback (`localhost`,
+/// 127.0.0.0/8, `::1`, `::ffff:127.0.0.0/104`), as [`get`] reads it: the same parse decides
+/// what is checked and where moat connects. `false` for a URL [`check_url`] refuses.
+pub fn insecure_remote(url: &str) -> bool {
+    parse(url).is_ok_and(|t| !t.tls && !t.loopback())
+}
+
 struct Target {
     tls: bool,
     host: String,
     port: u16,
     path: String,
+}
+
+impl Target {
+    /// `localhost` or a loopback address (other names are resolved at fetch time: not
+    /// loopback here).
+    fn loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|a| a.to_canonical().is_loopback())
+    }
 }
 
 fn parse(url: &str) -> Result<Target, String> {
@@ -162,5 +181,50 @@ mod tests {
         assert!(get(&url, Duration::from_secs(2), 100).await.is_err());
         assert!(check_url("ftp://x/").is_err());
         assert!(check_url("https://auth.example.com/certs").is_ok());
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback_however_the_host_is_written() {
+        // Refused: a name that only starts like a loopback address, shorthand or numeric
+        // forms the resolver would expand (not taken as loopback), userinfo in front of
+        // another host, a mapped address outside 127/8, the unspecified address.
+        for url in [
+            "http://127.0.0.1.evil.com/certs",
+            "http://localhost.evil.com/certs",
+            "http://127.1/certs",
+            "http://0x7f000001/certs",
+            "http://2130706433/certs",
+            "http://0.0.0.0/certs",
+            "http://[::]/certs",
+            "http://127.0.0.1@evil.com/certs",
+            "http://127.0.0.1:80@evil.com/certs",
+            "http://localhost@evil.com/certs",
+            "http://[::ffff:10.0.0.1]/certs",
+            "http://evil.com#@127.0.0.1/certs",
+            "http://evil.com\\@127.0.0.1/certs",
+            "http://127.0.0.1%2f@evil.com/certs",
+        ] {
+            assert!(
+                insecure_remote(url) || check_url(url).is_err(),
+                "{url} must be refused"
+            );
+        }
+        // Loopback in every spelling the fetch connects to as loopback (userinfo in front
+        // of a loopback host is loopback: that is where the fetch goes).
+        for url in [
+            "http://localhost:8081/certs",
+            "http://LOCALHOST/certs",
+            "http://127.0.0.1/certs",
+            "http://127.9.9.9:1/certs",
+            "http://[::1]:8080/certs",
+            "http://[::ffff:127.0.0.1]/certs",
+            "http://evil.com@127.0.0.1/certs",
+        ] {
+            assert!(check_url(url).is_ok(), "{url}");
+            assert!(!insecure_remote(url), "{url} is loopback");
+            let t = parse(url).unwrap();
+            assert!(t.loopback(), "{url}: the fetch goes to {}", t.host);
+        }
+        assert!(!insecure_remote("https://auth.example.com/certs"));
     }
 }

@@ -272,12 +272,13 @@ pub fn replay_ttl(window: i64, signed_at: i64, skew: i64, now: i64) -> i64 {
     window.max(signed_at.saturating_add(skew).saturating_sub(now) + 1)
 }
 
-/// The replay key of a verified request: its key id and signature.
-pub fn replay_key(auth: &HmacAuthorization) -> [u8; 32] {
-    let mut data = auth.key_id.as_bytes().to_vec();
-    data.push(0);
-    data.extend_from_slice(&auth.signature);
-    sha256(&data)
+/// The replay key of a verified request: a hash of its signature alone. The key id is
+/// not signed, so it is left out: a request signed with a secret is one signature under
+/// every key id holding that secret (they share one replay memory).
+pub fn replay_key(auth: &HmacAuthorization) -> super::replay::SigKey {
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&sha256(&auth.signature)[..16]);
+    key
 }
 
 #[cfg(test)]

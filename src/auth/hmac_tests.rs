@@ -175,7 +175,7 @@ async fn replay_remembered_while_the_date_is_accepted() {
     // Regression: the guard remembered a signature for `replay_window` from first use only,
     // so with replay_window <= clock_skew (the reference config has 300s and 300s) the same
     // request was accepted again once the window passed while its date was still in skew.
-    let k = [9u8; 32];
+    let k = [9u8; 16];
     let (t, skew) = (1_000_000, 300);
     let d = format_http_date(t);
     let r = request("GET", "/", &[("Date", &d)]);
@@ -185,14 +185,18 @@ async fn replay_remembered_while_the_date_is_accepted() {
         headers: vec!["date".into(), "request-line".into()],
         signature: vec![],
     };
-    let sig = |ttl| Signature {
-        consumer: "c",
-        key: k,
-        ttl,
-        capacity: 100,
-    };
     for window in [60, 300] {
         let g = LocalReplay::new();
+        let set = g.set([1; 32]);
+        let sig = |ttl| Signature {
+            set: &set,
+            name: "k",
+            key: k,
+            ttl,
+            capacity: 100,
+            margin: skew,
+            on_redis_error: crate::config::model::ReplayOnRedisError::Local,
+        };
         assert_eq!(check_date(&a, &r, t, skew), Ok(t));
         let first = g.first_use(sig(replay_ttl(window, t, skew, t)), t).await;
         assert_eq!(first, Use::First);

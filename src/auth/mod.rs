@@ -65,9 +65,14 @@ impl Default for AuthState {
 
 impl AuthState {
     /// Compile consumers and providers, recording errors (validation has already checked
-    /// the shapes; this loads keys and secrets).
-    pub fn compile(cfg: &Config, errs: &mut ConfigErrors) -> AuthState {
-        let consumers = Arc::new(ConsumerStore::compile(cfg, errs));
+    /// the shapes; this loads keys and secrets). HMAC credentials take their replay memory
+    /// from `local_replay` (the process's, carried across reloads).
+    pub fn compile(
+        cfg: &Config,
+        local_replay: &replay::LocalReplay,
+        errs: &mut ConfigErrors,
+    ) -> AuthState {
+        let consumers = Arc::new(ConsumerStore::compile(cfg, local_replay, errs));
         let providers = cfg
             .jwt_providers
             .iter()
@@ -83,11 +88,13 @@ impl AuthState {
     }
 }
 
-/// Start the JWKS refresh loops of `rt`'s `jwks_url` providers on the current tokio
-/// runtime. Each loop holds a `Weak` reference and stops once its generation is dropped;
-/// call it once per compiled generation (at start and after each reload).
+/// Start the JWKS refresh loops of `rt`'s `jwks_url` providers, and the replay memory's
+/// sweeper (once per process), on the current tokio runtime. Each loop holds a `Weak`
+/// reference and stops once what it serves is dropped; call it once per compiled
+/// generation (at start and after each reload).
 pub fn start_background(rt: &Runtime) {
     for p in rt.auth.providers.values() {
         provider::spawn_refresh(p);
     }
+    rt.local_replay.start_sweeper();
 }

@@ -31,6 +31,7 @@ use crate::config::error::{join, ConfigErrors};
 use crate::config::model::{ConsumerMap, JwtProviderConfig};
 use arc_swap::ArcSwapOption;
 use foldhash::quality::RandomState;
+use http::HeaderValue;
 use jsonwebtoken::Validation;
 use serde_json::{Map, Value};
 use std::hash::BuildHasher;
@@ -48,6 +49,9 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CACHE_CAPACITY: usize = 10_000;
 /// Keys tried for a token without `kid`.
 const MAX_KEYS_WITHOUT_KID: usize = 4;
+/// Longest `consumer_claim` value accepted, bytes (a longer one is refused: it would be a
+/// consumer id in headers, logs and limiter keys).
+pub const MAX_CONSUMER_CLAIM: usize = 256;
 
 /// A verified token: what requests need from it.
 #[derive(Debug)]
@@ -59,6 +63,9 @@ pub struct Verified {
     /// The consumer id: `PROVIDER:VALUE` of `consumer_claim`, or the bare value with
     /// `consumer_map: consumers` (then a `consumers:` id to look up).
     pub subject: Arc<str>,
+    /// `subject` as the `X-Consumer-ID` value, for a namespaced provider (`None` with
+    /// `consumer_map: consumers`: the consumer's own is sent).
+    pub subject_header: Option<HeaderValue>,
     /// Scopes (from `scopes_claim`).
     pub scopes: Arc<[String]>,
 }
@@ -276,20 +283,33 @@ impl JwtProvider {
             }
         };
         let exp = jwt::check_claims(&claims, &self.rules, now)?;
+        // Empty, too long, or holding a control character (it could not be sent as
+        // X-Consumer-ID): refused.
         let value = match claims.get(&self.consumer_claim) {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::String(s))
+                if !s.is_empty()
+                    && s.len() <= MAX_CONSUMER_CLAIM
+                    && crate::template::safe_header_value(s.as_bytes()) =>
+            {
+                s.clone()
+            }
             Some(Value::Number(n)) => n.to_string(),
             _ => return Err(JwtError::Claims),
         };
-        let subject: Arc<str> = match self.consumer_map {
-            ConsumerMap::Namespaced => Arc::from(format!("{}:{value}", self.name)),
-            ConsumerMap::Consumers => Arc::from(value),
+        let (subject, subject_header): (Arc<str>, _) = match self.consumer_map {
+            ConsumerMap::Namespaced => {
+                let id = format!("{}:{value}", self.name);
+                let header = HeaderValue::from_str(&id).map_err(|_| JwtError::Claims)?;
+                (Arc::from(id), Some(header))
+            }
+            ConsumerMap::Consumers => (Arc::from(value), None),
         };
         let scopes = jwt::scopes(&claims, &self.scopes_claim).into();
         Ok(Verified {
             claims: Arc::new(claims),
             exp,
             subject,
+            subject_header,
             scopes,
         })
     }

@@ -90,6 +90,38 @@ fn consumer_is_namespaced_unless_mapped_to_consumers() {
 }
 
 #[test]
+fn consumer_claims_that_cannot_be_an_id_are_refused() {
+    // Regression: any non-empty string was a consumer id. One with a control character
+    // could not become X-Consumer-ID (the header was left out: the upstream saw an
+    // authenticated request without an identity); a long one went whole into headers,
+    // logs and limiter keys.
+    let (rsa, jwk) = testkit::rsa("r").unwrap();
+    let p = provider(&[Alg::RS256], &testkit::jwks(&[&jwk]));
+    let now = now_secs();
+    let with_sub = |sub: serde_json::Value| {
+        let mut c = claims(60);
+        c["sub"] = sub;
+        p.verify_uncached(&testkit::token(&rsa, "RS256", Some("r"), &c).unwrap(), now)
+    };
+    for bad in ["a\u{1}b", "a\r\nx-admin: 1", "del\u{7f}", "", "nul\u{0}"] {
+        assert_eq!(
+            with_sub(json!(bad)).unwrap_err(),
+            JwtError::Claims,
+            "{bad:?}"
+        );
+    }
+    let long = "x".repeat(MAX_CONSUMER_CLAIM + 1);
+    assert_eq!(with_sub(json!(long)).unwrap_err(), JwtError::Claims);
+    assert!(with_sub(json!(["alice"])).is_err());
+    let longest = "x".repeat(MAX_CONSUMER_CLAIM);
+    for good in [longest.as_str(), "jos\u{e9}", "a b\tc"] {
+        let v = with_sub(json!(good)).unwrap_or_else(|e| panic!("{good:?}: {e:?}"));
+        let header = v.subject_header.expect("namespaced: a header value");
+        assert_eq!(header.as_bytes(), format!("t:{good}").as_bytes());
+    }
+}
+
+#[test]
 fn hs256_with_secret_and_confusion_refused() {
     let secret = b"0123456789abcdef0123456789abcdef".to_vec();
     let p = JwtProvider::new("h", vec![Alg::HS256], ClaimRules::default());

@@ -20,7 +20,7 @@ use super::credentials::{self, Found};
 use super::hmac::{self, HmacError};
 use super::replay::{ReplayGuard, Signature, Use, REPLAY_CAPACITY};
 use crate::config::error::{index, join, ConfigErrors};
-use crate::config::model::HmacAuthConfig;
+use crate::config::model::{HmacAuthConfig, ReplayOnRedisError};
 use crate::reply::{ErrorCode, Reply};
 use bytes::BytesMut;
 use http::HeaderValue;
@@ -46,26 +46,44 @@ pub struct HmacSettings {
     pub replay_window: Option<i64>,
     /// Lower-case names that must be among the signed headers.
     pub enforce: Vec<String>,
-    /// Live signatures remembered per consumer; past it, [`Refused::Full`].
+    /// Live signatures remembered per credential; past it, [`Refused::Full`].
     pub replay_capacity: usize,
+    /// What to do when Redis cannot answer the replay check.
+    pub replay_on_redis_error: ReplayOnRedisError,
 }
+
+/// Largest `clock_skew` and `replay_window`: a signed request is good for at most twice
+/// this, and the replay memory holds every signature that long.
+pub const MAX_WINDOW: Duration = Duration::from_secs(3600);
 
 impl HmacSettings {
     /// An `auth` plugin's `hmac:` settings (`path`: where they are), with moat's defaults:
     /// `require_digest` true (serde's), replay protection over the clock skew (`0s` turns
-    /// it off; a part of a second counts as one), `enforce_headers` `[host]`.
+    /// it off; a part of a second counts as one), `enforce_headers` `[host]`. `clock_skew`
+    /// is 1s to [`MAX_WINDOW`], `replay_window` 0s or up to [`MAX_WINDOW`].
     pub fn compile(h: Option<&HmacAuthConfig>, path: &str, errs: &mut ConfigErrors) -> Self {
-        let skew = h
-            .and_then(|h| h.clock_skew)
-            .map(|d| d.get().as_secs() as i64)
-            .unwrap_or(hmac::DEFAULT_CLOCK_SKEW);
+        let skew = match h.and_then(|h| h.clock_skew).map(|d| d.get()) {
+            None => hmac::DEFAULT_CLOCK_SKEW,
+            Some(d) if d >= Duration::from_secs(1) && d <= MAX_WINDOW => d.as_secs() as i64,
+            Some(_) => {
+                errs.push(join(path, "clock_skew"), "must be between 1s and 1h");
+                hmac::DEFAULT_CLOCK_SKEW
+            }
+        };
         HmacSettings {
             skew,
             require_digest: h.is_none_or(|h| h.require_digest),
-            replay_window: match h.and_then(|h| h.replay_window) {
+            replay_window: match h.and_then(|h| h.replay_window).map(|d| d.get()) {
                 None => Some(skew),
-                Some(d) if d.get().is_zero() => None,
-                Some(d) => Some(d.get().as_millis().div_ceil(1000) as i64),
+                Some(d) if d.is_zero() => None,
+                Some(d) if d <= MAX_WINDOW => Some(d.as_millis().div_ceil(1000) as i64),
+                Some(_) => {
+                    errs.push(
+                        join(path, "replay_window"),
+                        "must be at most 1h (0s turns replay protection off)",
+                    );
+                    None
+                }
             },
             enforce: match h.and_then(|h| h.enforce_headers.as_ref()) {
                 None => hmac::DEFAULT_ENFORCE_HEADERS.map(String::from).to_vec(),
@@ -79,6 +97,7 @@ impl HmacSettings {
                 }
                 Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
             },
+            replay_on_redis_error: h.map(|h| h.replay_on_redis_error).unwrap_or_default(),
         }
     }
 }
@@ -124,9 +143,12 @@ pub enum Refused {
     Signature(HmacError),
     /// The body could not be checked (413 too large, 408 too slow, 400 unreadable).
     Body(Reply),
-    /// The signature is good but its consumer has `replay_capacity` live signatures
+    /// The signature is good but its credential has `replay_capacity` live signatures
     /// already (503); the oldest expires in `retry_after` seconds.
     Full { retry_after: i64 },
+    /// The signature is good but Redis could not say whether it is a replay, and
+    /// `replay_on_redis_error` is `deny` (503).
+    ReplayUnavailable,
 }
 
 impl From<HmacError> for Refused {
@@ -184,7 +206,6 @@ pub async fn verify(
     if !hmac::verify_mac(auth.alg, &key.secret, sstr.as_bytes(), &auth.signature) {
         return Err(HmacError::BadSignature.into());
     }
-    let consumer = Arc::clone(&key.consumer);
     let mut held_digest = None;
     if let Some(d) = digest {
         let small = content_length(req).is_some_and(|n| n <= HMAC_MAX_BODY as u64);
@@ -201,19 +222,23 @@ pub async fn verify(
     }
     if let Some(w) = s.replay_window {
         let sig = Signature {
-            consumer: &consumer.id,
+            set: &key.replay,
+            name: &key.replay_name,
             key: hmac::replay_key(&auth),
             ttl: hmac::replay_ttl(w, signed_at, s.skew, now),
             capacity: s.replay_capacity,
+            margin: s.skew,
+            on_redis_error: s.replay_on_redis_error,
         };
         match replay.first_use(sig, now).await {
             Use::First => {}
             Use::Replay => return Err(HmacError::Replay.into()),
             Use::Full { retry_after } => return Err(Refused::Full { retry_after }),
+            Use::Unavailable => return Err(Refused::ReplayUnavailable),
         }
     }
     Ok(Verified {
-        consumer,
+        consumer: Arc::clone(&key.consumer),
         held_digest,
     })
 }

@@ -48,6 +48,26 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
+impl Config {
+    /// Every plugin entry, global ones first, with its path (`global_plugins[0]`,
+    /// `routes[1].plugins[2]`).
+    pub fn plugins(&self) -> impl Iterator<Item = (String, &PluginConfig)> {
+        use super::error::{index, join};
+        let global = self
+            .global_plugins
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (index("global_plugins", i), p));
+        let routes = self.routes.iter().enumerate().flat_map(|(i, r)| {
+            r.plugins
+                .iter()
+                .enumerate()
+                .map(move |(j, p)| (index(&join(&index("routes", i), "plugins"), j), p))
+        });
+        global.chain(routes)
+    }
+}
+
 /// `server:` — maps onto Pingora's `ServerConf`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -351,6 +371,10 @@ pub struct ConsumerConfig {
     pub api_keys: Vec<ApiKeyConfig>,
     #[serde(default)]
     pub hmac: Vec<HmacCredentialConfig>,
+    /// JWT providers (with `consumer_map: consumers`) whose tokens may name this consumer
+    /// [none: no token can].
+    #[serde(default)]
+    pub jwt_providers: Vec<String>,
 }
 
 /// An API key, stored as the SHA-256 of the key.
@@ -724,8 +748,23 @@ pub struct HmacAuthConfig {
     pub replay_window: Option<Dur>,
     /// Headers that must be among the signed ones (Kong's name) [`[host]`].
     pub enforce_headers: Option<Vec<String>>,
-    /// Live signatures remembered per consumer; past it, 503 [100000].
+    /// Live signatures remembered per credential; past it, 503 [100000].
     pub replay_capacity: Option<u64>,
+    /// What to do when Redis cannot answer the replay check [local].
+    #[serde(default)]
+    pub replay_on_redis_error: ReplayOnRedisError,
+}
+
+/// `hmac.replay_on_redis_error`: deciding a replay check without Redis.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayOnRedisError {
+    /// This instance's own memory decides (a replay sent to another instance meanwhile is
+    /// not caught).
+    #[default]
+    Local,
+    /// 503: no signed request is accepted without Redis.
+    Deny,
 }
 
 /// Authorization rules.

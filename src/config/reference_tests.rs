@@ -343,6 +343,15 @@ fn reference_file_states_the_defaults_the_code_uses() {
             Int(crate::auth::replay::REPLAY_CAPACITY as u64),
         ),
         (
+            "            replay_on_redis_error:",
+            Text(
+                serde_yaml::to_string(&hmac.replay_on_redis_error)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            ),
+        ),
+        (
             "          hide_credentials:",
             Text(auth.hide_credentials.to_string()),
         ),

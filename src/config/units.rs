@@ -18,7 +18,14 @@ impl Dur {
     }
 }
 
-/// Parse a duration string; the error message is the one shown to operators.
+/// Longest duration any key accepts: a year. Bounding every duration where it is read
+/// keeps each conversion to milliseconds or microseconds, and each deadline computed as
+/// now plus a duration, far from overflow (a `sync_interval` of `300000000d` used to wrap
+/// when turned into microseconds, an `eject_for` near `u64::MAX` ms when added to the clock).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// Parse a duration string (at most [`MAX_DURATION`]); the error message is the one shown
+/// to operators.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     const MSG: &str = "expected a duration such as 250ms, 5s, 1m, 1h or 1d";
     let s = s.trim();
@@ -36,7 +43,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(MSG.to_string()),
     };
     ms.map(Duration::from_millis)
-        .ok_or_else(|| "duration is too large".to_string())
+        .filter(|d| *d <= MAX_DURATION)
+        .ok_or_else(|| "duration is too large: at most 365d".to_string())
 }
 
 fn format_duration(d: Duration) -> String {
@@ -197,6 +205,14 @@ mod tests {
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));
+        // Regression: anything up to u64::MAX milliseconds was accepted, and wrapped
+        // where it was added to a clock or turned into microseconds.
+        assert_eq!(parse_duration("365d"), Ok(MAX_DURATION));
+        assert_eq!(
+            parse_duration("366d"),
+            Err("duration is too large: at most 365d".to_string())
+        );
+        assert!(parse_duration("300000000d").is_err());
         for bad in ["", "5", "s", "5x", "-1s", "1.5s", "5 s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }

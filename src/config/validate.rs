@@ -57,18 +57,7 @@ pub fn validate(cfg: &Config, errs: &mut ConfigErrors) {
     }
     consumers(cfg, errs);
     providers(cfg, errs);
-    let plugins = cfg
-        .global_plugins
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (index("global_plugins", i), p))
-        .chain(cfg.routes.iter().enumerate().flat_map(|(i, r)| {
-            r.plugins
-                .iter()
-                .enumerate()
-                .map(move |(j, p)| (index(&join(&index("routes", i), "plugins"), j), p))
-        }));
-    for (path, p) in plugins {
+    for (path, p) in cfg.plugins() {
         plugin_refs(cfg, &join(&path, p.name()), p, errs);
     }
 }
@@ -211,6 +200,25 @@ fn consumers(cfg: &Config, errs: &mut ConfigErrors) {
                 format!("consumer ids must be unique and non-empty (`{}`)", c.id),
             );
         }
+        if http::HeaderValue::from_str(&c.id).is_err() {
+            errs.push(
+                join(&p, "id"),
+                format!(
+                    "{:?} holds a control character: it could not be sent as X-Consumer-ID",
+                    c.id
+                ),
+            );
+        }
+        for (j, name) in c.jwt_providers.iter().enumerate() {
+            let msg = match cfg.jwt_providers.get(name) {
+                None => format!("unknown jwt provider `{name}`"),
+                Some(pr) if pr.consumer_map == ConsumerMap::Namespaced => format!(
+                    "jwt provider `{name}` does not set consumer_map: consumers (its tokens' consumers are `{name}:VALUE`, never this one)"
+                ),
+                Some(_) => continue,
+            };
+            errs.push(index(&join(&p, "jwt_providers"), j), msg);
+        }
         // `corp:alice` is what a token of provider `corp` becomes: a configured consumer
         // may not take it over.
         if let Some((ns, _)) = c.id.split_once(':') {
@@ -295,7 +303,7 @@ fn providers(cfg: &Config, errs: &mut ConfigErrors) {
             );
         }
         if let Some(u) = &p.jwks_url {
-            if !p.allow_insecure_jwks && insecure_remote(u) {
+            if !p.allow_insecure_jwks && crate::auth::fetch::insecure_remote(u) {
                 errs.push(
                     join(&path, "jwks_url"),
                     "an http:// URL lets anyone on the way replace the keys: use https://, or set allow_insecure_jwks: true (loopback addresses need neither)",
@@ -343,24 +351,6 @@ fn providers(cfg: &Config, errs: &mut ConfigErrors) {
             );
         }
     }
-}
-
-/// Whether `url` is plain `http://` to a host that is not loopback (`localhost`,
-/// 127.0.0.0/8, `::1`). Other shapes are left to the URL check of the provider.
-fn insecure_remote(url: &str) -> bool {
-    let Ok(uri) = url.parse::<http::Uri>() else {
-        return false;
-    };
-    if uri.scheme_str() != Some("http") {
-        return false;
-    }
-    let host = uri.host().unwrap_or("");
-    let ip = host.trim_start_matches('[').trim_end_matches(']');
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || ip
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|a| a.to_canonical().is_loopback());
-    !loopback
 }
 
 fn plugin_refs(cfg: &Config, path: &str, p: &PluginConfig, errs: &mut ConfigErrors) {

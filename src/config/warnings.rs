@@ -6,13 +6,16 @@
 //! Each rule is a small function over the parsed [`Config`]; add new ones to
 //! [`warnings`].
 
-use super::error::{join, ConfigError, ConfigErrors};
-use super::model::Config;
+use super::error::{index, join, ConfigError, ConfigErrors};
+use super::model::{AuthMethod, Config, ConsumerMap, PluginConfig};
+use std::collections::HashMap;
 
 /// Every warning for `cfg`, each with the path of the key it concerns, in file order.
 pub fn warnings(cfg: &Config) -> Vec<ConfigError> {
     let mut w = ConfigErrors::default();
     jwt_providers(cfg, &mut w);
+    hmac_secrets(cfg, &mut w);
+    replay_capacities(cfg, &mut w);
     redis_urls(cfg, &mut w);
     w.sort_by_file_order();
     w.0
@@ -35,6 +38,82 @@ fn jwt_providers(cfg: &Config, w: &mut ConfigErrors) {
                 "no `audiences`: tokens minted for any audience are accepted; list this API's",
             );
         }
+        if p.consumer_map == ConsumerMap::Consumers {
+            mapped_provider(cfg, name, &path, w);
+        }
+    }
+}
+
+/// A provider with `consumer_map: consumers` that no consumer lists in its
+/// `jwt_providers` refuses every token.
+fn mapped_provider(cfg: &Config, name: &str, path: &str, w: &mut ConfigErrors) {
+    if !cfg
+        .consumers
+        .iter()
+        .any(|c| c.jwt_providers.iter().any(|p| p == name))
+    {
+        w.push(
+            join(path, "consumer_map"),
+            format!(
+                "consumers, but no consumer lists `{name}` in its jwt_providers: every token of this provider is refused"
+            ),
+        );
+    }
+}
+
+/// Two HMAC credentials with the same secret: the key id is not signed, so a request
+/// signed for one verifies under the other's key id (another consumer's, perhaps).
+fn hmac_secrets(cfg: &Config, w: &mut ConfigErrors) {
+    let mut first: HashMap<Vec<u8>, (String, String)> = HashMap::new();
+    for (i, c) in cfg.consumers.iter().enumerate() {
+        for (j, h) in c.hmac.iter().enumerate() {
+            let Some(secret) = std::env::var_os(&h.secret_env).filter(|v| !v.is_empty()) else {
+                continue; // an error of its own
+            };
+            let path = index(&join(&index("consumers", i), "hmac"), j);
+            match first.get(secret.as_encoded_bytes()) {
+                Some((other, key_id)) => w.push(
+                    join(&path, "secret_env"),
+                    format!(
+                        "the same secret as {other} (key id `{key_id}`): a request signed for either verifies under the other's key id; give each credential its own secret (meanwhile they share one replay memory)"
+                    ),
+                ),
+                None => {
+                    first.insert(
+                        secret.into_encoded_bytes(),
+                        (path, h.key_id.clone()),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `auth` plugins whose `hmac.replay_capacity` differ: a credential's replay memory is
+/// shared by every route, and each request is checked against its own route's figure,
+/// so traffic on a route with a larger one can fill it past a smaller one.
+fn replay_capacities(cfg: &Config, w: &mut ConfigErrors) {
+    let capacities: Vec<(String, u64)> = cfg
+        .plugins()
+        .filter_map(|(path, p)| match p {
+            PluginConfig::Auth(a) if a.methods.contains(&AuthMethod::Hmac) => {
+                let capacity = a.hmac.as_ref().and_then(|h| h.replay_capacity);
+                let default = crate::auth::replay::REPLAY_CAPACITY as u64;
+                Some((join(&path, "auth.hmac"), capacity.unwrap_or(default)))
+            }
+            _ => None,
+        })
+        .collect();
+    let Some(largest) = capacities.iter().map(|(_, c)| *c).max() else {
+        return;
+    };
+    for (path, capacity) in capacities.iter().filter(|(_, c)| *c < largest) {
+        w.push(
+            join(path, "replay_capacity"),
+            format!(
+                "{capacity}, while another route allows {largest}: an HMAC credential's replay memory is shared by every route, so its traffic elsewhere can fill it past {capacity} and this route then answers 503; set one figure on every route"
+            ),
+        );
     }
 }
 
@@ -143,5 +222,52 @@ mod tests {
         assert!(got[0].starts_with("redis.url: "), "{got:?}");
         let got = paths("redis:\n  url: 'rediss://a:1'\n  tls: { verify: false }\n");
         assert!(got[0].starts_with("redis.tls.verify: false: "), "{got:?}");
+    }
+
+    #[test]
+    fn a_mapped_provider_no_consumer_lists_is_warned_about() {
+        let provider = "jwt_providers:\n  p:\n    issuer: https://i\n    audiences: [api]\n    secret_env: X\n    algorithms: [HS256]\n    consumer_map: consumers\n";
+        let got = paths(provider);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0]
+                .starts_with("jwt_providers.p.consumer_map: consumers, but no consumer lists `p`"),
+            "{got:?}"
+        );
+        let listed = paths(&format!(
+            "{provider}consumers:\n  - {{ id: acme, jwt_providers: [p] }}\n"
+        ));
+        assert!(listed.is_empty(), "{listed:?}");
+    }
+
+    #[test]
+    fn shared_hmac_secrets_are_warned_about() {
+        std::env::set_var("MOAT_WARN_SECRET_A", "same-secret");
+        std::env::set_var("MOAT_WARN_SECRET_B", "same-secret");
+        std::env::set_var("MOAT_WARN_SECRET_C", "another-secret");
+        let got = paths("consumers:\n  - id: a\n    hmac: [{ key_id: a1, secret_env: MOAT_WARN_SECRET_A }, { key_id: a2, secret_env: MOAT_WARN_SECRET_C }]\n  - id: b\n    hmac: [{ key_id: b1, secret_env: MOAT_WARN_SECRET_B }]\n");
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with(
+                "consumers[1].hmac[0].secret_env: the same secret as consumers[0].hmac[0] (key id `a1`)"
+            ),
+            "{got:?}"
+        );
+        assert!(!got[0].contains("same-secret"), "never the secret itself");
+    }
+
+    #[test]
+    fn different_replay_capacities_are_warned_about() {
+        let routes = |hooks: &str| {
+            format!(
+                "routes:\n  - name: hooks\n    match: {{ path_prefix: /hooks }}\n    respond: {{ status: 200 }}\n    plugins:\n      - auth: {{ methods: [hmac], hmac: {{ {hooks} }} }}\n  - name: bulk\n    match: {{ path_prefix: /bulk }}\n    respond: {{ status: 200 }}\n    plugins:\n      - auth: {{ methods: [hmac, api_key] }}\n  - name: keys\n    match: {{ path_prefix: /keys }}\n    respond: {{ status: 200 }}\n    plugins:\n      - auth: {{ methods: [api_key], hmac: {{ replay_capacity: 5 }} }}\n"
+            )
+        };
+        let got = paths(&routes("replay_capacity: 1000"));
+        assert_eq!(
+            got,
+            ["routes[0].plugins[0].auth.hmac.replay_capacity: 1000, while another route allows 100000: an HMAC credential's replay memory is shared by every route, so its traffic elsewhere can fill it past 1000 and this route then answers 503; set one figure on every route"]
+        );
+        assert!(paths(&routes("replay_capacity: 100000")).is_empty());
     }
 }

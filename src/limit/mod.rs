@@ -8,7 +8,8 @@
 //! nothing), `route` (the route name), `header:NAME`, `claim:NAME`. A request without the
 //! key's value is never unlimited: it is counted in the bucket of its client IP (kept apart
 //! from real values by a prefix), or in one shared `unknown` bucket when even that is
-//! missing. Header values over 128 bytes are keyed by their SHA-256.
+//! missing. Consumer ids, header and claim values over 128 bytes are keyed by their
+//! SHA-256 (Redis keys stay short whatever a client or a token carries).
 
 pub mod algo;
 pub mod cluster;
@@ -79,7 +80,10 @@ impl KeySource {
     pub fn extract(&self, req: &RequestHeader, ctx: &RequestCtx, out: &mut String) {
         out.clear();
         let found = match self {
-            KeySource::Consumer => ctx.identity.as_ref().map(|i| out.push_str(&i.consumer_id)),
+            KeySource::Consumer => ctx
+                .identity
+                .as_ref()
+                .map(|i| push_value(out, i.consumer_id.as_bytes())),
             KeySource::Ip => ctx.client_ip.map(|ip| crate::net::push_ip(out, ip)),
             KeySource::Route => ctx.route.as_deref().map(|r| out.push_str(&r.name)),
             KeySource::Header(h) => req
@@ -246,6 +250,34 @@ mod tests {
         ));
         assert!(KeySource::parse("header:").is_err());
         assert!(KeySource::parse("cookie:x").is_err());
+    }
+
+    #[test]
+    fn long_consumer_ids_are_keyed_by_their_hash() {
+        // Regression: header values over 128 bytes were hashed, consumer ids (a JWT's
+        // claim) went whole into keys.
+        let req = RequestHeader::build("GET", b"/", None).unwrap();
+        let mut ctx = RequestCtx::new(Arc::new(crate::runtime::Runtime::empty()));
+        let key = |id: &str, ctx: &mut RequestCtx| {
+            ctx.identity = Some(crate::identity::Identity {
+                consumer_id: Arc::from(id),
+                consumer_header: http::HeaderValue::from_static("x"),
+                tier: None,
+                method: "jwt",
+                claims: None,
+            });
+            let mut out = String::new();
+            KeySource::Consumer.extract(&req, ctx, &mut out);
+            out
+        };
+        assert_eq!(key("corp:alice", &mut ctx), "corp:alice");
+        let long = format!("corp:{}", "a".repeat(300));
+        let hashed = key(&long, &mut ctx);
+        assert_eq!(hashed.len(), 64);
+        assert_eq!(
+            hashed,
+            hex::encode(crate::auth::consumers::sha256(long.as_bytes()))
+        );
     }
 
     #[test]

@@ -5,10 +5,14 @@
 //! - Exactly one credential must be present: none → 401, two (or one repeated) → 401.
 //! - 401 `UNAUTHORIZED` carries `WWW-Authenticate` (`Bearer error="invalid_token"` for a
 //!   refused JWT); 403 `FORBIDDEN` when authenticated but `require` fails; 503 when a JWT
-//!   provider has no key set yet (fail closed); 413 when a signed body exceeds `max_body`.
+//!   provider has no key set yet (fail closed), when an HMAC credential's replay memory
+//!   is full, or when Redis cannot check a replay and `replay_on_redis_error` is `deny`;
+//!   413 when a signed body exceeds `max_body`.
 //! - Messages, logs and metrics carry a short category only, never the credential.
-//! - Upstream gets `X-Consumer-ID` and `X-Auth-Method`; with `hide_credentials` (the
-//!   default) the credential (header, query parameter or cookie) is removed first.
+//! - Upstream gets `X-Consumer-ID` (built when the credential is verified: an identity
+//!   that cannot be one is refused, never forwarded without it) and `X-Auth-Method`; with
+//!   `hide_credentials` (the default) the credential (header, query parameter or cookie)
+//!   is removed first.
 //!
 //! HMAC requests are checked by `auth::signed`: a small signed body is read and checked
 //! before anything reaches the upstream; a longer or chunked one is held back
@@ -51,6 +55,8 @@ struct JwtSettings {
 /// What a credential resolved to.
 struct Authenticated {
     consumer: Arc<str>,
+    /// `consumer` as the X-Consumer-ID value.
+    header: HeaderValue,
     tier: Option<Arc<str>>,
     method: &'static str,
     scopes: Arc<[String]>,
@@ -326,32 +332,34 @@ impl Auth {
                 };
                 match j.provider.verify(&token, now).await {
                     Ok(v) => {
-                        if !crate::template::safe_header_value(v.subject.as_bytes()) {
-                            return Err(self.unauthorized(
+                        let refuse = |reason| {
+                            self.unauthorized(
                                 "jwt",
-                                "claims",
+                                reason,
                                 "invalid token",
                                 Some(BEARER_INVALID.clone()),
-                            ));
-                        }
+                            )
+                        };
                         // `PROVIDER:VALUE`, a consumer of the provider's own; with
-                        // `consumer_map: consumers`, the configured consumer it names.
-                        let (consumer, tier) = match j.provider.consumer_map {
-                            ConsumerMap::Namespaced => (Arc::clone(&v.subject), None),
-                            ConsumerMap::Consumers => match self.consumers.consumer(&v.subject) {
-                                Some(c) => (Arc::clone(&c.id), c.tier.clone()),
-                                None => {
-                                    return Err(self.unauthorized(
-                                        "jwt",
-                                        "unknown_consumer",
-                                        "invalid token",
-                                        Some(BEARER_INVALID.clone()),
-                                    ))
-                                }
+                        // `consumer_map: consumers`, the configured consumer it names, if
+                        // that consumer lists the provider in its `jwt_providers`.
+                        let (consumer, header, tier) = match j.provider.consumer_map {
+                            ConsumerMap::Namespaced => match &v.subject_header {
+                                Some(h) => (Arc::clone(&v.subject), h.clone(), None),
+                                None => return Err(refuse("claims")),
                             },
+                            ConsumerMap::Consumers => {
+                                match self.consumers.jwt_consumer(&j.provider.name, &v.subject) {
+                                    Some(c) => {
+                                        (Arc::clone(&c.id), c.header.clone(), c.tier.clone())
+                                    }
+                                    None => return Err(refuse("unknown_consumer")),
+                                }
+                            }
                         };
                         Ok(Authenticated {
                             consumer,
+                            header,
                             tier,
                             method: "jwt",
                             scopes: Arc::clone(&v.scopes),
@@ -389,6 +397,7 @@ impl Auth {
                 match self.consumers.api_key(&key, now) {
                     Ok(k) => Ok(Authenticated {
                         consumer: Arc::clone(&k.consumer.id),
+                        header: k.consumer.header.clone(),
                         tier: k.consumer.tier.clone(),
                         method: "api_key",
                         scopes: Arc::clone(&k.scopes),
@@ -429,6 +438,7 @@ impl Auth {
         match signed::verify(session, value, settings, &self.consumers, replay, now).await {
             Ok(v) => Ok(Authenticated {
                 consumer: Arc::clone(&v.consumer.id),
+                header: v.consumer.header.clone(),
                 tier: v.consumer.tier.clone(),
                 method: "hmac",
                 scopes: Arc::from(Vec::new()),
@@ -448,6 +458,15 @@ impl Auth {
                     "too many signed requests from this consumer within the replay window",
                 )
                 .with_header(http::header::RETRY_AFTER, HeaderValue::from(retry_after)),
+            }),
+            Err(signed::Refused::ReplayUnavailable) => Err(Refusal {
+                method: "hmac",
+                reason: "replay_unavailable",
+                reply: Reply::error(
+                    ErrorCode::ServiceUnavailable,
+                    "signed requests cannot be checked for replays right now",
+                )
+                .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1")),
             }),
             Err(signed::Refused::Signature(e)) => Err(self.unauthorized(
                 "hmac",
@@ -518,6 +537,7 @@ impl Plugin for Auth {
                 }
                 ctx.identity = Some(Identity {
                     consumer_id: who.consumer,
+                    consumer_header: who.header,
                     tier: who.tier,
                     method: who.method,
                     claims: who.claims,
@@ -552,9 +572,8 @@ impl Plugin for Auth {
             c.hide(up);
         }
         if let Some(id) = &ctx.identity {
-            if let Ok(v) = HeaderValue::from_str(&id.consumer_id) {
-                up.headers.insert(X_CONSUMER_ID.clone(), v);
-            }
+            up.headers
+                .insert(X_CONSUMER_ID.clone(), id.consumer_header.clone());
             up.headers
                 .insert(X_AUTH_METHOD.clone(), HeaderValue::from_static(id.method));
         }

@@ -276,6 +276,7 @@ mod tests {
         claims.insert("sub".into(), "x\r\nx-admin: true".into());
         ctx.identity = Some(crate::identity::Identity {
             consumer_id: Arc::from("acme"),
+            consumer_header: http::HeaderValue::from_static("acme"),
             tier: None,
             method: "jwt",
             claims: Some(Arc::new(claims)),

@@ -44,13 +44,14 @@ pub mod topology;
 use config::{Mode, Settings};
 use node::{Failure, Node, Pass, Request};
 use prometheus::IntCounter;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use breaker::{OPEN_FOR, TRIP_AFTER};
 pub use redis::{Cmd, ToRedisArgs, Value};
 pub use script::Script;
+
+use crate::util::log_every::LogEvery;
 
 /// Least time between two "redis call failed" messages.
 pub const LOG_EVERY: Duration = Duration::from_secs(1);
@@ -159,7 +160,7 @@ impl Redis {
             prefix: s.prefix,
             fingerprint: s.fingerprint,
             errors,
-            log: LogEvery::default(),
+            log: LogEvery::new(LOG_EVERY),
         }
     }
 
@@ -214,52 +215,16 @@ impl Redis {
         if let Err(e) = &r {
             if !matches!(e, RedisError::Open) {
                 self.errors.inc();
-                self.log.failure(e);
+                match self.log.due() {
+                    None => {}
+                    Some(0) => log::warn!("redis call failed: {e:?}"),
+                    Some(n) => log::warn!(
+                        "redis call failed: {e:?} ({n} more failures since the last message)"
+                    ),
+                }
             }
         }
         r
-    }
-}
-
-/// Logs failures at most once per [`LOG_EVERY`] (a Redis outage fails every request until
-/// the breakers open; a script error or an unserved slot fails every request for good),
-/// saying how many were not logged in between.
-struct LogEvery {
-    /// When the last message was logged (ms since `epoch`, plus one; 0: never).
-    last_ms: AtomicU64,
-    /// Failures not logged since.
-    skipped: AtomicU64,
-    epoch: Instant,
-}
-
-impl Default for LogEvery {
-    fn default() -> Self {
-        LogEvery {
-            last_ms: AtomicU64::new(0),
-            skipped: AtomicU64::new(0),
-            epoch: Instant::now(),
-        }
-    }
-}
-
-impl LogEvery {
-    fn failure(&self, e: &RedisError) {
-        let now = self.epoch.elapsed().as_millis() as u64 + 1;
-        let last = self.last_ms.load(Ordering::Relaxed);
-        let due = last == 0 || now >= last + LOG_EVERY.as_millis() as u64;
-        if !due
-            || self
-                .last_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            self.skipped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        match self.skipped.swap(0, Ordering::Relaxed) {
-            0 => log::warn!("redis call failed: {e:?}"),
-            n => log::warn!("redis call failed: {e:?} ({n} more failures since the last message)"),
-        }
     }
 }
 
@@ -412,23 +377,6 @@ mod tests {
             Value::SimpleString("PONG".into())
         );
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
-    }
-
-    #[test]
-    fn failures_are_logged_once_a_second() {
-        let log = LogEvery::default();
-        for _ in 0..10 {
-            log.failure(&RedisError::Timeout);
-        }
-        assert_eq!(log.skipped.load(Ordering::Relaxed), 9);
-        log.last_ms.store(1, Ordering::Relaxed);
-        std::thread::sleep(LOG_EVERY + Duration::from_millis(5));
-        log.failure(&RedisError::Timeout);
-        assert_eq!(
-            log.skipped.load(Ordering::Relaxed),
-            0,
-            "logged, with the 9 before"
-        );
     }
 
     #[test]

@@ -272,7 +272,6 @@ impl Runtime {
         };
         let pools = upstreams::compile(&cfg, metrics, previous.map(|p| &p.pools), &mut errs);
         let tls = crate::tls::compile(&cfg.listeners, &mut errs);
-        let mut auth = AuthState::compile(&cfg, &mut errs);
         // Signatures seen before a reload stay seen: a reload must not reopen the replay
         // window. With `redis:`, Redis decides for every instance; this instance's own
         // memory short-cuts known replays and stands in when Redis cannot answer.
@@ -280,13 +279,14 @@ impl Runtime {
             Some(prev) => Arc::clone(&prev.local_replay),
             None => Arc::default(),
         };
+        let mut auth = AuthState::compile(&cfg, &local_replay, &mut errs);
         let redis = redis_client(&cfg, metrics, previous, &mut errs);
         let mut admin_warnings = ConfigErrors::default();
         let admin = crate::admin::Access::compile(&cfg, &mut errs, &mut admin_warnings);
         auth.replay = match &redis {
             Some(r) => Arc::new(crate::auth::replay::RedisReplay::new(
                 Arc::clone(r),
-                Arc::clone(&local_replay),
+                &metrics.replay_fallback,
             )),
             None => Arc::clone(&local_replay) as Arc<dyn crate::auth::replay::ReplayGuard>,
         };

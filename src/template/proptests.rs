@@ -106,6 +106,7 @@ fn case() -> impl Strategy<Value = Case> {
             claims.insert("c".into(), claim.clone());
             let id = Identity {
                 consumer_id: Arc::from(id),
+                consumer_header: http::HeaderValue::from_static("x"),
                 tier: tier.map(Arc::from),
                 method: "jwt",
                 claims: Some(Arc::new(claims)),

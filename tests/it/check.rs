@@ -378,6 +378,11 @@ fn rejected_cases() -> Vec<Case> {
             ],
         ),
         case(
+            "durations over a year (they used to overflow where they were used)",
+            "upstreams:\n  u:\n    targets: [\"127.0.0.1:1\"]\n    outlier: { consecutive_failures: 5, eject_for: 300000000d }\n",
+            &["upstreams.u.outlier.eject_for: duration is too large: at most 365d"],
+        ),
+        case(
             "bad size",
             "server:\n  limits: { max_body: 10XB }\nroutes:\n  - name: a\n    respond: {}\n    max_body: 1.5MiB\n",
             &[
@@ -620,6 +625,24 @@ fn rejected_cases() -> Vec<Case> {
             &[
                 "routes[0].plugins[0].auth.hmac.enforce_headers[1]: `x y` is not a header name (or request-line)",
                 "routes[0].plugins[0].auth.hmac.replay_capacity: must be at least 1",
+            ],
+        ),
+        case(
+            "HMAC: a clock skew and a replay window out of bounds",
+            "routes:\n  - name: a\n    respond: {}\n    plugins:\n      - auth: { methods: [hmac], hmac: { clock_skew: 2h, replay_window: 61m } }\n  - name: b\n    respond: {}\n    plugins:\n      - auth: { methods: [hmac], hmac: { clock_skew: 0s } }\n",
+            &[
+                "routes[0].plugins[0].auth.hmac.clock_skew: must be between 1s and 1h",
+                "routes[0].plugins[0].auth.hmac.replay_window: must be at most 1h (0s turns replay protection off)",
+                "routes[1].plugins[0].auth.hmac.clock_skew: must be between 1s and 1h",
+            ],
+        ),
+        case(
+            "consumers: an id that cannot be X-Consumer-ID, jwt_providers that cannot name it",
+            "consumers:\n  - id: \"a\\u0001b\"\n    jwt_providers: [nope, corp, partner]\njwt_providers:\n  corp:\n    jwks_url: http://127.0.0.1:1/certs\n    algorithms: [RS256]\n  partner:\n    jwks_url: http://127.0.0.1:1/certs\n    algorithms: [RS256]\n    consumer_map: consumers\n",
+            &[
+                "consumers[0].id: \"a\\u{1}b\" holds a control character: it could not be sent as X-Consumer-ID",
+                "consumers[0].jwt_providers[0]: unknown jwt provider `nope`",
+                "consumers[0].jwt_providers[1]: jwt provider `corp` does not set consumer_map: consumers (its tokens' consumers are `corp:VALUE`, never this one)",
             ],
         ),
         case(

@@ -180,7 +180,7 @@ fn signed(path: &str, date: &str, n: usize) -> String {
     let signing = format!("date: {date}\nGET {path} HTTP/1.1\nhost: localhost");
     let mac = moat::auth::hmac::compute(
         moat::auth::hmac::HmacAlg::Sha256,
-        b"cluster-secret",
+        format!("cluster-secret-{n}").as_bytes(),
         signing.as_bytes(),
     )
     .unwrap();
@@ -196,11 +196,11 @@ fn hmac_replays_are_refused_across_instances_through_the_cluster() {
     let cluster = RedisCluster::start();
     let up = Upstream::start("app");
     let seeds: Vec<String> = cluster.urls().iter().map(|s| format!("\"{s}\"")).collect();
-    // Replay memory is one sorted set per consumer: several consumers, so the sets land
-    // on several masters.
+    // Replay memory is one sorted set per credential (per secret): several credentials,
+    // so the sets land on several masters.
     let consumers: String = (0..6)
         .map(|n| {
-            format!("  - id: acme{n}\n    hmac: [{{ key_id: svc{n}, secret_env: MOAT_IT_CLUSTER_REPLAY }}]\n")
+            format!("  - id: acme{n}\n    hmac: [{{ key_id: svc{n}, secret_env: MOAT_IT_CLUSTER_REPLAY_{n} }}]\n")
         })
         .collect();
     let body = format!(
@@ -208,11 +208,22 @@ fn hmac_replays_are_refused_across_instances_through_the_cluster() {
         seeds.join(", "),
         up.address()
     );
-    let env = [("MOAT_IT_CLUSTER_REPLAY", "cluster-secret")];
+    let secrets: Vec<(String, String)> = (0..6)
+        .map(|n| {
+            (
+                format!("MOAT_IT_CLUSTER_REPLAY_{n}"),
+                format!("cluster-secret-{n}"),
+            )
+        })
+        .collect();
+    let env: Vec<(&str, &str)> = secrets
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let a = Moat::start_with(&body, &[], &env);
     let b = Moat::start_with(&body, &[], &env);
     let date = moat::auth::dates::format_http_date(moat::auth::dates::now_secs());
-    // Several consumers' signatures, so their replay sets land on several masters.
+    // Several credentials' signatures, so their replay sets land on several masters.
     for n in 0..6 {
         let path = format!("/api/{n}");
         let auth = signed(&path, &date, n);
