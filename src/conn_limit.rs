@@ -33,7 +33,7 @@ use std::time::Instant;
 
 pub mod accept;
 
-pub use accept::{service, ConnLimit};
+pub use accept::{handed_over, service, ConnLimit};
 
 const SHARDS: usize = 64;
 

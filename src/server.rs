@@ -249,7 +249,14 @@ pub fn run(
         app.server_options = Some(options);
         let policy = crate::slowloris::Policy::new(header_timeout, &metrics, &drain);
         let app = crate::slowloris::HeadTimeout::new(app, policy);
-        crate::conn_limit::service(name, app, conn_limiter.clone(), header_timeout, &metrics)
+        crate::conn_limit::service(
+            name,
+            app,
+            conn_limiter.clone(),
+            header_timeout,
+            &drain,
+            &metrics,
+        )
     };
     let mut proxy = proxy_service("moat", false);
     let mut h2c_listeners = Vec::new();

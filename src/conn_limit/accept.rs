@@ -1,5 +1,5 @@
-//! Where connections meet the [`Limiter`] in a listening service, and the bound on a TLS
-//! client's first flight.
+//! Where connections meet the [`Limiter`] and the drain in a listening service, before
+//! moat's connection wrapper has them, and the bound on a TLS client's first flight.
 //!
 //! - [`Filter`], Pingora's connection filter, runs at `accept()`: a connection from an
 //!   address (or in a process) already at its limit is closed there. It only reads the
@@ -16,42 +16,58 @@
 //!   connection's slot is thus given back exactly when its socket is closed, wherever the
 //!   stream went (Pingora's HTTP/1 loop, an HTTP/2 connection, a WebSocket relay, a failed
 //!   or timed-out handshake), at the cost of one small allocation per connection.
+//! - A TLS connection is counted in the process's drain ([`crate::drain`]) from the same
+//!   moment, with the same ride: a graceful shutdown does not end while a connection
+//!   accepted before the listeners stopped is still in its handshake (a client whose
+//!   ClientHello was lost and is sent again a second later, a slow mobile network). Once
+//!   the handshake is over, moat's connection wrapper counts the connection itself and
+//!   calls [`handed_over`], which drops the socket's count; a handshake that fails drops
+//!   it with the socket. On a plain listener nothing is read before the wrapper has the
+//!   connection: it counts it from there.
 //! - [`BeforeTls`] also bounds the wait for a TLS client's first record (its ClientHello)
 //!   to `server.limits.header_timeout`: without it, a connection that never sends one
-//!   would hold its socket (and its slot) for the 60 s Pingora allows a whole handshake.
-//!   The rest of the handshake keeps Pingora's 60 s bound.
+//!   would hold its socket (and its slot, and a drain) for the 60 s Pingora allows a
+//!   whole handshake. The wait also ends when the drain reaches its end
+//!   (`shutdown_timeout` over), as a plain connection still waiting for its first request
+//!   does. The rest of the handshake keeps Pingora's 60 s bound.
 
 use super::{Limiter, Slot};
+use crate::drain::{Drain, Stage, Tracked};
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::listeners::{ConnectionFilter, Listeners, PreTlsProcess};
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::{GetSocketDigest, Stream};
+use pingora_core::protocols::tls::SslStream;
+use pingora_core::protocols::{GetSocketDigest, Stream, UniqueID};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::listening::Service;
 use pingora_core::upstreams::peer::{Tracer, Tracing};
 use pingora_error::{Error, ErrorType};
 use prometheus::IntCounter;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 /// A listening service named `name` running `app`, its connections held to `limiter`
-/// when there is one, a TLS client's first record awaited for `hello_within` at most.
-/// Add its listeners with `add_tcp` / `add_tls_with_settings` as usual.
+/// when there is one, a TLS client's first record awaited for `hello_within` at most, and
+/// TLS connections counted in `drain` from before their handshake. Add its listeners with
+/// `add_tcp` / `add_tls_with_settings` as usual.
 pub fn service<A>(
     name: &str,
     app: A,
     limiter: Option<Arc<Limiter>>,
     hello_within: Duration,
+    drain: &Arc<Drain>,
     metrics: &Metrics,
 ) -> Service<ConnLimit<A>> {
     let mut listeners = Listeners::new();
     listeners.set_pre_tls_callback(Arc::new(BeforeTls {
         limiter: limiter.clone(),
         hello_within,
+        drain: Arc::clone(drain),
         timeouts: metrics.header_timeouts.with_label_values(&["tls_hello"]),
     }));
     let filter = limiter.clone().map(Filter);
@@ -63,19 +79,51 @@ pub fn service<A>(
     svc
 }
 
-/// A slot riding on an L4 stream (see the module docs). A copy holds no slot: the place
-/// belongs to the one connection.
+/// What rides on a downstream L4 stream (see the module docs): the connection's slot, and
+/// on a TLS listener its count in the drain until [`handed_over`]. A copy holds neither:
+/// both belong to the one connection.
 #[derive(Debug)]
 struct Held {
     _slot: Option<Slot>,
+    /// Taken (and dropped) once moat's wrapper counts the connection.
+    accepted: Mutex<Option<Tracked>>,
+}
+
+impl Held {
+    fn boxed(slot: Option<Slot>, accepted: Option<Tracked>) -> Tracer {
+        Tracer(Box::new(Held {
+            _slot: slot,
+            accepted: Mutex::new(accepted),
+        }))
+    }
 }
 
 impl Tracing for Held {
-    fn on_connected(&self) {}
+    /// Called by [`handed_over`] (Pingora calls it for upstream connections only): the
+    /// connection is established and counted by moat's wrapper, the socket no longer
+    /// counts it.
+    fn on_connected(&self) {
+        let accepted = self
+            .accepted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(accepted);
+    }
     fn on_disconnected(&self) {}
     fn boxed_clone(&self) -> Box<dyn Tracing> {
-        Box::new(Held { _slot: None })
+        Box::new(Held {
+            _slot: None,
+            accepted: Mutex::new(None),
+        })
     }
+}
+
+/// The client address of `stream`, if known.
+fn peer(stream: &L4Stream) -> Option<IpAddr> {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
 }
 
 /// Take a slot for `stream` and hang it on the stream, unless it holds one already.
@@ -84,23 +132,39 @@ fn hold(limiter: &Arc<Limiter>, stream: &mut L4Stream) -> bool {
     if stream.tracer.is_some() {
         return true;
     }
-    let peer = stream
-        .get_socket_digest()
-        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-    match limiter.acquire(peer) {
+    match limiter.acquire(peer(stream)) {
         Ok(slot) => {
-            stream.tracer = Some(Tracer(Box::new(Held { _slot: Some(slot) })));
+            stream.tracer = Some(Held::boxed(Some(slot), None));
             true
         }
         Err(_) => false,
     }
 }
 
-/// What a TLS listener does between accept and handshake: take the connection's slot,
-/// then wait (bounded) for the client's first record.
+/// The TLS connection on `stream` has been handed to moat's wrapper, which counts it in
+/// the drain from now on: its socket's count (see the module docs) goes. Call it once the
+/// wrapper counts the connection, so that the drain's count never passes through 0 in
+/// between. Nothing for any other stream.
+pub fn handed_over(stream: &Stream) {
+    if let Some(tls) = stream.as_any().downcast_ref::<SslStream<L4Stream>>() {
+        release(tls.get_ref());
+    }
+}
+
+/// Drop the drain count riding on `l4`, if any (its slot stays).
+fn release(l4: &L4Stream) {
+    if let Some(t) = &l4.tracer {
+        t.0.on_connected();
+    }
+}
+
+/// What a TLS listener does between accept and handshake: count the connection in the
+/// drain, take its slot, then wait (bounded) for the client's first record; both then
+/// ride on the stream.
 struct BeforeTls {
     limiter: Option<Arc<Limiter>>,
     hello_within: Duration,
+    drain: Arc<Drain>,
     /// `moat_header_timeouts_total{kind="tls_hello"}`.
     timeouts: IntCounter,
 }
@@ -108,24 +172,49 @@ struct BeforeTls {
 #[async_trait]
 impl PreTlsProcess for BeforeTls {
     async fn process(&self, stream: &mut L4Stream) -> pingora_error::Result<()> {
-        if let Some(l) = &self.limiter {
-            if !hold(l, stream) {
-                return Error::e_explain(
+        // The connection's task has just started: counted from here (see the module docs).
+        let mut accepted = self.drain.track(stream.id().unsigned_abs() as usize);
+        let slot = match &self.limiter {
+            None => None,
+            Some(l) => match l.acquire(peer(stream)) {
+                Ok(slot) => Some(slot),
+                Err(_) => return Error::e_explain(
                     ErrorType::Custom("connection limit"),
                     "closed before the TLS handshake: a server.limits connection limit is reached",
-                );
+                ),
+            },
+        };
+        let hello = {
+            // Woken when the drain moves on; over once it ends.
+            let ending = std::future::poll_fn(|cx| match accepted.park(cx.waker()) {
+                Stage::Ending => Poll::Ready(()),
+                _ => Poll::Pending,
+            });
+            tokio::select! {
+                biased;
+                hello = tokio::time::timeout(self.hello_within, first_record(stream)) => Some(hello),
+                () = ending => None,
             }
-        }
-        match tokio::time::timeout(self.hello_within, first_record(stream)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Error::e_because(ErrorType::ReadError, "reading the ClientHello", e),
-            Err(_) => {
+        };
+        match hello {
+            Some(Ok(Ok(()))) => {
+                stream.tracer = Some(Held::boxed(slot, Some(accepted)));
+                Ok(())
+            }
+            Some(Ok(Err(e))) => {
+                Error::e_because(ErrorType::ReadError, "reading the ClientHello", e)
+            }
+            Some(Err(_)) => {
                 self.timeouts.inc();
                 Error::e_explain(
                     ErrorType::ReadTimedout,
                     "no TLS ClientHello within server.limits.header_timeout",
                 )
             }
+            None => Error::e_explain(
+                ErrorType::ConnectionClosed,
+                "no TLS ClientHello before server.shutdown_timeout was over",
+            ),
         }
     }
 }
@@ -255,12 +344,128 @@ mod tests {
         assert!(hold(&l, &mut b));
     }
 
+    fn before_tls(limiter: Option<Arc<Limiter>>, hello_within: Duration) -> BeforeTls {
+        BeforeTls {
+            limiter,
+            hello_within,
+            drain: Drain::new(),
+            timeouts: Metrics::new()
+                .unwrap()
+                .header_timeouts
+                .with_label_values(&["tls_hello"]),
+        }
+    }
+
+    /// A ClientHello-shaped record of 10 bytes.
+    fn hello_record() -> Vec<u8> {
+        let mut record = vec![22, 3, 1, 0, 10];
+        record.extend_from_slice(b"0123456789");
+        record
+    }
+
+    #[tokio::test]
+    async fn a_tls_connection_counts_in_the_drain_from_accept_until_handed_over_or_closed() {
+        use tokio::io::AsyncWriteExt;
+        for limits in [None, Some(limiter("max_connections: 5"))] {
+            let hook = before_tls(limits.clone(), Duration::from_secs(5));
+            let open = || limits.as_ref().map_or(0, |l| l.open());
+            // Handed over after its handshake: the socket's count goes, its slot stays.
+            let (mut s, mut c) = pair().await;
+            c.write_all(&hello_record()).await.unwrap();
+            hook.process(&mut s).await.unwrap();
+            assert_eq!(hook.drain.live(), 1);
+            release(&s);
+            assert_eq!(hook.drain.live(), 0);
+            release(&s);
+            assert_eq!(hook.drain.live(), 0, "released once");
+            assert_eq!(open(), usize::from(limits.is_some()));
+            drop(s);
+            assert_eq!(open(), 0);
+            // Its handshake failed: both go with the socket.
+            let (mut s, mut c) = pair().await;
+            c.write_all(&hello_record()).await.unwrap();
+            hook.process(&mut s).await.unwrap();
+            drop(s.tracer.clone());
+            assert_eq!(
+                (hook.drain.live(), open()),
+                (1, usize::from(limits.is_some()))
+            );
+            drop(s);
+            assert_eq!((hook.drain.live(), open()), (0, 0));
+            // Counted while it waits for its ClientHello, which comes late.
+            let (mut s, mut c) = pair().await;
+            let drain = Arc::clone(&hook.drain);
+            let late = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                assert_eq!(drain.live(), 1, "counted while waiting");
+                drain.stop_accepting();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                c.write_all(&hello_record()).await.unwrap();
+                c
+            });
+            hook.process(&mut s).await.expect("read after the stop");
+            drop(late.await.unwrap());
+            drop(s);
+            assert_eq!(hook.drain.live(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn handing_a_tls_stream_over_drops_the_count_its_socket_held() {
+        use pingora_core::tls::ssl::{Ssl, SslContext, SslMethod};
+        use tokio::io::AsyncWriteExt;
+        let hook = before_tls(None, Duration::from_secs(5));
+        let (mut s, mut c) = pair().await;
+        c.write_all(&hello_record()).await.unwrap();
+        hook.process(&mut s).await.unwrap();
+        // What Pingora hands the application after the handshake (not needed here).
+        let ctx = SslContext::builder(SslMethod::tls()).unwrap().build();
+        let tls: Stream = Box::new(SslStream::new(Ssl::new(&ctx).unwrap(), s).unwrap());
+        assert_eq!(hook.drain.live(), 1);
+        handed_over(&tls);
+        assert_eq!(hook.drain.live(), 0);
+        // A plain stream carries no count.
+        let l = limiter("max_connections: 5");
+        let (mut s, _c) = pair().await;
+        assert!(hold(&l, &mut s));
+        handed_over(&(Box::new(s) as Stream));
+        assert_eq!(l.open(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_wait_for_a_client_hello_ends_at_its_timeout_or_at_the_end_of_the_drain() {
+        let l = limiter("max_connections: 5");
+        let hook = before_tls(Some(Arc::clone(&l)), Duration::from_millis(200));
+        let (mut s, _c) = pair().await;
+        let started = tokio::time::Instant::now();
+        assert!(hook.process(&mut s).await.is_err());
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert_eq!(hook.timeouts.get(), 1);
+        assert_eq!((hook.drain.live(), l.open()), (0, 0), "nothing rides on it");
+        assert!(s.tracer.is_none());
+
+        let hook = before_tls(Some(Arc::clone(&l)), Duration::from_secs(30));
+        let (mut s, _c) = pair().await;
+        let drain = Arc::clone(&hook.drain);
+        let ender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drain.stop_accepting();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(drain.live(), 1, "still waiting once the listeners stopped");
+            drain.end();
+        });
+        let waited = tokio::time::timeout(Duration::from_secs(5), hook.process(&mut s));
+        assert!(waited.await.expect("ended with the drain").is_err());
+        ender.await.unwrap();
+        assert_eq!((hook.drain.live(), l.open()), (0, 0));
+        assert_eq!(hook.timeouts.get(), 0, "not a timeout");
+    }
+
     #[tokio::test]
     async fn the_first_record_is_awaited_whole_then_read_again() {
         use tokio::io::AsyncWriteExt;
-        // A ClientHello-shaped record of 10 bytes, then what follows it.
-        let mut record = vec![22, 3, 1, 0, 10];
-        record.extend_from_slice(b"0123456789");
+        // A ClientHello-shaped record, then what follows it.
+        let record = hello_record();
         let (mut s, mut c) = pair().await;
         c.write_all(&record[..9]).await.unwrap();
         let wait = tokio::time::timeout(Duration::from_millis(200), first_record(&mut s));

@@ -19,11 +19,15 @@
 //!    before): what is still open ends: relayed WebSockets get a close frame (1001
 //!    "going away") at a frame boundary, a request still reading from its client or
 //!    streaming a response is cut between two writes (a chunked response ends after a
-//!    whole chunk), a connection still waiting for a head is closed.
+//!    whole chunk), a connection still waiting for a head (or a TLS ClientHello) is
+//!    closed.
 //!
 //! Connections and relays hold a [`Tracked`]: it counts them (the process exits once none
 //! is left) and registers the task to wake when the stage changes, so that idle
-//! connections, waiting on a socket that will never speak, see it at once.
+//! connections, waiting on a socket that will never speak, see it at once. A connection
+//! holds one from its accept: a TLS connection's rides on its socket through its
+//! handshake (`conn_limit::accept`) until moat's connection wrapper (`slowloris`) takes
+//! over the count.
 //!
 //! HTTP/2 connections are told at `Draining` ([`Drain::draining_watch`], which the
 //! connection wrapper gives Pingora's HTTP sessions as their shutdown signal): a graceful

@@ -9,12 +9,16 @@
 //! 2. `grace_period` after the signal (and not before the offer is over):
 //!    [`Drain::stop_accepting`]. The old listeners close in this process (a new process
 //!    holding the sockets goes on accepting); connections already accepted are served.
-//! 3. As soon as no connection is left (checked from [`SETTLE`] after the stop, so that
-//!    a connection accepted last and not yet handed to moat is not missed; one whose TLS
-//!    handshake takes longer still is), or else when `shutdown_timeout` has passed since
-//!    the stop:
-//!    [`Drain::end`] ends what is left, and the process waits at most [`LINGER`] more for
-//!    the WebSocket close handshakes and the connections being cut.
+//! 3. As soon as no connection is left, the sequence is over. A connection counts from
+//!    its task's first step: on a TLS listener before its handshake
+//!    (`conn_limit::accept`), so that one whose ClientHello comes late is waited for (at
+//!    most `header_timeout` after its accept if it never comes); on a plain one when
+//!    moat's wrapper gets it, with nothing read before. "No connection left" is checked
+//!    from [`SETTLE`] after the stop, so that a connection accepted at the last moment
+//!    whose task has not started yet is not missed. Otherwise, once `shutdown_timeout`
+//!    has passed since the stop, [`Drain::end`] ends what is left, and the process waits
+//!    at most [`LINGER`] more for the WebSocket close handshakes and the connections
+//!    being cut.
 //! 4. The sequence returns and Pingora stops the runtimes, giving their tasks at most
 //!    1 s (moat sets Pingora's own grace period to 0: this sequence replaces it).
 //!
@@ -33,7 +37,8 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
 /// Default `server.shutdown_timeout`: how long what is in flight gets once the instance
 /// stopped accepting.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Once the listeners stopped, how long before "no connection left" ends the drain.
+/// Once the listeners stopped, how long before "no connection left" ends the drain: the
+/// time a connection accepted last has for its task to start (and be counted).
 pub const SETTLE: Duration = Duration::from_secs(1);
 /// After [`Drain::end`], how long the WebSocket close handshakes (and connections being
 /// cut) get before the process stops.

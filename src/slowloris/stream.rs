@@ -22,18 +22,21 @@
 //!   moat's proxy turns on), and any disagreement between the scanner
 //!   and Pingora's parser.
 //!
-//! - It counts the connection in the process's drain ([`crate::drain`]) and, whenever a
-//!   read has to wait, registers the task to wake when the drain moves on: once the
-//!   listeners stopped (`Closing`), a connection waiting between requests with no byte
-//!   of a next one ends (the stream ends, and Pingora closes it quietly) once it has
-//!   been idle for [`crate::drain::QUIET`] (a next request arriving before that is read
-//!   as usual); once `shutdown_timeout` is over (`Ending`), any read that has to wait fails with
+//! - It counts the connection in the process's drain ([`crate::drain`]; a TLS
+//!   connection, counted by its socket since its accept, is then no longer counted
+//!   there, see [`crate::conn_limit::handed_over`]) and, whenever a read has to wait,
+//!   registers the task to wake when the drain moves on: once the listeners stopped
+//!   (`Closing`), a connection waiting between requests with no byte of a next one ends
+//!   (the stream ends, and Pingora closes it quietly) once it has been idle for
+//!   [`crate::drain::QUIET`] (a next request arriving before that is read as usual);
+//!   once `shutdown_timeout` is over (`Ending`), any read that has to wait fails with
 //!   `ConnectionAborted` (the stream simply ends if no byte of a head was sent), which
 //!   Pingora takes as the client gone: the request ends between two writes. A
-//!   connection waiting for its first head (an h2c one peeking at its preface included),
-//!   or with a head or body arriving, is read as usual until then. While draining, a
-//!   connection Pingora shuts down after an answer first reads and drops what its client
-//!   still sends, for up to a second (`drain::LINGERING_CLOSE`, see `poll_shutdown`).
+//!   connection waiting for its first head (an h2c one peeking at its preface
+//!   included), or with a head or body arriving, is read as usual until then. While
+//!   draining, a connection Pingora shuts down after an answer first reads and drops
+//!   what its client still sends, for up to a second (`drain::LINGERING_CLOSE`, see
+//!   `poll_shutdown`).
 //!
 //! It also follows the connection's message framing ([`Framing`]) so that chunked request
 //! bodies are validated on the bytes read: a malformed one found among bytes read with
@@ -140,13 +143,17 @@ impl HeadDeadline {
         // Connections open at once have different descriptors: they spread the drain's
         // waker registry.
         let hint = inner.id().unsigned_abs() as usize;
+        let tracked = Tracked::new(policy, hint);
+        // Counted here from now on: a TLS connection, counted by its socket since before
+        // its handshake, stops being counted there (after this count, never to 0 between).
+        crate::conn_limit::handed_over(&inner);
         HeadDeadline {
             inner,
             phase: Phase::Head,
             scan: HeadScan::default(),
             head_bytes: 0,
-            deadline: Instant::now() + policy.limit,
-            tracked: Tracked::new(policy, hint),
+            deadline: Instant::now() + tracked.holder().limit,
+            tracked,
             shut: Shut::Open,
             sleep: None,
             idle_since: Instant::now(),

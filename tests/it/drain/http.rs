@@ -3,59 +3,15 @@
 //! without its answer reaching the client, idle keep-alive connections are closed only
 //! between requests, and connections accepted before the listeners stopped are answered.
 
-use super::{connect, read_response, Clients, Failure, Kind, Tally};
+use super::{
+    assert_nothing_lost, assert_stopped_uncut, connect, read_response, received, route, Clients,
+    Failure, Kind,
+};
 use crate::harness::{wait_until, Behavior, Moat, Upstream};
-use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// One route to `up` for everything.
-fn route(up: &Upstream) -> String {
-    format!(
-        "upstreams:\n  app: {{ targets: [\"{}\"] }}\nroutes:\n  - name: r\n    match: {{ path_prefix: / }}\n    upstream: app\n",
-        up.address()
-    )
-}
-
-/// The requests `up` received, by id (the path without its `/`).
-fn received(up: &Upstream) -> HashMap<String, usize> {
-    let mut seen = HashMap::new();
-    for r in up.traffic() {
-        *seen
-            .entry(r.target.trim_start_matches('/').to_string())
-            .or_insert(0) += 1;
-    }
-    seen
-}
-
-/// No failure, and exactly the requests answered reached the upstream, once each.
-fn assert_nothing_lost(tally: &Tally, up: &Upstream) {
-    assert!(
-        tally.failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        tally.failures.len(),
-        tally.failures.len() + tally.answered.len(),
-        &tally.failures[..tally.failures.len().min(10)]
-    );
-    let seen = received(up);
-    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "received more than once: {twice:?}");
-    let unanswered: Vec<_> = seen
-        .keys()
-        .filter(|id| !tally.answered.contains(id))
-        .collect();
-    assert!(
-        unanswered.is_empty(),
-        "reached the upstream, answer lost: {unanswered:?}"
-    );
-    assert_eq!(
-        seen.len(),
-        tally.answered.len(),
-        "answered without the upstream"
-    );
-}
 
 /// A keep-alive connection that made one request and then sends nothing: when does the
 /// server close it, and how.
@@ -158,20 +114,6 @@ fn three_upgrades_in_a_row_lose_no_request_of_any_client() {
     tally.answered.push("idle-after".into());
     assert_nothing_lost(&tally, &up);
     assert_stopped_uncut(old);
-}
-
-/// Each of the `old` processes stopped accepting, then exited by itself, with nothing cut.
-fn assert_stopped_uncut(old: Vec<Moat>) {
-    for mut o in old {
-        assert!(
-            wait_until(Duration::from_secs(10), || o.exited()),
-            "old moat still running:\n{}",
-            o.logs()
-        );
-        let logs = o.logs();
-        assert!(logs.contains("stopped accepting"), "{logs}");
-        assert!(!logs.contains("still open"), "nothing was cut: {logs}");
-    }
 }
 
 /// Send `raw` on a new connection in a thread; returns the answers read until the

@@ -1,13 +1,15 @@
 //! Graceful upgrades and drains that lose nothing (issue 15), through the real binary:
 //! `http`: every kind of HTTP/1.1 client across upgrades and a drain without a new
-//! process; `streams`: WebSockets and a server-sent event stream across an upgrade.
+//! process; `streams`: WebSockets and a server-sent event stream across an upgrade;
+//! `tls`: TLS clients, connections whose handshake comes after the listeners stopped.
 //!
 //! This file: raw-socket clients that count every failure by kind. Each request carries
 //! an id in its path, so a test can check that no request reached the upstream without
 //! its answer reaching the client.
 
 use crate::harness::client::parse_one;
-use crate::harness::Response;
+use crate::harness::{wait_until, Moat, Response, Upstream};
+use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +19,7 @@ use std::time::Duration;
 
 mod http;
 mod streams;
+mod tls;
 
 /// How a request failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +36,8 @@ pub enum Failure {
     Status(u16),
     /// No answer within the client's read timeout.
     Timeout,
+    /// The TLS handshake failed.
+    Handshake(String),
 }
 
 /// What one client thread saw.
@@ -99,14 +104,28 @@ pub struct Clients {
 impl Clients {
     /// Start one thread per entry of `kinds`.
     pub fn start(port: u16, prefix: &str, kinds: &[Kind]) -> Clients {
+        Self::spawn(
+            prefix,
+            kinds
+                .iter()
+                .map(|&kind| move |tag: &str, stop: &AtomicBool| run(port, tag, kind, stop)),
+        )
+    }
+
+    /// Start one thread per client of `each`, called with its tag (`{prefix}{i}`, which
+    /// starts its requests' ids) and the flag that tells it to stop.
+    pub fn spawn<F>(prefix: &str, each: impl IntoIterator<Item = F>) -> Clients
+    where
+        F: FnOnce(&str, &AtomicBool) -> Tally + Send + 'static,
+    {
         let stop = Arc::new(AtomicBool::new(false));
-        let threads = kinds
-            .iter()
+        let threads = each
+            .into_iter()
             .enumerate()
-            .map(|(i, kind)| {
-                let (stop, kind) = (Arc::clone(&stop), *kind);
+            .map(|(i, client)| {
+                let stop = Arc::clone(&stop);
                 let tag = format!("{prefix}{i}");
-                std::thread::spawn(move || run(port, &tag, kind, &stop))
+                std::thread::spawn(move || client(&tag, &stop))
             })
             .collect();
         Clients { stop, threads }
@@ -138,7 +157,7 @@ pub fn connect(port: u16) -> Result<TcpStream, Failure> {
 
 /// Read the next response from `s` (bytes already read in `buf`, which keeps what
 /// follows it).
-pub fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Response, Failure> {
+pub fn read_response(s: &mut impl Read, buf: &mut Vec<u8>) -> Result<Response, Failure> {
     loop {
         if let Some((r, used)) = parse_one(buf) {
             // A body delimited by the close would parse early: only when closed.
@@ -292,4 +311,64 @@ fn run(port: u16, tag: &str, kind: Kind, stop: &AtomicBool) -> Tally {
     // Requests left to send again when stopped were answered by nobody and sent by
     // nobody: not failures.
     t
+}
+
+/// One route to `up` for everything.
+fn route(up: &Upstream) -> String {
+    format!(
+        "upstreams:\n  app: {{ targets: [\"{}\"] }}\nroutes:\n  - name: r\n    match: {{ path_prefix: / }}\n    upstream: app\n",
+        up.address()
+    )
+}
+
+/// The requests `up` received, by id (the path without its `/`).
+fn received(up: &Upstream) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for r in up.traffic() {
+        *seen
+            .entry(r.target.trim_start_matches('/').to_string())
+            .or_insert(0) += 1;
+    }
+    seen
+}
+
+/// No failure, and exactly the requests answered reached the upstream, once each.
+fn assert_nothing_lost(tally: &Tally, up: &Upstream) {
+    assert!(
+        tally.failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        tally.failures.len(),
+        tally.failures.len() + tally.answered.len(),
+        &tally.failures[..tally.failures.len().min(10)]
+    );
+    let seen = received(up);
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "received more than once: {twice:?}");
+    let unanswered: Vec<_> = seen
+        .keys()
+        .filter(|id| !tally.answered.contains(id))
+        .collect();
+    assert!(
+        unanswered.is_empty(),
+        "reached the upstream, answer lost: {unanswered:?}"
+    );
+    assert_eq!(
+        seen.len(),
+        tally.answered.len(),
+        "answered without the upstream"
+    );
+}
+
+/// Each of the `old` processes stopped accepting, then exited by itself, with nothing cut.
+fn assert_stopped_uncut(old: Vec<Moat>) {
+    for mut o in old {
+        assert!(
+            wait_until(Duration::from_secs(10), || o.exited()),
+            "old moat still running:\n{}",
+            o.logs()
+        );
+        let logs = o.logs();
+        assert!(logs.contains("stopped accepting"), "{logs}");
+        assert!(!logs.contains("still open"), "nothing was cut: {logs}");
+    }
 }

@@ -82,10 +82,28 @@ impl Moat {
     /// (what upgrade and drain tests vary), one listener and an admin listener; `body` is
     /// the rest of the config.
     pub fn start_timed(grace: &str, shutdown: &str, body: &str) -> Moat {
+        Self::start_timed_with(grace, shutdown, "", "", body)
+    }
+
+    /// As [`Moat::start_timed`], with `limits` as `server.limits` (`header_timeout: 3s`;
+    /// empty: none) and `listener` added to the listener (its `tls:` block, indented by
+    /// four spaces; empty: a plain listener).
+    pub fn start_timed_with(
+        grace: &str,
+        shutdown: &str,
+        limits: &str,
+        listener: &str,
+        body: &str,
+    ) -> Moat {
         let dir = temp_dir("timed");
         let (port, admin) = (free_port(), free_port());
+        let limits = if limits.is_empty() {
+            String::new()
+        } else {
+            format!("  limits: {{ {limits} }}\n")
+        };
         let text = format!(
-            "server:\n  threads: 2\n  pid_file: {d}/moat.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: {grace}\n  shutdown_timeout: {shutdown}\nlisteners:\n  - name: public\n    address: 127.0.0.1:{port}\nadmin:\n  address: 127.0.0.1:{admin}\n{body}",
+            "server:\n  threads: 2\n  pid_file: {d}/moat.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: {grace}\n  shutdown_timeout: {shutdown}\n{limits}listeners:\n  - name: public\n    address: 127.0.0.1:{port}\n{listener}admin:\n  address: 127.0.0.1:{admin}\n{body}",
             d = dir.display()
         );
         Self::start_raw(&text, port, admin, dir, &[])
