@@ -8,7 +8,7 @@
 #   --latency        fixed-rate mode: oha -q R (with latency correction) against the upstream
 #                    directly, the bare/nginx variants needed and each scenario; prints
 #                    p50/p99/p99.9 and what each adds over the upstream direct
-#                    (loadtest/latency.sh: this mode, scenario "full", 1 round of 10 s)
+#                    (loadtest/latency.sh: this mode, scenario "full", 5 rounds of 10 s)
 #   --no-keepalive   a new connection for every request (oha --disable-keepalive; h2 rows
 #                    keep theirs, oha has no such mode for HTTP/2): what accepting and
 #                    closing a connection costs each proxy
@@ -40,7 +40,7 @@ while [[ $# -gt 0 ]]; do
         *) usage ;;
     esac
 done
-if [[ $MODE == latency ]]; then ROUNDS=${ROUNDS:-1} DURATION=${DURATION:-10s}; fi
+if [[ $MODE == latency ]]; then ROUNDS=${ROUNDS:-5} DURATION=${DURATION:-10s}; fi
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-10s}
 if [[ ${#SCENARIOS[@]} -eq 0 ]]; then  # all: the bundled ones in this order, then any others
     SCENARIOS=(plain limit-local limit-fast limit-exact jwt apikey hmac full cluster-fast cluster-exact tls h2)
@@ -282,7 +282,7 @@ echo "upstream: $UPSTREAM_KIND on CPU $LT_LOAD_CPU; proxies on CPU $LT_PROXY_CPU
 [[ $KEEPALIVE == 0 ]] && echo "a new connection for every request (oha --disable-keepalive; h2 rows excepted)"
 if [[ $MODE == latency ]]; then
     echo "fixed rate: oha -q $RATE --latency-correction; $ROUNDS round(s) x $DURATION, alternating; percentiles = median of rounds"
-    echo "+p50/+p99/+p99.9 = this row minus the upstream loaded directly (TLS rows include the TLS cost)"
+    echo "+p50/+p99/+p99.9: per round, this row minus the upstream loaded directly in the same round (TLS rows include the TLS cost); median [lowest..highest round]"
     python3 "$LT_DIR/report.py" latency "$RESULTS" "$TARGETS_TSV" "$(getconf CLK_TCK)"
 else
     echo "$ROUNDS round(s) x $DURATION each, alternating; rps/p50/p99 = median of rounds; CPU = total proxy CPU / total responses"

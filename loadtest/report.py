@@ -9,6 +9,11 @@ variant = http|tls|h2 (what the client speaks). Per name: req/s and percentiles 
 median over the rounds, errors the sum, CPU the proxy's total CPU time over its total
 responses. Ratios use the bare (or nginx) row of the same variant: moat-tls against
 bare-tls, moat-h2 against bare-h2, everything else against bare.
+
+latency: what each target adds over the upstream loaded directly is taken round by round
+(this round's percentile minus the upstream's in the same round, so a slow stretch of the
+machine hits both), then given as the median over the rounds and its spread (lowest and
+highest round).
 """
 import csv
 import statistics
@@ -31,7 +36,8 @@ def load(results, targets, tck):
         m = meta.get(name, dict(kind="moat", variant="http", rss=0.0))
         stats[name] = dict(m, rps=med("rps"), p50=med("p50_ms"), p99=med("p99_ms"),
                            p999=med("p999_ms"), err=sum(int(r["errors"]) for r in rs),
-                           cpu=ticks * 1e6 / tck / resp if resp else float("nan"))
+                           cpu=ticks * 1e6 / tck / resp if resp else float("nan"),
+                           rounds={r["round"]: r for r in rs})
     return stats
 
 
@@ -62,18 +68,30 @@ def throughput(stats):
                          ratio(s, bare, "cpu"), ratio(s, nginx, "rps")))
 
 
+def added(s, direct, key):
+    """`s`'s percentile `key` minus the upstream's, round by round: "median [low..high]"."""
+    if not direct or s is direct:
+        return "-"
+    diffs = [float(r[key]) - float(direct["rounds"][n][key])
+             for n, r in s["rounds"].items() if n in direct["rounds"]]
+    if not diffs:
+        return "-"
+    if len(diffs) == 1:
+        return f"{diffs[0]:+.3f}"
+    return f"{statistics.median(diffs):+.3f} [{min(diffs):+.2f}..{max(diffs):+.2f}]"
+
+
 def latency(stats):
     direct = reference(stats, "upstream", "http")
     hdr = ("name", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "CPU us/req",
            "+p50 ms", "+p99 ms", "+p99.9 ms")
-    fmt = "{:<19} {:>8} {:>7} {:>7} {:>8} {:>7} {:>10} {:>8} {:>8} {:>9}"
+    fmt = "{:<19} {:>8} {:>7} {:>7} {:>8} {:>7} {:>10} {:>22} {:>22} {:>22}"
     print(fmt.format(*hdr))
     for name, s in stats.items():
-        added = lambda k: f"{s[k] - direct[k]:+.3f}" if direct and s is not direct else "-"
         cpu = "-" if s["kind"] == "upstream" else f"{s['cpu']:.1f}"
         print(fmt.format(name, f"{s['rps']:.0f}", f"{s['p50']:.3f}", f"{s['p99']:.3f}",
-                         f"{s['p999']:.3f}", s["err"], cpu, added("p50"), added("p99"),
-                         added("p999")))
+                         f"{s['p999']:.3f}", s["err"], cpu, added(s, direct, "p50_ms"),
+                         added(s, direct, "p99_ms"), added(s, direct, "p999_ms")))
 
 
 def main():
