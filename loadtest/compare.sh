@@ -3,7 +3,7 @@
 #
 # usage: loadtest/compare.sh [--scenario NAME]... [--rounds N=3] [--duration D=10s]
 #          [--connections C=50] [--latency [--rate R=5000]] [--no-keepalive] [--ws [N=10000]]
-#          [--no-nginx] [--no-build] [--out FILE.tsv] [--keep]
+#          [--no-nginx] [--pingap] [--no-build] [--out FILE.tsv] [--keep]
 #   --scenario NAME  moat config template scenarios/NAME.yaml (repeatable; default: all)
 #   --latency        fixed-rate mode: oha -q R (with latency correction) against the upstream
 #                    directly, the bare/nginx variants needed and each scenario; prints
@@ -14,6 +14,9 @@
 #                    closing a connection costs each proxy
 #   --ws [N]         afterwards, N idle WebSockets through moat and through bare (ws_idle.py)
 #   --no-nginx       ignore an installed nginx (upstream becomes examples/upstream, no nginx rows)
+#   --pingap         add a `pingap` row: Pingap (another Pingora-based gateway) as a plain
+#                    proxy, one location to the same upstream, threads 1, no access log;
+#                    binary from $PINGAP, else `pingap` on PATH (see loadtest/README.md, "Peers")
 #   --no-build       use the binaries already built (in CARGO_TARGET_DIR or target/, release)
 #   --out FILE       also write the raw per-round results (TSV) to FILE
 #   --keep           keep the temp dir (configs, logs, oha JSON, access logs)
@@ -21,8 +24,8 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-usage() { sed -n '4,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
-SCENARIOS=() ROUNDS= DURATION= CONNS=50 USE_NGINX=1 BUILD=1 OUT= MODE=throughput RATE=5000 WS=0 KEEPALIVE=1
+usage() { sed -n '4,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+SCENARIOS=() ROUNDS= DURATION= CONNS=50 USE_NGINX=1 BUILD=1 OUT= MODE=throughput RATE=5000 WS=0 KEEPALIVE=1 PINGAP=${PINGAP:-} USE_PINGAP=0
 while [[ $# -gt 0 ]]; do
     case $1 in
         --scenario) [[ $# -ge 2 ]] || usage; SCENARIOS+=("$2"); shift 2 ;;
@@ -34,6 +37,7 @@ while [[ $# -gt 0 ]]; do
         --no-keepalive) KEEPALIVE=0; shift ;;
         --ws) WS=10000; shift; if [[ $# -gt 0 && $1 =~ ^[1-9][0-9]*$ ]]; then WS=$1; shift; fi ;;
         --no-nginx) USE_NGINX=0; shift ;;
+        --pingap) USE_PINGAP=1; shift ;;
         --no-build) BUILD=0; shift ;;
         --out) [[ $# -ge 2 ]] || usage; OUT=$2; shift 2 ;;
         --keep) LT_KEEP=1; shift ;;
@@ -213,6 +217,24 @@ for v in http tls h2; do
     add_target "nginx$sfx" nginx "$v" "$port" "$LT_LAST_PID"
 done
 (( USE_NGINX )) || NOTES+=("nginx not installed (or --no-nginx): no nginx rows")
+
+# Pingap as a plain proxy (http only): the peer the plain scenario is compared with.
+if (( USE_PINGAP )); then
+    PINGAP=${PINGAP:-$(command -v pingap || true)}
+    [[ -n $PINGAP && -x $PINGAP ]] \
+        || lt_die "--pingap: no pingap binary (set PINGAP=/path/to/pingap or put it on PATH; loadtest/README.md, \"Peers\")"
+    port=$(lt_free_port) dir="$LT_TMP/pingap"
+    mkdir -p "$dir"
+    printf '%s\n' '[basic]' 'threads = 1' 'log_level = "ERROR"' \
+        "pid_file = \"$dir/pingap.pid\"" "upgrade_sock = \"$dir/pingap_upgrade.sock\"" '' \
+        '[upstreams.bench]' "addrs = [\"127.0.0.1:$UP_PORT\"]" '' \
+        '[locations.bench]' 'upstream = "bench"' '' \
+        '[servers.bench]' "addr = \"127.0.0.1:$port\"" 'locations = ["bench"]' 'threads = 1' \
+        >"$dir/pingap.toml"
+    LT_STOP_SIGNAL=INT lt_start pingap "$LT_PROXY_CPU" "$PINGAP" -c "$dir/pingap.toml"
+    add_target pingap peer http "$port" "$LT_LAST_PID" 200
+    NOTES+=("pingap: $("$PINGAP" --version 2>/dev/null | head -1) as a plain proxy (one location, threads 1, no access log)")
+fi
 
 if (( MOAT_BUILT )); then
     for s in "${SCENARIOS[@]}"; do
