@@ -3,18 +3,18 @@
 //! its own Pingora service on its own address, never on the public listeners. Every
 //! endpoint but `/healthz` checks the live generation's [`Access`] rules: the `Host`
 //! header (DNS rebinding), then the Bearer token when `admin.token_env` or
-//! `admin.token_file` is set; `POST` also needs `Content-Type: application/json`.
+//! `admin.token_file` is set; `POST` also needs `Content-Type: application/json`. The rules
+//! are compiled with the runtime (`runtime::admin_access`).
 
-mod access;
-
-pub use access::{constant_time_eq, Access};
+pub use crate::runtime::admin_access::{constant_time_eq, Access};
 
 use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::reload::{Reloaded, Reloader};
 use crate::reply::{error_body, ErrorCode};
+use crate::runtime::admin_access as access;
 use crate::runtime::{Action, SharedRuntime};
-use crate::template::request_host;
+use crate::util::http::request_host;
 use async_trait::async_trait;
 use http::Response;
 use pingora_core::apps::http_app::ServeHttp;
@@ -182,7 +182,7 @@ pub fn redacted_config(cfg: &crate::config::Config) -> Value {
             }
             Value::Array(items) => items.iter_mut().for_each(redact),
             Value::String(s) => {
-                if let Some(r) = crate::config::warnings::redact_url_password(s, REDACTED) {
+                if let Some(r) = crate::checks::warnings::redact_url_password(s, REDACTED) {
                     *s = r;
                 }
             }

@@ -1,5 +1,9 @@
 //! moat: a programmable edge proxy on Cloudflare's Pingora.
 //!
+//! Start with `docs/architecture.md`: each Pingora phase and the file that serves it, the
+//! config pipeline (file → checks → compile → swap), the module layering (no import cycle
+//! between the modules below: `scripts/check-imports.sh`) and where new code goes.
+//!
 //! The shape: config file → [`config`] (parse, every error with its path) →
 //! [`runtime::Runtime`] (compiled, immutable, held in an `ArcSwap`) → [`proxy::Moat`] (the
 //! one `ProxyHttp` implementation, walking the compiled chain). Plugins implement
@@ -10,17 +14,18 @@ pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod bind_check;
+pub mod checks;
 pub mod cli;
 pub mod config;
-pub mod conn_limit;
+pub mod conn;
 pub mod ctx;
 pub mod drain;
 pub mod identity;
-pub mod limit;
 pub mod metrics;
 pub mod net;
 pub mod plugin;
 pub mod proxy;
+pub mod ratelimit;
 pub mod redis;
 pub mod reload;
 pub mod reply;
@@ -28,7 +33,6 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod signals;
-pub mod slowloris;
 pub mod template;
 pub mod tls;
 pub mod upstream;

@@ -17,7 +17,7 @@
 //! - signatures compare in constant time; replays are refused through a
 //!   [`super::replay::ReplayGuard`].
 
-use super::consumers::sha256;
+use crate::util::sha256;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use pingora_http::RequestHeader;

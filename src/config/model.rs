@@ -496,27 +496,76 @@ pub struct RewriteConfig {
     pub add_prefix: Option<String>,
 }
 
-/// The closed plugin registry: one variant per plugin, each with its typed settings,
-/// written as a one-key mapping (`- rate_limit: { ... }`).
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PluginConfig {
-    RequestId(RequestIdConfig),
-    Headers(HeadersConfig),
-    Auth(AuthConfig),
-    RateLimit(RateLimitConfig),
-    Quota(QuotaConfig),
-    Concurrency(ConcurrencyConfig),
-    IpFilter(IpFilterConfig),
-    Cors(CorsConfig),
-    SecurityHeaders(SecurityHeadersConfig),
-    Compression(CompressionConfig),
-    /// A plugin registered by a custom build (see `plugins/`); its settings are checked by
-    /// its factory when the config is compiled, so a name nobody registered is still an
-    /// error at load time.
-    #[serde(untagged)]
-    External(ExternalPluginConfig),
+/// The built-in plugins, one line each: variant, name in the config, settings type. This
+/// table is the one place a built-in plugin is listed: it generates [`PluginConfig`]'s
+/// variants, [`PLUGIN_NAMES`], the deserializer's arms and [`PluginConfig::name`] here,
+/// and the compile arms in `plugin` (each settings type implements
+/// `plugin::CompilePlugin` in its plugin's file). Call it with the name of a macro taking
+/// `$($variant:ident $name:tt $settings:ty),*` ($name: a string literal).
+macro_rules! builtin_plugins {
+    ($then:ident) => {
+        $then! {
+            RequestId "request_id" RequestIdConfig,
+            Headers "headers" HeadersConfig,
+            Auth "auth" AuthConfig,
+            RateLimit "rate_limit" RateLimitConfig,
+            Quota "quota" QuotaConfig,
+            Concurrency "concurrency" ConcurrencyConfig,
+            IpFilter "ip_filter" IpFilterConfig,
+            Cors "cors" CorsConfig,
+            SecurityHeaders "security_headers" SecurityHeadersConfig,
+            Compression "compression" CompressionConfig
+        }
+    };
 }
+pub(crate) use builtin_plugins;
+
+/// The closed plugin registry's config side, from the table in [`builtin_plugins`].
+macro_rules! plugin_config {
+    ($($variant:ident $name:tt $settings:ty),*) => {
+        /// The closed plugin registry: one variant per plugin, each with its typed
+        /// settings, written as a one-key mapping (`- rate_limit: { ... }`).
+        #[derive(Debug, Clone, Serialize)]
+        pub enum PluginConfig {
+            $(
+                #[doc = concat!("`", $name, "`.")]
+                #[serde(rename = $name)]
+                $variant($settings),
+            )*
+            /// A plugin registered by a custom build (see `plugins/`); its settings are
+            /// checked by its factory when the config is compiled, so a name nobody
+            /// registered is still an error at load time.
+            #[serde(untagged)]
+            External(ExternalPluginConfig),
+        }
+
+        /// Every plugin name, for error messages.
+        pub const PLUGIN_NAMES: &[&str] = &[$($name),*];
+
+        impl PluginConfig {
+            /// The plugin's name as written in the config.
+            pub fn name(&self) -> &str {
+                match self {
+                    $(PluginConfig::$variant(_) => $name,)*
+                    PluginConfig::External(e) => &e.name,
+                }
+            }
+
+            /// The built-in plugin called `name`, its settings read from `m`'s next value;
+            /// `None` when no built-in plugin has that name.
+            fn next_builtin<'de, A: serde::de::MapAccess<'de>>(
+                name: &str,
+                m: &mut A,
+            ) -> Result<Option<PluginConfig>, A::Error> {
+                Ok(Some(match name {
+                    $($name => PluginConfig::$variant(m.next_value()?),)*
+                    _ => return Ok(None),
+                }))
+            }
+        }
+    };
+}
+builtin_plugins!(plugin_config);
 
 /// A plugin outside the built-in registry: its name and its settings, unparsed.
 #[derive(Debug, Clone)]
@@ -536,20 +585,6 @@ impl Serialize for ExternalPluginConfig {
     }
 }
 
-/// Every plugin name, for error messages.
-pub const PLUGIN_NAMES: &[&str] = &[
-    "request_id",
-    "headers",
-    "auth",
-    "rate_limit",
-    "quota",
-    "concurrency",
-    "ip_filter",
-    "cors",
-    "security_headers",
-    "compression",
-];
-
 // serde_yaml 0.9 reads externally tagged enums only from `!tags`; plugins are written as
 // one-key mappings, so they are decoded by hand.
 impl<'de> Deserialize<'de> for PluginConfig {
@@ -568,19 +603,10 @@ impl<'de> Deserialize<'de> for PluginConfig {
                 let name: String = m
                     .next_key()?
                     .ok_or_else(|| A::Error::custom("empty plugin: name one of the plugins"))?;
-                let p = match name.as_str() {
-                    "request_id" => PluginConfig::RequestId(m.next_value()?),
-                    "headers" => PluginConfig::Headers(m.next_value()?),
-                    "auth" => PluginConfig::Auth(m.next_value()?),
-                    "rate_limit" => PluginConfig::RateLimit(m.next_value()?),
-                    "quota" => PluginConfig::Quota(m.next_value()?),
-                    "concurrency" => PluginConfig::Concurrency(m.next_value()?),
-                    "ip_filter" => PluginConfig::IpFilter(m.next_value()?),
-                    "cors" => PluginConfig::Cors(m.next_value()?),
-                    "security_headers" => PluginConfig::SecurityHeaders(m.next_value()?),
-                    "compression" => PluginConfig::Compression(m.next_value()?),
-                    other => PluginConfig::External(ExternalPluginConfig {
-                        name: other.to_string(),
+                let p = match PluginConfig::next_builtin(&name, &mut m)? {
+                    Some(p) => p,
+                    None => PluginConfig::External(ExternalPluginConfig {
+                        name,
                         settings: m.next_value()?,
                     }),
                 };
@@ -593,25 +619,6 @@ impl<'de> Deserialize<'de> for PluginConfig {
             }
         }
         d.deserialize_map(V)
-    }
-}
-
-impl PluginConfig {
-    /// The plugin's name as written in the config.
-    pub fn name(&self) -> &str {
-        match self {
-            PluginConfig::RequestId(_) => "request_id",
-            PluginConfig::Headers(_) => "headers",
-            PluginConfig::Auth(_) => "auth",
-            PluginConfig::RateLimit(_) => "rate_limit",
-            PluginConfig::Quota(_) => "quota",
-            PluginConfig::Concurrency(_) => "concurrency",
-            PluginConfig::IpFilter(_) => "ip_filter",
-            PluginConfig::Cors(_) => "cors",
-            PluginConfig::SecurityHeaders(_) => "security_headers",
-            PluginConfig::Compression(_) => "compression",
-            PluginConfig::External(e) => &e.name,
-        }
     }
 }
 

@@ -67,7 +67,7 @@ fn compile_one(
     metrics: &Metrics,
     errs: &mut ConfigErrors,
 ) -> Option<Pool> {
-    let before = errs.0.len();
+    let before = errs.checkpoint();
     if name.is_empty()
         || !name
             .bytes()
@@ -173,7 +173,7 @@ fn compile_one(
     });
     let health = u.health_check.as_ref().and_then(|hc| {
         let hp = join(path, "health_check");
-        let hb = errs.0.len();
+        let hb = errs.checkpoint();
         match (&hc.http, &hc.tcp) {
             (Some(_), Some(_)) | (None, None) => {
                 errs.push(hp.clone(), "give exactly one of http, tcp")
@@ -211,7 +211,7 @@ fn compile_one(
                 errs.push(join(&hp, k), "must be at least 1");
             }
         }
-        if errs.0.len() != hb {
+        if !errs.clean_since(hb) {
             return None;
         }
         health::build(
@@ -224,7 +224,7 @@ fn compile_one(
         .map_err(|e| errs.push(hp, e))
         .ok()
     });
-    if errs.0.len() != before {
+    if !errs.clean_since(before) {
         return None;
     }
     Pool::new(

@@ -6,8 +6,8 @@
 //! Each rule is a small function over the parsed [`Config`]; add new ones to
 //! [`warnings`].
 
-use super::error::{index, join, ConfigError, ConfigErrors};
-use super::model::{AuthMethod, Config, ConsumerMap, PluginConfig};
+use crate::config::error::{index, join, ConfigError, ConfigErrors};
+use crate::config::model::{AuthMethod, Config, ConsumerMap, PluginConfig};
 use std::collections::HashMap;
 
 /// Every warning for `cfg`, each with the path of the key it concerns, in file order.
