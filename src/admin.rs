@@ -1,12 +1,10 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/status`, `/config`,
-//! `/openapi.json` and `POST /reload`. It runs as
-//! its own Pingora service on its own address, never on the public listeners. Every
-//! endpoint but `/healthz` checks the live generation's [`Access`] rules: the `Host`
-//! header (DNS rebinding), then the Bearer token when `admin.token_env` or
-//! `admin.token_file` is set; `POST` also needs `Content-Type: application/json`. The rules
-//! are compiled with the runtime (`runtime::admin_access`).
-
-pub use crate::runtime::admin_access::{constant_time_eq, Access};
+//! `/openapi.json` and `POST /reload`. It runs as its own Pingora service on its own
+//! address, never on the public listeners. Every endpoint but `/healthz` checks the live
+//! generation's access rules ([`Access`](crate::runtime::admin_access::Access), compiled
+//! with the runtime): the `Host` header (DNS rebinding), then the Bearer token when
+//! `admin.token_env` or `admin.token_file` is set; `POST` also needs
+//! `Content-Type: application/json`.
 
 use crate::drain::Drain;
 use crate::metrics::Metrics;

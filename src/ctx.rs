@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// What plugins see of one request, between phases: its facts (public: plugins read
-/// them) and the built-in plugins' own state ([`PluginState`], one slot per plugin).
+/// them) and the built-in plugins' own state (`PluginState`, one slot per plugin).
 pub struct RequestCtx {
     /// When the request started.
     pub start: Instant,

@@ -9,51 +9,26 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 
-/// A named check of a parsed config: it records every problem it finds in `errs`.
-pub struct Pass {
-    /// What it checks.
-    pub name: &'static str,
-    /// The check.
-    pub run: fn(&Config, &mut ConfigErrors),
-}
+/// A check of a parsed config: it records every problem it finds in `errs`.
+pub type Check = fn(&Config, &mut ConfigErrors);
 
 /// The checks of a config outside routes and upstreams (those need what compiling builds:
-/// see `runtime`), in the order they run. Errors are sorted in file order afterwards.
-pub const PASSES: [Pass; 7] = [
-    Pass {
-        name: "server",
-        run: server,
-    },
-    Pass {
-        name: "listeners",
-        run: listeners,
-    },
-    Pass {
-        name: "admin",
-        run: admin,
-    },
-    Pass {
-        name: "access log",
-        run: access_log,
-    },
-    Pass {
-        name: "consumers",
-        run: consumers,
-    },
-    Pass {
-        name: "key providers",
-        run: providers,
-    },
-    Pass {
-        name: "plugin references",
-        run: plugin_refs,
-    },
+/// see `runtime`), each with its name, in the order they run. Errors are sorted in file
+/// order afterwards.
+pub const PASSES: [(&str, Check); 7] = [
+    ("server", server),
+    ("listeners", listeners),
+    ("admin", admin),
+    ("access log", access_log),
+    ("consumers", consumers),
+    ("key providers", providers),
+    ("plugin references", plugin_refs),
 ];
 
 /// Record every problem of `cfg` outside routes and upstreams: every pass of [`PASSES`].
 pub fn validate(cfg: &Config, errs: &mut ConfigErrors) {
-    for pass in &PASSES {
-        (pass.run)(cfg, errs);
+    for (_name, check) in PASSES {
+        check(cfg, errs);
     }
 }
 

@@ -1,6 +1,6 @@
 //! The config file: its shape (`model`), units, loading with every error and its path
 //! (`load`) and the error list (`error`). Semantic checks and warnings are
-//! [`crate::checks`]; compiling into the runtime is `runtime::Runtime::compile`.
+//! `checks`; compiling into the runtime is `runtime::Runtime::compile`.
 
 pub mod error;
 pub mod load;

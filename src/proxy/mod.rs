@@ -28,7 +28,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use ctx::{ProxyCtx, UpstreamState};
+pub use ctx::ProxyCtx;
 use request::Admitted;
 
 /// The proxy.
