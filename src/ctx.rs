@@ -11,23 +11,24 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// What plugins see of one request, between phases: its facts (public: plugins read
-/// them) and the built-in plugins' own state (`PluginState`, one slot per plugin).
+/// What plugins see of one request, between phases: its facts (read through the
+/// accessors below) and the built-in plugins' own state (`PluginState`, one slot per
+/// plugin).
 pub struct RequestCtx {
     /// When the request started.
-    pub start: Instant,
+    pub(crate) start: Instant,
     /// The resolved client IP (first untrusted hop).
-    pub client_ip: Option<IpAddr>,
+    pub(crate) client_ip: Option<IpAddr>,
     /// Whether the direct peer is a trusted proxy.
-    pub peer_trusted: bool,
+    pub(crate) peer_trusted: bool,
     /// Empty until assigned; a header value so that sending it is a reference-count bump.
     request_id: HeaderValue,
     /// The matched route's name.
     route_name: Option<Arc<str>>,
     /// The authenticated identity.
-    pub identity: Option<Identity>,
+    pub(crate) identity: Option<Identity>,
     /// Whether the response is one moat made itself (error, `respond`, redirect, preflight).
-    pub own_response: bool,
+    pub(crate) own_response: bool,
     /// The built-in plugins' state for this request.
     pub(crate) plugins: PluginState,
     /// `moat_connections_active`, decremented when the request ends.
@@ -109,8 +110,34 @@ impl RequestCtx {
         self.plugins.ratelimit
     }
 
+    /// When the request started.
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
+    /// The resolved client IP (first untrusted hop), once the request phase began.
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.client_ip
+    }
+
+    /// Whether the direct peer is in `server.trusted_proxies`.
+    pub fn peer_trusted(&self) -> bool {
+        self.peer_trusted
+    }
+
+    /// The authenticated identity (consumer, tier, method, claims), once `auth` ran.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+
+    /// Whether the response is one moat made itself (error, `respond`, redirect,
+    /// preflight) rather than the upstream's.
+    pub fn own_response(&self) -> bool {
+        self.own_response
+    }
+
     /// Count this request in `gauge` until the context drops.
-    pub fn track_active(&mut self, gauge: &prometheus::IntGauge) {
+    pub(crate) fn track_active(&mut self, gauge: &prometheus::IntGauge) {
         gauge.inc();
         self.active = Some(gauge.clone());
     }
@@ -122,7 +149,7 @@ impl RequestCtx {
     }
 
     /// Give the request an id (a new ULID) unless it has one.
-    pub fn assign_request_id(&mut self) {
+    pub(crate) fn assign_request_id(&mut self) {
         if self.request_id.is_empty() {
             self.request_id = crate::util::id::ulid_value();
         }
@@ -141,7 +168,7 @@ impl RequestCtx {
 
     /// Set the id (the request_id plugin keeps a trusted incoming one, already checked
     /// against `[A-Za-z0-9._-]{1,128}`).
-    pub fn set_request_id(&mut self, id: HeaderValue) {
+    pub(crate) fn set_request_id(&mut self, id: HeaderValue) {
         self.request_id = id;
     }
 
@@ -151,7 +178,7 @@ impl RequestCtx {
     }
 
     /// Record the matched route's name.
-    pub fn set_route_name(&mut self, name: &Arc<str>) {
+    pub(crate) fn set_route_name(&mut self, name: &Arc<str>) {
         self.route_name = Some(Arc::clone(name));
     }
 
