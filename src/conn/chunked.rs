@@ -195,7 +195,16 @@ impl Chunked {
     }
 
     /// One byte outside chunk data.
+    #[inline]
     fn byte(&mut self, b: u8) -> Result<(), Malformed> {
+        self.count_line(b)?;
+        self.state = self.next_state(b)?;
+        Ok(())
+    }
+
+    /// Count `b` against the size of the chunk line or the trailer section it is in.
+    #[inline]
+    fn count_line(&mut self, b: u8) -> Result<(), Malformed> {
         use State::*;
         match self.state {
             Size | SizeWs | ExtStart | ExtName | ExtNameWs | ExtValStart | ExtValToken
@@ -213,7 +222,15 @@ impl Chunked {
             }
             SizeLf | Data | DataCr | DataLf | Done => {}
         }
-        self.state = match (self.state, b) {
+        Ok(())
+    }
+
+    /// The state after `b` (the chunk size is accumulated on the way), or why `b` is
+    /// refused.
+    #[inline]
+    fn next_state(&mut self, b: u8) -> Result<State, Malformed> {
+        use State::*;
+        Ok(match (self.state, b) {
             (Size, _) if hex(b).is_some() => {
                 if self.digits == MAX_DIGITS {
                     return Err(Malformed("chunk size has too many digits"));
@@ -280,8 +297,7 @@ impl Chunked {
                 return Err(Malformed("invalid trailer line"))
             }
             (Data | Done, _) => self.state,
-        };
-        Ok(())
+        })
     }
 }
 
