@@ -184,12 +184,7 @@ pub fn run(
     let drain = Drain::new();
     let on_quit = Sequence::new(Arc::clone(&drain), &cfg, conf.upgrade_sock.clone());
     let extensions = Arc::new(extensions);
-    let runtime =
-        Runtime::compile(cfg, 1, &metrics, None, &extensions).map_err(|e| e.to_string())?;
-    runtime.log_warnings();
-    prime_pools(&runtime);
-    metrics.config_generation.set(1);
-    let shared: SharedRuntime = Arc::new(ArcSwap::from_pointee(runtime));
+    let shared = first_generation(cfg, &metrics, &extensions)?;
     let access_log = match log_path {
         Some(p) => Some(AccessLog::start(&p).map_err(|e| format!("access_log.path `{p}`: {e}"))?),
         None => None,
@@ -247,6 +242,20 @@ pub fn run(
         log.flush_now();
     }
     std::process::exit(0)
+}
+
+/// Compile generation 1 of `cfg` (its warnings logged, its pools primed) into the live
+/// runtime.
+fn first_generation(
+    cfg: Config,
+    metrics: &Metrics,
+    extensions: &Extensions,
+) -> Result<SharedRuntime, String> {
+    let runtime = Runtime::compile(cfg, 1, metrics, None, extensions).map_err(|e| e.to_string())?;
+    runtime.log_warnings();
+    prime_pools(&runtime);
+    metrics.config_generation.set(1);
+    Ok(Arc::new(ArcSwap::from_pointee(runtime)))
 }
 
 /// SIGHUP and SIGUSR1 would kill the process by default until the supervisor installs
