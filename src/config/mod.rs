@@ -1,10 +1,12 @@
-//! The config file: its shape (`model`), units, loading with every error and its path
-//! (`load`) and the error list (`error`). Semantic checks and warnings are
-//! `checks`; compiling into the runtime is `runtime::Runtime::compile`.
+//! The config file: its shape (`model`, with the plugins' settings and the table of
+//! built-in plugins in `plugins`), units, loading with every error and its path (`load`)
+//! and the error list (`error`). Semantic checks and warnings are `checks`; compiling into
+//! the runtime is `runtime::Runtime::compile`.
 
 pub mod error;
 pub mod load;
 pub mod model;
+pub mod plugins;
 pub mod units;
 
 #[cfg(test)]

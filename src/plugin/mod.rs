@@ -7,10 +7,10 @@
 //!   credentials).
 //! - [`Plugin::request`]: after routing (or on an unrouted request, for global plugins
 //!   only), before the action; may answer the request itself with [`Flow::Reply`].
-//! - [`Plugin::request_body`]: each chunk of the request body on its way upstream; may
-//!   refuse it (HMAC digest checks of a held body).
 //! - [`Plugin::upstream_request`]: edits the request head sent upstream, as an
 //!   [`UpstreamHead`].
+//! - [`Plugin::request_body`]: each chunk of the request body on its way upstream; may
+//!   refuse it (HMAC digest checks of a held body).
 //! - [`Plugin::response`]: edits every response head sent downstream, the upstream's and
 //!   the ones moat makes (errors, `respond`, redirects), as a [`ResponseHead`] (plain
 //!   `http` parts: see [`head`] for why), after moat set `X-Request-ID` on it.
@@ -266,7 +266,7 @@ fn compile_external(
 }
 
 /// Compiling a built-in plugin from its settings: implemented by each settings type in its
-/// plugin's file, called through the table `config::model::builtin_plugins`.
+/// plugin's file, called through the table `config::plugins::builtin_plugins`.
 pub(crate) trait CompilePlugin {
     /// Compile the settings found at `here` (the plugin's path), recording every problem
     /// in `errs`; `None` when there was one.
@@ -295,4 +295,4 @@ macro_rules! compile_at {
         }
     };
 }
-crate::config::model::builtin_plugins!(compile_at);
+crate::config::plugins::builtin_plugins!(compile_at);
