@@ -71,7 +71,11 @@ if [[ -n $cycles ]]; then
     while read -r _ _ members; do
         for a in $members; do
             for b in $members; do
-                grep -qx "$a -> $b" <<<"$edges" && echo "  $a -> $b" >&2
+                grep -qx "$a -> $b" <<<"$edges" || continue
+                # one place that makes the edge, to start from
+                at=$(grep -rn --include='*.rs' "crate::$b\b" "src/$a.rs" "src/$a" 2>/dev/null \
+                    | grep -v '^[^:]*:[0-9]*:[[:space:]]*//' | head -1 | cut -d: -f1,2 || true)
+                echo "  $a -> $b${at:+ (e.g. $at)}" >&2
             done
         done
     done <<<"$(printf '%s\n' "$cycles")"
