@@ -15,20 +15,20 @@
 //! The request-side logic (which credential, `require`, identity, hiding credentials)
 //! lives in `plugin::auth`.
 
-pub mod cache;
+pub(crate) mod cache;
 pub mod consumers;
-pub mod credentials;
+pub(crate) mod credentials;
 pub mod dates;
-pub mod fetch;
-pub mod held_body;
+pub(crate) mod fetch;
+pub(crate) mod held_body;
 pub mod hmac;
 pub mod jwk;
 pub mod jwt;
-pub mod mac;
+pub(crate) mod mac;
 pub mod provider;
 pub mod replay;
-pub mod require;
-pub mod signed;
+pub(crate) mod require;
+pub(crate) mod signed;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod tools;

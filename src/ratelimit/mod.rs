@@ -15,7 +15,7 @@ pub mod algo;
 pub mod cluster;
 pub mod fast;
 pub mod fast_bucket;
-pub mod lease;
+pub(crate) mod lease;
 pub mod store;
 
 use crate::config::error::ConfigErrors;

@@ -4,7 +4,7 @@
 pub mod head;
 pub mod http;
 pub mod id;
-pub mod log_every;
+pub(crate) mod log_every;
 #[cfg(test)]
 pub mod proptest;
 pub mod time;
