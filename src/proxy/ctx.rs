@@ -19,21 +19,10 @@ pub struct ProxyCtx {
     pub route: Option<Arc<Route>>,
     /// Upstream state.
     pub upstream: UpstreamState,
-    /// The body limit for this request (route's, else the server's).
-    pub body_limit: u64,
-    /// Request body bytes seen so far.
-    pub body_seen: u64,
-    /// The request's chunked body is malformed in the bytes read with its head: it is
-    /// refused (`400`) before anything else, and its connection closed.
-    pub malformed_body: Option<crate::conn::Malformed>,
-    /// The error code of a reply moat made, for logs and metrics.
-    pub reply_code: Option<ErrorCode>,
-    /// The reply for a refusal decided while proxying (a request body a plugin refused),
-    /// sent by `fail_to_proxy` instead of the generic error.
-    pub pending_reply: Option<Reply>,
-    /// The connection was taken over by a relay task (an upgrade moat relays itself, see
-    /// `proxy::upgrade`): that task logs the request; Pingora's `logging` must not.
-    pub detached: bool,
+    /// Request body state.
+    pub body: BodyState,
+    /// What moat answers, and who logs the request.
+    pub answer: AnswerState,
     /// What plugins see of the request.
     pub req: RequestCtx,
 }
@@ -45,12 +34,12 @@ impl ProxyCtx {
             rt,
             route: None,
             upstream: UpstreamState::default(),
-            body_limit: u64::MAX,
-            body_seen: 0,
-            malformed_body: None,
-            reply_code: None,
-            pending_reply: None,
-            detached: false,
+            body: BodyState {
+                limit: u64::MAX,
+                seen: 0,
+                malformed: None,
+            },
+            answer: AnswerState::default(),
             req: RequestCtx::new(),
         }
     }
@@ -92,6 +81,30 @@ impl DerefMut for ProxyCtx {
     fn deref_mut(&mut self) -> &mut RequestCtx {
         &mut self.req
     }
+}
+
+/// The request body of one request.
+pub struct BodyState {
+    /// The body limit for this request (route's, else the server's).
+    pub limit: u64,
+    /// Request body bytes seen so far.
+    pub seen: u64,
+    /// The request's chunked body is malformed in the bytes read with its head: it is
+    /// refused (`400`) before anything else, and its connection closed.
+    pub malformed: Option<crate::conn::Malformed>,
+}
+
+/// What moat answers a request, when it answers itself, and who logs it.
+#[derive(Default)]
+pub struct AnswerState {
+    /// The error code of a reply moat made, for logs and metrics.
+    pub code: Option<ErrorCode>,
+    /// The reply for a refusal decided while proxying (a request body a plugin refused),
+    /// sent by `fail_to_proxy` instead of the generic error.
+    pub pending: Option<Reply>,
+    /// The connection was taken over by a relay task (an upgrade moat relays itself, see
+    /// `proxy::upgrade`): that task logs the request; Pingora's `logging` must not.
+    pub detached: bool,
 }
 
 /// Upstream-side state of one request.

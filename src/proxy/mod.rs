@@ -122,7 +122,7 @@ impl Moat {
     ) -> Result<()> {
         settle_request_body(session).await;
         let (mut head, body) = reply.build(ctx.request_id())?;
-        ctx.reply_code = reply.code;
+        ctx.answer.code = reply.code;
         ctx.own_response = true;
         ctx.chain()
             .run_response(session.req_header(), &ctx.req, &mut head);
@@ -161,7 +161,7 @@ impl ProxyHttp for Moat {
         // keep-alive, and both Transfer-Encoding and Content-Length (RFC 9112 §6.1: close
         // after answering). That decision stands: what follows is never read as a request.
         let pingora_closes = session.as_mut().get_keepalive().is_none();
-        ctx.malformed_body = parsed.malformed;
+        ctx.body.malformed = parsed.malformed;
         // A refused CONNECT closes too: its client may already be sending tunnel bytes.
         let connect = session.req_header().method == http::Method::CONNECT;
         if parsed.malformed.is_some() || connect || self.drain.is_draining() {
@@ -202,15 +202,15 @@ impl ProxyHttp for Moat {
         ctx: &mut ProxyCtx,
     ) -> Result<()> {
         if let Some(b) = body {
-            ctx.body_seen += b.len() as u64;
-            if ctx.body_seen > ctx.body_limit {
+            ctx.body.seen += b.len() as u64;
+            if ctx.body.seen > ctx.body.limit {
                 return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the limit");
             }
         }
         let (chain, req) = ctx.chain_and_req();
         if let Err(reply) = chain.run_request_body(body, end_of_stream, req) {
             let status = reply.status;
-            ctx.pending_reply = Some(reply);
+            ctx.answer.pending = Some(reply);
             return Error::e_explain(ErrorType::HTTPStatus(status), "request body refused");
         }
         Ok(())
@@ -234,7 +234,7 @@ impl ProxyHttp for Moat {
         };
         if ctx.upstream.attempts > 1 {
             // A retry sends the body again from its start (Pingora's retry buffer).
-            ctx.body_seen = 0;
+            ctx.body.seen = 0;
             ctx.restart_body();
         }
         Ok(pool.peer(idx, session.is_upgrade_req()))
@@ -346,7 +346,7 @@ impl ProxyHttp for Moat {
             };
         }
         let malformed = failure::malformed_body(e);
-        let reply = match ctx.pending_reply.take() {
+        let reply = match ctx.answer.pending.take() {
             Some(r) => r,
             None if malformed.is_some() => {
                 let msg = malformed.map(|m| m.to_string()).unwrap_or_default();
@@ -370,7 +370,7 @@ impl ProxyHttp for Moat {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut ProxyCtx) {
-        if ctx.detached {
+        if ctx.answer.detached {
             // A relayed upgrade: its task logs the request when the connection ends.
             return;
         }
@@ -378,7 +378,7 @@ impl ProxyHttp for Moat {
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
-            .or_else(|| ctx.reply_code.map(|c| c.status()))
+            .or_else(|| ctx.answer.code.map(|c| c.status()))
             .unwrap_or(0);
         self.finish(session, ctx, status);
     }

@@ -65,8 +65,8 @@ impl Moat {
         // client's): sent upstream, echoed on the response, in templates and the log.
         ctx.assign_request_id();
         let max_body = route.and_then(|r| r.max_body);
-        ctx.body_limit = max_body.unwrap_or(rt.request_bounds.max_body);
-        if let Some(reply) = request_checks::check_length(session.req_header(), ctx.body_limit) {
+        ctx.body.limit = max_body.unwrap_or(rt.request_bounds.max_body);
+        if let Some(reply) = request_checks::check_length(session.req_header(), ctx.body.limit) {
             return Ok(Admitted::Reply(reply));
         }
         let Some(route) = route else {
@@ -88,7 +88,7 @@ fn screen(session: &mut Session, ctx: &mut ProxyCtx, rt: &Runtime) -> Result<Opt
     if let Some(trust) = rt.request_id_trust {
         crate::plugin::request_id::decide(trust, session.req_header(), ctx);
     }
-    let refusal = match ctx.malformed_body {
+    let refusal = match ctx.body.malformed {
         Some(e) => Some(Reply::error(ErrorCode::BadRequest, e.to_string())),
         None => request_checks::check_head(session.req_header(), &rt.request_bounds),
     };

@@ -236,7 +236,7 @@ impl Moat {
         // From here on the request is this function's: Pingora must not log it again.
         let rt = Arc::clone(&ctx.rt);
         let owned = std::mem::replace(ctx, ProxyCtx::new(rt));
-        ctx.detached = true;
+        ctx.answer.detached = true;
         let mut finish = Finish::new(self, line, owned, 0);
         let Some((mut down, early, tracked)) = detached else {
             log::debug!("upgraded client connection could not be taken over");
