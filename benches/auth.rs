@@ -4,7 +4,7 @@
 //! among 10,000 keys.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use moat::auth::consumers::{sha256, ConsumerStore};
+use moat::auth::consumers::ConsumerStore;
 use moat::auth::dates::{format_http_date, now_secs};
 use moat::auth::hmac;
 use moat::auth::jwk::{self, Alg};
@@ -12,6 +12,7 @@ use moat::auth::jwt::ClaimRules;
 use moat::auth::provider::JwtProvider;
 use moat::auth::testkit;
 use moat::config::error::ConfigErrors;
+use moat::util::sha256;
 use pingora_http::RequestHeader;
 use serde_json::json;
 
@@ -45,7 +46,7 @@ fn hmac_verify(c: &mut Criterion) {
     let secret = b"bench-secret-0123456789abcdef";
     let body = b"{\"name\":\"moat\"}";
     let headers = vec!["X-Tenant: blue".to_string()];
-    let signed = moat::auth::cli::sign(&moat::auth::cli::SignRequest {
+    let signed = moat::auth::tools::sign(&moat::auth::tools::SignRequest {
         key_id: "svc",
         secret,
         algorithm: "hmac-sha256",

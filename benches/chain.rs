@@ -1,12 +1,12 @@
 //! The per-request pieces of the policy chain that issue 7 rewrote: request ids, and
 //! adding headers to a response head — through Pingora's case-keeping `insert_header`
-//! (the old path) against moat's response phase on a moved-out head (`plugin::head`), and
+//! (the old path) against moat's response phase on a moved-out head (`util::head`), and
 //! the same two ways for the request id alone; and the access log's timestamp, from the
 //! per-thread cache of the current second against `jiff` formatting every time.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderName, HeaderValue};
-use moat::plugin::head::edit_response;
+use moat::util::head::edit_response;
 use moat::util::{id, time};
 use pingora_http::ResponseHeader;
 use std::fmt::Write as _;

@@ -4,7 +4,7 @@
 //! at a time (validated), and the same 64 KiB as a Content-Length body (skipped).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use moat::slowloris::{Body, Framing, HeadScan};
+use moat::conn::{Body, Framing, HeadScan};
 
 const HEAD: &[u8] = b"GET /api/v1/users/42/orders?page=2 HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0\r\nAccept: application/json\r\nAccept-Encoding: gzip, br\r\nAccept-Language: en-GB,en;q=0.8\r\nAuthorization: Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhY21lIn0.c2lnbmF0dXJl\r\nConnection: keep-alive\r\n\r\n";
 

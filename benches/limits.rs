@@ -8,8 +8,8 @@
 //! `docs/performance.md`, "pingora-limits").
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use moat::limit::algo::{now_us, Algorithm, Limit, SEC};
-use moat::limit::store::{approx_bytes_per_key, Inflight, Store};
+use moat::ratelimit::algo::{now_us, Algorithm, Limit, SEC};
+use moat::ratelimit::store::{approx_bytes_per_key, Inflight, Store};
 use std::sync::Arc;
 
 fn lim() -> Limit {

@@ -9,10 +9,10 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use moat::config::model::RedisConfig;
-use moat::limit::algo::{now_us, Algorithm, Limit, SEC};
-use moat::limit::cluster::Cluster;
-use moat::limit::fast::Fast;
-use moat::limit::fast_bucket::BucketView;
+use moat::ratelimit::algo::{now_us, Algorithm, Limit, SEC};
+use moat::ratelimit::cluster::Cluster;
+use moat::ratelimit::fast::Fast;
+use moat::ratelimit::fast_bucket::BucketView;
 use moat::redis::config::Settings;
 use moat::redis::Redis;
 use std::net::TcpListener;

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Run every check and test: no path outside the repository (scripts/check-paths.sh),
-# formatting, clippy (warnings are errors), unit and integration tests. Installs what is
-# missing first (see scripts/setup.sh).
+# Run every check and test: no path outside the repository (scripts/check-paths.sh), no
+# import cycle between top-level modules (scripts/check-imports.sh), formatting, clippy
+# (warnings are errors), unit and integration tests. Installs what is missing first (see
+# scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh --for-tests
 [[ -d "$HOME/.cargo/bin" ]] && export PATH="$HOME/.cargo/bin:$PATH"
 echo "== no path outside the repository"
 bash scripts/check-paths.sh
+echo "== no import cycle between top-level modules"
+bash scripts/check-imports.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

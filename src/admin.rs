@@ -1,20 +1,18 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/status`, `/config`,
-//! `/openapi.json` and `POST /reload`. It runs as
-//! its own Pingora service on its own address, never on the public listeners. Every
-//! endpoint but `/healthz` checks the live generation's [`Access`] rules: the `Host`
-//! header (DNS rebinding), then the Bearer token when `admin.token_env` or
-//! `admin.token_file` is set; `POST` also needs `Content-Type: application/json`.
-
-mod access;
-
-pub use access::{constant_time_eq, Access};
+//! `/openapi.json` and `POST /reload`. It runs as its own Pingora service on its own
+//! address, never on the public listeners. Every endpoint but `/healthz` checks the live
+//! generation's access rules ([`Access`](crate::runtime::admin_access::Access), compiled
+//! with the runtime): the `Host` header (DNS rebinding), then the Bearer token when
+//! `admin.token_env` or `admin.token_file` is set; `POST` also needs
+//! `Content-Type: application/json`.
 
 use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::reload::{Reloaded, Reloader};
 use crate::reply::{error_body, ErrorCode};
+use crate::runtime::admin_access as access;
 use crate::runtime::{Action, SharedRuntime};
-use crate::template::request_host;
+use crate::util::http::request_host;
 use async_trait::async_trait;
 use http::Response;
 use pingora_core::apps::http_app::ServeHttp;
@@ -182,7 +180,7 @@ pub fn redacted_config(cfg: &crate::config::Config) -> Value {
             }
             Value::Array(items) => items.iter_mut().for_each(redact),
             Value::String(s) => {
-                if let Some(r) = crate::config::warnings::redact_url_password(s, REDACTED) {
+                if let Some(r) = crate::checks::warnings::redact_url_password(s, REDACTED) {
                     *s = r;
                 }
             }

@@ -4,7 +4,7 @@
 
 use crate::config;
 use crate::metrics::Metrics;
-use crate::plugin::registry::Extensions;
+use crate::plugin::external::Extensions;
 use crate::runtime::Runtime;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -98,7 +98,7 @@ fn sign(
         None => None,
     };
     let secret = secret.into_encoded_bytes();
-    let req = crate::auth::cli::SignRequest {
+    let req = crate::auth::tools::SignRequest {
         key_id: &key_id,
         secret: &secret,
         algorithm: &algorithm,
@@ -108,7 +108,7 @@ fn sign(
         body: body.as_deref(),
         now: crate::auth::dates::now_secs(),
     };
-    match crate::auth::cli::sign(&req) {
+    match crate::auth::tools::sign(&req) {
         Ok(out) => {
             for (k, v) in out {
                 println!("{k}: {v}");
@@ -129,7 +129,7 @@ pub fn main_with(ext: Extensions) -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Keygen { prefix } => {
-            let (key, hash) = crate::auth::cli::keygen(&prefix);
+            let (key, hash) = crate::auth::tools::keygen(&prefix);
             println!("key:    {key}");
             println!("sha256: {hash}");
             ExitCode::SUCCESS

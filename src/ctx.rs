@@ -1,85 +1,63 @@
-//! The per-request context: the config snapshot the request started with and the facts
-//! phases share (client IP, request id, route, identity, upstream state). Plugins read
-//! request facts through it rather than re-parsing headers.
+//! The per-request context plugins see: the facts phases share (client IP, request id,
+//! route name, identity) and the state plugins keep for the request. Plugins read request
+//! facts through it rather than re-parsing headers. The proxy wraps it with the config
+//! snapshot, the route and the upstream state (`proxy::ProxyCtx`).
 
 use crate::identity::Identity;
-use crate::reply::ErrorCode;
-use crate::runtime::{Route, Runtime};
 use crate::template::Facts;
-use crate::upstream::{InFlight, Pool};
 use http::HeaderValue;
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Upstream-side state of one request.
-#[derive(Default)]
-pub struct UpstreamState {
-    /// The pool the route sends to.
-    pub pool: Option<Arc<Pool>>,
-    /// The target currently in use, counted in flight.
-    pub current: Option<InFlight>,
-    /// Targets already tried (for retries).
-    pub tried: Vec<usize>,
-    /// Connection attempts made so far.
-    pub attempts: u32,
-    /// When the first target was chosen.
-    pub started: Option<Instant>,
-    /// When the upstream response head arrived or the attempt ended.
-    pub finished: Option<Instant>,
-}
-
-/// Everything one request carries between phases.
+/// What plugins see of one request, between phases: its facts (read through the
+/// accessors below) and the built-in plugins' own state (`PluginState`, one slot per
+/// plugin).
 pub struct RequestCtx {
-    /// The config snapshot for this request's whole life.
-    pub rt: Arc<Runtime>,
     /// When the request started.
-    pub start: Instant,
+    pub(crate) start: Instant,
     /// The resolved client IP (first untrusted hop).
-    pub client_ip: Option<IpAddr>,
+    pub(crate) client_ip: Option<IpAddr>,
     /// Whether the direct peer is a trusted proxy.
-    pub peer_trusted: bool,
+    pub(crate) peer_trusted: bool,
     /// Empty until assigned; a header value so that sending it is a reference-count bump.
     request_id: HeaderValue,
-    /// The `traceparent` to send upstream, when the request_id plugin runs.
-    pub traceparent: Option<HeaderValue>,
-    /// The matched route.
-    pub route: Option<Arc<Route>>,
+    /// The matched route's name.
+    route_name: Option<Arc<str>>,
     /// The authenticated identity.
-    pub identity: Option<Identity>,
-    /// Upstream state.
-    pub upstream: UpstreamState,
-    /// The error code of a reply moat made, for logs and metrics.
-    pub reply_code: Option<ErrorCode>,
-    /// Encodings and levels a `compression` plugin chose for this response (set once).
-    pub compression: std::sync::OnceLock<
-        std::sync::Arc<[(pingora_core::protocols::http::compression::Algorithm, u32)]>,
-    >,
-    /// The body limit for this request (route's, else the server's).
-    pub body_limit: u64,
-    /// Request body bytes seen so far.
-    pub body_seen: u64,
-    /// A signed body held back until its digest is checked (HMAC, long or chunked bodies).
-    pub held_body: Option<Box<crate::auth::held_body::HeldBody>>,
-    /// The reply for a refusal decided while proxying (a held body that failed its
-    /// digest), sent by `fail_to_proxy` instead of the generic error.
-    pub pending_reply: Option<crate::reply::Reply>,
-    /// The request's chunked body is malformed in the bytes read with its head: it is
-    /// refused (`400`) before anything else, and its connection closed.
-    pub malformed_body: Option<crate::slowloris::Malformed>,
+    pub(crate) identity: Option<Identity>,
     /// Whether the response is one moat made itself (error, `respond`, redirect, preflight).
-    pub own_response: bool,
-    /// The rate-limit outcome for the access log, when a limiter ran.
-    pub ratelimit: Option<&'static str>,
-    /// Limiter state: `RateLimit-*` headers to send, concurrency slots held (released
-    /// when the context drops, however the request ended).
-    pub limits: crate::limit::ReqLimits,
-    /// The connection was taken over by a relay task (an upgrade moat relays itself, see
-    /// `proxy::upgrade`): that task logs the request; Pingora's `logging` must not.
-    pub detached: bool,
+    pub(crate) own_response: bool,
+    /// The built-in plugins' state for this request.
+    pub(crate) plugins: PluginState,
     /// `moat_connections_active`, decremented when the request ends.
     active: Option<prometheus::IntGauge>,
+}
+
+/// The built-in plugins' per-request state: one plain field per plugin that keeps any.
+#[derive(Default)]
+pub(crate) struct PluginState {
+    /// `request_id`: the `traceparent` to send upstream.
+    pub(crate) traceparent: Option<HeaderValue>,
+    /// `auth`: a signed body held back until its digest is checked (HMAC, long or chunked
+    /// bodies).
+    pub(crate) held_body: Option<Box<crate::auth::held_body::HeldBody>>,
+    /// `rate_limit`, `quota`, `concurrency`: the outcome for the access log, when a limiter
+    /// ran.
+    pub(crate) ratelimit: Option<&'static str>,
+    /// `rate_limit`, `quota`, `concurrency`: `RateLimit-*` headers to send, concurrency
+    /// slots held (released when the context drops, however the request ended).
+    pub(crate) limits: crate::ratelimit::ReqLimits,
+    /// `compression`: the encodings and levels chosen for this response (set once).
+    pub(crate) compression:
+        std::sync::OnceLock<Arc<[(pingora_core::protocols::http::compression::Algorithm, u32)]>>,
+}
+
+impl Default for RequestCtx {
+    fn default() -> RequestCtx {
+        RequestCtx::new()
+    }
 }
 
 impl Drop for RequestCtx {
@@ -91,35 +69,75 @@ impl Drop for RequestCtx {
 }
 
 impl RequestCtx {
-    /// A fresh context on snapshot `rt`.
-    pub fn new(rt: Arc<Runtime>) -> RequestCtx {
+    /// A fresh context.
+    pub fn new() -> RequestCtx {
         RequestCtx {
-            rt,
             start: Instant::now(),
             client_ip: None,
             peer_trusted: false,
             request_id: HeaderValue::from_static(""),
-            traceparent: None,
-            route: None,
+            route_name: None,
             identity: None,
-            upstream: UpstreamState::default(),
-            reply_code: None,
             own_response: false,
-            compression: std::sync::OnceLock::new(),
-            body_limit: u64::MAX,
-            body_seen: 0,
-            held_body: None,
-            pending_reply: None,
-            malformed_body: None,
-            ratelimit: None,
-            limits: Default::default(),
-            detached: false,
+            plugins: PluginState::default(),
             active: None,
         }
     }
 
+    /// The request body is sent again from its start (a retry to another target): plugins
+    /// that follow it start over.
+    pub(crate) fn restart_body(&mut self) {
+        if let Some(held) = self.plugins.held_body.as_mut() {
+            held.restart();
+        }
+    }
+
+    /// Whether a plugin holds the request body back (an upgrade then stays on Pingora's
+    /// path).
+    pub(crate) fn holds_body(&self) -> bool {
+        self.plugins.held_body.is_some()
+    }
+
+    /// The encodings and levels the `compression` plugin chose for this response, if any.
+    pub(crate) fn compression(
+        &self,
+    ) -> Option<&Arc<[(pingora_core::protocols::http::compression::Algorithm, u32)]>> {
+        self.plugins.compression.get()
+    }
+
+    /// The rate-limit outcome for the access log, when a limiter ran.
+    pub(crate) fn ratelimit_outcome(&self) -> Option<&'static str> {
+        self.plugins.ratelimit
+    }
+
+    /// When the request started.
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
+    /// The resolved client IP (first untrusted hop), once the request phase began.
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.client_ip
+    }
+
+    /// Whether the direct peer is in `server.trusted_proxies`.
+    pub fn peer_trusted(&self) -> bool {
+        self.peer_trusted
+    }
+
+    /// The authenticated identity (consumer, tier, method, claims), once `auth` ran.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+
+    /// Whether the response is one moat made itself (error, `respond`, redirect,
+    /// preflight) rather than the upstream's.
+    pub fn own_response(&self) -> bool {
+        self.own_response
+    }
+
     /// Count this request in `gauge` until the context drops.
-    pub fn track_active(&mut self, gauge: &prometheus::IntGauge) {
+    pub(crate) fn track_active(&mut self, gauge: &prometheus::IntGauge) {
         gauge.inc();
         self.active = Some(gauge.clone());
     }
@@ -131,7 +149,7 @@ impl RequestCtx {
     }
 
     /// Give the request an id (a new ULID) unless it has one.
-    pub fn assign_request_id(&mut self) {
+    pub(crate) fn assign_request_id(&mut self) {
         if self.request_id.is_empty() {
             self.request_id = crate::util::id::ulid_value();
         }
@@ -150,13 +168,18 @@ impl RequestCtx {
 
     /// Set the id (the request_id plugin keeps a trusted incoming one, already checked
     /// against `[A-Za-z0-9._-]{1,128}`).
-    pub fn set_request_id(&mut self, id: HeaderValue) {
+    pub(crate) fn set_request_id(&mut self, id: HeaderValue) {
         self.request_id = id;
     }
 
     /// The matched route's name, or empty.
     pub fn route_name(&self) -> &str {
-        self.route.as_deref().map(|r| &*r.name).unwrap_or("")
+        self.route_name.as_deref().unwrap_or("")
+    }
+
+    /// Record the matched route's name.
+    pub(crate) fn set_route_name(&mut self, name: &Arc<str>) {
+        self.route_name = Some(Arc::clone(name));
     }
 
     /// Template facts for `req` (the client's request) in this context.

@@ -10,7 +10,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
-    moat::cli::main_with(moat::plugin::registry::Extensions::default())
+    moat::cli::main_with(moat::plugin::external::Extensions::default())
 }
 
 /// Turns transparent huge pages off for this process (`prctl(PR_SET_THP_DISABLE)`), before

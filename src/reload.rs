@@ -11,7 +11,7 @@
 use crate::access_log::AccessLog;
 use crate::config::{self, Config, ConfigErrors};
 use crate::metrics::Metrics;
-use crate::plugin::registry::Extensions;
+use crate::plugin::external::Extensions;
 use crate::runtime::{Runtime, SharedRuntime};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -207,7 +207,7 @@ impl Reloader {
         for p in &fresh {
             crate::upstream::health::start(p);
         }
-        crate::auth::start_background(&compiled);
+        crate::auth::start_background(&compiled.auth, &compiled.local_replay);
         for (name, old) in &current.pools {
             if compiled.pools.values().any(|p| Arc::ptr_eq(p, old)) {
                 continue;

@@ -14,6 +14,7 @@ mod escape;
 pub use escape::Context;
 
 use crate::identity::Identity;
+use crate::util::http::{request_host, valid_token};
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
 
@@ -179,44 +180,6 @@ fn parse_var(name: &str) -> Result<Var, String> {
             }
         }
     })
-}
-
-/// An HTTP token (header names, methods).
-pub fn valid_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// Whether bytes may be sent as a header value: no CR, LF, NUL or other control
-/// characters except horizontal tab.
-pub fn safe_header_value(v: &[u8]) -> bool {
-    v.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
-}
-
-/// The request's host without port, as sent (`Host`, or the HTTP/2 authority).
-pub fn request_host(req: &RequestHeader) -> &str {
-    let raw = req
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("");
-    strip_port(raw)
-}
-
-/// `host:port` → `host`, `[v6]:port` → `[v6]`.
-pub fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return match host.find(']') {
-            Some(i) => &host[..=i],
-            None => host,
-        };
-    }
-    match host.rfind(':') {
-        Some(i) => &host[..i],
-        None => host,
-    }
 }
 
 /// Where a variable's value goes: the output as is, or through an escaper. Values arrive
@@ -478,16 +441,5 @@ mod tests {
         );
         assert_eq!(Template::parse("").unwrap().as_static(), Some(&b""[..]));
         assert_eq!(Template::parse("{{path}}").unwrap().as_static(), None);
-    }
-
-    #[test]
-    fn header_value_safety() {
-        assert!(safe_header_value(b"ok value\twith tab"));
-        for bad in [&b"a\rb"[..], b"a\nb", b"a\0b", b"\x7f"] {
-            assert!(!safe_header_value(bad));
-        }
-        assert_eq!(strip_port("h:1"), "h");
-        assert_eq!(strip_port("[::1]:8"), "[::1]");
-        assert_eq!(strip_port("h"), "h");
     }
 }

@@ -3,19 +3,14 @@
 //!
 //! Each TLS listener's certificates are compiled into a [`CertStore`] that lives in the
 //! runtime, so a reload re-reads the files and new handshakes use the new certificates
-//! without a restart. A certificate serves the DNS names in its subjectAltName (or its CN
-//! when it has none), exact or `*.` wildcard; a handshake whose SNI matches none, or that
+//! without a restart (the handshake callback that reads it is `server::tls`). A
+//! certificate serves the DNS names in its subjectAltName (or its CN when it has none),
+//! exact or `*.` wildcard; a handshake whose SNI matches none, or that
 //! sends no SNI, gets the listener's first certificate.
 
 use crate::config::error::{index, join, ConfigErrors};
 use crate::config::model::ListenerConfig;
-use crate::runtime::SharedRuntime;
-use async_trait::async_trait;
-use pingora_core::listeners::TlsAccept;
-use pingora_core::protocols::tls::TlsRef;
-use pingora_core::tls::ext;
 use pingora_core::tls::pkey::{PKey, Private};
-use pingora_core::tls::ssl::{NameType, SslVersion};
 use pingora_core::tls::x509::X509;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,8 +18,10 @@ use std::sync::Arc;
 /// One certificate (with its chain) and key.
 pub struct CertEntry {
     names: Vec<String>,
-    chain: Vec<X509>,
-    key: PKey<Private>,
+    /// The certificate, then its chain.
+    pub(crate) chain: Vec<X509>,
+    /// Its private key.
+    pub(crate) key: PKey<Private>,
 }
 
 /// The certificates of one listener; the first is the default.
@@ -68,7 +65,7 @@ fn name_matches(pattern: &str, host: &str) -> bool {
 
 impl CertStore {
     /// The entry for `sni` (exact names first, then wildcards, then the default).
-    fn pick(&self, sni: Option<&str>) -> Option<&CertEntry> {
+    pub(crate) fn pick(&self, sni: Option<&str>) -> Option<&CertEntry> {
         if let Some(host) = sni.map(|s| s.trim_end_matches('.').to_ascii_lowercase()) {
             let exact = self.entries.iter().find(|e| e.names.contains(&host));
             let wild = || {
@@ -165,62 +162,6 @@ pub fn compile(
         out.insert(l.name.clone(), Arc::new(store));
     }
     out
-}
-
-/// The handshake callback of one listener: picks the certificate from the live runtime.
-pub struct SniCallback {
-    runtime: SharedRuntime,
-    listener: String,
-}
-
-impl SniCallback {
-    /// A callback for the listener named `listener`.
-    pub fn new(runtime: SharedRuntime, listener: String) -> SniCallback {
-        SniCallback { runtime, listener }
-    }
-}
-
-#[async_trait]
-impl TlsAccept for SniCallback {
-    async fn certificate_callback(&self, ssl: &mut TlsRef) {
-        let rt = self.runtime.load();
-        let Some(store) = rt.tls.get(&self.listener) else {
-            return;
-        };
-        let sni = ssl.servername(NameType::HOST_NAME).map(str::to_string);
-        let Some(entry) = store.pick(sni.as_deref()) else {
-            return;
-        };
-        if ext::ssl_use_certificate(ssl, &entry.chain[0]).is_err()
-            || ext::ssl_use_private_key(ssl, &entry.key).is_err()
-        {
-            log::error!("tls: cannot use the certificate for {:?}", sni);
-            return;
-        }
-        for c in &entry.chain[1..] {
-            let _ = ext::ssl_add_chain_cert(ssl, c);
-        }
-    }
-}
-
-/// Pingora TLS settings for a listener.
-pub fn settings(
-    runtime: SharedRuntime,
-    l: &ListenerConfig,
-) -> Result<pingora_core::listeners::tls::TlsSettings, String> {
-    let cb = Box::new(SniCallback::new(runtime, l.name.clone()));
-    let mut s = pingora_core::listeners::tls::TlsSettings::with_callbacks(cb)
-        .map_err(|e| format!("listener {}: {e}", l.name))?;
-    let min = match l.tls.as_ref().and_then(|t| t.min_version.as_deref()) {
-        Some("1.3") => SslVersion::TLS1_3,
-        _ => SslVersion::TLS1_2,
-    };
-    s.set_min_proto_version(Some(min))
-        .map_err(|e| format!("listener {}: {e}", l.name))?;
-    if l.http2 == Some(true) {
-        s.enable_h2();
-    }
-    Ok(s)
 }
 
 #[cfg(test)]

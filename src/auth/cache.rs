@@ -103,6 +103,7 @@ impl<V: Clone> ExpiringCache<V> {
     }
 
     /// Entries held (live or not yet swept).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.shards
             .iter()
@@ -111,6 +112,7 @@ impl<V: Clone> ExpiringCache<V> {
     }
 
     /// True when nothing is held.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

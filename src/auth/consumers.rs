@@ -8,8 +8,8 @@ use super::dates;
 use super::replay::{LocalReplay, ReplaySet};
 use crate::config::error::{index, join, ConfigErrors};
 use crate::config::model::Config;
+use crate::util::sha256;
 use http::HeaderValue;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -75,11 +75,6 @@ pub struct ConsumerStore {
     by_id: HashMap<String, Arc<Consumer>>,
     api_keys: HashMap<[u8; 32], ApiKey>,
     hmac: HashMap<String, HmacKey>,
-}
-
-/// SHA-256 of `data`.
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    Sha256::digest(data).into()
 }
 
 impl ConsumerStore {

@@ -4,7 +4,7 @@
 //! refused rather than guessed at. Header values are borrowed from the request, not
 //! copied (a JWT is ~700 bytes).
 
-use crate::plugin::UpstreamHead;
+use crate::util::head::UpstreamHead;
 use http::header::AsHeaderName;
 use http::HeaderMap;
 use pingora_http::RequestHeader;

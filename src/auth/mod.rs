@@ -8,35 +8,36 @@
 //!   request-path check (bounded signed bodies); [`replay`]: the replay guards (local, or
 //!   shared through Redis);
 //! - [`credentials`]: finding and hiding credentials; [`require`]: scopes and claims;
-//! - [`cli`]: `moat keygen` and `moat sign`; [`dates`]: RFC 3339 and HTTP dates;
-//! - [`testkit`]: key and token helpers for tests and benches.
+//! - [`tools`]: `moat keygen` and `moat sign`; [`dates`]: RFC 3339 and HTTP dates;
+//! - `testkit`: key and token helpers for tests and benches (only under `cfg(test)` or
+//!   the `testkit` feature).
 //!
 //! The request-side logic (which credential, `require`, identity, hiding credentials)
 //! lives in `plugin::auth`.
 
-pub mod cache;
-pub mod cli;
+pub(crate) mod cache;
 pub mod consumers;
-pub mod credentials;
+pub(crate) mod credentials;
 pub mod dates;
-pub mod fetch;
-pub mod held_body;
+pub(crate) mod fetch;
+pub(crate) mod held_body;
 pub mod hmac;
 pub mod jwk;
 pub mod jwt;
-pub mod mac;
+pub(crate) mod mac;
 pub mod provider;
 pub mod replay;
-pub mod require;
-pub mod signed;
+pub(crate) mod require;
+pub(crate) mod signed;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+pub mod tools;
 
 #[cfg(test)]
 mod proptests;
 
 use crate::config::error::ConfigErrors;
 use crate::config::model::Config;
-use crate::runtime::Runtime;
 use consumers::ConsumerStore;
 use provider::JwtProvider;
 use std::collections::BTreeMap;
@@ -88,13 +89,13 @@ impl AuthState {
     }
 }
 
-/// Start the JWKS refresh loops of `rt`'s `jwks_url` providers, and the replay memory's
-/// sweeper (once per process), on the current tokio runtime. Each loop holds a `Weak`
-/// reference and stops once what it serves is dropped; call it once per compiled
-/// generation (at start and after each reload).
-pub fn start_background(rt: &Runtime) {
-    for p in rt.auth.providers.values() {
+/// Start the JWKS refresh loops of `state`'s `jwks_url` providers, and the sweeper of
+/// `local_replay` (the process's replay memory: once per process), on the current tokio
+/// runtime. Each loop holds a `Weak` reference and stops once what it serves is dropped;
+/// call it once per compiled generation (at start and after each reload).
+pub fn start_background(state: &AuthState, local_replay: &Arc<replay::LocalReplay>) {
+    for p in state.providers.values() {
         provider::spawn_refresh(p);
     }
-    rt.local_replay.start_sweeper();
+    local_replay.start_sweeper();
 }

@@ -4,12 +4,12 @@
 //! what was built; a request signed by `moat sign` verifies, and a changed signed header
 //! does not). Case counts are kept small: the whole file runs in well under a second.
 
-use super::cli::{sign, SignRequest};
 use super::hmac::{self, parse_authorization, HmacAlg};
 use super::jwk::{self, Alg};
 use super::jwt::{self, ClaimRules};
 use super::provider::JwtProvider;
 use super::testkit::{self, b64, SigningKey};
+use super::tools::{sign, SignRequest};
 use crate::util::proptest::config;
 use once_cell::sync::Lazy;
 use pingora_http::RequestHeader;

@@ -289,7 +289,7 @@ impl JwtProvider {
             Some(Value::String(s))
                 if !s.is_empty()
                     && s.len() <= MAX_CONSUMER_CLAIM
-                    && crate::template::safe_header_value(s.as_bytes()) =>
+                    && crate::util::http::safe_header_value(s.as_bytes()) =>
             {
                 s.clone()
             }

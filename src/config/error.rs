@@ -55,6 +55,17 @@ impl ConfigErrors {
         self.0.is_empty()
     }
 
+    /// The point reached so far, to ask later ([`ConfigErrors::clean_since`]) whether a
+    /// step recorded anything.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint(self.0.len())
+    }
+
+    /// True when nothing was recorded since `at`.
+    pub fn clean_since(&self, at: Checkpoint) -> bool {
+        self.0.len() == at.0
+    }
+
     /// Put the errors in the order their keys appear in a config file: by section (in the
     /// reference file's order), then by list index; the order found is kept otherwise.
     pub fn sort_by_file_order(&mut self) {
@@ -96,6 +107,10 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
+
+/// A point in a [`ConfigErrors`] list (see [`ConfigErrors::checkpoint`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Checkpoint(usize);
 
 /// Join a parent path and a child key.
 pub fn join(parent: &str, key: &str) -> String {

@@ -347,7 +347,7 @@ mod tests {
     #[test]
     fn unknown_plugin_is_kept_for_the_registry() {
         // Names outside the built-in registry decode as external plugins; compiling the
-        // config refuses them unless a custom build registered them (plugin::registry).
+        // config refuses them unless a custom build registered them (plugin::external).
         let cfg = parse("global_plugins:\n  - rate_limiter: { x: 1 }\n").unwrap();
         assert_eq!(cfg.global_plugins[0].name(), "rate_limiter");
         let e = errors("global_plugins:\n  - headers: {}\n    cors: {}\n");

@@ -1,14 +1,13 @@
-//! The config file: its shape (`model`), units, loading with every error and its path
-//! (`load`), semantic checks (`validate`) and warnings that never refuse a config
-//! (`warnings`). Compiling into the runtime is
-//! `runtime::Runtime::compile`.
+//! The config file: its shape (`model`, with the plugins' settings and the table of
+//! built-in plugins in `plugins`), units, loading with every error and its path (`load`)
+//! and the error list (`error`). Semantic checks and warnings are `checks`; compiling into
+//! the runtime is `runtime::Runtime::compile`.
 
 pub mod error;
 pub mod load;
 pub mod model;
+pub mod plugins;
 pub mod units;
-pub mod validate;
-pub mod warnings;
 
 #[cfg(test)]
 mod proptests;

@@ -6,7 +6,7 @@
 use super::error::{ConfigErrors, SECTIONS};
 use super::load::parse;
 use crate::metrics::Metrics;
-use crate::plugin::registry::Extensions;
+use crate::plugin::external::Extensions;
 use crate::runtime::Runtime;
 use crate::util::proptest::config;
 use once_cell::sync::Lazy;

@@ -240,7 +240,7 @@ fn reference_file_states_the_defaults_the_code_uses() {
     use super::units::{parse_duration, parse_size};
     use Code::*;
     let server = crate::server::server_conf(&super::Config::default(), false);
-    let limits = crate::runtime::Limits::default();
+    let limits = crate::runtime::RequestBounds::default();
     // What serde fills in for keys left out.
     let provider: super::model::JwtProviderConfig =
         serde_yaml::from_str("algorithms: [RS256]").expect("provider");
@@ -268,7 +268,7 @@ fn reference_file_states_the_defaults_the_code_uses() {
         ("    max_headers:", Int(limits.max_headers as u64)),
         (
             "    header_timeout:",
-            Dur(crate::slowloris::DEFAULT_HEADER_TIMEOUT),
+            Dur(crate::conn::DEFAULT_HEADER_TIMEOUT),
         ),
         ("    max_body:", Size(limits.max_body)),
         (
@@ -277,7 +277,7 @@ fn reference_file_states_the_defaults_the_code_uses() {
         ),
         (
             "    per_ip_v6_prefix:",
-            Int(crate::conn_limit::DEFAULT_V6_PREFIX.into()),
+            Int(crate::conn::limit::DEFAULT_V6_PREFIX.into()),
         ),
         ("  timeout:", Dur(crate::redis::config::DEFAULT_TIMEOUT)),
         (
@@ -303,14 +303,17 @@ fn reference_file_states_the_defaults_the_code_uses() {
         (
             "          sync_interval:",
             Dur(std::time::Duration::from_micros(
-                crate::limit::fast::DEFAULT_SYNC_US,
+                crate::ratelimit::fast::DEFAULT_SYNC_US,
             )),
         ),
         (
             "          max_keys:",
-            Int(crate::limit::store::DEFAULT_MAX_KEYS as u64),
+            Int(crate::ratelimit::store::DEFAULT_MAX_KEYS as u64),
         ),
-        ("          lease:", Dur(crate::limit::lease::DEFAULT_LEASE)),
+        (
+            "          lease:",
+            Dur(crate::ratelimit::lease::DEFAULT_LEASE),
+        ),
         (
             "    jwks_refresh:",
             Dur(crate::auth::provider::DEFAULT_REFRESH),

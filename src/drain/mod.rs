@@ -26,7 +26,7 @@
 //! is left) and registers the task to wake when the stage changes, so that idle
 //! connections, waiting on a socket that will never speak, see it at once. A connection
 //! holds one from its accept: a TLS connection's rides on its socket through its
-//! handshake (`conn_limit::accept`) until moat's connection wrapper (`slowloris`) takes
+//! handshake (`conn::limit::accept`) until moat's connection wrapper (`conn`) takes
 //! over the count.
 //!
 //! HTTP/2 connections are told at `Draining` ([`Drain::draining_watch`], which the

@@ -11,7 +11,7 @@
 //!    holding the sockets goes on accepting); connections already accepted are served.
 //! 3. As soon as no connection is left, the sequence is over. A connection counts from
 //!    its task's first step: on a TLS listener before its handshake
-//!    (`conn_limit::accept`), so that one whose ClientHello comes late is waited for (at
+//!    (`conn::limit::accept`), so that one whose ClientHello comes late is waited for (at
 //!    most `header_timeout` after its accept if it never comes); on a plain one when
 //!    moat's wrapper gets it, with nothing read before. "No connection left" is checked
 //!    from [`SETTLE`] after the stop, so that a connection accepted at the last moment

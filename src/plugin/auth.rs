@@ -35,6 +35,7 @@ use crate::ctx::RequestCtx;
 use crate::identity::Identity;
 use crate::reply::{ErrorCode, Reply};
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
@@ -95,7 +96,7 @@ impl Auth {
         env: &super::CompileEnv,
         errs: &mut ConfigErrors,
     ) -> Option<Auth> {
-        let before = errs.0.len();
+        let before = errs.checkpoint();
         let has = |m| c.methods.contains(&m);
         let mut jwt = None;
         if has(AuthMethod::Jwt) {
@@ -188,7 +189,7 @@ impl Auth {
         });
         let req = c.require.clone().unwrap_or_default();
         let hmac_challenge = signed::challenge(hmac.as_ref().map_or(&[][..], |h| &h.enforce));
-        (errs.0.len() == before).then(|| Auth {
+        (errs.clean_since(before)).then(|| Auth {
             jwt,
             api_key,
             hmac,
@@ -321,106 +322,100 @@ impl Auth {
     async fn authenticate(&self, cred: Cred<'_>) -> Result<Authenticated, Refusal> {
         let now = now_secs();
         match cred {
-            Cred::Jwt(token) => {
-                let Some(j) = &self.jwt else {
-                    return Err(self.unauthorized(
-                        "jwt",
-                        "missing",
-                        "credentials are required",
-                        None,
-                    ));
-                };
-                match j.provider.verify(&token, now).await {
-                    Ok(v) => {
-                        let refuse = |reason| {
-                            self.unauthorized(
-                                "jwt",
-                                reason,
-                                "invalid token",
-                                Some(BEARER_INVALID.clone()),
-                            )
-                        };
-                        // `PROVIDER:VALUE`, a consumer of the provider's own; with
-                        // `consumer_map: consumers`, the configured consumer it names, if
-                        // that consumer lists the provider in its `jwt_providers`.
-                        let (consumer, header, tier) = match j.provider.consumer_map {
-                            ConsumerMap::Namespaced => match &v.subject_header {
-                                Some(h) => (Arc::clone(&v.subject), h.clone(), None),
-                                None => return Err(refuse("claims")),
-                            },
-                            ConsumerMap::Consumers => {
-                                match self.consumers.jwt_consumer(&j.provider.name, &v.subject) {
-                                    Some(c) => {
-                                        (Arc::clone(&c.id), c.header.clone(), c.tier.clone())
-                                    }
-                                    None => return Err(refuse("unknown_consumer")),
-                                }
-                            }
-                        };
-                        Ok(Authenticated {
-                            consumer,
-                            header,
-                            tier,
-                            method: "jwt",
-                            scopes: Arc::clone(&v.scopes),
-                            claims: Some(Arc::clone(&v.claims)),
-                            held_digest: None,
-                        })
-                    }
-                    Err(JwtError::NoKeys) => Err(Refusal {
-                        method: "jwt",
-                        reason: JwtError::NoKeys.reason(),
-                        reply: Reply::error(
-                            ErrorCode::ServiceUnavailable,
-                            "token verification keys are not available",
-                        ),
-                    }),
-                    Err(e) => {
-                        let msg = if e == JwtError::Expired {
-                            "token expired"
-                        } else {
-                            "invalid token"
-                        };
-                        Err(self.unauthorized("jwt", e.reason(), msg, Some(BEARER_INVALID.clone())))
-                    }
-                }
-            }
-            Cred::ApiKey(key) => {
-                if key.is_empty() {
-                    return Err(self.unauthorized(
-                        "api_key",
-                        "malformed",
-                        "invalid API key",
-                        Some(APIKEY.clone()),
-                    ));
-                }
-                match self.consumers.api_key(&key, now) {
-                    Ok(k) => Ok(Authenticated {
-                        consumer: Arc::clone(&k.consumer.id),
-                        header: k.consumer.header.clone(),
-                        tier: k.consumer.tier.clone(),
-                        method: "api_key",
-                        scopes: Arc::clone(&k.scopes),
-                        claims: None,
-                        held_digest: None,
-                    }),
-                    Err(KeyRefusal::Expired) => Err(self.unauthorized(
-                        "api_key",
-                        "expired",
-                        "API key expired",
-                        Some(APIKEY.clone()),
-                    )),
-                    Err(KeyRefusal::Unknown) => Err(self.unauthorized(
-                        "api_key",
-                        "unknown_key",
-                        "invalid API key",
-                        Some(APIKEY.clone()),
-                    )),
-                }
-            }
+            Cred::Jwt(token) => self.authenticate_jwt(&token, now).await,
+            Cred::ApiKey(key) => self.authenticate_api_key(&key, now),
             Cred::Hmac(_) => {
                 Err(self.unauthorized("hmac", "missing", "credentials are required", None))
             }
+        }
+    }
+
+    /// Check a JWT with the route's provider, and find its consumer.
+    async fn authenticate_jwt(&self, token: &str, now: i64) -> Result<Authenticated, Refusal> {
+        let Some(j) = &self.jwt else {
+            return Err(self.unauthorized("jwt", "missing", "credentials are required", None));
+        };
+        match j.provider.verify(token, now).await {
+            Ok(v) => {
+                let refuse = |reason| {
+                    self.unauthorized("jwt", reason, "invalid token", Some(BEARER_INVALID.clone()))
+                };
+                // `PROVIDER:VALUE`, a consumer of the provider's own; with
+                // `consumer_map: consumers`, the configured consumer it names, if
+                // that consumer lists the provider in its `jwt_providers`.
+                let (consumer, header, tier) = match j.provider.consumer_map {
+                    ConsumerMap::Namespaced => match &v.subject_header {
+                        Some(h) => (Arc::clone(&v.subject), h.clone(), None),
+                        None => return Err(refuse("claims")),
+                    },
+                    ConsumerMap::Consumers => {
+                        match self.consumers.jwt_consumer(&j.provider.name, &v.subject) {
+                            Some(c) => (Arc::clone(&c.id), c.header.clone(), c.tier.clone()),
+                            None => return Err(refuse("unknown_consumer")),
+                        }
+                    }
+                };
+                Ok(Authenticated {
+                    consumer,
+                    header,
+                    tier,
+                    method: "jwt",
+                    scopes: Arc::clone(&v.scopes),
+                    claims: Some(Arc::clone(&v.claims)),
+                    held_digest: None,
+                })
+            }
+            Err(JwtError::NoKeys) => Err(Refusal {
+                method: "jwt",
+                reason: JwtError::NoKeys.reason(),
+                reply: Reply::error(
+                    ErrorCode::ServiceUnavailable,
+                    "token verification keys are not available",
+                ),
+            }),
+            Err(e) => {
+                let msg = if e == JwtError::Expired {
+                    "token expired"
+                } else {
+                    "invalid token"
+                };
+                Err(self.unauthorized("jwt", e.reason(), msg, Some(BEARER_INVALID.clone())))
+            }
+        }
+    }
+
+    /// Check an API key against the consumers' key hashes.
+    fn authenticate_api_key(&self, key: &str, now: i64) -> Result<Authenticated, Refusal> {
+        if key.is_empty() {
+            return Err(self.unauthorized(
+                "api_key",
+                "malformed",
+                "invalid API key",
+                Some(APIKEY.clone()),
+            ));
+        }
+        match self.consumers.api_key(key, now) {
+            Ok(k) => Ok(Authenticated {
+                consumer: Arc::clone(&k.consumer.id),
+                header: k.consumer.header.clone(),
+                tier: k.consumer.tier.clone(),
+                method: "api_key",
+                scopes: Arc::clone(&k.scopes),
+                claims: None,
+                held_digest: None,
+            }),
+            Err(KeyRefusal::Expired) => Err(self.unauthorized(
+                "api_key",
+                "expired",
+                "API key expired",
+                Some(APIKEY.clone()),
+            )),
+            Err(KeyRefusal::Unknown) => Err(self.unauthorized(
+                "api_key",
+                "unknown_key",
+                "invalid API key",
+                Some(APIKEY.clone()),
+            )),
         }
     }
 
@@ -507,6 +502,8 @@ impl Plugin for Auth {
     fn phases(&self) -> Phases {
         Phases {
             request: true,
+            // A signed body is held back until its digest is checked (HMAC only).
+            request_body: self.hmac.is_some(),
             upstream_request: true,
             ..Phases::default()
         }
@@ -533,7 +530,8 @@ impl Plugin for Auth {
                     let failures =
                         self.failures
                             .with_label_values(&[ctx.route_name(), "hmac", "digest"]);
-                    ctx.held_body = Some(Box::new(HeldBody::new(d, refusal.reply, failures)));
+                    ctx.plugins.held_body =
+                        Some(Box::new(HeldBody::new(d, refusal.reply, failures)));
                 }
                 ctx.identity = Some(Identity {
                     consumer_id: who.consumer,
@@ -567,6 +565,18 @@ impl Plugin for Auth {
         Flow::Reply(refusal.reply)
     }
 
+    fn request_body(
+        &self,
+        body: &mut Option<Bytes>,
+        end: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Reply> {
+        match ctx.plugins.held_body.as_mut() {
+            Some(held) => held.filter(body, end),
+            None => Ok(()),
+        }
+    }
+
     fn upstream_request(&self, _req: &RequestHeader, ctx: &RequestCtx, up: &mut UpstreamHead) {
         if let Some(c) = &self.hide {
             c.hide(up);
@@ -577,5 +587,16 @@ impl Plugin for Auth {
             up.headers
                 .insert(X_AUTH_METHOD.clone(), HeaderValue::from_static(id.method));
         }
+    }
+}
+
+impl super::CompilePlugin for crate::config::model::AuthConfig {
+    fn compile_plugin(
+        &self,
+        here: &str,
+        env: &super::CompileEnv,
+        errs: &mut crate::config::error::ConfigErrors,
+    ) -> Option<std::sync::Arc<dyn Plugin>> {
+        Auth::compile(self, here, env, errs).map(|p| std::sync::Arc::new(p) as _)
     }
 }

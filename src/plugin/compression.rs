@@ -39,7 +39,7 @@ impl Compression {
         path: &str,
         errs: &mut ConfigErrors,
     ) -> Option<Compression> {
-        let before = errs.0.len();
+        let before = errs.checkpoint();
         let level = c.level.unwrap_or(6);
         if !(1..=9).contains(&level) {
             errs.push(join(path, "level"), "must be between 1 and 9");
@@ -82,7 +82,7 @@ impl Compression {
                 );
             }
         }
-        (errs.0.len() == before).then(|| Compression {
+        (errs.clean_since(before)).then(|| Compression {
             levels: levels.into(),
             types,
             min_size: c.min_size.map(|s| s.0).unwrap_or(1024),
@@ -130,16 +130,30 @@ impl Plugin for Compression {
 
     fn phases(&self) -> Phases {
         Phases {
-            request: false,
-            upstream_request: false,
             response: true,
+            response_compression: true,
+            ..Phases::default()
         }
     }
 
     fn response(&self, _req: &RequestHeader, ctx: &RequestCtx, resp: &mut ResponseHead) {
         if self.wants(resp) {
-            let _ = ctx.compression.set(std::sync::Arc::clone(&self.levels));
+            let _ = ctx
+                .plugins
+                .compression
+                .set(std::sync::Arc::clone(&self.levels));
         }
+    }
+}
+
+impl super::CompilePlugin for crate::config::model::CompressionConfig {
+    fn compile_plugin(
+        &self,
+        here: &str,
+        _env: &super::CompileEnv,
+        errs: &mut crate::config::error::ConfigErrors,
+    ) -> Option<std::sync::Arc<dyn Plugin>> {
+        Compression::compile(self, here, errs).map(|p| std::sync::Arc::new(p) as _)
     }
 }
 

@@ -1,6 +1,6 @@
 //! `concurrency`: at most `max` requests in flight per key, on this instance (`scope:
 //! local`, default) or across every instance sharing the `redis:` (`scope: cluster`: a
-//! lease per slot in Redis, see `limit::lease`; `on_redis_error` allow, deny with 503 or
+//! lease per slot in Redis, see `ratelimit::lease`; `on_redis_error` allow, deny with 503 or
 //! local — this instance's own count — [local]). The slot is an RAII guard kept in the
 //! request context, so it is released whenever the context drops: completion, error
 //! reply, client abort, upstream timeout. Refusals: 429 `CONCURRENCY_LIMITED` with
@@ -10,9 +10,9 @@ use super::{CompileEnv, Flow, Phases, Plugin};
 use crate::config::error::{join, ConfigErrors};
 use crate::config::model::{ConcurrencyConfig, OnRedisError};
 use crate::ctx::RequestCtx;
-use crate::limit::lease::{Leases, DEFAULT_LEASE, MIN_LEASE};
-use crate::limit::store::Inflight;
-use crate::limit::KeySource;
+use crate::ratelimit::lease::{Leases, DEFAULT_LEASE, MIN_LEASE};
+use crate::ratelimit::store::Inflight;
+use crate::ratelimit::KeySource;
 use crate::reply::{ErrorCode, Reply};
 use async_trait::async_trait;
 use http::HeaderValue;
@@ -39,7 +39,7 @@ impl Concurrency {
         env: &CompileEnv,
         errs: &mut ConfigErrors,
     ) -> Option<Concurrency> {
-        let before = errs.0.len();
+        let before = errs.checkpoint();
         let local_only = [
             ("on_redis_error", c.on_redis_error.is_some()),
             ("lease", c.lease.is_some()),
@@ -53,7 +53,7 @@ impl Concurrency {
         if c.max == 0 {
             errs.push(join(path, "max"), "must be at least 1");
         }
-        if errs.0.len() != before {
+        if !errs.clean_since(before) {
             return None;
         }
         // Every instance with this config names the same Redis keys; the state (live
@@ -61,7 +61,7 @@ impl Concurrency {
         // Redis client.
         let cluster = redis.map(|r| {
             let name = format!("{path}|concurrency|{}", c.key);
-            let leases = env.limits.get_or_make(
+            let leases = env.limiters.get_or_make(
                 format!("{name}|cluster|{lease:?}|{:p}", Arc::as_ptr(r)),
                 || Leases::new(Arc::clone(r), &name, lease),
             );
@@ -69,7 +69,7 @@ impl Concurrency {
         });
         // Slots held across a reload stay counted: the key only depends on the place.
         let inflight = env
-            .limits
+            .limiters
             .get_or_make(format!("{path}|concurrency|{}", c.key), Inflight::default);
         Some(Concurrency {
             key,
@@ -97,17 +97,17 @@ impl Plugin for Concurrency {
 
     async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Flow {
         let mut key = String::with_capacity(48);
-        self.key.extract(session.req_header(), ctx, &mut key);
+        self.key.extract(&ctx.facts(session.req_header()), &mut key);
         let allowed = match &self.cluster {
             None => self
                 .inflight
                 .acquire(&key, self.max)
-                .map(|h| ctx.limits.held.push(h)),
+                .map(|h| ctx.plugins.limits.held.push(h)),
             Some((leases, on_error)) => match leases.acquire(&key, self.max).await {
-                Ok(lease) => lease.map(|l| ctx.limits.leases.push(l)),
+                Ok(lease) => lease.map(|l| ctx.plugins.limits.leases.push(l)),
                 Err(_) => {
                     self.count(ctx, "error");
-                    ctx.ratelimit = Some("error");
+                    ctx.plugins.ratelimit = Some("error");
                     match on_error {
                         OnRedisError::Allow => return Flow::Continue,
                         OnRedisError::Deny => {
@@ -119,7 +119,7 @@ impl Plugin for Concurrency {
                         OnRedisError::Local => {
                             return match self.inflight.acquire(&key, self.max) {
                                 Some(h) => {
-                                    ctx.limits.held.push(h);
+                                    ctx.plugins.limits.held.push(h);
                                     Flow::Continue
                                 }
                                 None => self.refuse(ctx),
@@ -132,7 +132,7 @@ impl Plugin for Concurrency {
         match allowed {
             Some(()) => {
                 self.count(ctx, "allowed");
-                ctx.ratelimit.get_or_insert("allowed");
+                ctx.plugins.ratelimit.get_or_insert("allowed");
                 Flow::Continue
             }
             None => {
@@ -151,10 +151,21 @@ impl Concurrency {
     }
 
     fn refuse(&self, ctx: &mut RequestCtx) -> Flow {
-        ctx.ratelimit = Some("limited");
+        ctx.plugins.ratelimit = Some("limited");
         Flow::Reply(
             Reply::error(ErrorCode::ConcurrencyLimited, self.message.clone())
                 .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1")),
         )
+    }
+}
+
+impl super::CompilePlugin for crate::config::model::ConcurrencyConfig {
+    fn compile_plugin(
+        &self,
+        here: &str,
+        env: &super::CompileEnv,
+        errs: &mut crate::config::error::ConfigErrors,
+    ) -> Option<std::sync::Arc<dyn Plugin>> {
+        Concurrency::compile(self, here, env, errs).map(|p| std::sync::Arc::new(p) as _)
     }
 }

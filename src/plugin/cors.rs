@@ -18,6 +18,7 @@ use crate::config::error::{index, join, ConfigErrors};
 use crate::config::model::CorsConfig;
 use crate::ctx::RequestCtx;
 use crate::reply::Reply;
+use crate::util::http::is_preflight;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{
@@ -41,13 +42,6 @@ pub struct Cors {
     max_age: Option<HeaderValue>,
 }
 
-/// Whether `req` is a CORS preflight.
-pub fn is_preflight(req: &RequestHeader) -> bool {
-    req.method == Method::OPTIONS
-        && req.headers.contains_key(ORIGIN)
-        && req.headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
-}
-
 fn list_value(items: &[String]) -> Option<HeaderValue> {
     (!items.is_empty())
         .then(|| HeaderValue::from_str(&items.join(", ")).ok())
@@ -57,7 +51,7 @@ fn list_value(items: &[String]) -> Option<HeaderValue> {
 impl Cors {
     /// Compile, recording every bad origin, method or header under `path`.
     pub fn compile(c: &CorsConfig, path: &str, errs: &mut ConfigErrors) -> Option<Cors> {
-        let before = errs.0.len();
+        let before = errs.checkpoint();
         let any_origin = c.origins.iter().any(|o| o == "*");
         if c.origins.is_empty() {
             errs.push(join(path, "origins"), "list the allowed origins (or \"*\")");
@@ -123,7 +117,7 @@ impl Cors {
                 );
             }
         }
-        if errs.0.len() != before {
+        if !errs.clean_since(before) {
             return None;
         }
         let header_names: Vec<String> = headers.iter().map(|h| h.as_str().to_string()).collect();
@@ -205,14 +199,14 @@ impl Plugin for Cors {
 
     fn phases(&self) -> Phases {
         Phases {
-            request: false,
-            upstream_request: false,
+            early_request: true,
             response: true,
+            ..Phases::default()
         }
     }
 
-    fn preflight(&self, req: &RequestHeader) -> Option<Reply> {
-        Some(self.preflight_reply(req))
+    fn early_request(&self, req: &RequestHeader) -> Option<Reply> {
+        is_preflight(req).then(|| self.preflight_reply(req))
     }
 
     fn response(&self, req: &RequestHeader, _ctx: &RequestCtx, resp: &mut ResponseHead) {
@@ -240,6 +234,17 @@ impl Plugin for Cors {
             resp.headers
                 .insert(ACCESS_CONTROL_EXPOSE_HEADERS, e.clone());
         }
+    }
+}
+
+impl super::CompilePlugin for crate::config::model::CorsConfig {
+    fn compile_plugin(
+        &self,
+        here: &str,
+        _env: &super::CompileEnv,
+        errs: &mut crate::config::error::ConfigErrors,
+    ) -> Option<std::sync::Arc<dyn Plugin>> {
+        Cors::compile(self, here, errs).map(|p| std::sync::Arc::new(p) as _)
     }
 }
 

@@ -8,7 +8,8 @@ use super::{Phases, Plugin, ResponseHead, UpstreamHead};
 use crate::config::error::{join, ConfigErrors};
 use crate::config::model::{HeaderOpsConfig, HeadersConfig};
 use crate::ctx::RequestCtx;
-use crate::template::{safe_header_value, Facts, Template};
+use crate::template::{Facts, Template};
+use crate::util::http::safe_header_value;
 use async_trait::async_trait;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
@@ -50,7 +51,7 @@ pub struct Headers {
 impl Headers {
     /// Compile, recording every bad name or template under `path`.
     pub fn compile(c: &HeadersConfig, path: &str, errs: &mut ConfigErrors) -> Option<Headers> {
-        let before = errs.0.len();
+        let before = errs.checkpoint();
         let request = c
             .request
             .as_ref()
@@ -61,7 +62,7 @@ impl Headers {
             .as_ref()
             .map(|o| compile_ops(o, &join(path, "response"), errs))
             .unwrap_or_default();
-        (errs.0.len() == before).then_some(Headers { request, response })
+        (errs.clean_since(before)).then_some(Headers { request, response })
     }
 }
 
@@ -199,9 +200,9 @@ impl Plugin for Headers {
     fn phases(&self) -> Phases {
         let any = |o: &Ops| !(o.remove.is_empty() && o.set.is_empty() && o.add.is_empty());
         Phases {
-            request: false,
             upstream_request: any(&self.request),
             response: any(&self.response),
+            ..Phases::default()
         }
     }
 
@@ -214,10 +215,20 @@ impl Plugin for Headers {
     }
 }
 
+impl super::CompilePlugin for crate::config::model::HeadersConfig {
+    fn compile_plugin(
+        &self,
+        here: &str,
+        _env: &super::CompileEnv,
+        errs: &mut crate::config::error::ConfigErrors,
+    ) -> Option<std::sync::Arc<dyn Plugin>> {
+        Headers::compile(self, here, errs).map(|p| std::sync::Arc::new(p) as _)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::Runtime;
     use std::sync::Arc;
 
     fn plugin(yaml: &str) -> Result<Headers, ConfigErrors> {
@@ -248,7 +259,7 @@ mod tests {
         let mut up = req.clone();
         up.insert_header("x-empty", "client-forged").unwrap();
         let mut up = UpstreamHead::from(up);
-        let ctx = RequestCtx::new(Arc::new(Runtime::empty()));
+        let ctx = RequestCtx::new();
         p.upstream_request(&req, &ctx, &mut up);
         assert!(up.headers.get("cookie").is_none());
         assert_eq!(up.headers["x-copy"], "v=hello");
@@ -271,7 +282,7 @@ mod tests {
                 .unwrap();
         let req = client_req();
         let mut up = UpstreamHead::from(req.clone());
-        let mut ctx = RequestCtx::new(Arc::new(Runtime::empty()));
+        let mut ctx = RequestCtx::new();
         let mut claims = serde_json::Map::new();
         claims.insert("sub".into(), "x\r\nx-admin: true".into());
         ctx.identity = Some(crate::identity::Identity {

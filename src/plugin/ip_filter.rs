@@ -26,12 +26,8 @@ impl IpFilter {
         let mut parse = |k: &str, list: &[String]| match CidrSet::parse(list) {
             Ok(s) => s,
             Err(bad) => {
-                // validate.rs reports these too when the config is loaded normally; record
-                // them here only when validation did not run (plugin compiled on its own).
-                if errs.0.iter().all(|e| !e.path.starts_with(&join(path, k))) {
-                    for (i, msg) in bad {
-                        errs.push(index(&join(path, k), i), msg);
-                    }
+                for (i, msg) in bad {
+                    errs.push(index(&join(path, k), i), msg);
                 }
                 ok = false;
                 CidrSet::default()
@@ -75,6 +71,17 @@ impl Plugin for IpFilter {
                 "access from this address is not allowed",
             ))
         }
+    }
+}
+
+impl super::CompilePlugin for crate::config::model::IpFilterConfig {
+    fn compile_plugin(
+        &self,
+        here: &str,
+        _env: &super::CompileEnv,
+        errs: &mut crate::config::error::ConfigErrors,
+    ) -> Option<std::sync::Arc<dyn Plugin>> {
+        IpFilter::compile(self, here, errs).map(|p| std::sync::Arc::new(p) as _)
     }
 }
 

@@ -2,10 +2,15 @@
 //! objects implementing [`Plugin`], one method per phase with no-op defaults.
 //!
 //! Phases, in request order:
+//! - [`Plugin::early_request`]: after routing, before every request phase (authentication
+//!   included); may answer the request itself (a CORS preflight, which carries no
+//!   credentials).
 //! - [`Plugin::request`]: after routing (or on an unrouted request, for global plugins
 //!   only), before the action; may answer the request itself with [`Flow::Reply`].
 //! - [`Plugin::upstream_request`]: edits the request head sent upstream, as an
 //!   [`UpstreamHead`].
+//! - [`Plugin::request_body`]: each chunk of the request body on its way upstream; may
+//!   refuse it (HMAC digest checks of a held body).
 //! - [`Plugin::response`]: edits every response head sent downstream, the upstream's and
 //!   the ones moat makes (errors, `respond`, redirects), as a [`ResponseHead`] (plain
 //!   `http` parts: see [`head`] for why), after moat set `X-Request-ID` on it.
@@ -17,11 +22,10 @@ pub mod auth;
 pub mod compression;
 pub mod concurrency;
 pub mod cors;
-pub mod head;
+pub mod external;
 pub mod headers;
 pub mod ip_filter;
 pub mod rate_limit;
-pub mod registry;
 pub mod request_id;
 pub mod security_headers;
 
@@ -29,8 +33,8 @@ use crate::config::error::{join, ConfigErrors};
 use crate::config::model::PluginConfig;
 use crate::ctx::RequestCtx;
 use crate::reply::Reply;
+pub use crate::util::head::{self, ResponseHead, UpstreamHead};
 use async_trait::async_trait;
-pub use head::{ResponseHead, UpstreamHead};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use std::sync::Arc;
@@ -46,12 +50,19 @@ pub enum Flow {
 /// The phases a plugin takes part in.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Phases {
+    /// Calls [`Plugin::early_request`].
+    pub early_request: bool,
     /// Calls [`Plugin::request`].
     pub request: bool,
+    /// Calls [`Plugin::request_body`].
+    pub request_body: bool,
     /// Calls [`Plugin::upstream_request`].
     pub upstream_request: bool,
     /// Calls [`Plugin::response`].
     pub response: bool,
+    /// Needs Pingora's response compression module, which the proxy then enables on every
+    /// request so that it reads `Accept-Encoding` (the `compression` plugin).
+    pub response_compression: bool,
 }
 
 /// A compiled plugin. Implementations are immutable and shared by every request of a
@@ -63,6 +74,12 @@ pub trait Plugin: Send + Sync {
 
     /// Which phases this plugin implements; others are never called.
     fn phases(&self) -> Phases;
+
+    /// Look at the request before any request phase of the chain runs (authentication
+    /// included); return a reply to answer it here.
+    fn early_request(&self, _req: &RequestHeader) -> Option<Reply> {
+        None
+    }
 
     /// Inspect the request; return [`Flow::Reply`] to answer it here.
     async fn request(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Flow {
@@ -79,11 +96,17 @@ pub trait Plugin: Send + Sync {
     ) {
     }
 
-    /// Answer a CORS preflight (`OPTIONS` with `Origin` and
-    /// `Access-Control-Request-Method`) before any request phase runs; `None` to let it
-    /// through. Called only on preflights, on plugins with a response phase.
-    fn preflight(&self, _req: &RequestHeader) -> Option<Reply> {
-        None
+    /// Look at a chunk of the request body on its way upstream (`end`: the last one; the
+    /// chunk may be taken, to be released later); `Err` refuses the request with that
+    /// reply, sent instead of the upstream's answer when nothing was sent yet. After a
+    /// retry to another target the body is sent again from its start.
+    fn request_body(
+        &self,
+        _body: &mut Option<bytes::Bytes>,
+        _end: bool,
+        _ctx: &mut RequestCtx,
+    ) -> Result<(), Reply> {
+        Ok(())
     }
 
     /// Edit a response head before it goes downstream: write `resp.headers` directly,
@@ -91,15 +114,22 @@ pub trait Plugin: Send + Sync {
     fn response(&self, _req: &RequestHeader, _ctx: &RequestCtx, _resp: &mut ResponseHead) {}
 }
 
-/// The plugins of one route (global ones first), split by phase.
+/// The plugins of one route (global ones first), split by phase: a phase no plugin of the
+/// chain takes part in costs an empty loop.
 #[derive(Clone, Default)]
 pub struct Chain {
+    /// Plugins with an early request phase, in order.
+    pub early_request: Vec<Arc<dyn Plugin>>,
     /// Plugins with a request phase, in order.
     pub request: Vec<Arc<dyn Plugin>>,
+    /// Plugins with a request body phase, in order.
+    pub request_body: Vec<Arc<dyn Plugin>>,
     /// Plugins with an upstream-request phase, in order.
     pub upstream_request: Vec<Arc<dyn Plugin>>,
     /// Plugins with a response phase, in order.
     pub response: Vec<Arc<dyn Plugin>>,
+    /// Whether a plugin of the chain needs Pingora's response compression module.
+    pub response_compression: bool,
 }
 
 impl Chain {
@@ -108,8 +138,14 @@ impl Chain {
         let mut c = Chain::default();
         for p in plugins {
             let ph = p.phases();
+            if ph.early_request {
+                c.early_request.push(Arc::clone(p));
+            }
             if ph.request {
                 c.request.push(Arc::clone(p));
+            }
+            if ph.request_body {
+                c.request_body.push(Arc::clone(p));
             }
             if ph.upstream_request {
                 c.upstream_request.push(Arc::clone(p));
@@ -117,8 +153,27 @@ impl Chain {
             if ph.response {
                 c.response.push(Arc::clone(p));
             }
+            c.response_compression |= ph.response_compression;
         }
         c
+    }
+
+    /// Run the early request phase: the first reply a plugin makes, if any.
+    pub fn run_early_request(&self, req: &RequestHeader) -> Option<Reply> {
+        self.early_request.iter().find_map(|p| p.early_request(req))
+    }
+
+    /// Run the request body phase on a chunk: the first refusal, if any.
+    pub fn run_request_body(
+        &self,
+        body: &mut Option<bytes::Bytes>,
+        end: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Reply> {
+        for p in &self.request_body {
+            p.request_body(body, end, ctx)?;
+        }
+        Ok(())
     }
 
     /// Run the upstream-request phase on `up`, a head already moved out for editing
@@ -168,9 +223,9 @@ pub struct CompileEnv<'a> {
     /// Metrics (counters plugins increment).
     pub metrics: &'a crate::metrics::Metrics,
     /// Plugins registered by a custom build.
-    pub extensions: &'a registry::Extensions,
+    pub extensions: &'a external::Extensions,
     /// Limiter state, carried over from the previous generation when unchanged.
-    pub limits: &'a crate::limit::Registry,
+    pub limiters: &'a crate::ratelimit::Registry,
     /// The Redis client when `redis:` is configured (cluster-scope limits).
     pub redis: Option<&'a Arc<crate::redis::Redis>>,
 }
@@ -182,47 +237,62 @@ pub fn compile(
     env: &CompileEnv,
     errs: &mut ConfigErrors,
 ) -> Option<Arc<dyn Plugin>> {
-    let here = join(path, cfg.name());
-    match cfg {
-        PluginConfig::RequestId(c) => Some(Arc::new(request_id::RequestId::new(c))),
-        PluginConfig::Headers(c) => {
-            headers::Headers::compile(c, &here, errs).map(|p| Arc::new(p) as _)
+    compile_at(cfg, &join(path, cfg.name()), env, errs)
+}
+
+/// Compile the settings of the external plugin `ext` found at `here` with its factory.
+fn compile_external(
+    ext: &crate::config::model::ExternalPluginConfig,
+    here: &str,
+    env: &CompileEnv,
+    errs: &mut ConfigErrors,
+) -> Option<Arc<dyn Plugin>> {
+    match env.extensions.get(&ext.name) {
+        Some(factory) => factory.compile(&ext.settings, here, errs),
+        None => {
+            let mut known: Vec<&str> = crate::config::model::PLUGIN_NAMES.to_vec();
+            known.extend(env.extensions.names());
+            errs.push(
+                here,
+                format!(
+                    "unknown plugin `{}`, expected one of {}",
+                    ext.name,
+                    known.join(", ")
+                ),
+            );
+            None
         }
-        PluginConfig::Auth(c) => auth::Auth::compile(c, &here, env, errs).map(|p| Arc::new(p) as _),
-        PluginConfig::IpFilter(c) => {
-            ip_filter::IpFilter::compile(c, &here, errs).map(|p| Arc::new(p) as _)
-        }
-        PluginConfig::RateLimit(c) => {
-            rate_limit::RateLimit::compile(c, &here, env, errs).map(|p| Arc::new(p) as _)
-        }
-        PluginConfig::Quota(c) => {
-            rate_limit::RateLimit::compile_quota(c, &here, env, errs).map(|p| Arc::new(p) as _)
-        }
-        PluginConfig::Concurrency(c) => {
-            concurrency::Concurrency::compile(c, &here, env, errs).map(|p| Arc::new(p) as _)
-        }
-        PluginConfig::Cors(c) => cors::Cors::compile(c, &here, errs).map(|p| Arc::new(p) as _),
-        PluginConfig::SecurityHeaders(c) => {
-            security_headers::SecurityHeaders::compile(c, &here, errs).map(|p| Arc::new(p) as _)
-        }
-        PluginConfig::Compression(c) => {
-            compression::Compression::compile(c, &here, errs).map(|p| Arc::new(p) as _)
-        }
-        PluginConfig::External(ext) => match env.extensions.get(&ext.name) {
-            Some(factory) => factory.compile(&ext.settings, &here, errs),
-            None => {
-                let mut known: Vec<&str> = crate::config::model::PLUGIN_NAMES.to_vec();
-                known.extend(env.extensions.names());
-                errs.push(
-                    here,
-                    format!(
-                        "unknown plugin `{}`, expected one of {}",
-                        ext.name,
-                        known.join(", ")
-                    ),
-                );
-                None
-            }
-        },
     }
 }
+
+/// Compiling a built-in plugin from its settings: implemented by each settings type in its
+/// plugin's file, called through the table `config::plugins::builtin_plugins`.
+pub(crate) trait CompilePlugin {
+    /// Compile the settings found at `here` (the plugin's path), recording every problem
+    /// in `errs`; `None` when there was one.
+    fn compile_plugin(
+        &self,
+        here: &str,
+        env: &CompileEnv,
+        errs: &mut ConfigErrors,
+    ) -> Option<Arc<dyn Plugin>>;
+}
+
+/// The compile arms of the built-in plugins, from the table.
+macro_rules! compile_at {
+    ($($variant:ident $name:tt $settings:ty),*) => {
+        /// Compile `cfg`, found at `here`.
+        fn compile_at(
+            cfg: &PluginConfig,
+            here: &str,
+            env: &CompileEnv,
+            errs: &mut ConfigErrors,
+        ) -> Option<Arc<dyn Plugin>> {
+            match cfg {
+                $(PluginConfig::$variant(c) => c.compile_plugin(here, env, errs),)*
+                PluginConfig::External(ext) => compile_external(ext, here, env, errs),
+            }
+        }
+    };
+}
+crate::config::plugins::builtin_plugins!(compile_at);

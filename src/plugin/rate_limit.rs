@@ -1,10 +1,10 @@
 //! `rate_limit` and `quota`: request counting per key, on this instance (`scope: local`)
-//! or across instances through Redis (`scope: cluster`: `limit::cluster` for exact
-//! decisions, `limit::fast` and `limit::fast_bucket` for `mode: fast`).
+//! or across instances through Redis (`scope: cluster`: `ratelimit::cluster` for exact
+//! decisions, `ratelimit::fast` and `ratelimit::fast_bucket` for `mode: fast`).
 //!
 //! - `rate_limit`: `key`, `rate`, `algorithm` (sliding_window by default, token_bucket
 //!   with capacity `burst` — the default when `burst` is given —, fixed_window; see
-//!   `limit::algo` for each one's error), `tiers`
+//!   `ratelimit::algo` for each one's error), `tiers`
 //!   overriding the rate by the consumer's tier. Refusals: 429 `RATE_LIMITED`.
 //! - `quota`: a fixed window aligned on UTC calendar minutes, hours or days (the unit of
 //!   `limit`), tiered the same way. Refusals: 429 `QUOTA_EXCEEDED`, `Retry-After` until the
@@ -25,12 +25,12 @@ use crate::config::model::{
 };
 use crate::config::units::Rate;
 use crate::ctx::RequestCtx;
-use crate::limit::algo::{now_us, Algorithm, Limit, Outcome, SEC};
-use crate::limit::cluster::Cluster;
-use crate::limit::fast::{Fast, DEFAULT_SYNC_US};
-use crate::limit::fast_bucket::FastBucket;
-use crate::limit::store::{Store, DEFAULT_MAX_KEYS};
-use crate::limit::{KeySource, RateHeaders};
+use crate::ratelimit::algo::{now_us, Algorithm, Limit, Outcome, SEC};
+use crate::ratelimit::cluster::Cluster;
+use crate::ratelimit::fast::{Fast, DEFAULT_SYNC_US};
+use crate::ratelimit::fast_bucket::FastBucket;
+use crate::ratelimit::store::{Store, DEFAULT_MAX_KEYS};
+use crate::ratelimit::{KeySource, RateHeaders};
 use crate::redis::Redis;
 use crate::reply::{ErrorCode, Reply};
 use async_trait::async_trait;
@@ -93,7 +93,7 @@ impl RateLimit {
         env: &CompileEnv,
         errs: &mut ConfigErrors,
     ) -> Option<RateLimit> {
-        let before = errs.0.len();
+        let before = errs.checkpoint();
         let settings = serde_json::to_string(c).unwrap_or_default();
         let fast = c.mode == Some(ClusterMode::Fast);
         if c.sync_interval.is_some() && !fast && c.scope == LimitScope::Cluster {
@@ -189,7 +189,7 @@ impl RateLimit {
             env,
             errs,
         );
-        (errs.0.len() == before).then_some(p).flatten()
+        (errs.clean_since(before)).then_some(p).flatten()
     }
 
     /// Compile a `quota`.
@@ -199,7 +199,7 @@ impl RateLimit {
         env: &CompileEnv,
         errs: &mut ConfigErrors,
     ) -> Option<RateLimit> {
-        let before = errs.0.len();
+        let before = errs.checkpoint();
         let settings = serde_json::to_string(c).unwrap_or_default();
         let local_only = [("on_redis_error", c.on_redis_error.is_some())];
         let cluster = cluster_redis(c.scope, &local_only, path, env, errs).map(|r| {
@@ -229,7 +229,7 @@ impl RateLimit {
             env,
             errs,
         );
-        (errs.0.len() == before).then_some(p).flatten()
+        (errs.clean_since(before)).then_some(p).flatten()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -261,7 +261,7 @@ impl RateLimit {
             .unwrap_or(0);
         let max_keys = max_keys.unwrap_or(DEFAULT_MAX_KEYS);
         let store = env
-            .limits
+            .limiters
             .get_or_make(format!("{path}|{settings}"), || Store::new(max_keys));
         Some(RateLimit {
             name,
@@ -283,7 +283,12 @@ impl RateLimit {
     }
 
     /// Decide for `key` at `now` (the request-independent core, used by benches).
-    pub fn decide(&self, key: &str, tier: Option<&str>, now: u64) -> crate::limit::algo::Outcome {
+    pub fn decide(
+        &self,
+        key: &str,
+        tier: Option<&str>,
+        now: u64,
+    ) -> crate::ratelimit::algo::Outcome {
         let t = self.tier(tier);
         self.store.with_slot(key, now, self.idle_after, |s| {
             self.algo.decide(s, &t.limit, now)
@@ -324,7 +329,7 @@ static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// Write the noted `RateLimit-*` headers into `resp`.
 pub fn write_headers(ctx: &RequestCtx, resp: &mut ResponseHead) {
-    if let Some(h) = ctx.limits.headers {
+    if let Some(h) = ctx.plugins.limits.headers {
         for (name, v) in [
             (&RATELIMIT_LIMIT, h.limit),
             (&RATELIMIT_REMAINING, h.remaining),
@@ -352,7 +357,7 @@ impl Plugin for RateLimit {
 
     async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Flow {
         let mut key = String::with_capacity(48);
-        self.key.extract(session.req_header(), ctx, &mut key);
+        self.key.extract(&ctx.facts(session.req_header()), &mut key);
         let tier = ctx.identity.as_ref().and_then(|i| i.tier.as_deref());
         let t = self.tier(tier);
         let local = || {
@@ -390,7 +395,7 @@ impl Plugin for RateLimit {
                         self.decisions
                             .with_label_values(&[ctx.route_name(), self.name, "error"])
                             .inc();
-                        ctx.ratelimit = Some("error");
+                        ctx.plugins.ratelimit = Some("error");
                         note(ctx, &out);
                         return self.verdict(ctx, t, out);
                     }
@@ -412,7 +417,7 @@ impl Plugin for RateLimit {
 }
 
 fn note(ctx: &mut RequestCtx, out: &Outcome) {
-    ctx.limits.note(RateHeaders {
+    ctx.plugins.limits.note(RateHeaders {
         limit: out.limit,
         remaining: out.remaining,
         reset: out.reset_s,
@@ -431,7 +436,7 @@ impl RateLimit {
         self.decisions
             .with_label_values(&[ctx.route_name(), self.name, "error"])
             .inc();
-        ctx.ratelimit = Some("error");
+        ctx.plugins.ratelimit = Some("error");
         match on_error {
             OnRedisError::Allow => Flow::Continue,
             OnRedisError::Deny => Flow::Reply(Reply::error(
@@ -451,13 +456,35 @@ impl RateLimit {
 
     fn verdict(&self, ctx: &mut RequestCtx, t: &Tiered, out: Outcome) -> Flow {
         if out.allowed {
-            ctx.ratelimit.get_or_insert("allowed");
+            ctx.plugins.ratelimit.get_or_insert("allowed");
             return Flow::Continue;
         }
-        ctx.ratelimit = Some("limited");
+        ctx.plugins.ratelimit = Some("limited");
         Flow::Reply(Reply::error(self.code, t.message.clone()).with_header(
             http::header::RETRY_AFTER,
             HeaderValue::from(out.retry_after_s),
         ))
+    }
+}
+
+impl super::CompilePlugin for crate::config::model::RateLimitConfig {
+    fn compile_plugin(
+        &self,
+        here: &str,
+        env: &super::CompileEnv,
+        errs: &mut crate::config::error::ConfigErrors,
+    ) -> Option<std::sync::Arc<dyn Plugin>> {
+        RateLimit::compile(self, here, env, errs).map(|p| std::sync::Arc::new(p) as _)
+    }
+}
+
+impl super::CompilePlugin for crate::config::model::QuotaConfig {
+    fn compile_plugin(
+        &self,
+        here: &str,
+        env: &super::CompileEnv,
+        errs: &mut crate::config::error::ConfigErrors,
+    ) -> Option<std::sync::Arc<dyn Plugin>> {
+        RateLimit::compile_quota(self, here, env, errs).map(|p| std::sync::Arc::new(p) as _)
     }
 }

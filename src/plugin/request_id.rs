@@ -65,7 +65,7 @@ impl RequestId {
     /// The request phase without a session, for tests and reuse.
     pub fn on_request(&self, req: &RequestHeader, ctx: &mut RequestCtx) {
         decide(self.trust, req, ctx);
-        ctx.traceparent = Some(match req.headers.get(&TRACEPARENT) {
+        ctx.plugins.traceparent = Some(match req.headers.get(&TRACEPARENT) {
             Some(v) if id::valid_traceparent(v.as_bytes()) => v.clone(),
             _ => id::new_traceparent(),
         });
@@ -82,7 +82,7 @@ impl Plugin for RequestId {
         Phases {
             request: true,
             upstream_request: true,
-            response: false,
+            ..Phases::default()
         }
     }
 
@@ -92,17 +92,26 @@ impl Plugin for RequestId {
     }
 
     fn upstream_request(&self, _req: &RequestHeader, ctx: &RequestCtx, up: &mut UpstreamHead) {
-        if let Some(tp) = &ctx.traceparent {
+        if let Some(tp) = &ctx.plugins.traceparent {
             up.headers.insert(TRACEPARENT.clone(), tp.clone());
         }
+    }
+}
+
+impl super::CompilePlugin for crate::config::model::RequestIdConfig {
+    fn compile_plugin(
+        &self,
+        _here: &str,
+        _env: &super::CompileEnv,
+        _errs: &mut crate::config::error::ConfigErrors,
+    ) -> Option<std::sync::Arc<dyn Plugin>> {
+        Some(std::sync::Arc::new(RequestId::new(self)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::Runtime;
-    use std::sync::Arc;
 
     fn req(id: Option<&str>) -> RequestHeader {
         let mut r = RequestHeader::build("GET", b"/", None).unwrap();
@@ -113,7 +122,7 @@ mod tests {
     }
 
     fn decided(trust: TrustIncoming, peer_trusted: bool, id: Option<&str>) -> String {
-        let mut ctx = RequestCtx::new(Arc::new(Runtime::empty()));
+        let mut ctx = RequestCtx::new();
         ctx.peer_trusted = peer_trusted;
         decide(trust, &req(id), &mut ctx);
         ctx.request_id_if_set().to_string()
@@ -151,7 +160,7 @@ mod tests {
 
     #[test]
     fn a_narrower_decision_replaces_a_kept_id_and_keeps_a_made_one() {
-        let mut ctx = RequestCtx::new(Arc::new(Runtime::empty()));
+        let mut ctx = RequestCtx::new();
         let r = req(Some("client-7"));
         decide(TrustIncoming::Any, &r, &mut ctx);
         assert_eq!(ctx.request_id_if_set(), "client-7");

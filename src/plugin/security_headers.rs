@@ -12,7 +12,7 @@ use super::{Phases, Plugin, ResponseHead};
 use crate::config::error::{index, join, ConfigErrors};
 use crate::config::model::SecurityHeadersConfig;
 use crate::ctx::RequestCtx;
-use crate::template::safe_header_value;
+use crate::util::http::safe_header_value;
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
@@ -38,7 +38,7 @@ impl SecurityHeaders {
         path: &str,
         errs: &mut ConfigErrors,
     ) -> Option<SecurityHeaders> {
-        let before = errs.0.len();
+        let before = errs.checkpoint();
         let mut remove = Vec::new();
         for (i, n) in c.remove.iter().enumerate() {
             match HeaderName::from_bytes(n.as_bytes()) {
@@ -67,7 +67,7 @@ impl SecurityHeaders {
                 "must be more than 0 seconds (omit it to send no HSTS)",
             );
         }
-        if errs.0.len() != before {
+        if !errs.clean_since(before) {
             return None;
         }
         let mut preset = vec![
@@ -108,9 +108,8 @@ impl Plugin for SecurityHeaders {
 
     fn phases(&self) -> Phases {
         Phases {
-            request: false,
-            upstream_request: false,
             response: true,
+            ..Phases::default()
         }
     }
 
@@ -136,11 +135,20 @@ impl Plugin for SecurityHeaders {
     }
 }
 
+impl super::CompilePlugin for crate::config::model::SecurityHeadersConfig {
+    fn compile_plugin(
+        &self,
+        here: &str,
+        _env: &super::CompileEnv,
+        errs: &mut crate::config::error::ConfigErrors,
+    ) -> Option<std::sync::Arc<dyn Plugin>> {
+        SecurityHeaders::compile(self, here, errs).map(|p| std::sync::Arc::new(p) as _)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::Runtime;
-    use std::sync::Arc;
 
     fn plugin(yaml: &str) -> SecurityHeaders {
         let c: SecurityHeadersConfig = serde_yaml::from_str(yaml).unwrap();
@@ -152,7 +160,7 @@ mod tests {
     fn preset_override_and_removal() {
         let p = plugin("hsts: 31536000\nset: { referrer-policy: same-origin }\nremove: [x-frame-options, server]\n");
         let req = RequestHeader::build("GET", b"/", None).unwrap();
-        let mut ctx = RequestCtx::new(Arc::new(Runtime::empty()));
+        let mut ctx = RequestCtx::new();
         let mut up = pingora_http::ResponseHeader::build(200, None).unwrap();
         up.insert_header("server", "upstream/1.0").unwrap();
         up.insert_header("x-content-type-options", "upstream-value")

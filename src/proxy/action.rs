@@ -34,7 +34,7 @@ pub(super) fn reply(action: &Action, req: &RequestHeader, ctx: &RequestCtx) -> R
                 if !t.render_in(&facts, &mut v, ctx) {
                     return Reply::error(ErrorCode::BadRequest, "cannot build the redirect target");
                 }
-                if crate::template::safe_header_value(&v) {
+                if crate::util::http::safe_header_value(&v) {
                     if let Ok(v) = HeaderValue::from_bytes(&v) {
                         headers.push((h.name.clone(), v));
                     }
@@ -49,7 +49,7 @@ pub(super) fn reply(action: &Action, req: &RequestHeader, ctx: &RequestCtx) -> R
             let mut to = Vec::new();
             let built = r.to.render_in(&facts, &mut to, Context::Url);
             match HeaderValue::from_bytes(&to) {
-                Ok(v) if built && crate::template::safe_header_value(&to) => {
+                Ok(v) if built && crate::util::http::safe_header_value(&to) => {
                     Reply::raw(r.status, vec![(http::header::LOCATION, v)], Bytes::new())
                 }
                 _ => Reply::error(ErrorCode::BadRequest, "cannot build the redirect target"),

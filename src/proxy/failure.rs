@@ -31,11 +31,11 @@ pub fn classify(e: &Error) -> Option<ErrorCode> {
 /// The malformed chunked request body `e` comes from (a client read failed by the
 /// connection's framing check), if it does: answered `400` when nothing was sent yet, and
 /// the connection is never kept.
-pub fn malformed_body(e: &Error) -> Option<crate::slowloris::Malformed> {
+pub fn malformed_body(e: &Error) -> Option<crate::conn::Malformed> {
     if e.esource() != &ErrorSource::Downstream {
         return None;
     }
-    crate::slowloris::Malformed::found_in(e.root_cause())
+    crate::conn::Malformed::found_in(e.root_cause())
 }
 
 /// How an upstream failure counts for outlier detection and metrics.
@@ -88,7 +88,7 @@ mod tests {
 
     #[test]
     fn malformed_chunked_body_is_a_bad_request() {
-        let bad = crate::slowloris::Malformed("chunk size missing");
+        let bad = crate::conn::Malformed("chunk size missing");
         let io = std::io::Error::new(std::io::ErrorKind::InvalidData, bad);
         let read = Error::because(ErrorType::ReadError, "reading body", io);
         // As Pingora wraps it again on the way up.

@@ -11,7 +11,7 @@
 //!   rebuild the request's URL, scheme, prefix or client (`TRUSTED_ONLY`,
 //!   `Front-End-Https`, `True-Client-IP`) are dropped. Client-sent `X-Consumer-*` and
 //!   `X-Auth-*` headers are always removed: only moat's authentication sets them. (Names
-//!   with `_`, which some servers read as `-`, never get this far: `proxy::limits`
+//!   with `_`, which some servers read as `-`, never get this far: `proxy::request_checks`
 //!   refuses them with 400.)
 //! - Hop-by-hop headers and those named in `Connection` are stripped by Pingora's
 //!   standard upstream request policy, which every peer uses; towards an HTTP/2 upstream
@@ -66,54 +66,6 @@ fn forged(name: &HeaderName, peer_trusted: bool) -> bool {
         Some(b'f') => !peer_trusted && (n == "forwarded" || n == "front-end-https"),
         Some(b't') => !peer_trusted && n == "true-client-ip",
         _ => false,
-    }
-}
-
-/// The `X-Forwarded-Port` value of each listener, built at config load.
-#[derive(Debug, Default)]
-pub struct ListenerPorts {
-    /// The value every connection gets: the listeners' one port, when each listener has a
-    /// fixed one.
-    only: Option<HeaderValue>,
-    /// Each fixed port's value.
-    ports: Vec<(u16, HeaderValue)>,
-}
-
-impl ListenerPorts {
-    /// The ports of `listeners` (port 0, chosen at bind, is learnt per connection).
-    pub fn new(listeners: &[crate::config::model::ListenerConfig]) -> ListenerPorts {
-        let fixed: Vec<Option<u16>> = listeners
-            .iter()
-            .map(|l| l.address.parse::<std::net::SocketAddr>().ok())
-            .map(|a| a.map(|a| a.port()).filter(|p| *p != 0))
-            .collect();
-        let mut ports: Vec<(u16, HeaderValue)> = fixed
-            .iter()
-            .flatten()
-            .map(|p| (*p, HeaderValue::from(*p)))
-            .collect();
-        ports.sort_by_key(|(p, _)| *p);
-        ports.dedup_by_key(|(p, _)| *p);
-        let only = match ports.as_slice() {
-            [(_, v)] if fixed.iter().all(Option::is_some) => Some(v.clone()),
-            _ => None,
-        };
-        ListenerPorts { only, ports }
-    }
-
-    /// The value for a connection accepted on local port `local()`. When every listener
-    /// has the same fixed port, that is the value and `local` (a `getsockname` on a
-    /// connection's first use) is not called. The value is a reference-counted copy (no
-    /// allocation) unless the port was chosen at bind.
-    pub fn value(&self, local: impl FnOnce() -> Option<u16>) -> Option<HeaderValue> {
-        if let Some(only) = &self.only {
-            return Some(only.clone());
-        }
-        let port = local()?;
-        Some(match self.ports.iter().find(|(p, _)| *p == port) {
-            Some((_, v)) => v.clone(),
-            None => HeaderValue::from(port),
-        })
     }
 }
 
@@ -202,7 +154,7 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
 
 /// Set the forwarding headers on the headers of the upstream request. `authority` is the
 /// request URI's authority (HTTP/2), used when there is no `Host` header; `port` is the
-/// `X-Forwarded-Port` value (see [`ListenerPorts`]).
+/// `X-Forwarded-Port` value (see [`crate::runtime::ListenerPorts`]).
 ///
 /// On the hot path: one scan of the names finds every header to drop, each header moat
 /// sets is written with one `insert` (which replaces any client copy), and removals happen
@@ -217,7 +169,43 @@ pub fn apply(
     port: Option<HeaderValue>,
 ) {
     // Headers the client must not send, first (fewer names to look at before the five
-    // below are added); no allocation unless a client sent some.
+    // below are added).
+    drop_forged(headers, peer_trusted);
+    let host = headers
+        .get(http::header::HOST)
+        .cloned()
+        .or_else(|| authority.and_then(|a| HeaderValue::from_str(a).ok()));
+    let peer = peer.map(canonical);
+    let peer_v = peer.and_then(ip_value);
+    let chain = forwarded_for(headers, peer_trusted, &peer_v);
+    set_or_remove(headers, &XFF, chain);
+    // X-Real-IP: the resolved client (usually the peer: its text is reused).
+    let client_v = client.and_then(|c| {
+        if Some(c) == peer {
+            peer_v.clone()
+        } else {
+            ip_value(c)
+        }
+    });
+    set_or_remove(headers, &X_REAL_IP, client_v);
+    // X-Forwarded-Proto, -Host and -Port: kept from a trusted peer, else ours.
+    if !(peer_trusted && headers.contains_key(&XFP)) {
+        headers.insert(
+            XFP.clone(),
+            HeaderValue::from_static(if tls { "https" } else { "http" }),
+        );
+    }
+    if !(peer_trusted && headers.contains_key(&XFH)) {
+        set_or_remove(headers, &XFH, host);
+    }
+    if !(peer_trusted && headers.contains_key(&XFPORT)) {
+        set_or_remove(headers, &XFPORT, port);
+    }
+}
+
+/// Remove the headers a client must not send (see `forged`); no allocation unless a
+/// client sent some.
+fn drop_forged(headers: &mut HeaderMap, peer_trusted: bool) {
     if headers.keys().any(|k| forged(k, peer_trusted)) {
         let forged: Vec<HeaderName> = headers
             .keys()
@@ -228,15 +216,17 @@ pub fn apply(
             headers.remove(&name);
         }
     }
-    let host = headers
-        .get(http::header::HOST)
-        .cloned()
-        .or_else(|| authority.and_then(|a| HeaderValue::from_str(a).ok()));
-    // X-Forwarded-For: the trusted incoming chain plus the peer, or just the peer.
-    let peer = peer.map(canonical);
-    let peer_v = peer.and_then(ip_value);
+}
+
+/// The `X-Forwarded-For` to send: the trusted incoming chain plus the peer (`peer_v`), or
+/// just the peer.
+fn forwarded_for(
+    headers: &HeaderMap,
+    peer_trusted: bool,
+    peer_v: &Option<HeaderValue>,
+) -> Option<HeaderValue> {
     let mut incoming = headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok());
-    let chain = match (peer_trusted, incoming.next(), &peer_v) {
+    match (peer_trusted, incoming.next(), peer_v) {
         (true, Some(first), Some(p)) => {
             let mut c = first.to_string();
             for more in incoming {
@@ -248,56 +238,17 @@ pub fn apply(
             HeaderValue::from_str(&c).ok()
         }
         _ => peer_v.clone(),
-    };
-    match chain {
+    }
+}
+
+/// Set `name` to `value`, replacing any copy, or remove it when there is no value.
+fn set_or_remove(headers: &mut HeaderMap, name: &HeaderName, value: Option<HeaderValue>) {
+    match value {
         Some(v) => {
-            headers.insert(XFF.clone(), v);
+            headers.insert(name.clone(), v);
         }
         None => {
-            headers.remove(&XFF);
-        }
-    }
-    // X-Real-IP: the resolved client (usually the peer: its text is reused).
-    let client_v = client.and_then(|c| {
-        if Some(c) == peer {
-            peer_v.clone()
-        } else {
-            ip_value(c)
-        }
-    });
-    match client_v {
-        Some(v) => {
-            headers.insert(X_REAL_IP.clone(), v);
-        }
-        None => {
-            headers.remove(&X_REAL_IP);
-        }
-    }
-    // X-Forwarded-Proto and -Host: kept from a trusted peer, else ours.
-    if !(peer_trusted && headers.contains_key(&XFP)) {
-        headers.insert(
-            XFP.clone(),
-            HeaderValue::from_static(if tls { "https" } else { "http" }),
-        );
-    }
-    if !(peer_trusted && headers.contains_key(&XFH)) {
-        match host {
-            Some(h) => {
-                headers.insert(XFH.clone(), h);
-            }
-            None => {
-                headers.remove(&XFH);
-            }
-        }
-    }
-    if !(peer_trusted && headers.contains_key(&XFPORT)) {
-        match port {
-            Some(p) => {
-                headers.insert(XFPORT.clone(), p);
-            }
-            None => {
-                headers.remove(&XFPORT);
-            }
+            headers.remove(name);
         }
     }
 }
@@ -477,40 +428,5 @@ mod tests {
         assert!(h.get("x-consumer-id").is_none());
         // No port known: an untrusted client's copy still goes.
         assert!(run("1.2.3.4", false, None).get(&XFPORT).is_none());
-    }
-
-    #[test]
-    fn listener_ports() {
-        let l = |a: &str| crate::config::model::ListenerConfig {
-            name: a.into(),
-            address: a.into(),
-            redirect_https: None,
-            http2: None,
-            tls: None,
-        };
-        let one = ListenerPorts::new(&[l("0.0.0.0:8080")]);
-        assert_eq!(
-            one.value(|| panic!("not asked")),
-            Some(HeaderValue::from_static("8080"))
-        );
-        let two = ListenerPorts::new(&[l("0.0.0.0:8080"), l("[::]:8443")]);
-        assert_eq!(two.value(|| Some(8443)).unwrap(), "8443");
-        assert_eq!(two.value(|| Some(9)).unwrap(), "9");
-        assert_eq!(two.value(|| None), None);
-        assert_eq!(
-            ListenerPorts::new(&[l("127.0.0.1:0")])
-                .value(|| Some(7))
-                .unwrap(),
-            "7"
-        );
-        // A listener whose port is chosen at bind: no shortcut through the other's port.
-        let some_fixed = ListenerPorts::new(&[l("127.0.0.1:0"), l("0.0.0.0:8080")]);
-        assert_eq!(some_fixed.value(|| Some(7)).unwrap(), "7");
-        assert_eq!(some_fixed.value(|| Some(8080)).unwrap(), "8080");
-        // One port on several addresses (IPv4 and IPv6) is still one port.
-        let same = ListenerPorts::new(&[l("0.0.0.0:8443"), l("[::]:8080"), l("[::]:8443")]);
-        assert_eq!(same.value(|| Some(8080)).unwrap(), "8080");
-        let dual = ListenerPorts::new(&[l("0.0.0.0:8443"), l("[::]:8443")]);
-        assert_eq!(dual.value(|| panic!("not asked")).unwrap(), "8443");
     }
 }

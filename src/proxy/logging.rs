@@ -3,18 +3,18 @@
 //! [`Finish`] guard drops (however the relay task ends, cancelled included). Also the
 //! request summary Pingora puts in its own error and warning lines ([`summary`]).
 
-use super::Moat;
+use super::{Moat, ProxyCtx};
 use crate::access_log::{AccessLog, Record};
 use crate::ctx::RequestCtx;
 use crate::metrics::Metrics;
-use crate::template::request_host;
+use crate::util::http::request_host;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 use std::sync::Arc;
 
 impl Moat {
     /// Record metrics and write the access log for a finished request.
-    pub(super) fn finish(&self, session: &Session, ctx: &mut RequestCtx, status: u16) {
+    pub(super) fn finish(&self, session: &Session, ctx: &mut ProxyCtx, status: u16) {
         let sent = session.body_bytes_sent();
         record(
             &self.metrics,
@@ -62,7 +62,7 @@ pub(super) struct Finish {
     /// Method, path and `Host` of the request (not the whole parsed head, which keeps
     /// the connection's header buffer alive).
     req: RequestHeader,
-    ctx: RequestCtx,
+    ctx: ProxyCtx,
     /// The status to log (0: nothing reached the client).
     pub status: u16,
     /// Bytes sent to the client after the response head, besides `relayed`.
@@ -73,7 +73,7 @@ pub(super) struct Finish {
 
 impl Finish {
     /// Log `req` with `status` when this guard drops.
-    pub(super) fn new(moat: &Moat, req: RequestHeader, ctx: RequestCtx, status: u16) -> Finish {
+    pub(super) fn new(moat: &Moat, req: RequestHeader, ctx: ProxyCtx, status: u16) -> Finish {
         Finish {
             metrics: Arc::clone(&moat.metrics),
             access_log: moat.access_log.clone(),
@@ -109,20 +109,20 @@ fn record(
     metrics: &Metrics,
     access_log: Option<&AccessLog>,
     req: &RequestHeader,
-    ctx: &mut RequestCtx,
+    ctx: &mut ProxyCtx,
     status: u16,
     bytes_sent: usize,
 ) {
     let elapsed = ctx.start.elapsed();
-    let route = ctx.route.clone();
-    let route_name = route.as_deref().map(|r| &*r.name);
+    let route = ctx.route.as_deref();
+    let route_name = route.map(|r| &*r.name);
     let status_code = http::StatusCode::from_u16(status).ok();
     let status_s = status_code.as_ref().map(|s| s.as_str()).unwrap_or("0");
     metrics
         .requests
         .with_label_values(&[route_name.unwrap_or(""), req.method.as_str(), status_s])
         .inc();
-    match route.as_deref() {
+    match route {
         Some(r) => r.duration.observe(elapsed.as_secs_f64()),
         None => metrics
             .request_duration
@@ -143,12 +143,12 @@ fn record(
     let Some(log) = access_log else {
         return;
     };
-    ctx.assign_request_id();
+    ctx.req.assign_request_id();
     let up = &ctx.upstream;
-    let target = match (&up.pool, &up.current) {
-        (Some(pool), Some(cur)) => pool.targets.get(cur.index()).map(|t| t.label.as_str()),
-        _ => None,
-    };
+    let target = up
+        .target()
+        .and_then(|(pool, i)| pool.targets.get(i))
+        .map(|t| t.label.as_str());
     let rec = Record {
         ts: std::time::SystemTime::now(),
         request_id: ctx.request_id_if_set(),
@@ -165,7 +165,7 @@ fn record(
         route: route_name,
         consumer: ctx.identity.as_ref().map(|i| &*i.consumer_id),
         auth_method: ctx.identity.as_ref().map(|i| i.method),
-        ratelimit: ctx.ratelimit,
+        ratelimit: ctx.ratelimit_outcome(),
     };
     log.write(rec.to_line());
 }
@@ -173,11 +173,10 @@ fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::Runtime;
 
     #[test]
     fn summary_never_carries_the_query() {
-        let mut ctx = RequestCtx::new(Arc::new(Runtime::empty()));
+        let mut ctx = RequestCtx::new();
         let mut req = RequestHeader::build("GET", b"/a/b?api_key=SECRET&x=1", None).unwrap();
         req.insert_header("Host", "api.example.com:8080").unwrap();
         assert_eq!(

@@ -3,6 +3,15 @@
 //! so a route cannot be bypassed with `/public/../admin` and upstreams see the path that
 //! was matched. Other percent-encodings are left as they are.
 
+/// The request target for `path` with the query `query` (without its `?`), when there is
+/// one: `path?query`.
+pub fn with_query(path: String, query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    }
+}
+
 /// The normalized form of `path`, or `None` when it is already normal.
 pub fn normalize(path: &str) -> Option<String> {
     let b = path.as_bytes();

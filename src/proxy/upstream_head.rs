@@ -2,9 +2,8 @@
 //! (`upstream_request_filter`) and for upgrades moat relays itself (`upgrade`): forwarding
 //! headers and `X-Request-ID`, the route's path rewrite, then the `upstream_request` plugins.
 
-use super::{chain_of, forwarding, is_tls, peer_ip};
-use crate::ctx::RequestCtx;
-use crate::plugin::head;
+use super::{forwarding, is_tls, peer_ip, ProxyCtx};
+use crate::util::head;
 use pingora_error::Result;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
@@ -19,7 +18,7 @@ use pingora_proxy::Session;
 /// three steps, and put back without the case map, so header names go upstream in lower
 /// case (as over HTTP/2, and as Envoy sends them); values, order of repeated headers and
 /// the raw request target are kept.
-pub(super) fn prepare(up: &mut RequestHeader, session: &Session, ctx: &RequestCtx) -> Result<()> {
+pub(super) fn prepare(up: &mut RequestHeader, session: &Session, ctx: &ProxyCtx) -> Result<()> {
     let (peer, tls) = (peer_ip(session), is_tls(session));
     let rewrite = ctx.route.as_deref().and_then(|r| r.rewrite.as_ref());
     let req = session.req_header();
@@ -48,12 +47,9 @@ pub(super) fn prepare(up: &mut RequestHeader, session: &Session, ctx: &RequestCt
                 .insert(crate::util::id::X_REQUEST_ID, id.clone());
         }
         if let Some(new_path) = rewrite.and_then(|rw| rw.apply(h.uri.path())) {
-            let target = match h.uri.query() {
-                Some(q) => format!("{new_path}?{q}"),
-                None => new_path,
-            };
+            let target = super::path::with_query(new_path, h.uri.query());
             h.set_target(target.into_bytes());
         }
-        chain_of(ctx).run_upstream_request(req, ctx, h);
+        ctx.chain().run_upstream_request(req, &ctx.req, h);
     })
 }

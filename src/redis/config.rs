@@ -1,12 +1,12 @@
 //! `redis:` → what the client needs, checked with every error at its path (used by
-//! `moat check` through `config::validate`, and by the runtime when it builds the client):
+//! the runtime when it builds the client, hence by `moat check`, `run` and reload):
 //! - exactly one of `url` (one server), `cluster` (seed URLs of a Redis Cluster, database 0
 //!   only, one scheme for all) or `sentinel` (`master`, `nodes: [host:port]`);
 //! - URLs are `redis://` or `rediss://` (TLS) `[user[:password]@]host[:port][/db]`, parsed
 //!   by the `redis` crate; parse errors never repeat the URL (it may hold a password);
 //! - `password_env` (and `sentinel.password_env`) name environment variables that must be
 //!   set; the password is never inline nor logged. `password_env` wins over a password in
-//!   a URL (which `moat check` warns about, see `config::warnings`);
+//!   a URL (which `moat check` warns about, see `checks::warnings`);
 //! - `tls` (`ca_file`, `cert_file` + `key_file`, `verify` [true]) goes with `rediss://`
 //!   URLs, or turns TLS on for `sentinel` (the sentinels and the master alike). The files
 //!   are read and parsed here, so a bad one is a config error, never a run-time one.
@@ -104,7 +104,7 @@ impl Settings {
             for f in &files {
                 data.extend_from_slice(f);
             }
-            crate::auth::consumers::sha256(&data)
+            crate::util::sha256(&data)
         };
         match mode {
             Some(mode) if errs.is_empty() => Ok(Settings {

@@ -28,18 +28,18 @@
 //! [`Redis::eval`] (a script's keys must share one slot: give them one `{hash tag}`), the
 //! second word for [`Redis::command`] (`SET key ...`, `ZREM key ...`).
 
-pub mod breaker;
-pub mod cluster;
+pub(crate) mod breaker;
+pub(crate) mod cluster;
 pub mod config;
-pub mod discovery;
+pub(crate) mod discovery;
 #[cfg(test)]
 pub(crate) mod fake;
-pub mod guard;
-pub mod node;
-pub mod script;
-pub mod sentinel;
-pub mod slots;
-pub mod topology;
+pub(crate) mod guard;
+pub(crate) mod node;
+pub(crate) mod script;
+pub(crate) mod sentinel;
+pub(crate) mod slots;
+pub(crate) mod topology;
 
 use config::{Mode, Settings};
 use node::{Failure, Node, Pass, Request};

@@ -30,6 +30,7 @@ pub struct SlotRange {
 }
 
 /// The host part of `host:port` / `[v6]:port` (without brackets).
+#[cfg(test)]
 pub fn host_of(addr: &str) -> &str {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     host.strip_prefix('[')

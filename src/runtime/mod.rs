@@ -2,13 +2,15 @@
 //! generation and never mutated. It lives in an `ArcSwap`; each request loads one snapshot
 //! and keeps it (see `ctx::RequestCtx`), so a reload is one atomic store.
 
+pub mod admin_access;
+mod listeners;
 mod routes;
 pub(crate) mod upstreams;
 
 use crate::auth::AuthState;
+use crate::checks::validate;
 use crate::config::error::ConfigErrors;
 use crate::config::model::Config;
-use crate::config::validate;
 use crate::metrics::Metrics;
 use crate::net::CidrSet;
 use crate::plugin::Chain;
@@ -17,6 +19,7 @@ use crate::template::Template;
 use crate::upstream::Pool;
 use arc_swap::ArcSwap;
 use http::HeaderName;
+pub use listeners::ListenerPorts;
 use prometheus::Histogram;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -48,28 +51,29 @@ pub struct Runtime {
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: CidrSet,
     /// Request size and keep-alive limits.
-    pub request_limits: Limits,
-    /// Whether any plugin chain compresses (Pingora's module then reads `Accept-Encoding`).
+    pub request_bounds: RequestBounds,
+    /// Whether a plugin of any chain needs Pingora's response compression module (it then
+    /// reads `Accept-Encoding` on every request).
     pub compression_used: bool,
     /// Plain listeners answering everything with a redirect: listener port → HTTPS port.
     pub redirect_https: BTreeMap<u16, u16>,
     /// `X-Forwarded-Port` values of the listeners.
-    pub listener_ports: crate::proxy::forwarding::ListenerPorts,
+    pub listener_ports: ListenerPorts,
     /// Certificates of each TLS listener, by listener name (re-read on every reload).
     pub tls: BTreeMap<String, Arc<crate::tls::CertStore>>,
     /// Consumers, JWT providers and the replay guard (`auth::start_background` starts
     /// the JWKS refresh loops of a generation).
     pub auth: Arc<AuthState>,
-    /// Limiter state of this generation's plugins (see `limit::Registry`).
-    pub limits: Arc<crate::limit::Registry>,
+    /// Limiter state of this generation's plugins (see `ratelimit::Registry`).
+    pub limiters: Arc<crate::ratelimit::Registry>,
     /// The Redis client (`redis:`), kept across reloads while its settings do not change.
     pub redis: Option<Arc<crate::redis::Redis>>,
     /// This instance's own HMAC replay guard (behind the Redis one when `redis:` is set).
     pub local_replay: Arc<crate::auth::replay::LocalReplay>,
-    /// What `config::warnings` found: printed by `moat check`, logged by `run` and reload.
+    /// What `checks::warnings` found: printed by `moat check`, logged by `run` and reload.
     pub warnings: Vec<crate::config::ConfigError>,
     /// The admin listener's token and `Host` rules (the token is read again on reload).
-    pub admin: crate::admin::Access,
+    pub admin: admin_access::Access,
 }
 
 /// A compiled route.
@@ -90,7 +94,7 @@ pub struct Route {
 
 /// Request limits (`server.limits`), with the defaults an edge wants.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct RequestBounds {
     /// All request header names and values together (plus 4 bytes a line).
     pub max_header_bytes: u64,
     /// Number of request header lines.
@@ -104,9 +108,9 @@ pub struct Limits {
 /// The longest request target (path and query) accepted; longer gets 414.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
+impl Default for RequestBounds {
+    fn default() -> RequestBounds {
+        RequestBounds {
             max_header_bytes: 32 * 1024,
             max_headers: 100,
             max_body: 10 * 1024 * 1024,
@@ -115,14 +119,14 @@ impl Default for Limits {
     }
 }
 
-impl Limits {
+impl RequestBounds {
     /// `server.limits` over the defaults.
-    pub fn from_config(cfg: &Config) -> Limits {
-        let d = Limits::default();
+    pub fn from_config(cfg: &Config) -> RequestBounds {
+        let d = RequestBounds::default();
         let Some(l) = &cfg.server.limits else {
             return d;
         };
-        Limits {
+        RequestBounds {
             max_header_bytes: l
                 .max_header_bytes
                 .map(|s| s.0)
@@ -236,13 +240,13 @@ impl Runtime {
             request_id_trust: None,
             pools: BTreeMap::new(),
             trusted_proxies: CidrSet::default(),
-            request_limits: Limits::default(),
+            request_bounds: RequestBounds::default(),
             tls: BTreeMap::new(),
             redirect_https: BTreeMap::new(),
             listener_ports: Default::default(),
             compression_used: false,
             auth: Arc::default(),
-            limits: Arc::default(),
+            limiters: Arc::default(),
             redis: None,
             local_replay: Arc::default(),
             warnings: Vec::new(),
@@ -257,7 +261,7 @@ impl Runtime {
         generation: u64,
         metrics: &Metrics,
         previous: Option<&Runtime>,
-        extensions: &crate::plugin::registry::Extensions,
+        extensions: &crate::plugin::external::Extensions,
     ) -> Result<Runtime, ConfigErrors> {
         let mut errs = ConfigErrors::default();
         validate::validate(&cfg, &mut errs);
@@ -282,7 +286,7 @@ impl Runtime {
         let mut auth = AuthState::compile(&cfg, &local_replay, &mut errs);
         let redis = redis_client(&cfg, metrics, previous, &mut errs);
         let mut admin_warnings = ConfigErrors::default();
-        let admin = crate::admin::Access::compile(&cfg, &mut errs, &mut admin_warnings);
+        let admin = admin_access::Access::compile(&cfg, &mut errs, &mut admin_warnings);
         auth.replay = match &redis {
             Some(r) => Arc::new(crate::auth::replay::RedisReplay::new(
                 Arc::clone(r),
@@ -291,30 +295,24 @@ impl Runtime {
             None => Arc::clone(&local_replay) as Arc<dyn crate::auth::replay::ReplayGuard>,
         };
         let auth = Arc::new(auth);
-        let limits = Arc::new(crate::limit::Registry::inherit(
-            previous.map(|p| &*p.limits),
+        let limiters = Arc::new(crate::ratelimit::Registry::inherit(
+            previous.map(|p| &*p.limiters),
         ));
         let env = crate::plugin::CompileEnv {
             auth: &auth,
             metrics,
             extensions,
-            limits: &limits,
+            limiters: &limiters,
             redis: redis.as_ref(),
         };
         let (router, routes, global_chain) =
             routes::compile(&cfg, &pools, metrics, &env, &mut errs);
-        limits.finish();
+        limiters.finish();
         errs.sort_by_file_order();
         errs.into_result(())?;
-        let request_limits = Limits::from_config(&cfg);
-        let is_compression = |p: &crate::config::model::PluginConfig| {
-            matches!(p, crate::config::model::PluginConfig::Compression(_))
-        };
-        let compression_used = cfg.global_plugins.iter().any(is_compression)
-            || cfg
-                .routes
-                .iter()
-                .any(|r| r.plugins.iter().any(is_compression));
+        let request_bounds = RequestBounds::from_config(&cfg);
+        let compression_used = global_chain.response_compression
+            || routes.iter().any(|r| r.chain.response_compression);
         let redirect_https = cfg
             .listeners
             .iter()
@@ -323,13 +321,13 @@ impl Runtime {
                 Some((port, l.redirect_https?))
             })
             .collect();
-        let listener_ports = crate::proxy::forwarding::ListenerPorts::new(&cfg.listeners);
+        let listener_ports = ListenerPorts::new(&cfg.listeners);
         let request_id_trust = cfg.global_plugins.iter().rev().find_map(|p| match p {
             crate::config::model::PluginConfig::RequestId(c) => Some(c.trust_incoming),
             _ => None,
         });
         // The token is read while compiling: its warning joins the config's own.
-        let mut warnings = ConfigErrors(crate::config::warnings::warnings(&cfg));
+        let mut warnings = ConfigErrors(crate::checks::warnings::warnings(&cfg));
         warnings.0.append(&mut admin_warnings.0);
         warnings.sort_by_file_order();
         let warnings = warnings.0;
@@ -343,13 +341,13 @@ impl Runtime {
             request_id_trust,
             pools,
             trusted_proxies,
-            request_limits,
+            request_bounds,
             redirect_https,
             listener_ports,
             compression_used,
             tls,
             auth,
-            limits,
+            limiters,
             redis,
             local_replay,
             warnings,
@@ -357,7 +355,7 @@ impl Runtime {
         })
     }
 
-    /// Log this generation's config warnings (see `config::warnings`).
+    /// Log this generation's config warnings (see `checks::warnings`).
     pub fn log_warnings(&self) {
         for w in &self.warnings {
             log::warn!("config warning: {w}");
@@ -377,10 +375,7 @@ fn redis_client(
     let settings = match crate::redis::config::Settings::parse(rc) {
         Ok(s) => s,
         Err(e) => {
-            // validate() reports the same errors: add them only if it did not.
-            if !errs.0.iter().any(|e| e.path.starts_with("redis")) {
-                errs.0.extend(e.0);
-            }
+            errs.0.extend(e.0);
             return None;
         }
     };

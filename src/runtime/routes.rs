@@ -7,8 +7,9 @@ use crate::config::model::{Config, RespondConfig, RouteConfig};
 use crate::metrics::Metrics;
 use crate::plugin::{self, Chain, Plugin};
 use crate::router::{PathMatch, RouteSpec, Router};
-use crate::template::{safe_header_value, valid_token, Context, Template};
+use crate::template::{Context, Template};
 use crate::upstream::Pool;
+use crate::util::http::{safe_header_value, valid_token};
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 use std::collections::{BTreeMap, HashSet};
@@ -107,7 +108,7 @@ fn valid_host(h: &str) -> bool {
 
 fn match_spec(r: &RouteConfig, path: &str, errs: &mut ConfigErrors) -> Option<RouteSpec> {
     let here = join(path, "match");
-    let before = errs.0.len();
+    let before = errs.checkpoint();
     let m = &r.matcher;
     let mut hosts = Vec::new();
     for (i, h) in m.hosts.iter().enumerate() {
@@ -184,7 +185,7 @@ fn match_spec(r: &RouteConfig, path: &str, errs: &mut ConfigErrors) -> Option<Ro
             _ => errs.push(hp, "value contains characters not allowed in a header"),
         }
     }
-    (errs.0.len() == before).then_some(RouteSpec {
+    (errs.clean_since(before)).then_some(RouteSpec {
         hosts,
         path: path_match,
         methods,
@@ -265,7 +266,7 @@ fn action(
 /// without one goes out as `text/plain; charset=utf-8` with `X-Content-Type-Options:
 /// nosniff` (unless the route sets that header), so no browser reads it as HTML.
 fn respond(resp: &RespondConfig, here: &str, errs: &mut ConfigErrors) -> Option<Respond> {
-    let before = errs.0.len();
+    let before = errs.checkpoint();
     if !(200..=599).contains(&resp.status) {
         errs.push(join(here, "status"), "must be between 200 and 599");
     }
@@ -304,7 +305,7 @@ fn respond(resp: &RespondConfig, here: &str, errs: &mut ConfigErrors) -> Option<
             (_, Err(e)) => errs.push(hp, e),
         }
     }
-    let body = body.filter(|_| errs.0.len() == before)?;
+    let body = body.filter(|_| errs.clean_since(before))?;
     let has = |headers: &[RespondHeader], n: &HeaderName| headers.iter().any(|h| h.name == *n);
     let body_context = headers
         .iter()

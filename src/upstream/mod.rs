@@ -1,7 +1,7 @@
 //! Upstream pools: target selection (one Pingora `LoadBalancer` per pool), active health
 //! checks, passive outlier ejection, in-flight accounting and peer construction.
 
-pub mod health;
-pub mod pool;
+pub(crate) mod health;
+pub(crate) mod pool;
 
 pub use pool::{InFlight, Pool};

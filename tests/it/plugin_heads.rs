@@ -1,4 +1,4 @@
-//! Heads edited by plugins (`plugin::head`): the response phase works on the upstream's
+//! Heads edited by plugins (`util::head`): the response phase works on the upstream's
 //! head moved out of Pingora's case-keeping map, the upstream-request phase likewise. What
 //! must survive the move: status and a non-standard reason phrase, repeated headers in
 //! order, every header no plugin touched, and the request target; what changes by design:

@@ -283,7 +283,7 @@ fn h2c_listener_cuts_connections_that_do_not_start_in_time() {
 #[test]
 fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
     // moat keeps HTTP/1 keep-alive waits itself (one timer per connection, see
-    // src/slowloris/stream.rs): a wait is bounded by idle_timeout, each new wait gets the
+    // src/conn/stream.rs): a wait is bounded by idle_timeout, each new wait gets the
     // whole of it, and header_timeout (1 s here) never cuts a wait between requests.
     let up = Upstream::start("app");
     let m = start_with(&up.address(), None, "", ", idle_timeout: 2s");

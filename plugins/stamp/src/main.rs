@@ -2,7 +2,7 @@
 
 mod stamp;
 
-use moat::plugin::registry::Extensions;
+use moat::plugin::external::Extensions;
 use std::process::ExitCode;
 
 #[global_allocator]

@@ -30,7 +30,7 @@ mod head;
 pub mod relay;
 
 use super::logging::Finish;
-use super::{apply_compression, chain_of, failure, upstream_head, Moat};
+use super::{apply_compression, failure, upstream_head, Moat, ProxyCtx};
 use crate::ctx::RequestCtx;
 use crate::drain::Tracked;
 use crate::reply::{ErrorCode, Reply};
@@ -46,7 +46,7 @@ use pingora_error::{Error, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 /// Whether moat relays this request's upgrade itself: a WebSocket upgrade on an HTTP/1.1
@@ -65,7 +65,7 @@ pub(super) fn eligible(session: &mut Session, ctx: &RequestCtx) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
     session.downstream_session.as_http1().is_some()
         && !closes
-        && ctx.held_body.is_none()
+        && !ctx.holds_body()
         && session.downstream_session.is_body_empty()
 }
 
@@ -83,7 +83,7 @@ impl Moat {
     pub(super) async fn relay_upgrade(
         &self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut ProxyCtx,
     ) -> Result<bool> {
         let Some(pool) = ctx.upstream.pool.clone() else {
             return Error::e_explain(ErrorType::InternalError, "no upstream for this route");
@@ -106,7 +106,7 @@ impl Moat {
             None => Vec::new(),
         };
         let answered = loop {
-            let Some(idx) = pool.select(&key, &ctx.upstream.tried) else {
+            let Some(idx) = ctx.upstream.next_target(&pool, &key) else {
                 pool.count_error(FailureKind::NoTarget);
                 session.set_keepalive(None);
                 let code = ErrorCode::ServiceUnavailable;
@@ -114,10 +114,6 @@ impl Moat {
                 self.send_reply(session, ctx, reply).await?;
                 return Ok(true);
             };
-            ctx.upstream.tried.push(idx);
-            ctx.upstream.attempts += 1;
-            ctx.upstream.current = Some(pool.begin(idx));
-            ctx.upstream.started.get_or_insert_with(Instant::now);
             match self.ask(&pool.peer(idx, true), &wire).await {
                 Ok(a) => {
                     let failed = a.resp.status.is_server_error();
@@ -126,9 +122,7 @@ impl Moat {
                 }
                 Err(e) => {
                     pool.report(idx, Some(failure::failure_kind(&e)));
-                    if ctx.upstream.attempts <= pool.retries
-                        && pool.has_candidate(&ctx.upstream.tried)
-                    {
+                    if ctx.upstream.may_retry(&pool) {
                         continue;
                     }
                     log::warn!("upgrade to upstream `{}` failed: {e}", pool.name);
@@ -189,7 +183,7 @@ impl Moat {
     async fn refused(
         &self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut ProxyCtx,
         answered: Answered,
         timeout: Duration,
     ) -> Result<()> {
@@ -206,7 +200,8 @@ impl Moat {
         if resp.status == http::StatusCode::NO_CONTENT {
             let _ = resp.remove_header(&header::CONTENT_LENGTH);
         }
-        chain_of(ctx).run_response(session.req_header(), ctx, &mut resp);
+        ctx.chain()
+            .run_response(session.req_header(), &ctx.req, &mut resp);
         session.set_keepalive(None);
         apply_compression(session, ctx);
         let empty = framing == body::Framing::Empty;
@@ -222,7 +217,7 @@ impl Moat {
     async fn switch(
         &self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut ProxyCtx,
         answered: Answered,
         idle: Duration,
     ) {
@@ -234,13 +229,14 @@ impl Moat {
         for name in ["content-length", "transfer-encoding"] {
             let _ = resp.remove_header(name);
         }
-        chain_of(ctx).run_response(session.req_header(), ctx, &mut resp);
+        ctx.chain()
+            .run_response(session.req_header(), &ctx.req, &mut resp);
         let line = request_line(session.req_header());
         let detached = detach(session).await;
         // From here on the request is this function's: Pingora must not log it again.
         let rt = Arc::clone(&ctx.rt);
-        let owned = std::mem::replace(ctx, RequestCtx::new(rt));
-        ctx.detached = true;
+        let owned = std::mem::replace(ctx, ProxyCtx::new(rt));
+        ctx.answer.detached = true;
         let mut finish = Finish::new(self, line, owned, 0);
         let Some((mut down, early, tracked)) = detached else {
             log::debug!("upgraded client connection could not be taken over");
@@ -308,7 +304,7 @@ async fn detach(session: &mut Session) -> Option<(Stream, BytesMut, Option<Track
     real.set_keepalive(Some(0));
     real.set_pipelining_enabled(true);
     let (stream, prefix) = real.finish().await.ok().flatten()?.into_parts();
-    let (stream, peeked, tracked) = crate::slowloris::into_inner(stream)?;
+    let (stream, peeked, tracked) = crate::conn::into_inner(stream)?;
     let mut early = BytesMut::from(&peeked[..]);
     if let Some(p) = prefix {
         early.extend_from_slice(&p);

@@ -140,30 +140,7 @@ impl Half {
     {
         let mut reads = 0;
         loop {
-            while self.pos < self.pending.len() {
-                match Pin::new(&mut *dst).poll_write(cx, &self.pending[self.pos..]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Poll::Ready(Ok(n)) => {
-                        self.pos += n;
-                        self.unflushed = true;
-                        *moved = true;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-            if !self.pending.is_empty() {
-                // Written out: give the memory back while the connection idles.
-                self.pending = Vec::new();
-                self.pos = 0;
-            }
-            if self.unflushed {
-                match Pin::new(&mut *dst).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => self.unflushed = false,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
+            std::task::ready!(self.poll_written(cx, dst, moved))?;
             if matches!(self.closing, Closing::Wanted(_)) && self.frames.at_boundary() {
                 // Everything read was written and ends a frame: the close goes next.
                 self.close_due(self.frames.closed());
@@ -200,38 +177,90 @@ impl Half {
                 continue;
             }
             *moved = true;
-            // How much of what was read goes on: all of it, up to the end of the frame in
-            // progress when a close is wanted, nothing once it was sent.
-            let forward = match self.closing {
-                Closing::No => self.frames.advance(&scratch[..n], false),
-                Closing::Wanted(_) => self.frames.advance(&scratch[..n], true),
-                Closing::Sent => 0,
-            };
-            let peer_closed = self.frames.closed();
-            // The rest is dropped, but its frames are followed (to see a close).
-            self.frames.advance(&scratch[forward..n], false);
-            *bytes += forward as u64;
-            let mut off = 0;
-            while off < forward {
-                match Pin::new(&mut *dst).poll_write(cx, &scratch[off..forward]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Poll::Ready(Ok(k)) => {
-                        off += k;
-                        self.unflushed = true;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => break,
+            self.pass_on(cx, dst, &scratch[..n], bytes)?;
+        }
+    }
+
+    /// Write out what is pending, then flush: `Ready(Ok(()))` once all of it went.
+    fn poll_written<D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut D,
+        moved: &mut bool,
+    ) -> Poll<io::Result<()>>
+    where
+        D: AsyncWrite + Unpin,
+    {
+        while self.pos < self.pending.len() {
+            match Pin::new(&mut *dst).poll_write(cx, &self.pending[self.pos..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.pos += n;
+                    self.unflushed = true;
+                    *moved = true;
                 }
-            }
-            if off < forward {
-                self.pending.extend_from_slice(&scratch[off..forward]);
-                self.pos = 0;
-            }
-            if forward < n {
-                // A frame ended inside this read: the close goes right after it.
-                self.close_due(peer_closed);
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
             }
         }
+        if !self.pending.is_empty() {
+            // Written out: give the memory back while the connection idles.
+            self.pending = Vec::new();
+            self.pos = 0;
+        }
+        if self.unflushed {
+            match Pin::new(&mut *dst).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Pass on `read`, just read from the source: all of it, up to the end of the frame in
+    /// progress when a close is wanted, nothing once it was sent (the rest is dropped, but
+    /// its frames are followed, to see a close). What `dst` does not take at once is kept
+    /// pending.
+    fn pass_on<D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut D,
+        read: &[u8],
+        bytes: &mut u64,
+    ) -> io::Result<()>
+    where
+        D: AsyncWrite + Unpin,
+    {
+        let forward = match self.closing {
+            Closing::No => self.frames.advance(read, false),
+            Closing::Wanted(_) => self.frames.advance(read, true),
+            Closing::Sent => 0,
+        };
+        let peer_closed = self.frames.closed();
+        self.frames.advance(&read[forward..], false);
+        *bytes += forward as u64;
+        let mut off = 0;
+        while off < forward {
+            match Pin::new(&mut *dst).poll_write(cx, &read[off..forward]) {
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(k)) => {
+                    off += k;
+                    self.unflushed = true;
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => break,
+            }
+        }
+        if off < forward {
+            self.pending.extend_from_slice(&read[off..forward]);
+            self.pos = 0;
+        }
+        if forward < read.len() {
+            // A frame ended inside this read: the close goes right after it.
+            self.close_due(peer_closed);
+        }
+        Ok(())
     }
 }
 
@@ -276,33 +305,13 @@ where
             }
         }
         let mut moved = false;
-        let result = SCRATCH_BUF.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut scratch) => {
-                if scratch.len() < SCRATCH {
-                    scratch.resize(SCRATCH, 0);
-                }
-                step(
-                    cx,
-                    (client, upstream),
-                    (&mut ab, &mut ba),
-                    &mut scratch,
-                    traffic,
-                    &mut moved,
-                )
-            }
-            // Only if a stream's poll ran another relay on this thread: use the stack.
-            Err(_) => {
-                let mut small = [0u8; 4096];
-                step(
-                    cx,
-                    (client, upstream),
-                    (&mut ab, &mut ba),
-                    &mut small,
-                    traffic,
-                    &mut moved,
-                )
-            }
-        });
+        let result = step_with_scratch(
+            cx,
+            (client, upstream),
+            (&mut ab, &mut ba),
+            traffic,
+            &mut moved,
+        );
         if let Poll::Ready(end) = result {
             return Poll::Ready(match end {
                 End::Closed if closing_until.is_some() => End::GoingAway,
@@ -329,6 +338,33 @@ where
 }
 
 /// Poll both directions once.
+/// [`step`] with this thread's scratch buffer (or, only if a stream's poll ran another
+/// relay on this thread, a small one on the stack).
+fn step_with_scratch<A, B>(
+    cx: &mut Context<'_>,
+    streams: (&mut A, &mut B),
+    halves: (&mut Half, &mut Half),
+    traffic: &mut Traffic,
+    moved: &mut bool,
+) -> Poll<End>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    SCRATCH_BUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            if scratch.len() < SCRATCH {
+                scratch.resize(SCRATCH, 0);
+            }
+            step(cx, streams, halves, &mut scratch, traffic, moved)
+        }
+        Err(_) => {
+            let mut small = [0u8; 4096];
+            step(cx, streams, halves, &mut small, traffic, moved)
+        }
+    })
+}
+
 fn step<A, B>(
     cx: &mut Context<'_>,
     (a, b): (&mut A, &mut B),

@@ -10,7 +10,7 @@ use super::hmac::SECRET;
 #[allow(unused_imports)]
 use super::*;
 use crate::harness::redis::RedisServer;
-use moat::auth::cli::{sign, SignRequest};
+use moat::auth::tools::{sign, SignRequest};
 
 const OTHER_SECRET: &str = "another-s3cr3t-for-tests";
 const SECOND_SECRET: &str = "flood-second-s3cr3t-for-tests";

@@ -10,7 +10,7 @@ use super::*;
 const ALICE_KEY: &str = "mk_test_alice_key_0123456789abcdef0123456789";
 
 fn sha(s: &str) -> String {
-    hex::encode(moat::auth::consumers::sha256(s.as_bytes()))
+    hex::encode(moat::util::sha256(s.as_bytes()))
 }
 
 /// moat with consumers `alice` (tier gold, an API key), `acme` (tier business), each with

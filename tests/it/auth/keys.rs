@@ -4,7 +4,7 @@
 use super::*;
 
 fn sha(s: &str) -> String {
-    hex::encode(moat::auth::consumers::sha256(s.as_bytes()))
+    hex::encode(moat::util::sha256(s.as_bytes()))
 }
 
 #[test]

@@ -21,7 +21,7 @@ fn status(m: &Moat, path: &str) -> u16 {
 }
 
 fn key_hash(k: &str) -> String {
-    hex::encode(moat::auth::consumers::sha256(k.as_bytes()))
+    hex::encode(moat::util::sha256(k.as_bytes()))
 }
 
 /// One inline command to Redis; the raw reply text.

@@ -24,7 +24,7 @@
 //!
 //! - It counts the connection in the process's drain ([`crate::drain`]; a TLS
 //!   connection, counted by its socket since its accept, is then no longer counted
-//!   there, see [`crate::conn_limit::handed_over`]) and, whenever a read has to wait,
+//!   there, see [`crate::conn::limit::handed_over`]) and, whenever a read has to wait,
 //!   registers the task to wake when the drain moves on: once the listeners stopped
 //!   (`Closing`), a connection waiting between requests with no byte of a next one ends
 //!   (the stream ends, and Pingora closes it quietly) once it has been idle for
@@ -146,7 +146,7 @@ impl HeadDeadline {
         let tracked = Tracked::new(policy, hint);
         // Counted here from now on: a TLS connection, counted by its socket since before
         // its handshake, stops being counted there (after this count, never to 0 between).
-        crate::conn_limit::handed_over(&inner);
+        crate::conn::limit::handed_over(&inner);
         HeadDeadline {
             inner,
             phase: Phase::Head,

@@ -1,3 +1,13 @@
+//! Downstream connections: everything moat does to a client connection below the HTTP
+//! request, in one place.
+//!
+//! - this file and `stream`: the head deadline (`server.limits.header_timeout`, below),
+//!   the wrapper every accepted connection runs in;
+//! - `scan`, `framing`, `chunked`: the HTTP/1 head scanner, the framing follower and the
+//!   chunked-body validator the wrapper runs over the bytes it reads (request smuggling);
+//! - [`limit`]: connection floods (`max_connections`, `max_connections_per_ip`), refused
+//!   at accept.
+//!
 //! `server.limits.header_timeout`: every HTTP/1 request head must arrive whole within a
 //! time limit, or the connection is closed (slowloris protection).
 //!
@@ -38,6 +48,7 @@
 
 mod chunked;
 mod framing;
+pub mod limit;
 mod scan;
 mod stream;
 
@@ -258,7 +269,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{load::parse, validate::validate, ConfigErrors};
+    use crate::checks::validate::validate;
+    use crate::config::{load::parse, ConfigErrors};
 
     fn config(limits: &str) -> Config {
         let text = format!("server: {{ limits: {{ {limits} }} }}\nlisteners: [{{ name: a, address: \"127.0.0.1:1\" }}]\n");

@@ -165,7 +165,7 @@ fn spoofed_forwarded_for_from_untrusted_peer_does_not_change_the_bucket() {
 }
 
 fn key_hash(k: &str) -> String {
-    hex::encode(moat::auth::consumers::sha256(k.as_bytes()))
+    hex::encode(moat::util::sha256(k.as_bytes()))
 }
 
 #[test]

@@ -6,8 +6,8 @@
 //! Each rule is a small function over the parsed [`Config`]; add new ones to
 //! [`warnings`].
 
-use super::error::{index, join, ConfigError, ConfigErrors};
-use super::model::{AuthMethod, Config, ConsumerMap, PluginConfig};
+use crate::config::error::{index, join, ConfigError, ConfigErrors};
+use crate::config::model::{AuthMethod, Config, ConsumerMap, PluginConfig};
 use std::collections::HashMap;
 
 /// Every warning for `cfg`, each with the path of the key it concerns, in file order.
@@ -17,8 +17,26 @@ pub fn warnings(cfg: &Config) -> Vec<ConfigError> {
     hmac_secrets(cfg, &mut w);
     replay_capacities(cfg, &mut w);
     redis_urls(cfg, &mut w);
+    ignored_keys(cfg, &mut w);
     w.sort_by_file_order();
     w.0
+}
+
+/// Keys that do nothing where they are written: `server.limits.per_ip_v6_prefix` without
+/// `max_connections_per_ip` (the one limit that counts clients by address).
+///
+/// Not warned about: `upstreams.*.hash_key` without `balance: consistent_hash`. It is
+/// ignored as well, but the reference file (`conf/reference.yaml`, the contract's) shows it
+/// on a round-robin pool, and that file must load without a warning.
+fn ignored_keys(cfg: &Config, w: &mut ConfigErrors) {
+    if let Some(l) = &cfg.server.limits {
+        if l.per_ip_v6_prefix.is_some() && l.max_connections_per_ip.is_none() {
+            w.push(
+                "server.limits.per_ip_v6_prefix",
+                "ignored: only max_connections_per_ip counts clients by address, and it is not set",
+            );
+        }
+    }
 }
 
 /// A provider without `issuer` accepts tokens from whoever holds its keys under any
@@ -177,6 +195,17 @@ mod tests {
             .into_iter()
             .map(|e| format!("{}: {}", e.path, e.message))
             .collect()
+    }
+
+    #[test]
+    fn a_v6_prefix_without_a_per_ip_limit_is_warned_about() {
+        let alone = "server:\n  limits: { max_connections: 10, per_ip_v6_prefix: 56 }\n";
+        assert_eq!(
+            paths(alone),
+            ["server.limits.per_ip_v6_prefix: ignored: only max_connections_per_ip counts clients by address, and it is not set"]
+        );
+        let used = "server:\n  limits: { max_connections_per_ip: 10, per_ip_v6_prefix: 56 }\n";
+        assert!(paths(used).is_empty());
     }
 
     #[test]

@@ -15,13 +15,12 @@ pub mod algo;
 pub mod cluster;
 pub mod fast;
 pub mod fast_bucket;
-pub mod lease;
+pub(crate) mod lease;
 pub mod store;
 
 use crate::config::error::ConfigErrors;
-use crate::ctx::RequestCtx;
+use crate::template::Facts;
 use http::HeaderName;
-use pingora_http::RequestHeader;
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -30,7 +29,7 @@ use std::sync::{Arc, Mutex};
 /// A limiter's name in Redis keys: 12 hex digits of the SHA-256 of its fingerprint (its
 /// place in the config and its settings), the same on every instance with the same config.
 pub fn limiter_id(fingerprint: &str) -> String {
-    hex::encode(&crate::auth::consumers::sha256(fingerprint.as_bytes())[..6])
+    hex::encode(&crate::util::sha256(fingerprint.as_bytes())[..6])
 }
 
 /// What a limiter counts by.
@@ -76,22 +75,23 @@ impl KeySource {
         })
     }
 
-    /// This request's key, written into `out` (cleared first).
-    pub fn extract(&self, req: &RequestHeader, ctx: &RequestCtx, out: &mut String) {
+    /// This request's key (from the facts of `f`), written into `out` (cleared first).
+    pub fn extract(&self, f: &Facts, out: &mut String) {
         out.clear();
         let found = match self {
-            KeySource::Consumer => ctx
+            KeySource::Consumer => f
                 .identity
                 .as_ref()
                 .map(|i| push_value(out, i.consumer_id.as_bytes())),
-            KeySource::Ip => ctx.client_ip.map(|ip| crate::net::push_ip(out, ip)),
-            KeySource::Route => ctx.route.as_deref().map(|r| out.push_str(&r.name)),
-            KeySource::Header(h) => req
+            KeySource::Ip => f.client_ip.map(|ip| crate::net::push_ip(out, ip)),
+            KeySource::Route => (!f.route.is_empty()).then(|| out.push_str(f.route)),
+            KeySource::Header(h) => f
+                .req
                 .headers
                 .get(h)
                 .filter(|v| !v.is_empty())
                 .map(|v| push_value(out, v.as_bytes())),
-            KeySource::Claim(c) => ctx
+            KeySource::Claim(c) => f
                 .identity
                 .as_ref()
                 .and_then(|i| i.claims.as_ref())
@@ -114,7 +114,7 @@ impl KeySource {
         };
         if found.is_none() {
             out.clear();
-            match ctx.client_ip {
+            match f.client_ip {
                 Some(ip) => {
                     let _ = write!(out, "\0ip:{ip}");
                 }
@@ -126,7 +126,7 @@ impl KeySource {
 
 fn push_value(out: &mut String, v: &[u8]) {
     if v.len() > LONG {
-        out.push_str(&hex::encode(crate::auth::consumers::sha256(v)));
+        out.push_str(&hex::encode(crate::util::sha256(v)));
     } else {
         out.push_str(&String::from_utf8_lossy(v));
     }
@@ -222,6 +222,8 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ctx::RequestCtx;
+    use pingora_http::RequestHeader;
 
     #[test]
     fn registry_keeps_unchanged_state() {
@@ -257,7 +259,7 @@ mod tests {
         // Regression: header values over 128 bytes were hashed, consumer ids (a JWT's
         // claim) went whole into keys.
         let req = RequestHeader::build("GET", b"/", None).unwrap();
-        let mut ctx = RequestCtx::new(Arc::new(crate::runtime::Runtime::empty()));
+        let mut ctx = RequestCtx::new();
         let key = |id: &str, ctx: &mut RequestCtx| {
             ctx.identity = Some(crate::identity::Identity {
                 consumer_id: Arc::from(id),
@@ -267,17 +269,14 @@ mod tests {
                 claims: None,
             });
             let mut out = String::new();
-            KeySource::Consumer.extract(&req, ctx, &mut out);
+            KeySource::Consumer.extract(&ctx.facts(&req), &mut out);
             out
         };
         assert_eq!(key("corp:alice", &mut ctx), "corp:alice");
         let long = format!("corp:{}", "a".repeat(300));
         let hashed = key(&long, &mut ctx);
         assert_eq!(hashed.len(), 64);
-        assert_eq!(
-            hashed,
-            hex::encode(crate::auth::consumers::sha256(long.as_bytes()))
-        );
+        assert_eq!(hashed, hex::encode(crate::util::sha256(long.as_bytes())));
     }
 
     #[test]

@@ -4,14 +4,14 @@
 //! chunk by chunk in `request_body_filter` against the same limit.
 //!
 //! Pingora itself accepts up to 1 MiB of request head, so these limits are what an edge
-//! operator actually sets (`server.limits`, defaults in [`crate::runtime::Limits`]).
+//! operator actually sets (`server.limits`, defaults in [`crate::runtime::RequestBounds`]).
 
 use crate::reply::{ErrorCode, Reply};
-use crate::runtime::{Limits, MAX_URI_BYTES};
+use crate::runtime::{RequestBounds, MAX_URI_BYTES};
 use pingora_http::RequestHeader;
 
 /// A reply for a request head over the limits (or malformed, or a `CONNECT`), if it is.
-pub fn check_head(req: &RequestHeader, limits: &Limits) -> Option<Reply> {
+pub fn check_head(req: &RequestHeader, limits: &RequestBounds) -> Option<Reply> {
     // moat tunnels nothing. Pingora would refuse CONNECT itself, with a bare 405 (no JSON
     // body, no request id, no log line): the proxy lets it through to be refused here, and
     // closes the connection (`early_request_filter`). No `Allow`: the target of a CONNECT
@@ -97,7 +97,7 @@ mod tests {
 
     #[test]
     fn limits() {
-        let l = Limits {
+        let l = RequestBounds {
             max_header_bytes: 1000,
             max_headers: 10,
             max_body: 100,

@@ -1,8 +1,8 @@
 //! The logic of `moat keygen` (a new API key and the hash to put in the config) and
 //! `moat sign` (the reference HMAC signer: the headers a client must send).
 
-use super::consumers::sha256;
 use super::hmac::{self, HmacAlg};
+use crate::util::sha256;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use rand::RngCore;

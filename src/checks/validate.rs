@@ -1,72 +1,82 @@
-//! Semantic checks that are not part of compiling routes and pools: process settings,
-//! listeners, admin, identities and key providers, and references between sections.
+//! Semantic checks that are not part of compiling routes and pools, as named passes
+//! ([`PASSES`]): process settings, listeners, admin, access log, consumers and key
+//! providers, and references between sections.
 
-use super::error::{index, join, ConfigErrors};
-use super::model::{Config, ConsumerMap, PluginConfig, RedisConfig};
-use crate::net::CidrSet;
+use crate::config::error::{index, join, ConfigErrors};
+use crate::config::model::{Config, ConsumerMap, PluginConfig};
 use jsonwebtoken::AlgorithmFamily;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 
-/// Record every problem of `cfg` outside routes and upstreams.
+/// A check of a parsed config: it records every problem it finds in `errs`.
+pub type Check = fn(&Config, &mut ConfigErrors);
+
+/// The checks of a config outside routes and upstreams (those need what compiling builds:
+/// see `runtime`), each with its name, in the order they run. Errors are sorted in file
+/// order afterwards.
+pub const PASSES: [(&str, Check); 7] = [
+    ("server", server),
+    ("listeners", listeners),
+    ("admin", admin),
+    ("access log", access_log),
+    ("consumers", consumers),
+    ("key providers", providers),
+    ("plugin references", plugin_refs),
+];
+
+/// Record every problem of `cfg` outside routes and upstreams: every pass of [`PASSES`].
 pub fn validate(cfg: &Config, errs: &mut ConfigErrors) {
-    server(cfg, errs);
-    listeners(cfg, errs);
-    if let Some(a) = &cfg.admin {
-        match a.address.parse::<SocketAddr>() {
-            Ok(addr)
-                if cfg
-                    .listeners
-                    .iter()
-                    .filter_map(|l| l.address.parse::<SocketAddr>().ok())
-                    .any(|l| clash(&l, &addr)) =>
-            {
-                errs.push("admin.address", "must differ from every listener's address")
-            }
-            Ok(addr)
-                if !addr.ip().to_canonical().is_loopback()
-                    && a.token_env.is_none()
-                    && a.token_file.is_none() =>
-            {
-                errs.push(
-                    "admin.address",
-                    format!(
-                        "`{}` is not a loopback address: protect it with admin.token_env or \
-                         admin.token_file, or bind it to 127.0.0.1",
-                        a.address
-                    ),
-                )
-            }
-            Ok(_) => {}
-            Err(_) => errs.push(
-                "admin.address",
-                format!("`{}` is not an ip:port address", a.address),
-            ),
-        }
-        // The token itself (variable, file, value) and `allowed_hosts` are checked where
-        // they are read: `admin::Access::compile`.
+    for (_name, check) in PASSES {
+        check(cfg, errs);
     }
+}
+
+/// `admin.address`: an address, not a listener's, and protected when not loopback.
+fn admin(cfg: &Config, errs: &mut ConfigErrors) {
+    let Some(a) = &cfg.admin else {
+        return;
+    };
+    match a.address.parse::<SocketAddr>() {
+        Ok(addr)
+            if cfg
+                .listeners
+                .iter()
+                .filter_map(|l| l.address.parse::<SocketAddr>().ok())
+                .any(|l| clash(&l, &addr)) =>
+        {
+            errs.push("admin.address", "must differ from every listener's address")
+        }
+        Ok(addr)
+            if !addr.ip().to_canonical().is_loopback()
+                && a.token_env.is_none()
+                && a.token_file.is_none() =>
+        {
+            errs.push(
+                "admin.address",
+                format!(
+                    "`{}` is not a loopback address: protect it with admin.token_env or \
+                     admin.token_file, or bind it to 127.0.0.1",
+                    a.address
+                ),
+            )
+        }
+        Ok(_) => {}
+        Err(_) => errs.push(
+            "admin.address",
+            format!("`{}` is not an ip:port address", a.address),
+        ),
+    }
+    // The token itself (variable, file, value) and `allowed_hosts` are checked where
+    // they are read: `runtime::admin_access::Access::compile`.
+}
+
+/// `access_log.path`: its directory exists.
+fn access_log(cfg: &Config, errs: &mut ConfigErrors) {
     if let Some(log) = &cfg.access_log {
         if log.path != "stdout" {
             parent_exists(&log.path, "access_log.path", errs);
         }
-    }
-    if let Some(r) = &cfg.redis {
-        redis(r, errs);
-    }
-    consumers(cfg, errs);
-    providers(cfg, errs);
-    for (path, p) in cfg.plugins() {
-        plugin_refs(cfg, &join(&path, p.name()), p, errs);
-    }
-}
-
-/// `redis:`: see `redis::config` (one of url, cluster or sentinel; URLs, environment
-/// variables and TLS files checked).
-fn redis(r: &RedisConfig, errs: &mut ConfigErrors) {
-    if let Err(e) = crate::redis::config::Settings::parse(r) {
-        errs.0.extend(e.0);
     }
 }
 
@@ -353,30 +363,25 @@ fn providers(cfg: &Config, errs: &mut ConfigErrors) {
     }
 }
 
-fn plugin_refs(cfg: &Config, path: &str, p: &PluginConfig, errs: &mut ConfigErrors) {
-    match p {
-        PluginConfig::Auth(a) => {
-            if a.methods.is_empty() {
-                errs.push(join(path, "methods"), "list at least one method");
-            }
-            if let Some(j) = &a.jwt {
-                if !cfg.jwt_providers.contains_key(&j.provider) {
-                    errs.push(
-                        join(path, "jwt.provider"),
-                        format!("unknown jwt provider `{}`", j.provider),
-                    );
-                }
+/// What plugins name elsewhere in the config (a JWT provider), and what `auth` needs.
+fn plugin_refs(cfg: &Config, errs: &mut ConfigErrors) {
+    for (path, p) in cfg.plugins() {
+        plugin_ref(cfg, &join(&path, p.name()), p, errs);
+    }
+}
+
+fn plugin_ref(cfg: &Config, path: &str, p: &PluginConfig, errs: &mut ConfigErrors) {
+    if let PluginConfig::Auth(a) = p {
+        if a.methods.is_empty() {
+            errs.push(join(path, "methods"), "list at least one method");
+        }
+        if let Some(j) = &a.jwt {
+            if !cfg.jwt_providers.contains_key(&j.provider) {
+                errs.push(
+                    join(path, "jwt.provider"),
+                    format!("unknown jwt provider `{}`", j.provider),
+                );
             }
         }
-        PluginConfig::IpFilter(f) => {
-            for (k, list) in [("allow", &f.allow), ("deny", &f.deny)] {
-                if let Err(bad) = CidrSet::parse(list) {
-                    for (i, msg) in bad {
-                        errs.push(index(&join(path, k), i), msg);
-                    }
-                }
-            }
-        }
-        _ => {}
     }
 }

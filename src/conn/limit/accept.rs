@@ -295,7 +295,7 @@ pub struct Filter(pub Arc<Limiter>);
 
 impl std::fmt::Debug for Filter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("conn_limit::Filter")
+        f.write_str("conn::limit::Filter")
     }
 }
 

@@ -5,13 +5,16 @@
 //! over, [`crate::drain`]) are waited for by Pingora's main loop, as `crate::signals` maps
 //! them.
 
+mod tls;
+
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
+use crate::config::model::ListenerConfig;
 use crate::config::Config;
 use crate::drain::sequence::Sequence;
 use crate::drain::{Drain, Stoppable};
 use crate::metrics::Metrics;
-use crate::plugin::registry::Extensions;
+use crate::plugin::external::Extensions;
 use crate::proxy::Moat;
 use crate::reload::Reloader;
 use crate::runtime::{Runtime, SharedRuntime};
@@ -90,7 +93,7 @@ impl BackgroundService for Supervisor {
             for pool in rt.pools.values() {
                 crate::upstream::health::start(pool);
             }
-            crate::auth::start_background(&rt);
+            crate::auth::start_background(&rt.auth, &rt.local_replay);
         }
         let (Ok(mut hup), Ok(mut usr1)) = (
             signal(SignalKind::hangup()),
@@ -164,36 +167,24 @@ pub fn run(
     opts: RunOptions,
     extensions: Extensions,
 ) -> Result<(), String> {
-    // SIGHUP and SIGUSR1 would kill the process by default until the supervisor installs
-    // its handlers; from here on they are caught (one arriving before the supervisor runs
-    // is dropped, never fatal).
-    for sig in [signal_hook::consts::SIGHUP, signal_hook::consts::SIGUSR1] {
-        if let Err(e) = signal_hook::flag::register(sig, Arc::new(AtomicBool::new(false))) {
-            log::warn!("cannot catch signal {sig} early: {e}");
-        }
-    }
+    catch_signals_early();
     if !opts.upgrade {
         crate::bind_check::check(&cfg)?;
     }
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
-    let listeners: Vec<String> = cfg.listeners.iter().map(|l| l.address.clone()).collect();
     let listener_cfgs = cfg.listeners.clone();
     let admin_cfg = cfg.admin.clone();
-    let header_timeout = crate::slowloris::header_timeout(&cfg);
-    let conn_limiter = crate::conn_limit::Limiter::from_config(&cfg, &metrics);
-    let h2_idle = Duration::from_secs(crate::runtime::Limits::from_config(&cfg).idle_timeout_secs);
+    let conn_limiter = crate::conn::limit::Limiter::from_config(&cfg, &metrics);
+    let h2_idle =
+        Duration::from_secs(crate::runtime::RequestBounds::from_config(&cfg).idle_timeout_secs);
+    let header_timeout = crate::conn::header_timeout(&cfg);
     let log_path = cfg.access_log.as_ref().map(|l| l.path.clone());
     let conf = server_conf(&cfg, opts.daemon);
     let pid_file = conf.pid_file.clone();
     let drain = Drain::new();
     let on_quit = Sequence::new(Arc::clone(&drain), &cfg, conf.upgrade_sock.clone());
     let extensions = Arc::new(extensions);
-    let runtime =
-        Runtime::compile(cfg, 1, &metrics, None, &extensions).map_err(|e| e.to_string())?;
-    runtime.log_warnings();
-    prime_pools(&runtime);
-    metrics.config_generation.set(1);
-    let shared: SharedRuntime = Arc::new(ArcSwap::from_pointee(runtime));
+    let shared = first_generation(cfg, &metrics, &extensions)?;
     let access_log = match log_path {
         Some(p) => Some(AccessLog::start(&p).map_err(|e| format!("access_log.path `{p}`: {e}"))?),
         None => None,
@@ -214,86 +205,24 @@ pub fn run(
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
     if !opts.daemon {
-        // Pingora writes the pid file only when it daemonizes; a foreground moat (systemd
-        // Type=simple, containers, an upgrade started in the foreground) writes it here,
-        // after taking the sockets, so the file always names the serving process.
-        if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
-            log::warn!("cannot write pid file {pid_file}: {e}");
-        }
+        write_pid_file(&pid_file);
     }
-
-    // Every proxy service runs behind the request head deadline
-    // (`server.limits.header_timeout`). Plain listeners with `http2: true` also take
-    // HTTP/2 with prior knowledge (h2c); Pingora sets that per service, so they get a
-    // service of their own. An HTTP/2 connection with no stream open for `idle_timeout`
-    // is closed (as of start-up: reloads change it for HTTP/1 only).
-    let conf = Arc::clone(&server.configuration);
-    let connector = Arc::new(pingora_core::connectors::TransportConnector::new(Some(
-        pingora_core::connectors::ConnectorOptions::from_server_conf(&conf),
-    )));
-    let proxy_service = |name: &str, h2c: bool| {
-        let moat = Moat {
-            runtime: Arc::clone(&shared),
-            metrics: Arc::clone(&metrics),
-            access_log: access_log.clone(),
-            drain: Arc::clone(&drain),
-            connector: Arc::clone(&connector),
-        };
-        let mut app = pingora_proxy::http_proxy(&conf, moat);
-        let mut options = pingora_core::apps::HttpServerOptions::default();
-        options.h2c = h2c;
-        options.h2_idle_timeout = Some(h2_idle);
-        // CONNECT reaches the proxy, which refuses it with the contract's 405 (see
-        // `proxy::limits::check_head`): Pingora's own refusal is a bare 405.
-        options.allow_connect_method_proxying = true;
-        app.server_options = Some(options);
-        let policy = crate::slowloris::Policy::new(header_timeout, &metrics, &drain);
-        let app = crate::slowloris::HeadTimeout::new(app, policy);
-        crate::conn_limit::service(
-            name,
-            app,
-            conn_limiter.clone(),
-            header_timeout,
-            &drain,
-            &metrics,
-        )
+    let parts = Parts {
+        runtime: Arc::clone(&shared),
+        metrics,
+        access_log: access_log.clone(),
+        drain,
+        header_timeout,
     };
-    let mut proxy = proxy_service("moat", false);
-    let mut h2c_listeners = Vec::new();
-    for l in &listener_cfgs {
-        if l.tls.is_some() {
-            let settings = crate::tls::settings(Arc::clone(&shared), l)?;
-            proxy.add_tls_with_settings(&l.address, None, settings);
-        } else if l.http2 == Some(true) {
-            h2c_listeners.push(l.address.as_str());
-        } else {
-            proxy.add_tcp(&l.address);
-        }
-    }
-    server.add_service(Stoppable::new(proxy, Arc::clone(&drain)));
-    if !h2c_listeners.is_empty() {
-        let mut h2c = proxy_service("moat h2c", true);
-        for addr in h2c_listeners {
-            h2c.add_tcp(addr);
-        }
-        server.add_service(Stoppable::new(h2c, Arc::clone(&drain)));
-    }
-
+    add_proxy_services(&mut server, &parts, &listener_cfgs, conn_limiter, h2_idle)?;
     if let Some(a) = admin_cfg {
-        let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.parse().ok()).collect();
-        let app = Admin::new(
-            Arc::clone(&shared),
-            Arc::clone(&metrics),
-            addrs,
-            Some(Arc::clone(&reloader)),
-            Arc::clone(&drain),
+        add_admin_service(
+            &mut server,
+            &parts,
+            &a.address,
+            &listener_cfgs,
+            Arc::clone(&reloader),
         );
-        let app = HttpServer::new_app(app);
-        let policy = crate::slowloris::Policy::new(header_timeout, &metrics, &drain);
-        let app = crate::slowloris::HeadTimeout::new(app, policy);
-        let mut svc = Service::new("moat admin".to_string(), app);
-        svc.add_tcp(&a.address);
-        server.add_service(Stoppable::new(svc, Arc::clone(&drain)));
     }
     let final_log = access_log.clone();
     server.add_service(background_service(
@@ -313,4 +242,141 @@ pub fn run(
         log.flush_now();
     }
     std::process::exit(0)
+}
+
+/// Compile generation 1 of `cfg` (its warnings logged, its pools primed) into the live
+/// runtime.
+fn first_generation(
+    cfg: Config,
+    metrics: &Metrics,
+    extensions: &Extensions,
+) -> Result<SharedRuntime, String> {
+    let runtime = Runtime::compile(cfg, 1, metrics, None, extensions).map_err(|e| e.to_string())?;
+    runtime.log_warnings();
+    prime_pools(&runtime);
+    metrics.config_generation.set(1);
+    Ok(Arc::new(ArcSwap::from_pointee(runtime)))
+}
+
+/// SIGHUP and SIGUSR1 would kill the process by default until the supervisor installs
+/// its handlers; from here on they are caught (one arriving before the supervisor runs
+/// is dropped, never fatal).
+fn catch_signals_early() {
+    for sig in [signal_hook::consts::SIGHUP, signal_hook::consts::SIGUSR1] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::new(AtomicBool::new(false))) {
+            log::warn!("cannot catch signal {sig} early: {e}");
+        }
+    }
+}
+
+/// Pingora writes the pid file only when it daemonizes; a foreground moat (systemd
+/// Type=simple, containers, an upgrade started in the foreground) writes it here, after
+/// taking the sockets, so the file always names the serving process.
+fn write_pid_file(pid_file: &str) {
+    if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
+        log::warn!("cannot write pid file {pid_file}: {e}");
+    }
+}
+
+/// What the services of the process share.
+struct Parts {
+    runtime: SharedRuntime,
+    metrics: Arc<Metrics>,
+    access_log: Option<AccessLog>,
+    drain: Arc<Drain>,
+    /// `server.limits.header_timeout`, as of start-up.
+    header_timeout: Duration,
+}
+
+/// The proxy services on every listener. Every proxy service runs behind the request
+/// head deadline (`server.limits.header_timeout`). Plain listeners with `http2: true` also
+/// take HTTP/2 with prior knowledge (h2c); Pingora sets that per service, so they get a
+/// service of their own. An HTTP/2 connection with no stream open for `h2_idle` is closed
+/// (as of start-up: reloads change it for HTTP/1 only).
+fn add_proxy_services(
+    server: &mut Server,
+    parts: &Parts,
+    listeners: &[ListenerConfig],
+    conn_limiter: Option<Arc<crate::conn::limit::Limiter>>,
+    h2_idle: Duration,
+) -> Result<(), String> {
+    let conf = Arc::clone(&server.configuration);
+    let connector = Arc::new(pingora_core::connectors::TransportConnector::new(Some(
+        pingora_core::connectors::ConnectorOptions::from_server_conf(&conf),
+    )));
+    let proxy_service = |name: &str, h2c: bool| {
+        let moat = Moat {
+            runtime: Arc::clone(&parts.runtime),
+            metrics: Arc::clone(&parts.metrics),
+            access_log: parts.access_log.clone(),
+            drain: Arc::clone(&parts.drain),
+            connector: Arc::clone(&connector),
+        };
+        let mut app = pingora_proxy::http_proxy(&conf, moat);
+        let mut options = pingora_core::apps::HttpServerOptions::default();
+        options.h2c = h2c;
+        options.h2_idle_timeout = Some(h2_idle);
+        // CONNECT reaches the proxy, which refuses it with the contract's 405 (see
+        // `proxy::request_checks::check_head`): Pingora's own refusal is a bare 405.
+        options.allow_connect_method_proxying = true;
+        app.server_options = Some(options);
+        let policy = crate::conn::Policy::new(parts.header_timeout, &parts.metrics, &parts.drain);
+        let app = crate::conn::HeadTimeout::new(app, policy);
+        crate::conn::limit::service(
+            name,
+            app,
+            conn_limiter.clone(),
+            parts.header_timeout,
+            &parts.drain,
+            &parts.metrics,
+        )
+    };
+    let mut proxy = proxy_service("moat", false);
+    let mut h2c_listeners = Vec::new();
+    for l in listeners {
+        if l.tls.is_some() {
+            let settings = tls::settings(Arc::clone(&parts.runtime), l)?;
+            proxy.add_tls_with_settings(&l.address, None, settings);
+        } else if l.http2 == Some(true) {
+            h2c_listeners.push(l.address.as_str());
+        } else {
+            proxy.add_tcp(&l.address);
+        }
+    }
+    server.add_service(Stoppable::new(proxy, Arc::clone(&parts.drain)));
+    if !h2c_listeners.is_empty() {
+        let mut h2c = proxy_service("moat h2c", true);
+        for addr in h2c_listeners {
+            h2c.add_tcp(addr);
+        }
+        server.add_service(Stoppable::new(h2c, Arc::clone(&parts.drain)));
+    }
+    Ok(())
+}
+
+/// The admin service on `address`, behind the same head deadline as the proxy.
+fn add_admin_service(
+    server: &mut Server,
+    parts: &Parts,
+    address: &str,
+    listeners: &[ListenerConfig],
+    reloader: Arc<Reloader>,
+) {
+    let addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.address.parse().ok())
+        .collect();
+    let app = Admin::new(
+        Arc::clone(&parts.runtime),
+        Arc::clone(&parts.metrics),
+        addrs,
+        Some(reloader),
+        Arc::clone(&parts.drain),
+    );
+    let app = HttpServer::new_app(app);
+    let policy = crate::conn::Policy::new(parts.header_timeout, &parts.metrics, &parts.drain);
+    let app = crate::conn::HeadTimeout::new(app, policy);
+    let mut svc = Service::new("moat admin".to_string(), app);
+    svc.add_tcp(address);
+    server.add_service(Stoppable::new(svc, Arc::clone(&parts.drain)));
 }
