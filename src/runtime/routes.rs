@@ -4,7 +4,7 @@
 use super::{Action, Redirect, Respond, RespondHeader, RespondValue, Rewrite, Route};
 use crate::config::error::{index, join, ConfigErrors};
 use crate::config::model::{Config, RespondConfig, RouteConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteRequests};
 use crate::plugin::{self, Chain, Plugin};
 use crate::router::{PathMatch, RouteSpec, Router};
 use crate::template::{Context, Template};
@@ -88,6 +88,7 @@ pub(super) fn compile(
                 duration: metrics
                     .request_duration
                     .with_label_values(&[r.name.as_str()]),
+                requests: RouteRequests::new(&metrics.requests, Arc::from(r.name.as_str())),
             }));
         }
     }
