@@ -198,3 +198,22 @@ impl RequestCtx {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every id a request carries is marked sensitive (HTTP/2 then never indexes it in
+    /// HPACK), the ones moat makes and the ones it keeps; the value is unchanged.
+    #[test]
+    fn request_ids_are_sensitive() {
+        let mut ctx = RequestCtx::new();
+        assert_eq!(ctx.request_id_if_set(), "");
+        ctx.assign_request_id();
+        assert_eq!(ctx.request_id_if_set().len(), 26);
+        assert!(ctx.request_id_value().is_sensitive());
+        ctx.set_request_id(HeaderValue::from_static("client-id-1"));
+        assert!(ctx.request_id_value().is_sensitive());
+        assert_eq!(ctx.request_id_value(), "client-id-1");
+    }
+}
