@@ -79,8 +79,10 @@ pub(super) fn compile(
         });
         if let (Some(spec), Some(action)) = (spec, action) {
             specs.push(spec);
+            let name: Arc<str> = Arc::from(r.name.as_str());
             routes.push(Arc::new(Route {
-                name: Arc::from(r.name.as_str()),
+                requests: RouteRequests::new(&metrics.requests, Arc::clone(&name)),
+                name,
                 action,
                 rewrite,
                 max_body: r.max_body.map(|s| s.0),
@@ -88,7 +90,6 @@ pub(super) fn compile(
                 duration: metrics
                     .request_duration
                     .with_label_values(&[r.name.as_str()]),
-                requests: RouteRequests::new(&metrics.requests, Arc::from(r.name.as_str())),
             }));
         }
     }
