@@ -311,7 +311,7 @@ impl Pool {
         if !self.rr_order.is_empty() {
             // Round robin's turn, as Pingora's weighted round robin takes it (the next
             // slot of the weight-expanded list); when that target may not take the
-            // request, Pingora's selection below goes on from there.
+            // request, Pingora's selection below chooses as it did before.
             let turn = self.rr_next.fetch_add(1, Ordering::Relaxed) % self.rr_order.len();
             let i = self.rr_order[turn] as usize;
             if self.usable(i, exclude) {
