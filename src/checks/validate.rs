@@ -15,11 +15,12 @@ pub type Check = fn(&Config, &mut ConfigErrors);
 /// The checks of a config outside routes and upstreams (those need what compiling builds:
 /// see `runtime`), each with its name, in the order they run. Errors are sorted in file
 /// order afterwards.
-pub const PASSES: [(&str, Check); 7] = [
+pub const PASSES: [(&str, Check); 8] = [
     ("server", server),
     ("listeners", listeners),
     ("admin", admin),
     ("access log", access_log),
+    ("upstreams", super::upstreams::upstreams),
     ("consumers", consumers),
     ("key providers", providers),
     ("plugin references", plugin_refs),

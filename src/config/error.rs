@@ -66,6 +66,15 @@ impl ConfigErrors {
         self.0.len() == at.0
     }
 
+    /// True when an error was recorded at `path` or under it (`path.key`, `path[i]`).
+    pub fn any_under(&self, path: &str) -> bool {
+        self.0.iter().any(|e| {
+            e.path
+                .strip_prefix(path)
+                .is_some_and(|r| r.is_empty() || r.starts_with(['.', '[']))
+        })
+    }
+
     /// Put the errors in the order of their paths: by section (in the reference file's
     /// order), list items by index, and under one key its children in the order their
     /// first error was found; errors at the same path keep the order found. So the
