@@ -15,7 +15,7 @@ pub type Check = fn(&Config, &mut ConfigErrors);
 /// The checks of a config outside routes and upstreams (those need what compiling builds:
 /// see `runtime`), each with its name, in the order they run. Errors are sorted in file
 /// order afterwards.
-pub const PASSES: [(&str, Check); 8] = [
+pub const PASSES: [(&str, Check); 9] = [
     ("server", server),
     ("listeners", listeners),
     ("admin", admin),
@@ -24,6 +24,7 @@ pub const PASSES: [(&str, Check); 8] = [
     ("consumers", consumers),
     ("key providers", providers),
     ("plugin references", plugin_refs),
+    ("routes", super::routes::routes),
 ];
 
 /// Record every problem of `cfg` outside routes and upstreams: every pass of [`PASSES`].
