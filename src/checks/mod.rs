@@ -4,6 +4,7 @@
 //! never refuses a config but an operator should know. `moat check`, `run` and reload all
 //! go through `runtime::Runtime::compile`, which runs both.
 
+pub mod plugins;
 pub mod routes;
 pub mod upstreams;
 pub mod validate;

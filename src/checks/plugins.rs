@@ -1,0 +1,53 @@
+//! The plugin-settings pass: range and shape rules of built-in plugins' settings. A
+//! plugin's `compile` runs its rule here first and then only builds, so the rule has one
+//! home and a plugin compiled on its own (its unit tests, an embedding program) is
+//! checked the same way as one in a config file.
+//!
+//! Moved here so far: `compression`, `concurrency`. The other plugins still check their
+//! settings inside their own `compile`.
+
+use crate::config::error::{index, join, ConfigErrors};
+use crate::config::model::{CompressionConfig, ConcurrencyConfig};
+use crate::ratelimit::lease::{DEFAULT_LEASE, MIN_LEASE};
+
+/// The compression level used when none is given.
+pub const DEFAULT_COMPRESSION_LEVEL: u32 = 6;
+
+/// `compression`: a level of 1-9, known algorithms, media types (never event streams).
+pub fn compression(c: &CompressionConfig, path: &str, errs: &mut ConfigErrors) {
+    if !(1..=9).contains(&c.level.unwrap_or(DEFAULT_COMPRESSION_LEVEL)) {
+        errs.push(join(path, "level"), "must be between 1 and 9");
+    }
+    for (i, a) in c.algorithms.iter().enumerate() {
+        if !matches!(a.as_str(), "gzip" | "br" | "brotli" | "zstd") {
+            errs.push(
+                index(&join(path, "algorithms"), i),
+                format!("`{a}`: expected gzip, br or zstd"),
+            );
+        }
+    }
+    for (i, t) in c.content_types.iter().enumerate() {
+        let t = t.trim().to_ascii_lowercase();
+        if t == "text/event-stream" {
+            errs.push(
+                index(&join(path, "content_types"), i),
+                "event streams are never compressed",
+            );
+        } else if !t.contains('/') {
+            errs.push(
+                index(&join(path, "content_types"), i),
+                format!("`{t}` is not a media type"),
+            );
+        }
+    }
+}
+
+/// `concurrency`: a lease of at least [`MIN_LEASE`], a limit of at least 1.
+pub fn concurrency(c: &ConcurrencyConfig, path: &str, errs: &mut ConfigErrors) {
+    if c.lease.map_or(DEFAULT_LEASE, |d| d.get()) < MIN_LEASE {
+        errs.push(join(path, "lease"), "must be at least 1s");
+    }
+    if c.max == 0 {
+        errs.push(join(path, "max"), "must be at least 1");
+    }
+}
