@@ -227,33 +227,6 @@ impl Rewrite {
 }
 
 impl Runtime {
-    /// An empty runtime (no routes): every request gets 404. Used before the first load
-    /// and in tests.
-    pub fn empty() -> Runtime {
-        Runtime {
-            generation: 0,
-            loaded_at: SystemTime::now(),
-            config: Config::default(),
-            router: Router::default(),
-            routes: Vec::new(),
-            global_chain: Chain::default(),
-            request_id_trust: None,
-            pools: BTreeMap::new(),
-            trusted_proxies: CidrSet::default(),
-            request_bounds: RequestBounds::default(),
-            tls: BTreeMap::new(),
-            redirect_https: BTreeMap::new(),
-            listener_ports: Default::default(),
-            compression_used: false,
-            auth: Arc::default(),
-            limiters: Arc::default(),
-            redis: None,
-            local_replay: Arc::default(),
-            warnings: Vec::new(),
-            admin: Default::default(),
-        }
-    }
-
     /// Validate and compile `cfg` as generation `generation`, reporting every error.
     /// Pools of `previous` whose definition did not change are carried over.
     pub fn compile(

@@ -86,21 +86,21 @@ fn compile_one(
         _ => None,
     };
     let tls = u.tls.as_ref().map(|t| peer_tls(t, path, errs));
+    let gauges = health::TargetGauges::default();
     let health = u.health_check.as_ref().and_then(|hc| {
         // A probe is built from settings the upstreams pass found right.
         let hp = join(path, "health_check");
         if errs.any_under(&hp) {
             return None;
         }
-        let http2 = u.http2.unwrap_or(false);
-        health::build(name, hc, tls.as_ref(), http2, &metrics.target_healthy)
+        health::build(hc, tls.as_ref(), u.http2.unwrap_or(false), &gauges)
             .map_err(|e| errs.push(hp, e))
             .ok()
     });
     if errs.any_under(path) {
         return None;
     }
-    Pool::new(
+    let pool = Pool::new(
         PoolSettings {
             name: name.to_string(),
             targets,
@@ -132,7 +132,9 @@ fn compile_one(
         metrics,
     )
     .map_err(|e| errs.push(path, e))
-    .ok()
+    .ok()?;
+    gauges.fill(&pool);
+    Some(pool)
 }
 
 /// `targets` resolved (DNS), each to an address no other target has.
