@@ -3,12 +3,13 @@
 //! home and a plugin compiled on its own (its unit tests, an embedding program) is
 //! checked the same way as one in a config file.
 //!
-//! Moved here so far: `compression`, `concurrency`. The other plugins still check their
+//! Moved here so far: `compression`, `concurrency`, `cors`. The other plugins still check their
 //! settings inside their own `compile`.
 
 use crate::config::error::{index, join, ConfigErrors};
-use crate::config::model::{CompressionConfig, ConcurrencyConfig};
+use crate::config::model::{CompressionConfig, ConcurrencyConfig, CorsConfig};
 use crate::ratelimit::lease::{DEFAULT_LEASE, MIN_LEASE};
+use http::{HeaderName, Method};
 
 /// The compression level used when none is given.
 pub const DEFAULT_COMPRESSION_LEVEL: u32 = 6;
@@ -49,5 +50,53 @@ pub fn concurrency(c: &ConcurrencyConfig, path: &str, errs: &mut ConfigErrors) {
     }
     if c.max == 0 {
         errs.push(join(path, "max"), "must be at least 1");
+    }
+}
+
+/// `cors`: origins (`*` not with credentials), methods, header names.
+pub fn cors(c: &CorsConfig, path: &str, errs: &mut ConfigErrors) {
+    if c.origins.is_empty() {
+        errs.push(join(path, "origins"), "list the allowed origins (or \"*\")");
+    }
+    if c.credentials && c.origins.iter().any(|o| o == "*") {
+        errs.push(
+            join(path, "origins"),
+            "\"*\" cannot be used with credentials: true",
+        );
+    }
+    for (i, o) in c.origins.iter().enumerate() {
+        let valid = (o.starts_with("https://") || o.starts_with("http://"))
+            && !o.ends_with('/')
+            && o.split("://")
+                .nth(1)
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains(['/', '?', '#', '*', ' ']));
+        if o != "*" && (o == "null" || !valid) {
+            errs.push(
+                index(&join(path, "origins"), i),
+                format!("`{o}` is not an origin like https://app.example.com"),
+            );
+        }
+    }
+    for (i, m) in c.methods.iter().enumerate() {
+        let m = m.to_ascii_uppercase();
+        if Method::from_bytes(m.as_bytes()).is_err() {
+            errs.push(
+                index(&join(path, "methods"), i),
+                format!("`{m}` is not a method"),
+            );
+        }
+    }
+    for (k, names) in [
+        ("headers", &c.headers),
+        ("expose_headers", &c.expose_headers),
+    ] {
+        for (i, h) in names.iter().enumerate() {
+            if HeaderName::from_bytes(h.as_bytes()).is_err() {
+                errs.push(
+                    index(&join(path, k), i),
+                    format!("`{h}` is not a header name"),
+                );
+            }
+        }
     }
 }
