@@ -3,11 +3,15 @@
 //! home and a plugin compiled on its own (its unit tests, an embedding program) is
 //! checked the same way as one in a config file.
 //!
-//! Moved here so far: `compression`, `concurrency`, `cors`. The other plugins still check their
+//! Moved here so far: `compression`, `concurrency`, `cors`, `rate_limit`. The other plugins still check their
 //! settings inside their own `compile`.
 
 use crate::config::error::{index, join, ConfigErrors};
-use crate::config::model::{CompressionConfig, ConcurrencyConfig, CorsConfig};
+use crate::config::model::{
+    ClusterMode, CompressionConfig, ConcurrencyConfig, CorsConfig, LimitScope, RateAlgorithm,
+    RateLimitConfig,
+};
+use crate::config::units::Rate;
 use crate::ratelimit::lease::{DEFAULT_LEASE, MIN_LEASE};
 use http::{HeaderName, Method};
 
@@ -95,6 +99,62 @@ pub fn cors(c: &CorsConfig, path: &str, errs: &mut ConfigErrors) {
                 errs.push(
                     index(&join(path, k), i),
                     format!("`{h}` is not a header name"),
+                );
+            }
+        }
+    }
+}
+
+/// Largest `burst`: fast-mode buckets count tokens in millionths in an `i64`.
+pub const MAX_BURST: u64 = 1_000_000_000_000;
+
+/// A `rate_limit`'s algorithm: `burst` without an algorithm means a token bucket (the
+/// reference file's form), else a sliding window.
+pub fn rate_algorithm(c: &RateLimitConfig) -> RateAlgorithm {
+    c.algorithm.unwrap_or(match c.burst {
+        Some(_) => RateAlgorithm::TokenBucket,
+        None => RateAlgorithm::SlidingWindow,
+    })
+}
+
+/// The `burst` of rate `r`: with tiers, `burst` scales with each tier's rate
+/// (burst / rate × tier rate).
+pub fn scaled_burst(c: &RateLimitConfig, r: &Rate) -> Option<u64> {
+    c.burst.map(|b| {
+        let scaled = (b as u128 * r.count as u128).div_ceil(c.rate.count.max(1) as u128);
+        u64::try_from(scaled).unwrap_or(u64::MAX).max(1)
+    })
+}
+
+/// `rate_limit`: `sync_interval` only with `mode: fast`, `burst` only for a token bucket
+/// and in range, and the bucket each rate really gets (scaled per tier, or the rate's
+/// count without `burst`) bounded like `burst` itself.
+pub fn rate_limit(c: &RateLimitConfig, path: &str, errs: &mut ConfigErrors) {
+    let fast = c.mode == Some(ClusterMode::Fast);
+    if c.sync_interval.is_some() && !fast && c.scope == LimitScope::Cluster {
+        errs.push(join(path, "sync_interval"), "only applies with mode: fast");
+    }
+    let bucket = rate_algorithm(c) == RateAlgorithm::TokenBucket;
+    match c.burst {
+        Some(_) if !bucket => errs.push(
+            join(path, "burst"),
+            "burst applies to algorithm: token_bucket only",
+        ),
+        Some(0) => errs.push(join(path, "burst"), "must be at least 1"),
+        Some(b) if b > MAX_BURST => {
+            errs.push(join(path, "burst"), format!("must be at most {MAX_BURST}"))
+        }
+        _ => {}
+    }
+    if bucket {
+        let rates = std::iter::once(("rate".to_string(), &c.rate))
+            .chain(c.tiers.iter().map(|(k, r)| (format!("tiers.{k}"), r)));
+        for (at, r) in rates {
+            let effective = scaled_burst(c, r).unwrap_or(r.count);
+            if effective > MAX_BURST {
+                errs.push(
+                    join(path, &at),
+                    format!("gives a token bucket of {effective}: at most {MAX_BURST}"),
                 );
             }
         }
