@@ -3,13 +3,15 @@
 //! home and a plugin compiled on its own (its unit tests, an embedding program) is
 //! checked the same way as one in a config file.
 //!
-//! Moved here so far: `compression`, `concurrency`, `cors`, `rate_limit`. The other plugins still check their
+//! Moved here so far: `auth` (its methods and settings; `hmac` settings are still checked
+//! by `auth::signed::HmacSettings::compile`), `compression`, `concurrency`, `cors`,
+//! `rate_limit`. The other plugins still check their
 //! settings inside their own `compile`.
 
 use crate::config::error::{index, join, ConfigErrors};
 use crate::config::model::{
-    ClusterMode, CompressionConfig, ConcurrencyConfig, CorsConfig, LimitScope, RateAlgorithm,
-    RateLimitConfig,
+    AuthConfig, AuthMethod, ClusterMode, CompressionConfig, ConcurrencyConfig, CorsConfig,
+    LimitScope, RateAlgorithm, RateLimitConfig,
 };
 use crate::config::units::Rate;
 use crate::ratelimit::lease::{DEFAULT_LEASE, MIN_LEASE};
@@ -158,5 +160,86 @@ pub fn rate_limit(c: &RateLimitConfig, path: &str, errs: &mut ConfigErrors) {
                 );
             }
         }
+    }
+}
+
+/// Where a JWT may be found: one entry of `auth.jwt.token_from`.
+pub enum TokenSource<'a> {
+    /// `Authorization: Bearer`.
+    Header,
+    /// `query:NAME`.
+    Query(&'a str),
+    /// `cookie:NAME`.
+    Cookie(&'a str),
+}
+
+/// `header`, `query:NAME` or `cookie:NAME`; `None` for anything else.
+pub fn token_source(s: &str) -> Option<TokenSource<'_>> {
+    match (s, s.split_once(':')) {
+        ("header", _) => Some(TokenSource::Header),
+        (_, Some(("query", n))) if !n.is_empty() => Some(TokenSource::Query(n)),
+        (_, Some(("cookie", n))) if !n.is_empty() => Some(TokenSource::Cookie(n)),
+        _ => None,
+    }
+}
+
+/// The header an `api_key` method reads (`x-api-key` unless set); `None` when it is not a
+/// header name or is `Authorization`.
+pub fn api_key_header(c: &AuthConfig) -> Option<HeaderName> {
+    let name = c
+        .api_key
+        .as_ref()
+        .and_then(|a| a.header.as_deref())
+        .unwrap_or("x-api-key");
+    HeaderName::from_bytes(name.as_bytes())
+        .ok()
+        .filter(|h| *h != http::header::AUTHORIZATION)
+}
+
+/// `auth`: settings for each listed method and none for others, token sources, the API
+/// key header.
+pub fn auth(c: &AuthConfig, path: &str, errs: &mut ConfigErrors) {
+    let has = |m| c.methods.contains(&m);
+    match (&c.jwt, has(AuthMethod::Jwt)) {
+        (None, true) => errs.push(join(path, "jwt"), "methods lists jwt: give jwt.provider"),
+        (Some(_), false) => errs.push(
+            join(path, "jwt"),
+            "jwt settings given but `jwt` is not in methods",
+        ),
+        (Some(j), true) => {
+            for (i, s) in j.token_from.iter().enumerate() {
+                if token_source(s).is_none() {
+                    errs.push(
+                        format!("{}[{i}]", join(path, "jwt.token_from")),
+                        format!("`{s}`: expected header, query:NAME or cookie:NAME"),
+                    );
+                }
+            }
+        }
+        (None, false) => {}
+    }
+    if has(AuthMethod::ApiKey) {
+        if api_key_header(c).is_none() {
+            let name = c
+                .api_key
+                .as_ref()
+                .and_then(|a| a.header.as_deref())
+                .unwrap_or("x-api-key");
+            errs.push(
+                join(path, "api_key.header"),
+                format!("`{name}` is not a usable header name"),
+            );
+        }
+    } else if c.api_key.is_some() {
+        errs.push(
+            join(path, "api_key"),
+            "api_key settings given but `api_key` is not in methods",
+        );
+    }
+    if !has(AuthMethod::Hmac) && c.hmac.is_some() {
+        errs.push(
+            join(path, "hmac"),
+            "hmac settings given but `hmac` is not in methods",
+        );
     }
 }
