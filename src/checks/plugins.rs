@@ -5,17 +5,18 @@
 //!
 //! Moved here so far: `auth` (its methods and settings; `hmac` settings are still checked
 //! by `auth::signed::HmacSettings::compile`), `compression`, `concurrency`, `cors`,
-//! `rate_limit`. The other plugins still check their
+//! `rate_limit`, `security_headers`. The other plugins still check their
 //! settings inside their own `compile`.
 
 use crate::config::error::{index, join, ConfigErrors};
 use crate::config::model::{
     AuthConfig, AuthMethod, ClusterMode, CompressionConfig, ConcurrencyConfig, CorsConfig,
-    LimitScope, RateAlgorithm, RateLimitConfig,
+    LimitScope, RateAlgorithm, RateLimitConfig, SecurityHeadersConfig,
 };
 use crate::config::units::Rate;
 use crate::ratelimit::lease::{DEFAULT_LEASE, MIN_LEASE};
-use http::{HeaderName, Method};
+use crate::util::http::safe_header_value;
+use http::{HeaderName, HeaderValue, Method};
 
 /// The compression level used when none is given.
 pub const DEFAULT_COMPRESSION_LEVEL: u32 = 6;
@@ -240,6 +241,32 @@ pub fn auth(c: &AuthConfig, path: &str, errs: &mut ConfigErrors) {
         errs.push(
             join(path, "hmac"),
             "hmac settings given but `hmac` is not in methods",
+        );
+    }
+}
+
+/// `security_headers`: header names and values, an HSTS age over 0.
+pub fn security_headers(c: &SecurityHeadersConfig, path: &str, errs: &mut ConfigErrors) {
+    for (i, n) in c.remove.iter().enumerate() {
+        if HeaderName::from_bytes(n.as_bytes()).is_err() {
+            errs.push(
+                index(&join(path, "remove"), i),
+                format!("`{n}` is not a header name"),
+            );
+        }
+    }
+    for (name, value) in &c.set {
+        let here = join(&join(path, "set"), name);
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            errs.push(here, format!("`{name}` is not a header name"));
+        } else if HeaderValue::from_str(value).is_err() || !safe_header_value(value.as_bytes()) {
+            errs.push(here, "value contains characters not allowed in a header");
+        }
+    }
+    if c.hsts == Some(0) {
+        errs.push(
+            join(path, "hsts"),
+            "must be more than 0 seconds (omit it to send no HSTS)",
         );
     }
 }
