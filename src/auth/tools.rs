@@ -95,6 +95,9 @@ pub fn sign(r: &SignRequest) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
+/// Header names and values, in order.
+type Headers = Vec<(String, String)>;
+
 /// The host (when the URL names one) and the request target of `url`:
 /// `http(s)://host/path?query` or `/path?query`.
 fn split_url(url: &str) -> Result<(Option<String>, String), String> {
@@ -117,7 +120,7 @@ fn split_url(url: &str) -> Result<(Option<String>, String), String> {
 
 /// The `-H 'Name: value'` headers: a `Host` one (it overrides the URL's), and the others
 /// to sign, in order; the ones the signer sets are refused.
-fn extra_headers(headers: &[String]) -> Result<(Option<String>, Vec<(String, String)>), String> {
+fn extra_headers(headers: &[String]) -> Result<(Option<String>, Headers), String> {
     let mut host = None;
     let mut extra = Vec::new();
     for h in headers {

@@ -3,10 +3,10 @@
 //! home and a plugin compiled on its own (its unit tests, an embedding program) is
 //! checked the same way as one in a config file.
 //!
-//! Moved here so far: `auth` (its methods and settings; `hmac` settings are still checked
-//! by `auth::signed::HmacSettings::compile`), `compression`, `concurrency`, `cors`,
-//! `rate_limit`, `security_headers`. The other plugins still check their
-//! settings inside their own `compile`.
+//! Moved here so far: `auth` (its methods and settings), `compression`, `concurrency`, `cors`,
+//! `rate_limit`, `security_headers`. Still inside their own `compile`: `headers` and
+//! `ip_filter` (their rules are their parsers': templates, CIDR lists), `hmac` settings
+//! (`auth::signed::HmacSettings::compile`) and limiter keys (`ratelimit::KeySource`).
 
 use crate::config::error::{index, join, ConfigErrors};
 use crate::config::model::{
