@@ -12,3 +12,10 @@ pub mod routes;
 pub mod upstreams;
 pub mod validate;
 pub mod warnings;
+
+/// True when `value` cannot be sent as a literal header value (bytes a header may not hold,
+/// or control characters).
+fn bad_header_value(value: &str) -> bool {
+    http::HeaderValue::from_str(value).is_err()
+        || !crate::util::http::safe_header_value(value.as_bytes())
+}

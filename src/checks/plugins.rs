@@ -15,8 +15,7 @@ use crate::config::model::{
 };
 use crate::config::units::Rate;
 use crate::ratelimit::lease::{DEFAULT_LEASE, MIN_LEASE};
-use crate::util::http::safe_header_value;
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderName, Method};
 
 /// The compression level used when none is given.
 pub const DEFAULT_COMPRESSION_LEVEL: u32 = 6;
@@ -259,7 +258,7 @@ pub fn security_headers(c: &SecurityHeadersConfig, path: &str, errs: &mut Config
         let here = join(&join(path, "set"), name);
         if HeaderName::from_bytes(name.as_bytes()).is_err() {
             errs.push(here, format!("`{name}` is not a header name"));
-        } else if HeaderValue::from_str(value).is_err() || !safe_header_value(value.as_bytes()) {
+        } else if super::bad_header_value(value) {
             errs.push(here, "value contains characters not allowed in a header");
         }
     }

@@ -6,8 +6,8 @@
 
 use crate::config::error::{index, join, ConfigErrors};
 use crate::config::model::{Config, RouteConfig};
-use crate::util::http::{safe_header_value, valid_token};
-use http::{HeaderName, HeaderValue, Method};
+use crate::util::http::valid_token;
+use http::{HeaderName, Method};
 use std::collections::HashSet;
 
 /// Redirect statuses a route may answer with.
@@ -85,7 +85,7 @@ fn matcher(r: &RouteConfig, here: &str, errs: &mut ConfigErrors) {
         let hp = join(&join(here, "headers"), name);
         if HeaderName::from_bytes(name.as_bytes()).is_err() {
             errs.push(hp, format!("`{name}` is not a valid header name"));
-        } else if HeaderValue::from_str(value).is_err() || !safe_header_value(value.as_bytes()) {
+        } else if super::bad_header_value(value) {
             errs.push(hp, "value contains characters not allowed in a header");
         }
     }
