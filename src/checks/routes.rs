@@ -100,17 +100,22 @@ fn check_path(p: &str, path: &str, errs: &mut ConfigErrors) {
     }
 }
 
-/// Exactly one action; the upstream it names exists; respond and redirect statuses.
-fn action(cfg: &Config, r: &RouteConfig, path: &str, errs: &mut ConfigErrors) {
-    let count = [
+/// Whether `r` has exactly one action: upstream, respond or redirect.
+pub fn one_action(r: &RouteConfig) -> bool {
+    [
         r.upstream.is_some(),
         r.respond.is_some(),
         r.redirect.is_some(),
     ]
     .iter()
     .filter(|x| **x)
-    .count();
-    if count != 1 {
+    .count()
+        == 1
+}
+
+/// Exactly one action; the upstream it names exists; respond and redirect statuses.
+fn action(cfg: &Config, r: &RouteConfig, path: &str, errs: &mut ConfigErrors) {
+    if !one_action(r) {
         errs.push(
             path,
             "needs exactly one action: upstream, respond or redirect",

@@ -140,6 +140,9 @@ fn action(
     pools: &BTreeMap<String, Arc<Pool>>,
     errs: &mut ConfigErrors,
 ) -> Option<Action> {
+    if !crate::checks::routes::one_action(r) {
+        return None;
+    }
     if let Some(name) = &r.upstream {
         // A pool that failed to build (or an unknown name) has its errors already.
         return pools.get(name).map(|p| Action::Upstream(Arc::clone(p)));
