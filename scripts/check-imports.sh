@@ -5,39 +5,41 @@
 # usage: scripts/check-imports.sh [--graph]   (--graph: print every edge "a -> b" and exit 0)
 #
 # A top-level module is a file src/NAME.rs and/or the folder src/NAME/ (lib.rs and main.rs
-# are not modules). Module A depends on module B when code under A names `crate::B`
-# (in a `use` line or a path in code). Not counted: comments (doc links included) and test
-# code (`#[cfg(test)] mod NAME {` blocks, which the tree keeps at the bottom of a file, and
-# the files such a block includes with `#[path]`, named `*_tests.rs`, `*_prop.rs` or
-# `proptests.rs`); tests may reach any module.
+# are not modules). Module A depends on module B when code under A names `crate::B` — in a
+# `use` line, a `use crate::{...}` group (over several lines too), a path in code, or a
+# `super::` path that climbs to the crate root (scripts/check-imports-edges.awk reads each
+# file). Not counted: comments (doc links included), string literals and test code
+# (`#[cfg(test)] mod NAME {` blocks, wherever they sit, and the files such a block includes
+# with `#[path]`, named `*_tests.rs`, `*_prop.rs` or `proptests.rs`); tests may reach any
+# module. `--self-test` checks that a cycle written as a `use crate::{...}` group is found.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# --self-test: a copy of the tree with one cycle planted as a multi-line group import
+# (util -> access_log, while access_log -> util) must fail.
+if [[ ${1:-} == --self-test ]]; then
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    cp -r src scripts "$tmp/"
+    util=src/util.rs; [[ -f $util ]] || util=src/util/mod.rs
+    printf '%s\n' 'use crate::{' '    access_log::AccessLog,' '};' >>"$tmp/$util"
+    if bash "$tmp/scripts/check-imports.sh" >/dev/null 2>&1; then
+        echo "check-imports: self-test failed: a planted group-import cycle was not found" >&2
+        exit 1
+    fi
+    echo "check-imports: self-test ok (a planted cycle is found)"
+    exit 0
+fi
+aw=${EDGES_AWK:-$(dirname "$0")/check-imports-edges.awk}
 edges=$(
     for f in $(find src -name '*.rs' | LC_ALL=C sort); do
-        rel=${f#src/}
-        top=${rel%%/*}
-        top=${top%.rs}
+        rel=${f#src/}; top=${rel%%/*}; top=${top%.rs}
         [[ $top == lib || $top == main ]] && continue
         case ${f##*/} in *_tests.rs | *_prop.rs | proptests.rs) continue ;; esac
-        awk -v from="$top" '
-            /^[[:space:]]*#\[cfg\(test\)\]/ { cfg_test = 1; next }
-            cfg_test && /^[[:space:]]*(pub(\([a-z]+\))? )?mod [a-z_0-9]+[[:space:]]*\{/ { exit }
-            { cfg_test = 0 }
-            /^[[:space:]]*\/\// { next }
-            {
-                line = $0
-                sub(/\/\/.*/, "", line)
-                while (match(line, /crate::[a-z_0-9]+/)) {
-                    to = substr(line, RSTART + 7, RLENGTH - 7)
-                    if (to != from) print from " -> " to
-                    line = substr(line, RSTART + RLENGTH)
-                }
-            }
-        ' "$f"
+        mods=${rel%.rs}; mods=${mods%/mod}; depth=$(awk -F/ '{print NF}' <<<"$mods")
+        awk -v from="$top" -v depth="$depth" -f "$aw" "$f"
     done | LC_ALL=C sort -u
 )
-
 if [[ ${1:-} == --graph ]]; then
     printf '%s\n' "$edges"
     exit 0

@@ -10,10 +10,14 @@ source scripts/setup.sh --for-tests
 echo "== no path outside the repository"
 bash scripts/check-paths.sh
 echo "== no import cycle between top-level modules"
+bash scripts/check-imports.sh --self-test
 bash scripts/check-imports.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+# the library and binary as the release build compiles them (without the dev-only
+# `testkit` feature that --all-targets turns on through the dev-dependency)
+cargo clippy --locked -p moat --lib --bins -- -D warnings
 echo "== cargo test"
 cargo test --locked --workspace --all-targets

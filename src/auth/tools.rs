@@ -48,46 +48,11 @@ pub struct SignRequest<'a> {
 pub fn sign(r: &SignRequest) -> Result<Vec<(String, String)>, String> {
     let alg = HmacAlg::parse(r.algorithm)
         .ok_or("algorithm must be hmac-sha256, hmac-sha384 or hmac-sha512")?;
-    let (url_host, target) = match r.url.find("://") {
-        Some(i) => {
-            let rest = &r.url[i + 3..];
-            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            let authority = &rest[..end];
-            let host = authority.rsplit('@').next().unwrap_or(authority);
-            let target = match &rest[end..] {
-                t if t.starts_with('/') => t.to_string(),
-                t => format!("/{t}"),
-            };
-            (Some(host.to_string()).filter(|h| !h.is_empty()), target)
-        }
-        None if r.url.starts_with('/') => (None, r.url.to_string()),
-        None => return Err("URL must be http(s)://host/path or /path".into()),
-    };
+    let (url_host, target) = split_url(r.url)?;
     let target = target.split('#').next().unwrap_or("/");
     let method = r.method.to_ascii_uppercase();
-    let mut extra: Vec<(String, String)> = Vec::new();
-    let mut host = url_host;
-    for h in r.headers {
-        let (n, v) = h
-            .split_once(':')
-            .ok_or_else(|| format!("header `{h}` is not `Name: value`"))?;
-        let n = n.trim();
-        if n.is_empty() || n.contains(char::is_whitespace) {
-            return Err(format!("header `{h}` has no valid name"));
-        }
-        let lower = n.to_ascii_lowercase();
-        if matches!(
-            lower.as_str(),
-            "date" | "digest" | "authorization" | "request-line"
-        ) {
-            return Err(format!("`{n}` is set by the signer"));
-        }
-        if lower == "host" {
-            host = Some(v.trim().to_string());
-        } else {
-            extra.push((n.to_string(), v.trim().to_string()));
-        }
-    }
+    let (header_host, extra) = extra_headers(r.headers)?;
+    let host = header_host.or(url_host);
     let host = host.ok_or(
         "the host is signed: give a full URL (http://host/path) or -H 'Host: NAME' with a path",
     )?;
@@ -128,6 +93,58 @@ pub fn sign(r: &SignRequest) -> Result<Vec<(String, String)>, String> {
         ),
     ));
     Ok(out)
+}
+
+/// Header names and values, in order.
+type Headers = Vec<(String, String)>;
+
+/// The host (when the URL names one) and the request target of `url`:
+/// `http(s)://host/path?query` or `/path?query`.
+fn split_url(url: &str) -> Result<(Option<String>, String), String> {
+    match url.find("://") {
+        Some(i) => {
+            let rest = &url[i + 3..];
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let authority = &rest[..end];
+            let host = authority.rsplit('@').next().unwrap_or(authority);
+            let target = match &rest[end..] {
+                t if t.starts_with('/') => t.to_string(),
+                t => format!("/{t}"),
+            };
+            Ok((Some(host.to_string()).filter(|h| !h.is_empty()), target))
+        }
+        None if url.starts_with('/') => Ok((None, url.to_string())),
+        None => Err("URL must be http(s)://host/path or /path".into()),
+    }
+}
+
+/// The `-H 'Name: value'` headers: a `Host` one (it overrides the URL's), and the others
+/// to sign, in order; the ones the signer sets are refused.
+fn extra_headers(headers: &[String]) -> Result<(Option<String>, Headers), String> {
+    let mut host = None;
+    let mut extra = Vec::new();
+    for h in headers {
+        let (n, v) = h
+            .split_once(':')
+            .ok_or_else(|| format!("header `{h}` is not `Name: value`"))?;
+        let n = n.trim();
+        if n.is_empty() || n.contains(char::is_whitespace) {
+            return Err(format!("header `{h}` has no valid name"));
+        }
+        let lower = n.to_ascii_lowercase();
+        if matches!(
+            lower.as_str(),
+            "date" | "digest" | "authorization" | "request-line"
+        ) {
+            return Err(format!("`{n}` is set by the signer"));
+        }
+        if lower == "host" {
+            host = Some(v.trim().to_string());
+        } else {
+            extra.push((n.to_string(), v.trim().to_string()));
+        }
+    }
+    Ok((host, extra))
 }
 
 #[cfg(test)]

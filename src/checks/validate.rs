@@ -1,6 +1,6 @@
-//! Semantic checks that are not part of compiling routes and pools, as named passes
-//! ([`PASSES`]): process settings, listeners, admin, access log, consumers and key
-//! providers, and references between sections.
+//! The named passes ([`PASSES`]) and the ones of process settings, listeners, admin,
+//! access log, consumers and key providers, and references from plugins; the upstreams and
+//! routes passes are in their own files.
 
 use crate::config::error::{index, join, ConfigErrors};
 use crate::config::model::{Config, ConsumerMap, PluginConfig};
@@ -12,20 +12,21 @@ use std::path::Path;
 /// A check of a parsed config: it records every problem it finds in `errs`.
 pub type Check = fn(&Config, &mut ConfigErrors);
 
-/// The checks of a config outside routes and upstreams (those need what compiling builds:
-/// see `runtime`), each with its name, in the order they run. Errors are sorted in file
-/// order afterwards.
-pub const PASSES: [(&str, Check); 7] = [
+/// The passes over a parsed config, each with its name, in the order they run (before any
+/// compile step). Errors are sorted by path afterwards.
+pub const PASSES: [(&str, Check); 9] = [
     ("server", server),
     ("listeners", listeners),
     ("admin", admin),
     ("access log", access_log),
+    ("upstreams", super::upstreams::upstreams),
     ("consumers", consumers),
     ("key providers", providers),
     ("plugin references", plugin_refs),
+    ("routes", super::routes::routes),
 ];
 
-/// Record every problem of `cfg` outside routes and upstreams: every pass of [`PASSES`].
+/// Record every problem of `cfg` the passes find: every pass of [`PASSES`].
 pub fn validate(cfg: &Config, errs: &mut ConfigErrors) {
     for (_name, check) in PASSES {
         check(cfg, errs);

@@ -7,7 +7,7 @@
 //! [`warnings`].
 
 use crate::config::error::{index, join, ConfigError, ConfigErrors};
-use crate::config::model::{AuthMethod, Config, ConsumerMap, PluginConfig};
+use crate::config::model::{AuthMethod, Balance, Config, ConsumerMap, PluginConfig};
 use std::collections::HashMap;
 
 /// Every warning for `cfg`, each with the path of the key it concerns, in file order.
@@ -23,17 +23,33 @@ pub fn warnings(cfg: &Config) -> Vec<ConfigError> {
 }
 
 /// Keys that do nothing where they are written: `server.limits.per_ip_v6_prefix` without
-/// `max_connections_per_ip` (the one limit that counts clients by address).
-///
-/// Not warned about: `upstreams.*.hash_key` without `balance: consistent_hash`. It is
-/// ignored as well, but the reference file (`conf/reference.yaml`, the contract's) shows it
-/// on a round-robin pool, and that file must load without a warning.
+/// `max_connections_per_ip` (the one limit that counts clients by address); an upstream's
+/// `hash_key` without `balance: consistent_hash` (the other algorithms do not hash), and
+/// its `tls.ca_file` with `verify: false` (nothing is verified against it).
 fn ignored_keys(cfg: &Config, w: &mut ConfigErrors) {
     if let Some(l) = &cfg.server.limits {
         if l.per_ip_v6_prefix.is_some() && l.max_connections_per_ip.is_none() {
             w.push(
                 "server.limits.per_ip_v6_prefix",
                 "ignored: only max_connections_per_ip counts clients by address, and it is not set",
+            );
+        }
+    }
+    for (name, u) in &cfg.upstreams {
+        let path = join("upstreams", name);
+        if u.hash_key.is_some() && u.balance != Balance::ConsistentHash {
+            w.push(
+                join(&path, "hash_key"),
+                "ignored: only balance: consistent_hash hashes requests to targets",
+            );
+        }
+        if u.tls
+            .as_ref()
+            .is_some_and(|t| !t.verify && t.ca_file.is_some())
+        {
+            w.push(
+                join(&path, "tls.ca_file"),
+                "ignored: verify is false, so no certificate is checked against it",
             );
         }
     }
@@ -206,6 +222,28 @@ mod tests {
         );
         let used = "server:\n  limits: { max_connections_per_ip: 10, per_ip_v6_prefix: 56 }\n";
         assert!(paths(used).is_empty());
+    }
+
+    #[test]
+    fn a_hash_key_without_consistent_hash_is_warned_about() {
+        let p = paths(
+            "upstreams:\n  a: { targets: [\"127.0.0.1:1\"], hash_key: \"{{client_ip}}\" }\n  b: { targets: [\"127.0.0.1:1\"], balance: consistent_hash, hash_key: \"{{client_ip}}\" }\n",
+        );
+        assert_eq!(
+            p,
+            ["upstreams.a.hash_key: ignored: only balance: consistent_hash hashes requests to targets"]
+        );
+    }
+
+    #[test]
+    fn a_ca_file_without_verify_is_warned_about() {
+        let p = paths(
+            "upstreams:\n  a: { targets: [\"127.0.0.1:1\"], tls: { sni: x, verify: false, ca_file: x.pem } }\n  b: { targets: [\"127.0.0.1:1\"], tls: { sni: x, ca_file: x.pem } }\n",
+        );
+        assert_eq!(
+            p,
+            ["upstreams.a.tls.ca_file: ignored: verify is false, so no certificate is checked against it"]
+        );
     }
 
     #[test]

@@ -88,8 +88,33 @@ pub struct Auth {
     failures: IntCounterVec,
 }
 
+/// Where a `jwt` method finds tokens (its `token_from`, checked), with its provider.
+/// `None` for an unknown provider (the plugin references pass reports it).
+fn jwt_settings(
+    j: &crate::config::model::JwtAuthConfig,
+    env: &super::CompileEnv,
+) -> Option<JwtSettings> {
+    use crate::checks::plugins::TokenSource;
+    let (mut header, mut query, mut cookies) = (j.token_from.is_empty(), Vec::new(), Vec::new());
+    for s in &j.token_from {
+        match crate::checks::plugins::token_source(s) {
+            Some(TokenSource::Header) => header = true,
+            Some(TokenSource::Query(n)) => query.push(n.to_string()),
+            Some(TokenSource::Cookie(n)) => cookies.push(n.to_string()),
+            None => {}
+        }
+    }
+    env.auth.providers.get(&j.provider).map(|p| JwtSettings {
+        provider: Arc::clone(p),
+        header,
+        query,
+        cookies,
+    })
+}
+
 impl Auth {
-    /// Compile against the generation's consumers and providers.
+    /// Compile against the generation's consumers and providers: the settings checked
+    /// (`checks::plugins::auth`), then built.
     pub fn compile(
         c: &AuthConfig,
         path: &str,
@@ -97,86 +122,25 @@ impl Auth {
         errs: &mut ConfigErrors,
     ) -> Option<Auth> {
         let before = errs.checkpoint();
+        crate::checks::plugins::auth(c, path, errs);
         let has = |m| c.methods.contains(&m);
-        let mut jwt = None;
-        if has(AuthMethod::Jwt) {
-            match &c.jwt {
-                None => errs.push(join(path, "jwt"), "methods lists jwt: give jwt.provider"),
-                Some(j) => {
-                    let (mut header, mut query, mut cookies) = (false, Vec::new(), Vec::new());
-                    let sources = if j.token_from.is_empty() {
-                        vec!["header".to_string()]
-                    } else {
-                        j.token_from.clone()
-                    };
-                    for (i, s) in sources.iter().enumerate() {
-                        match (s.as_str(), s.split_once(':')) {
-                            ("header", _) => header = true,
-                            (_, Some(("query", n))) if !n.is_empty() => query.push(n.to_string()),
-                            (_, Some(("cookie", n))) if !n.is_empty() => {
-                                cookies.push(n.to_string())
-                            }
-                            _ => errs.push(
-                                format!("{}[{i}]", join(path, "jwt.token_from")),
-                                format!("`{s}`: expected header, query:NAME or cookie:NAME"),
-                            ),
-                        }
-                    }
-                    // An unknown provider is reported by validation.
-                    jwt = env.auth.providers.get(&j.provider).map(|p| JwtSettings {
-                        provider: Arc::clone(p),
-                        header,
-                        query,
-                        cookies,
-                    });
-                }
-            }
-        } else if c.jwt.is_some() {
-            errs.push(
-                join(path, "jwt"),
-                "jwt settings given but `jwt` is not in methods",
-            );
-        }
-        let api_key = if has(AuthMethod::ApiKey) {
-            let cfg = c.api_key.as_ref();
-            let name = cfg.and_then(|a| a.header.as_deref()).unwrap_or("x-api-key");
-            match HeaderName::from_bytes(name.as_bytes()) {
-                Ok(h) if h != http::header::AUTHORIZATION => Some((
+        let jwt = c
+            .jwt
+            .as_ref()
+            .filter(|_| has(AuthMethod::Jwt))
+            .and_then(|j| jwt_settings(j, env));
+        let api_key = has(AuthMethod::ApiKey)
+            .then(|| {
+                let cfg = c.api_key.as_ref();
+                let h = crate::checks::plugins::api_key_header(c)?;
+                Some((
                     h,
                     cfg.and_then(|a| a.query.clone()).filter(|q| !q.is_empty()),
-                )),
-                _ => {
-                    errs.push(
-                        join(path, "api_key.header"),
-                        format!("`{name}` is not a usable header name"),
-                    );
-                    None
-                }
-            }
-        } else {
-            if c.api_key.is_some() {
-                errs.push(
-                    join(path, "api_key"),
-                    "api_key settings given but `api_key` is not in methods",
-                );
-            }
-            None
-        };
-        let hmac = if has(AuthMethod::Hmac) {
-            Some(signed::HmacSettings::compile(
-                c.hmac.as_ref(),
-                &join(path, "hmac"),
-                errs,
-            ))
-        } else {
-            if c.hmac.is_some() {
-                errs.push(
-                    join(path, "hmac"),
-                    "hmac settings given but `hmac` is not in methods",
-                );
-            }
-            None
-        };
+                ))
+            })
+            .flatten();
+        let hmac = has(AuthMethod::Hmac)
+            .then(|| signed::HmacSettings::compile(c.hmac.as_ref(), &join(path, "hmac"), errs));
         let hide = c.hide_credentials.then(|| credentials::Carriers {
             header: api_key.as_ref().map(|(h, _)| h.clone()),
             params: api_key

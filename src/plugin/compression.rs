@@ -7,7 +7,7 @@
 
 use super::ResponseHead;
 use super::{Phases, Plugin};
-use crate::config::error::{index, join, ConfigErrors};
+use crate::config::error::ConfigErrors;
 use crate::config::model::CompressionConfig;
 use crate::ctx::RequestCtx;
 use async_trait::async_trait;
@@ -33,34 +33,33 @@ pub struct Compression {
 }
 
 impl Compression {
-    /// Compile, recording every bad algorithm, level or type under `path`.
+    /// Compile: the settings checked (`checks::plugins::compression`: every bad algorithm,
+    /// level or type recorded under `path`), then built.
     pub fn compile(
         c: &CompressionConfig,
         path: &str,
         errs: &mut ConfigErrors,
     ) -> Option<Compression> {
         let before = errs.checkpoint();
-        let level = c.level.unwrap_or(6);
-        if !(1..=9).contains(&level) {
-            errs.push(join(path, "level"), "must be between 1 and 9");
-        }
-        let names: Vec<String> = if c.algorithms.is_empty() {
-            vec!["gzip".into(), "br".into(), "zstd".into()]
+        crate::checks::plugins::compression(c, path, errs);
+        let level = c
+            .level
+            .unwrap_or(crate::checks::plugins::DEFAULT_COMPRESSION_LEVEL);
+        let names: Vec<&str> = if c.algorithms.is_empty() {
+            vec!["gzip", "br", "zstd"]
         } else {
-            c.algorithms.clone()
+            c.algorithms.iter().map(String::as_str).collect()
         };
-        let mut levels = Vec::new();
-        for (i, a) in names.iter().enumerate() {
-            match a.as_str() {
-                "gzip" => levels.push((Algorithm::Gzip, level)),
-                "br" | "brotli" => levels.push((Algorithm::Brotli, level)),
-                "zstd" => levels.push((Algorithm::Zstd, level)),
-                other => errs.push(
-                    index(&join(path, "algorithms"), i),
-                    format!("`{other}`: expected gzip, br or zstd"),
-                ),
-            }
-        }
+        let levels: Vec<_> = names
+            .into_iter()
+            .filter_map(|a| match a {
+                "gzip" => Some((Algorithm::Gzip, level)),
+                "br" | "brotli" => Some((Algorithm::Brotli, level)),
+                "zstd" => Some((Algorithm::Zstd, level)),
+                // Refused by the check above.
+                _ => None,
+            })
+            .collect();
         let types: Vec<String> = if c.content_types.is_empty() {
             DEFAULT_TYPES.iter().map(|t| t.to_string()).collect()
         } else {
@@ -69,19 +68,6 @@ impl Compression {
                 .map(|t| t.trim().to_ascii_lowercase())
                 .collect()
         };
-        for (i, t) in types.iter().enumerate() {
-            if t == "text/event-stream" {
-                errs.push(
-                    index(&join(path, "content_types"), i),
-                    "event streams are never compressed",
-                );
-            } else if !t.contains('/') {
-                errs.push(
-                    index(&join(path, "content_types"), i),
-                    format!("`{t}` is not a media type"),
-                );
-            }
-        }
         (errs.clean_since(before)).then(|| Compression {
             levels: levels.into(),
             types,

@@ -11,7 +11,7 @@ use crate::config::error::{join, ConfigErrors};
 use crate::config::model::{ConcurrencyConfig, OnRedisError};
 use crate::ctx::RequestCtx;
 use crate::metrics::Decisions;
-use crate::ratelimit::lease::{Leases, DEFAULT_LEASE, MIN_LEASE};
+use crate::ratelimit::lease::{Leases, DEFAULT_LEASE};
 use crate::ratelimit::store::Inflight;
 use crate::ratelimit::KeySource;
 use crate::reply::{ErrorCode, Reply};
@@ -46,14 +46,9 @@ impl Concurrency {
             ("lease", c.lease.is_some()),
         ];
         let redis = super::rate_limit::cluster_redis(c.scope, &local_only, path, env, errs);
+        crate::checks::plugins::concurrency(c, path, errs);
         let lease = c.lease.map_or(DEFAULT_LEASE, |d| d.get());
-        if lease < MIN_LEASE {
-            errs.push(join(path, "lease"), "must be at least 1s");
-        }
         let key = KeySource::compile(&c.key, &join(path, "key"), errs)?;
-        if c.max == 0 {
-            errs.push(join(path, "max"), "must be at least 1");
-        }
         if !errs.clean_since(before) {
             return None;
         }

@@ -14,7 +14,7 @@
 
 use super::ResponseHead;
 use super::{Phases, Plugin};
-use crate::config::error::{index, join, ConfigErrors};
+use crate::config::error::ConfigErrors;
 use crate::config::model::CorsConfig;
 use crate::ctx::RequestCtx;
 use crate::reply::Reply;
@@ -49,38 +49,21 @@ fn list_value(items: &[String]) -> Option<HeaderValue> {
 }
 
 impl Cors {
-    /// Compile, recording every bad origin, method or header under `path`.
+    /// Compile: the settings checked (`checks::plugins::cors`: every bad origin, method or
+    /// header recorded under `path`), then built.
     pub fn compile(c: &CorsConfig, path: &str, errs: &mut ConfigErrors) -> Option<Cors> {
         let before = errs.checkpoint();
+        crate::checks::plugins::cors(c, path, errs);
+        if !errs.clean_since(before) {
+            return None;
+        }
         let any_origin = c.origins.iter().any(|o| o == "*");
-        if c.origins.is_empty() {
-            errs.push(join(path, "origins"), "list the allowed origins (or \"*\")");
-        }
-        if any_origin && c.credentials {
-            errs.push(
-                join(path, "origins"),
-                "\"*\" cannot be used with credentials: true",
-            );
-        }
-        let mut origins = Vec::new();
-        for (i, o) in c.origins.iter().enumerate() {
-            if o == "*" {
-                continue;
-            }
-            let valid = (o.starts_with("https://") || o.starts_with("http://"))
-                && !o.ends_with('/')
-                && o.split("://").nth(1).is_some_and(|rest| {
-                    !rest.is_empty() && !rest.contains(['/', '?', '#', '*', ' '])
-                });
-            if o == "null" || !valid {
-                errs.push(
-                    index(&join(path, "origins"), i),
-                    format!("`{o}` is not an origin like https://app.example.com"),
-                );
-            } else {
-                origins.push(o.to_ascii_lowercase());
-            }
-        }
+        let origins = c
+            .origins
+            .iter()
+            .filter(|o| *o != "*")
+            .map(|o| o.to_ascii_lowercase())
+            .collect();
         let method_names: Vec<String> = if c.methods.is_empty() {
             ["GET", "HEAD", "POST"]
                 .iter()
@@ -89,37 +72,16 @@ impl Cors {
         } else {
             c.methods.iter().map(|m| m.to_ascii_uppercase()).collect()
         };
-        let mut methods = Vec::new();
-        for (i, m) in method_names.iter().enumerate() {
-            match Method::from_bytes(m.as_bytes()) {
-                Ok(m) => methods.push(m),
-                Err(_) => errs.push(
-                    index(&join(path, "methods"), i),
-                    format!("`{m}` is not a method"),
-                ),
-            }
-        }
-        let mut headers = Vec::new();
-        for (i, h) in c.headers.iter().enumerate() {
-            match HeaderName::from_bytes(h.as_bytes()) {
-                Ok(n) => headers.push(n),
-                Err(_) => errs.push(
-                    index(&join(path, "headers"), i),
-                    format!("`{h}` is not a header name"),
-                ),
-            }
-        }
-        for (i, h) in c.expose_headers.iter().enumerate() {
-            if HeaderName::from_bytes(h.as_bytes()).is_err() {
-                errs.push(
-                    index(&join(path, "expose_headers"), i),
-                    format!("`{h}` is not a header name"),
-                );
-            }
-        }
-        if !errs.clean_since(before) {
-            return None;
-        }
+        // Checked above: every method and header name parses.
+        let methods = method_names
+            .iter()
+            .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+            .collect();
+        let headers: Vec<HeaderName> = c
+            .headers
+            .iter()
+            .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+            .collect();
         let header_names: Vec<String> = headers.iter().map(|h| h.as_str().to_string()).collect();
         Some(Cors {
             any_origin,

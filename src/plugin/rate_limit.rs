@@ -42,9 +42,6 @@ use pingora_proxy::Session;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Largest `burst`: fast-mode buckets count tokens in millionths in an `i64`.
-const MAX_BURST: u64 = 1_000_000_000_000;
-
 /// How a cluster-scope limiter decides.
 enum Scope {
     /// One Redis call per decision.
@@ -86,8 +83,32 @@ fn limit_of(r: &Rate, burst: Option<u64>) -> Limit {
     }
 }
 
+/// How a cluster-scope `rate_limit` decides with Redis `r`: every decision in Redis, or
+/// (`mode: fast`) locally and reconciled every `sync_interval`.
+fn cluster_scope(c: &RateLimitConfig, fingerprint: &str, r: &Arc<Redis>) -> (Scope, OnRedisError) {
+    let interval = c
+        .sync_interval
+        .map(|d| d.get().as_micros() as u64)
+        .unwrap_or(DEFAULT_SYNC_US);
+    let max_keys = c.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
+    let bucket = crate::checks::plugins::rate_algorithm(c) == RateAlgorithm::TokenBucket;
+    let r = Arc::clone(r);
+    let scope = match (c.mode == Some(ClusterMode::Fast), bucket) {
+        (false, _) => Scope::Exact(Cluster::new(r, fingerprint)),
+        (true, false) => Scope::Fast(Arc::new(Fast::new(r, fingerprint, interval, max_keys))),
+        (true, true) => Scope::FastBucket(Arc::new(FastBucket::new(
+            r,
+            fingerprint,
+            interval,
+            max_keys,
+        ))),
+    };
+    (scope, c.on_redis_error.unwrap_or(OnRedisError::Local))
+}
+
 impl RateLimit {
-    /// Compile a `rate_limit`.
+    /// Compile a `rate_limit`: the settings checked (`checks::plugins::rate_limit`), then
+    /// built.
     pub fn compile(
         c: &RateLimitConfig,
         path: &str,
@@ -95,83 +116,21 @@ impl RateLimit {
         errs: &mut ConfigErrors,
     ) -> Option<RateLimit> {
         let before = errs.checkpoint();
+        crate::checks::plugins::rate_limit(c, path, errs);
         let settings = serde_json::to_string(c).unwrap_or_default();
-        let fast = c.mode == Some(ClusterMode::Fast);
-        if c.sync_interval.is_some() && !fast && c.scope == LimitScope::Cluster {
-            errs.push(join(path, "sync_interval"), "only applies with mode: fast");
-        }
-        let bucket = c.algorithm == Some(RateAlgorithm::TokenBucket)
-            || (c.algorithm.is_none() && c.burst.is_some());
         let local_only = [
             ("on_redis_error", c.on_redis_error.is_some()),
             ("mode", c.mode.is_some()),
             ("sync_interval", c.sync_interval.is_some()),
         ];
-        let cluster = cluster_redis(c.scope, &local_only, path, env, errs).map(|r| {
-            let fingerprint = format!("{path}|{settings}");
-            let interval = c
-                .sync_interval
-                .map(|d| d.get().as_micros() as u64)
-                .unwrap_or(DEFAULT_SYNC_US);
-            let max_keys = c.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
-            let r = Arc::clone(r);
-            let scope = match (fast, bucket) {
-                (false, _) => Scope::Exact(Cluster::new(r, &fingerprint)),
-                (true, false) => {
-                    Scope::Fast(Arc::new(Fast::new(r, &fingerprint, interval, max_keys)))
-                }
-                (true, true) => Scope::FastBucket(Arc::new(FastBucket::new(
-                    r,
-                    &fingerprint,
-                    interval,
-                    max_keys,
-                ))),
-            };
-            (scope, c.on_redis_error.unwrap_or(OnRedisError::Local))
-        });
-        // `burst` without an algorithm means a token bucket (the reference file's form).
-        let default = match c.burst {
-            Some(_) => RateAlgorithm::TokenBucket,
-            None => RateAlgorithm::SlidingWindow,
-        };
-        let algo = match c.algorithm.unwrap_or(default) {
+        let cluster = cluster_redis(c.scope, &local_only, path, env, errs)
+            .map(|r| cluster_scope(c, &format!("{path}|{settings}"), r));
+        let algo = match crate::checks::plugins::rate_algorithm(c) {
             RateAlgorithm::SlidingWindow => Algorithm::SlidingWindow,
             RateAlgorithm::TokenBucket => Algorithm::TokenBucket,
             RateAlgorithm::FixedWindow => Algorithm::FixedWindow,
         };
-        match c.burst {
-            Some(_) if algo != Algorithm::TokenBucket => errs.push(
-                join(path, "burst"),
-                "burst applies to algorithm: token_bucket only",
-            ),
-            Some(0) => errs.push(join(path, "burst"), "must be at least 1"),
-            Some(b) if b > MAX_BURST => {
-                errs.push(join(path, "burst"), format!("must be at most {MAX_BURST}"))
-            }
-            _ => {}
-        }
-        // With tiers, `burst` scales with each tier's rate (burst / rate × tier rate).
-        let scale = |r: &Rate| {
-            c.burst.map(|b| {
-                let scaled = (b as u128 * r.count as u128).div_ceil(c.rate.count.max(1) as u128);
-                u64::try_from(scaled).unwrap_or(u64::MAX).max(1)
-            })
-        };
-        // The burst a bucket really gets (scaled per tier, or the rate's count without
-        // `burst`) is bounded like `burst` itself.
-        if algo == Algorithm::TokenBucket {
-            let rates = std::iter::once(("rate".to_string(), &c.rate))
-                .chain(c.tiers.iter().map(|(k, r)| (format!("tiers.{k}"), r)));
-            for (at, r) in rates {
-                let effective = scale(r).unwrap_or(r.count);
-                if effective > MAX_BURST {
-                    errs.push(
-                        join(path, &at),
-                        format!("gives a token bucket of {effective}: at most {MAX_BURST}"),
-                    );
-                }
-            }
-        }
+        let scale = |r: &Rate| crate::checks::plugins::scaled_burst(c, r);
         let tiered = |r: &Rate| Tiered {
             limit: limit_of(r, scale(r)),
             message: format!("rate limit of {r} exceeded"),

@@ -9,10 +9,9 @@
 //! 'none'; frame-ancestors 'none'`, since they never need to load anything.
 
 use super::{Phases, Plugin, ResponseHead};
-use crate::config::error::{index, join, ConfigErrors};
+use crate::config::error::ConfigErrors;
 use crate::config::model::SecurityHeadersConfig;
 use crate::ctx::RequestCtx;
-use crate::util::http::safe_header_value;
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
@@ -32,44 +31,34 @@ pub struct SecurityHeaders {
 }
 
 impl SecurityHeaders {
-    /// Compile, recording every bad header name or value under `path`.
+    /// Compile: the settings checked (`checks::plugins::security_headers`: every bad
+    /// header name or value recorded under `path`), then built.
     pub fn compile(
         c: &SecurityHeadersConfig,
         path: &str,
         errs: &mut ConfigErrors,
     ) -> Option<SecurityHeaders> {
         let before = errs.checkpoint();
-        let mut remove = Vec::new();
-        for (i, n) in c.remove.iter().enumerate() {
-            match HeaderName::from_bytes(n.as_bytes()) {
-                Ok(h) => remove.push(h),
-                Err(_) => errs.push(
-                    index(&join(path, "remove"), i),
-                    format!("`{n}` is not a header name"),
-                ),
-            }
-        }
-        let mut set = Vec::new();
-        for (name, value) in &c.set {
-            let here = join(&join(path, "set"), name);
-            match (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
-            ) {
-                (Ok(n), Ok(v)) if safe_header_value(value.as_bytes()) => set.push((n, v)),
-                (Err(_), _) => errs.push(here, format!("`{name}` is not a header name")),
-                _ => errs.push(here, "value contains characters not allowed in a header"),
-            }
-        }
-        if c.hsts == Some(0) {
-            errs.push(
-                join(path, "hsts"),
-                "must be more than 0 seconds (omit it to send no HSTS)",
-            );
-        }
+        crate::checks::plugins::security_headers(c, path, errs);
         if !errs.clean_since(before) {
             return None;
         }
+        // Checked above: every name and value parses.
+        let remove: Vec<HeaderName> = c
+            .remove
+            .iter()
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        let set: Vec<(HeaderName, HeaderValue)> = c
+            .set
+            .iter()
+            .filter_map(|(n, v)| {
+                Some((
+                    HeaderName::from_bytes(n.as_bytes()).ok()?,
+                    HeaderValue::from_str(v).ok()?,
+                ))
+            })
+            .collect();
         let mut preset = vec![
             (
                 http::header::X_CONTENT_TYPE_OPTIONS,

@@ -229,33 +229,6 @@ impl Rewrite {
 }
 
 impl Runtime {
-    /// An empty runtime (no routes): every request gets 404. Used before the first load
-    /// and in tests.
-    pub fn empty() -> Runtime {
-        Runtime {
-            generation: 0,
-            loaded_at: SystemTime::now(),
-            config: Config::default(),
-            router: Router::default(),
-            routes: Vec::new(),
-            global_chain: Chain::default(),
-            request_id_trust: None,
-            pools: BTreeMap::new(),
-            trusted_proxies: CidrSet::default(),
-            request_bounds: RequestBounds::default(),
-            tls: BTreeMap::new(),
-            redirect_https: BTreeMap::new(),
-            listener_ports: Default::default(),
-            compression_used: false,
-            auth: Arc::default(),
-            limiters: Arc::default(),
-            redis: None,
-            local_replay: Arc::default(),
-            warnings: Vec::new(),
-            admin: Default::default(),
-        }
-    }
-
     /// Validate and compile `cfg` as generation `generation`, reporting every error.
     /// Pools of `previous` whose definition did not change are carried over.
     pub fn compile(
@@ -267,15 +240,7 @@ impl Runtime {
     ) -> Result<Runtime, ConfigErrors> {
         let mut errs = ConfigErrors::default();
         validate::validate(&cfg, &mut errs);
-        let trusted_proxies = match CidrSet::parse(&cfg.server.trusted_proxies) {
-            Ok(s) => s,
-            Err(bad) => {
-                for (i, msg) in bad {
-                    errs.push(format!("server.trusted_proxies[{i}]"), msg);
-                }
-                CidrSet::default()
-            }
-        };
+        let trusted_proxies = trusted_proxies(&cfg, &mut errs);
         let pools = upstreams::compile(&cfg, metrics, previous.map(|p| &p.pools), &mut errs);
         let tls = crate::tls::compile(&cfg.listeners, &mut errs);
         // Signatures seen before a reload stay seen: a reload must not reopen the replay
@@ -289,13 +254,7 @@ impl Runtime {
         let redis = redis_client(&cfg, metrics, previous, &mut errs);
         let mut admin_warnings = ConfigErrors::default();
         let admin = admin_access::Access::compile(&cfg, &mut errs, &mut admin_warnings);
-        auth.replay = match &redis {
-            Some(r) => Arc::new(crate::auth::replay::RedisReplay::new(
-                Arc::clone(r),
-                &metrics.replay_fallback,
-            )),
-            None => Arc::clone(&local_replay) as Arc<dyn crate::auth::replay::ReplayGuard>,
-        };
+        auth.replay = replay_guard(redis.as_ref(), &local_replay, metrics);
         let auth = Arc::new(auth);
         let limiters = Arc::new(crate::ratelimit::Registry::inherit(
             previous.map(|p| &*p.limiters),
@@ -315,14 +274,7 @@ impl Runtime {
         let request_bounds = RequestBounds::from_config(&cfg);
         let compression_used = global_chain.response_compression
             || routes.iter().any(|r| r.chain.response_compression);
-        let redirect_https = cfg
-            .listeners
-            .iter()
-            .filter_map(|l| {
-                let port = l.address.parse::<std::net::SocketAddr>().ok()?.port();
-                Some((port, l.redirect_https?))
-            })
-            .collect();
+        let redirect_https = redirect_https(&cfg);
         let listener_ports = ListenerPorts::new(&cfg.listeners);
         let request_id_trust = cfg.global_plugins.iter().rev().find_map(|p| match p {
             crate::config::model::PluginConfig::RequestId(c) => Some(c.trust_incoming),
@@ -363,6 +315,43 @@ impl Runtime {
             log::warn!("config warning: {w}");
         }
     }
+}
+
+/// `server.trusted_proxies` parsed (every bad entry recorded).
+fn trusted_proxies(cfg: &Config, errs: &mut ConfigErrors) -> CidrSet {
+    CidrSet::parse(&cfg.server.trusted_proxies).unwrap_or_else(|bad| {
+        for (i, msg) in bad {
+            errs.push(format!("server.trusted_proxies[{i}]"), msg);
+        }
+        CidrSet::default()
+    })
+}
+
+/// The HMAC replay guard: Redis's for every instance when `redis:` is set (this
+/// instance's memory behind it), else this instance's own.
+fn replay_guard(
+    redis: Option<&Arc<crate::redis::Redis>>,
+    local: &Arc<crate::auth::replay::LocalReplay>,
+    metrics: &Metrics,
+) -> Arc<dyn crate::auth::replay::ReplayGuard> {
+    match redis {
+        Some(r) => Arc::new(crate::auth::replay::RedisReplay::new(
+            Arc::clone(r),
+            &metrics.replay_fallback,
+        )),
+        None => Arc::clone(local) as Arc<dyn crate::auth::replay::ReplayGuard>,
+    }
+}
+
+/// Plain listeners that answer with a redirect: listener port → HTTPS port.
+fn redirect_https(cfg: &Config) -> BTreeMap<u16, u16> {
+    cfg.listeners
+        .iter()
+        .filter_map(|l| {
+            let port = l.address.parse::<std::net::SocketAddr>().ok()?.port();
+            Some((port, l.redirect_https?))
+        })
+        .collect()
 }
 
 /// The Redis client of `cfg`: the previous generation's when `redis:` and its TLS files

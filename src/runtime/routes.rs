@@ -1,5 +1,7 @@
 //! Compiling `routes:` and `global_plugins:` into the router, route objects and plugin
-//! chains, recording every error with its path.
+//! chains, recording every error with its path. The rules of `routes:` are the routes
+//! pass's (`checks::routes`), which runs before; this module parses templates and
+//! regexes and builds.
 
 use super::{Action, Redirect, Respond, RespondHeader, RespondValue, Rewrite, Route};
 use crate::config::error::{index, join, ConfigErrors};
@@ -9,10 +11,10 @@ use crate::plugin::{self, Chain, Plugin};
 use crate::router::{PathMatch, RouteSpec, Router};
 use crate::template::{Context, Template};
 use crate::upstream::Pool;
-use crate::util::http::{safe_header_value, valid_token};
+use crate::util::http::safe_header_value;
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Compile the route table. Returns what could be built; errors are in `errs`.
@@ -29,53 +31,19 @@ pub(super) fn compile(
         .enumerate()
         .filter_map(|(i, p)| plugin::compile(p, &index("global_plugins", i), env, errs))
         .collect();
-    let mut names = HashSet::new();
     let mut specs = Vec::new();
     let mut routes = Vec::new();
     for (i, r) in cfg.routes.iter().enumerate() {
         let path = index("routes", i);
-        if r.name.is_empty() {
-            errs.push(join(&path, "name"), "must not be empty");
-        } else if !names.insert(r.name.as_str()) {
-            errs.push(
-                join(&path, "name"),
-                format!("duplicate route name `{}`", r.name),
-            );
-        }
         let spec = match_spec(r, &path, errs);
-        let action = action(r, &path, cfg, pools, errs);
+        let action = action(r, &path, pools, errs);
         let mut plugins = globals.clone();
         plugins.extend(r.plugins.iter().enumerate().filter_map(|(j, p)| {
             plugin::compile(p, &index(&join(&path, "plugins"), j), env, errs)
         }));
-        if r.max_body.is_some_and(|s| s.0 == 0) {
-            errs.push(join(&path, "max_body"), "must be more than 0");
-        }
-        let rewrite = r.rewrite.as_ref().map(|rw| {
-            let here = join(&path, "rewrite");
-            for (k, v) in [
-                ("strip_prefix", &rw.strip_prefix),
-                ("add_prefix", &rw.add_prefix),
-            ] {
-                if let Some(v) = v {
-                    if !v.starts_with('/')
-                        || v.contains(['?', '#'])
-                        || !v.bytes().all(|b| b.is_ascii_graphic())
-                    {
-                        errs.push(join(&here, k), "must be a path starting with `/`");
-                    }
-                }
-            }
-            if r.upstream.is_none() {
-                errs.push(
-                    here.clone(),
-                    "applies only to routes with an `upstream` action",
-                );
-            }
-            Rewrite {
-                strip_prefix: rw.strip_prefix.clone(),
-                add_prefix: rw.add_prefix.clone(),
-            }
+        let rewrite = r.rewrite.as_ref().map(|rw| Rewrite {
+            strip_prefix: rw.strip_prefix.clone(),
+            add_prefix: rw.add_prefix.clone(),
         });
         if let (Some(spec), Some(action)) = (spec, action) {
             specs.push(spec);
@@ -96,80 +64,45 @@ pub(super) fn compile(
     (Router::new(specs), routes, Chain::new(&globals))
 }
 
-fn valid_host(h: &str) -> bool {
-    let name = h.strip_prefix("*.").unwrap_or(h);
-    !name.is_empty()
-        && name.len() <= 253
-        && !name.starts_with('.')
-        && !name.ends_with('.')
-        && !name.contains("..")
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-}
-
+/// The route's match conditions (the routes pass checked them; a `path_regex` is parsed
+/// here). `None` when anything under `match` is wrong.
 fn match_spec(r: &RouteConfig, path: &str, errs: &mut ConfigErrors) -> Option<RouteSpec> {
     let here = join(path, "match");
-    let before = errs.checkpoint();
     let m = &r.matcher;
-    let mut hosts = Vec::new();
-    for (i, h) in m.hosts.iter().enumerate() {
-        let lower = h.trim().to_ascii_lowercase();
-        if !valid_host(&lower) {
-            errs.push(
-                index(&join(&here, "hosts"), i),
-                format!("`{h}` is not a host name or `*.suffix` wildcard (no port, no scheme)"),
-            );
-        }
-        hosts.push(lower);
-    }
-    let given = [
-        m.path.is_some(),
-        m.path_prefix.is_some(),
-        m.path_regex.is_some(),
-    ]
-    .iter()
-    .filter(|x| **x)
-    .count();
-    if given > 1 {
-        errs.push(
-            here.clone(),
-            "give at most one of path, path_prefix, path_regex",
-        );
-    }
-    let path_match = if let Some(p) = &m.path {
-        check_path(p, &join(&here, "path"), errs);
-        PathMatch::Exact(p.clone())
-    } else if let Some(p) = &m.path_prefix {
-        check_path(p, &join(&here, "path_prefix"), errs);
-        PathMatch::Prefix(p.clone())
-    } else if let Some(re) = &m.path_regex {
-        match Regex::new(re) {
-            Ok(re) => PathMatch::Regex(re),
-            Err(e) => {
+    // With `path` or `path_prefix` also given, the pass refused the match: no regex.
+    let only_regex = m.path.is_none() && m.path_prefix.is_none();
+    let regex = m.path_regex.as_ref().filter(|_| only_regex).and_then(|re| {
+        Regex::new(re)
+            .map_err(|e| {
                 let why = e.to_string();
                 let why = why
                     .lines()
                     .last()
                     .unwrap_or("")
                     .trim()
-                    .trim_start_matches("error: ");
+                    .trim_start_matches("error: ")
+                    .to_string();
                 errs.push(
                     join(&here, "path_regex"),
                     format!("invalid regex `{re}`: {why}"),
                 );
-                PathMatch::Any
-            }
-        }
-    } else {
-        PathMatch::Any
+            })
+            .ok()
+    });
+    if errs.any_under(&here) {
+        return None;
+    }
+    let path_match = match (&m.path, &m.path_prefix, regex) {
+        (Some(p), _, _) => PathMatch::Exact(p.clone()),
+        (_, Some(p), _) => PathMatch::Prefix(p.clone()),
+        (_, _, Some(re)) => PathMatch::Regex(re),
+        _ => PathMatch::Any,
     };
     let mut methods = Vec::new();
     for (i, meth) in m.methods.iter().enumerate() {
-        let upper = meth.to_ascii_uppercase();
-        match Method::from_bytes(upper.as_bytes()) {
-            Ok(x) if valid_token(&upper) => methods.push(x),
-            _ => errs.push(
+        match Method::from_bytes(meth.to_ascii_uppercase().as_bytes()) {
+            Ok(x) => methods.push(x),
+            Err(_) => errs.push(
                 index(&join(&here, "methods"), i),
                 format!("`{meth}` is not an HTTP method"),
             ),
@@ -177,18 +110,23 @@ fn match_spec(r: &RouteConfig, path: &str, errs: &mut ConfigErrors) -> Option<Ro
     }
     let mut headers = Vec::new();
     for (name, value) in &m.headers {
-        let hp = join(&join(&here, "headers"), name);
         match (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value),
         ) {
-            (Ok(n), Ok(v)) if safe_header_value(value.as_bytes()) => headers.push((n, v)),
-            (Err(_), _) => errs.push(hp, format!("`{name}` is not a valid header name")),
-            _ => errs.push(hp, "value contains characters not allowed in a header"),
+            (Ok(n), Ok(v)) => headers.push((n, v)),
+            _ => errs.push(
+                join(&join(&here, "headers"), name),
+                "value contains characters not allowed in a header",
+            ),
         }
     }
-    (errs.clean_since(before)).then_some(RouteSpec {
-        hosts,
+    Some(RouteSpec {
+        hosts: m
+            .hosts
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect(),
         path: path_match,
         methods,
         headers,
@@ -196,71 +134,34 @@ fn match_spec(r: &RouteConfig, path: &str, errs: &mut ConfigErrors) -> Option<Ro
     })
 }
 
-fn check_path(p: &str, path: &str, errs: &mut ConfigErrors) {
-    if !p.starts_with('/') || p.contains(['?', '#']) || !p.bytes().all(|b| b.is_ascii_graphic()) {
-        errs.push(
-            path,
-            format!("`{p}` must be a path starting with `/` (no query, no spaces)"),
-        );
-    }
-}
-
+/// The route's action (the routes pass checked there is exactly one, naming a defined
+/// upstream); `None` when it cannot be built.
 fn action(
     r: &RouteConfig,
     path: &str,
-    cfg: &Config,
     pools: &BTreeMap<String, Arc<Pool>>,
     errs: &mut ConfigErrors,
 ) -> Option<Action> {
-    let count = [
-        r.upstream.is_some(),
-        r.respond.is_some(),
-        r.redirect.is_some(),
-    ]
-    .iter()
-    .filter(|x| **x)
-    .count();
-    if count != 1 {
-        errs.push(
-            path,
-            "needs exactly one action: upstream, respond or redirect",
-        );
+    if !crate::checks::routes::one_action(r) {
         return None;
     }
     if let Some(name) = &r.upstream {
-        return match pools.get(name) {
-            Some(p) => Some(Action::Upstream(Arc::clone(p))),
-            None => {
-                // A defined upstream that failed to compile has its own errors already.
-                if !cfg.upstreams.contains_key(name) {
-                    errs.push(join(path, "upstream"), format!("unknown upstream `{name}`"));
-                }
-                None
-            }
-        };
+        // A pool that failed to build (or an unknown name) has its errors already.
+        return pools.get(name).map(|p| Action::Upstream(Arc::clone(p)));
     }
     if let Some(resp) = &r.respond {
         return respond(resp, &join(path, "respond"), errs).map(Action::Respond);
     }
     let red = r.redirect.as_ref()?;
     let here = join(path, "redirect");
-    let status = red.status.unwrap_or(302);
-    let status_ok = [301, 302, 303, 307, 308].contains(&status);
-    if !status_ok {
-        errs.push(join(&here, "status"), "must be 301, 302, 303, 307 or 308");
-    }
     if red.to.is_empty() {
-        errs.push(join(&here, "to"), "must not be empty");
         return None;
     }
-    match Template::parse(&red.to) {
-        Ok(to) if status_ok => Some(Action::Redirect(Redirect { to, status })),
-        Ok(_) => None,
-        Err(e) => {
-            errs.push(join(&here, "to"), e);
-            None
-        }
-    }
+    let to = Template::parse(&red.to)
+        .map_err(|e| errs.push(join(&here, "to"), e))
+        .ok()?;
+    let status = red.status.unwrap_or(302);
+    (!errs.any_under(&here)).then_some(Action::Redirect(Redirect { to, status }))
 }
 
 /// A `respond` action. Its body's escaping is chosen here, from its literal
@@ -268,10 +169,6 @@ fn action(
 /// without one goes out as `text/plain; charset=utf-8` with `X-Content-Type-Options:
 /// nosniff` (unless the route sets that header), so no browser reads it as HTML.
 fn respond(resp: &RespondConfig, here: &str, errs: &mut ConfigErrors) -> Option<Respond> {
-    let before = errs.checkpoint();
-    if !(200..=599).contains(&resp.status) {
-        errs.push(join(here, "status"), "must be between 200 and 599");
-    }
     let body = Template::parse(&resp.body)
         .map_err(|e| errs.push(join(here, "body"), e))
         .ok();
@@ -307,7 +204,7 @@ fn respond(resp: &RespondConfig, here: &str, errs: &mut ConfigErrors) -> Option<
             (_, Err(e)) => errs.push(hp, e),
         }
     }
-    let body = body.filter(|_| errs.clean_since(before))?;
+    let body = body.filter(|_| !errs.any_under(here))?;
     let has = |headers: &[RespondHeader], n: &HeaderName| headers.iter().any(|h| h.name == *n);
     let body_context = headers
         .iter()

@@ -1,7 +1,9 @@
-//! Compiling `upstreams:` into pools, recording every error with its path.
+//! Compiling `upstreams:` into pools: resolving targets (DNS), reading CA files, building
+//! probes and pools, recording every error with its path. The rules of `upstreams:` are
+//! the upstreams pass's (`checks::upstreams`), which runs before.
 
 use crate::config::error::{index, join, ConfigErrors};
-use crate::config::model::{Balance, Config, HealthCheckConfig, UpstreamConfig, UpstreamTlsConfig};
+use crate::config::model::{Balance, Config, UpstreamConfig, UpstreamTlsConfig};
 use crate::metrics::Metrics;
 use crate::template::Template;
 use crate::upstream::health;
@@ -47,19 +49,27 @@ pub(super) fn compile(
     pools
 }
 
-fn resolve(addr: &str) -> Result<SocketAddr, String> {
+/// `addr` resolved (DNS); `None` for one without a port, which the upstreams pass refused.
+fn resolve(addr: &str) -> Option<Result<SocketAddr, String>> {
     if let Ok(a) = addr.parse::<SocketAddr>() {
-        return Ok(a);
+        return Some(Ok(a));
     }
-    if !addr.contains(':') {
-        return Err(format!("`{addr}` needs a port (host:port)"));
+    if !crate::checks::upstreams::has_port(addr) {
+        return None;
     }
-    addr.to_socket_addrs()
-        .map_err(|e| format!("cannot resolve `{addr}`: {e}"))?
-        .next()
-        .ok_or_else(|| format!("`{addr}` resolves to no address"))
+    Some(
+        addr.to_socket_addrs()
+            .map_err(|e| format!("cannot resolve `{addr}`: {e}"))
+            .and_then(|mut a| {
+                a.next()
+                    .ok_or_else(|| format!("`{addr}` resolves to no address"))
+            }),
+    )
 }
 
+/// Build one pool: targets resolved, `hash_key` parsed, CA file read, the probe built
+/// (from settings the upstreams pass, which ran before, found right), then the pool
+/// when nothing under the upstream's path is wrong.
 fn compile_one(
     name: &str,
     u: &UpstreamConfig,
@@ -67,29 +77,30 @@ fn compile_one(
     metrics: &Metrics,
     errs: &mut ConfigErrors,
 ) -> Option<Pool> {
-    let before = errs.checkpoint();
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    {
-        errs.push(
-            path,
-            "upstream names may use letters, digits, `-`, `_` and `.`",
-        );
-    }
     let targets = targets(u, path, errs);
-    let hash_key = hash_key(u, path, errs);
-    let retries = ranges(u, path, errs);
+    let hash_key = match &u.hash_key {
+        Some(k) if u.balance == Balance::ConsistentHash => Template::parse(k)
+            .map_err(|e| errs.push(join(path, "hash_key"), e))
+            .ok(),
+        // Ignored by the other algorithms (a warning says so).
+        _ => None,
+    };
     let tls = u.tls.as_ref().map(|t| peer_tls(t, path, errs));
-    let health = u
-        .health_check
-        .as_ref()
-        .and_then(|hc| health(name, u, hc, tls.as_ref(), path, metrics, errs));
-    if !errs.clean_since(before) {
+    let gauges = health::TargetGauges::default();
+    let health = u.health_check.as_ref().and_then(|hc| {
+        // A probe is built from settings the upstreams pass found right.
+        let hp = join(path, "health_check");
+        if errs.any_under(&hp) {
+            return None;
+        }
+        health::build(hc, tls.as_ref(), u.http2.unwrap_or(false), &gauges)
+            .map_err(|e| errs.push(hp, e))
+            .ok()
+    });
+    if errs.any_under(path) {
         return None;
     }
-    Pool::new(
+    let pool = Pool::new(
         PoolSettings {
             name: name.to_string(),
             targets,
@@ -103,7 +114,7 @@ fn compile_one(
                 .read_timeout
                 .map(|d| d.get())
                 .unwrap_or(DEFAULT_READ_TIMEOUT),
-            retries,
+            retries: u.retries.unwrap_or(DEFAULT_RETRIES),
             outlier: u
                 .outlier
                 .as_ref()
@@ -121,88 +132,32 @@ fn compile_one(
         metrics,
     )
     .map_err(|e| errs.push(path, e))
-    .ok()
+    .ok()?;
+    gauges.fill(&pool);
+    Some(pool)
 }
 
-/// `targets`: each resolved (DNS), weights in range, no duplicate.
+/// `targets` resolved (DNS), each to an address no other target has.
 fn targets(u: &UpstreamConfig, path: &str, errs: &mut ConfigErrors) -> Vec<(SocketAddr, usize)> {
-    if u.targets.is_empty() {
-        errs.push(join(path, "targets"), "needs at least one target");
-    }
     let mut targets: Vec<(SocketAddr, usize)> = Vec::new();
     for (i, t) in u.targets.iter().enumerate() {
         let tp = index(&join(path, "targets"), i);
-        if t.weight == 0 || t.weight > 10_000 {
-            errs.push(join(&tp, "weight"), "must be between 1 and 10000");
-        }
         match resolve(&t.address) {
-            Ok(a) if targets.iter().any(|(x, _)| *x == a) => {
+            Some(Ok(a)) if targets.iter().any(|(x, _)| *x == a) => {
                 errs.push(tp, format!("duplicate target `{}`", t.address))
             }
-            Ok(a) => targets.push((a, t.weight as usize)),
-            Err(e) => errs.push(join(&tp, "address"), e),
+            Some(Ok(a)) => targets.push((a, t.weight as usize)),
+            Some(Err(e)) => errs.push(join(&tp, "address"), e),
+            None => {}
         }
     }
     targets
 }
 
-/// `hash_key`: a template, required with `consistent_hash` (ignored by the other
-/// algorithms).
-fn hash_key(u: &UpstreamConfig, path: &str, errs: &mut ConfigErrors) -> Option<Template> {
-    match (&u.hash_key, u.balance) {
-        (Some(k), Balance::ConsistentHash) => Template::parse(k)
-            .map_err(|e| errs.push(join(path, "hash_key"), e))
-            .ok(),
-        (None, Balance::ConsistentHash) => {
-            errs.push(
-                join(path, "hash_key"),
-                "required with balance: consistent_hash",
-            );
-            None
-        }
-        // Ignored by the other algorithms (documented), as the reference file shows.
-        (_, _) => None,
-    }
-}
-
-/// `outlier`, `retries`, `connect_timeout`, `read_timeout` in range; the retries.
-fn ranges(u: &UpstreamConfig, path: &str, errs: &mut ConfigErrors) -> u32 {
-    if let Some(o) = &u.outlier {
-        if o.consecutive_failures == 0 {
-            errs.push(
-                join(path, "outlier.consecutive_failures"),
-                "must be at least 1",
-            );
-        }
-        if o.eject_for.get().is_zero() {
-            errs.push(join(path, "outlier.eject_for"), "must be more than 0");
-        }
-    }
-    let retries = u.retries.unwrap_or(DEFAULT_RETRIES);
-    if retries > 10 {
-        errs.push(join(path, "retries"), "must be at most 10");
-    }
-    for (k, d) in [
-        ("connect_timeout", u.connect_timeout),
-        ("read_timeout", u.read_timeout),
-    ] {
-        if d.is_some_and(|d| d.get().is_zero()) {
-            errs.push(join(path, k), "must be more than 0");
-        }
-    }
-    retries
-}
-
-/// `tls`: the name to verify, the CA file read and parsed.
+/// `tls`: the CA file read and parsed.
 fn peer_tls(t: &UpstreamTlsConfig, path: &str, errs: &mut ConfigErrors) -> PeerTls {
     let tp = join(path, "tls");
     let sni = t.sni.clone().unwrap_or_default();
-    if t.verify && sni.is_empty() {
-        errs.push(
-            join(&tp, "sni"),
-            "required when verify is true (the name to verify)",
-        );
-    }
     let mut ca_pem = None;
     let ca = match &t.ca_file {
         Some(f) => match std::fs::read(f) {
@@ -232,68 +187,4 @@ fn peer_tls(t: &UpstreamTlsConfig, path: &str, errs: &mut ConfigErrors) -> PeerT
         ca,
         ca_pem,
     }
-}
-
-/// `health_check`: its settings in range, then the probe built.
-fn health(
-    name: &str,
-    u: &UpstreamConfig,
-    hc: &HealthCheckConfig,
-    tls: Option<&PeerTls>,
-    path: &str,
-    metrics: &Metrics,
-    errs: &mut ConfigErrors,
-) -> Option<(
-    Box<dyn pingora_load_balancing::health_check::HealthCheck + Send + Sync>,
-    Duration,
-)> {
-    let hp = join(path, "health_check");
-    let hb = errs.checkpoint();
-    match (&hc.http, &hc.tcp) {
-        (Some(_), Some(_)) | (None, None) => errs.push(hp.clone(), "give exactly one of http, tcp"),
-        _ => {}
-    }
-    if let Some(http) = &hc.http {
-        if !http.path.starts_with('/') {
-            errs.push(join(&hp, "http.path"), "must start with `/`");
-        }
-        if http
-            .expect_status
-            .is_some_and(|s| !(100..=599).contains(&s))
-        {
-            errs.push(
-                join(&hp, "http.expect_status"),
-                "must be an HTTP status (100-599)",
-            );
-        }
-    }
-    if hc
-        .interval
-        .is_some_and(|d| d.get() < Duration::from_millis(100))
-    {
-        errs.push(join(&hp, "interval"), "must be at least 100ms");
-    }
-    if hc.timeout.is_some_and(|d| d.get().is_zero()) {
-        errs.push(join(&hp, "timeout"), "must be more than 0");
-    }
-    for (k, v) in [
-        ("unhealthy_after", hc.unhealthy_after),
-        ("healthy_after", hc.healthy_after),
-    ] {
-        if v == Some(0) {
-            errs.push(join(&hp, k), "must be at least 1");
-        }
-    }
-    if !errs.clean_since(hb) {
-        return None;
-    }
-    health::build(
-        name,
-        hc,
-        tls,
-        u.http2.unwrap_or(false),
-        &metrics.target_healthy,
-    )
-    .map_err(|e| errs.push(hp, e))
-    .ok()
 }

@@ -487,11 +487,6 @@ impl Pool {
         self.definition == *def && self.tls.as_ref().and_then(|t| t.ca_pem.as_deref()) == ca_pem
     }
 
-    /// The CA file bytes this pool was built with.
-    pub fn ca_pem(&self) -> Option<&[u8]> {
-        self.tls.as_ref().and_then(|t| t.ca_pem.as_deref())
-    }
-
     /// Mark the pool as no longer used by the live generation.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);

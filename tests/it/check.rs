@@ -420,6 +420,11 @@ fn rejected_cases() -> Vec<Case> {
             ],
         ),
         case(
+            "two actions: neither is built, so neither's template is reported",
+            "routes:\n  - name: a\n    respond: { body: \"{{nope}}\" }\n    redirect: { to: \"/{{nope}}\" }\n",
+            &["routes[0]: needs exactly one action: upstream, respond or redirect"],
+        ),
+        case(
             "bad host patterns",
             "routes:\n  - name: a\n    match: { hosts: [\"api.example.com:8080\", \"http://x\", \"*.ok.com\", \"*bad.com\", \"a..b\"] }\n    respond: {}\n",
             &[
