@@ -4,11 +4,13 @@
 # machine makes noisy.
 #
 # usage: loadtest/instructions.sh [--scenario NAME]... [--requests N=3000] [--no-bare]
-#          [--no-build]
+#          [--no-build] [--pingap]
 #   --scenario NAME  moat config template scenarios/NAME.yaml (repeatable; default: plain, full)
 #   --requests N     requests measured per target (after 200 warm-up requests)
 #   --no-bare        skip examples/bare_proxy
 #   --no-build       use the release binaries already built
+#   --pingap         add a `pingap` row: Pingap as a plain proxy, configured as compare.sh's
+#                    --pingap row (binary from $PINGAP, else `pingap` on PATH)
 # Per target: the proxy runs under `valgrind --tool=callgrind` (threads: 1, as in the
 # scenarios), examples/upstream is the origin; 200 warm-up requests with the scenario's
 # headers, `callgrind_control -z`, N keep-alive requests on 4 connections (oha -n N -c 4;
@@ -19,14 +21,15 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-usage() { sed -n '6,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
-SCENARIOS=() REQUESTS=3000 BARE=1 BUILD=1
+usage() { sed -n '6,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+SCENARIOS=() REQUESTS=3000 BARE=1 BUILD=1 USE_PINGAP=0
 while [[ $# -gt 0 ]]; do
     case $1 in
         --scenario) [[ $# -ge 2 ]] || usage; SCENARIOS+=("$2"); shift 2 ;;
         --requests) [[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || usage; REQUESTS=$2; shift 2 ;;
         --no-bare) BARE=0; shift ;;
         --no-build) BUILD=0; shift ;;
+        --pingap) USE_PINGAP=1; shift ;;
         *) usage ;;
     esac
 done
@@ -126,3 +129,19 @@ for s in "${SCENARIOS[@]}"; do
     measure "$name" "$v" "$port" "$LT_LAST_PID" "$headers" || true
     lt_stop "$LT_LAST_PID"
 done
+
+if (( USE_PINGAP )); then
+    PINGAP=${PINGAP:-$(command -v pingap || true)}
+    [[ -n $PINGAP && -x $PINGAP ]] || lt_die "--pingap: no pingap binary (set PINGAP=/path/to/pingap)"
+    port=$(lt_free_port) dir="$LT_TMP/pingap"
+    mkdir -p "$dir"
+    printf '%s\n' '[basic]' 'threads = 1' 'log_level = "ERROR"' \
+        "pid_file = \"$dir/pingap.pid\"" "upgrade_sock = \"$dir/pingap_upgrade.sock\"" '' \
+        '[upstreams.bench]' "addrs = [\"127.0.0.1:$LT_UP_PORT\"]" '' \
+        '[locations.bench]' 'upstream = "bench"' '' \
+        '[servers.bench]' "addr = \"127.0.0.1:$port\"" 'locations = ["bench"]' 'threads = 1' \
+        >"$dir/pingap.toml"
+    cg pingap -- "$PINGAP" -c "$dir/pingap.toml"
+    measure pingap http "$port" "$LT_LAST_PID" "" || true
+    lt_stop "$LT_LAST_PID"
+fi

@@ -22,6 +22,10 @@ pub struct RequestCtx {
     /// Whether the direct peer is a trusted proxy.
     pub(crate) peer_trusted: bool,
     /// Empty until assigned; a header value so that sending it is a reference-count bump.
+    /// Marked sensitive once assigned: HTTP/2 sends a never-repeating value as a
+    /// never-indexed literal instead of looking it up in, and inserting it into, the
+    /// connection's HPACK table (where it would evict entries that do repeat); HTTP/1
+    /// ignores the flag.
     request_id: HeaderValue,
     /// The matched route's name.
     route_name: Option<Arc<str>>,
@@ -151,7 +155,7 @@ impl RequestCtx {
     /// Give the request an id (a new ULID) unless it has one.
     pub(crate) fn assign_request_id(&mut self) {
         if self.request_id.is_empty() {
-            self.request_id = crate::util::id::ulid_value();
+            self.set_request_id(crate::util::id::ulid_value());
         }
     }
 
@@ -168,7 +172,8 @@ impl RequestCtx {
 
     /// Set the id (the request_id plugin keeps a trusted incoming one, already checked
     /// against `[A-Za-z0-9._-]{1,128}`).
-    pub(crate) fn set_request_id(&mut self, id: HeaderValue) {
+    pub(crate) fn set_request_id(&mut self, mut id: HeaderValue) {
+        id.set_sensitive(true);
         self.request_id = id;
     }
 
@@ -191,5 +196,24 @@ impl RequestCtx {
             route: self.route_name(),
             identity: self.identity.as_ref(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every id a request carries is marked sensitive (HTTP/2 then never indexes it in
+    /// HPACK), the ones moat makes and the ones it keeps; the value is unchanged.
+    #[test]
+    fn request_ids_are_sensitive() {
+        let mut ctx = RequestCtx::new();
+        assert_eq!(ctx.request_id_if_set(), "");
+        ctx.assign_request_id();
+        assert_eq!(ctx.request_id_if_set().len(), 26);
+        assert!(ctx.request_id_value().is_sensitive());
+        ctx.set_request_id(HeaderValue::from_static("client-id-1"));
+        assert!(ctx.request_id_value().is_sensitive());
+        assert_eq!(ctx.request_id_value(), "client-id-1");
     }
 }

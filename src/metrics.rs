@@ -1,11 +1,13 @@
 //! Prometheus metrics with the contract's names, in a registry owned by the process (not a
 //! global), so tests can build their own. Hot-path handles are resolved once per route or
-//! upstream at compile time where the labels allow.
+//! upstream at compile time where the labels allow, or on first use and then kept where
+//! a label varies per request ([`RouteRequests`], [`Decisions`]).
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+use std::sync::{Arc, OnceLock};
 
 /// Every metric moat exports.
 pub struct Metrics {
@@ -165,9 +167,161 @@ impl Metrics {
     }
 }
 
+/// Methods whose `moat_http_requests_total` handles a route keeps ([`RouteRequests`]).
+const HOT_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+/// Statuses whose `moat_http_requests_total` handles a route keeps ([`RouteRequests`]).
+const HOT_STATUSES: [u16; 15] = [
+    200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 429, 500, 502, 503, 504,
+];
+
+/// `moat_http_requests_total` for one route: the handles of the (method, status) pairs
+/// most requests have ([`HOT_METHODS`] x [`HOT_STATUSES`]), each resolved on its first use
+/// (a series appears when first counted, as with `with_label_values`) and kept as long as
+/// the route (one config generation). Other pairs take the vector's lookup, which hashes
+/// the three labels (SipHash) under a lock: the cost this saves on every request.
+pub struct RouteRequests {
+    vec: IntCounterVec,
+    route: Arc<str>,
+    /// `HOT_METHODS.len() * HOT_STATUSES.len()` cells, method-major.
+    hot: Box<[OnceLock<IntCounter>]>,
+}
+
+impl RouteRequests {
+    /// The counters of `route` in `vec` (nothing is created before it is counted).
+    pub fn new(vec: &IntCounterVec, route: Arc<str>) -> RouteRequests {
+        RouteRequests {
+            vec: vec.clone(),
+            route,
+            hot: (0..HOT_METHODS.len() * HOT_STATUSES.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+        }
+    }
+
+    /// Count one request: `status_label` is `status` as the label shows it.
+    pub fn inc(&self, method: &str, status: u16, status_label: &str) {
+        let slot = HOT_METHODS
+            .iter()
+            .position(|m| *m == method)
+            .zip(HOT_STATUSES.iter().position(|s| *s == status))
+            .and_then(|(m, s)| self.hot.get(m * HOT_STATUSES.len() + s));
+        let labels = [&*self.route, method, status_label];
+        match slot {
+            Some(cell) => cell
+                .get_or_init(|| self.vec.with_label_values(&labels))
+                .inc(),
+            None => self.vec.with_label_values(&labels).inc(),
+        }
+    }
+}
+
+/// Results a limiter counts, in [`Decisions`]' cell order.
+const DECISION_RESULTS: [&str; 3] = ["allowed", "limited", "error"];
+
+/// `moat_ratelimit_decisions_total` for one limiter plugin instance (its `plugin` label
+/// fixed): the handles of its results under the first route it counts for, resolved on
+/// first use; a plugin of one route (the common case) never looks the vector up again. A
+/// global plugin counting under other routes takes the vector's lookup for those.
+pub struct Decisions {
+    vec: IntCounterVec,
+    plugin: &'static str,
+    route: OnceLock<Box<str>>,
+    hot: [OnceLock<IntCounter>; DECISION_RESULTS.len()],
+}
+
+impl Decisions {
+    /// The decisions of the plugin labelled `plugin` in `vec`.
+    pub fn new(vec: &IntCounterVec, plugin: &'static str) -> Decisions {
+        Decisions {
+            vec: vec.clone(),
+            plugin,
+            route: OnceLock::new(),
+            hot: Default::default(),
+        }
+    }
+
+    /// Count one decision (`result`: `allowed`, `limited` or `error`) under `route`.
+    pub fn inc(&self, route: &str, result: &str) {
+        let labels = [route, self.plugin, result];
+        let cell = DECISION_RESULTS
+            .iter()
+            .position(|r| *r == result)
+            .filter(|_| &**self.route.get_or_init(|| route.into()) == route)
+            .and_then(|i| self.hot.get(i));
+        match cell {
+            Some(cell) => cell
+                .get_or_init(|| self.vec.with_label_values(&labels))
+                .inc(),
+            None => self.vec.with_label_values(&labels).inc(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn count(m: &Metrics, series: &str) -> String {
+        let text = String::from_utf8(m.render()).unwrap();
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .map(|l| l[series.len()..].trim().to_string())
+            .unwrap_or_else(|| "absent".into())
+    }
+
+    /// Cached handles count into the same series as the vector, create a series only
+    /// when first counted, and every pair (cached or not) is counted.
+    #[test]
+    fn route_requests_count_like_the_vector() {
+        let m = Metrics::new().unwrap();
+        let r = RouteRequests::new(&m.requests, Arc::from("r"));
+        let ok = "moat_http_requests_total{method=\"GET\",route=\"r\",status=\"200\"}";
+        assert_eq!(count(&m, ok), "absent");
+        r.inc("GET", 200, "200");
+        r.inc("GET", 200, "200");
+        m.requests.with_label_values(&["r", "GET", "200"]).inc();
+        assert_eq!(count(&m, ok), "3");
+        // Outside the hot pairs: an unusual status, an extension method.
+        r.inc("GET", 418, "418");
+        r.inc("PURGE", 200, "200");
+        r.inc("OPTIONS", 504, "504");
+        for (series, n) in [
+            ("{method=\"GET\",route=\"r\",status=\"418\"}", "1"),
+            ("{method=\"PURGE\",route=\"r\",status=\"200\"}", "1"),
+            ("{method=\"OPTIONS\",route=\"r\",status=\"504\"}", "1"),
+            ("{method=\"POST\",route=\"r\",status=\"200\"}", "absent"),
+        ] {
+            assert_eq!(
+                count(&m, &format!("moat_http_requests_total{series}")),
+                n,
+                "{series}"
+            );
+        }
+    }
+
+    /// The first route's results are cached; another route's are still counted apart.
+    #[test]
+    fn decisions_count_per_route() {
+        let m = Metrics::new().unwrap();
+        let d = Decisions::new(&m.ratelimit_decisions, "rate_limit");
+        d.inc("a", "allowed");
+        d.inc("a", "allowed");
+        d.inc("b", "allowed");
+        d.inc("a", "limited");
+        d.inc("b", "error");
+        d.inc("a", "other");
+        let series = |route: &str, result: &str| {
+            format!(
+                "moat_ratelimit_decisions_total{{plugin=\"rate_limit\",result=\"{result}\",route=\"{route}\"}}"
+            )
+        };
+        assert_eq!(count(&m, &series("a", "allowed")), "2");
+        assert_eq!(count(&m, &series("b", "allowed")), "1");
+        assert_eq!(count(&m, &series("a", "limited")), "1");
+        assert_eq!(count(&m, &series("b", "error")), "1");
+        assert_eq!(count(&m, &series("a", "other")), "1");
+        assert_eq!(count(&m, &series("a", "error")), "absent");
+    }
 
     #[test]
     fn names_are_exported() {

@@ -10,6 +10,7 @@ use super::{CompileEnv, Flow, Phases, Plugin};
 use crate::config::error::{join, ConfigErrors};
 use crate::config::model::{ConcurrencyConfig, OnRedisError};
 use crate::ctx::RequestCtx;
+use crate::metrics::Decisions;
 use crate::ratelimit::lease::{Leases, DEFAULT_LEASE};
 use crate::ratelimit::store::Inflight;
 use crate::ratelimit::KeySource;
@@ -17,7 +18,6 @@ use crate::reply::{ErrorCode, Reply};
 use async_trait::async_trait;
 use http::HeaderValue;
 use pingora_proxy::Session;
-use prometheus::IntCounterVec;
 use std::sync::Arc;
 
 /// The compiled plugin.
@@ -28,7 +28,8 @@ pub struct Concurrency {
     inflight: Arc<Inflight>,
     /// Cluster scope: the leases and what to do when Redis fails.
     cluster: Option<(Arc<Leases>, OnRedisError)>,
-    decisions: IntCounterVec,
+    /// `moat_ratelimit_decisions_total`, with this plugin's label.
+    decisions: Decisions,
 }
 
 impl Concurrency {
@@ -72,7 +73,7 @@ impl Concurrency {
             message: format!("more than {} requests in flight", c.max),
             inflight,
             cluster,
-            decisions: env.metrics.ratelimit_decisions.clone(),
+            decisions: Decisions::new(&env.metrics.ratelimit_decisions, "concurrency"),
         })
     }
 }
@@ -140,9 +141,7 @@ impl Plugin for Concurrency {
 
 impl Concurrency {
     fn count(&self, ctx: &RequestCtx, result: &str) {
-        self.decisions
-            .with_label_values(&[ctx.route_name(), "concurrency", result])
-            .inc();
+        self.decisions.inc(ctx.route_name(), result);
     }
 
     fn refuse(&self, ctx: &mut RequestCtx) -> Flow {

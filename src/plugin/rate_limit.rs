@@ -25,6 +25,7 @@ use crate::config::model::{
 };
 use crate::config::units::Rate;
 use crate::ctx::RequestCtx;
+use crate::metrics::Decisions;
 use crate::ratelimit::algo::{now_us, Algorithm, Limit, Outcome, SEC};
 use crate::ratelimit::cluster::Cluster;
 use crate::ratelimit::fast::{Fast, DEFAULT_SYNC_US};
@@ -38,7 +39,6 @@ use http::HeaderName;
 use http::HeaderValue;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
-use prometheus::IntCounterVec;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -71,7 +71,8 @@ pub struct RateLimit {
     /// Cluster scope: Redis, and what to do when it fails (the local store above is the
     /// `local` fallback).
     cluster: Option<(Scope, OnRedisError)>,
-    decisions: IntCounterVec,
+    /// `moat_ratelimit_decisions_total`, with this plugin's label.
+    decisions: Decisions,
 }
 
 fn limit_of(r: &Rate, burst: Option<u64>) -> Limit {
@@ -232,7 +233,7 @@ impl RateLimit {
             idle_after,
             store,
             cluster,
-            decisions: env.metrics.ratelimit_decisions.clone(),
+            decisions: Decisions::new(&env.metrics.ratelimit_decisions, name),
         })
     }
 
@@ -351,9 +352,7 @@ impl Plugin for RateLimit {
                     (true, _) => out,
                     (false, OnRedisError::Local) => {
                         // The fast view is this instance's own limiter.
-                        self.decisions
-                            .with_label_values(&[ctx.route_name(), self.name, "error"])
-                            .inc();
+                        self.decisions.inc(ctx.route_name(), "error");
                         ctx.plugins.ratelimit = Some("error");
                         note(ctx, &out);
                         return self.verdict(ctx, t, out);
@@ -364,9 +363,7 @@ impl Plugin for RateLimit {
         };
         note(ctx, &out);
         let result = if out.allowed { "allowed" } else { "limited" };
-        self.decisions
-            .with_label_values(&[ctx.route_name(), self.name, result])
-            .inc();
+        self.decisions.inc(ctx.route_name(), result);
         self.verdict(ctx, t, out)
     }
 
@@ -392,9 +389,7 @@ impl RateLimit {
         on_error: OnRedisError,
         local: impl FnOnce() -> Outcome,
     ) -> Flow {
-        self.decisions
-            .with_label_values(&[ctx.route_name(), self.name, "error"])
-            .inc();
+        self.decisions.inc(ctx.route_name(), "error");
         ctx.plugins.ratelimit = Some("error");
         match on_error {
             OnRedisError::Allow => Flow::Continue,

@@ -118,16 +118,22 @@ fn record(
     let route_name = route.map(|r| &*r.name);
     let status_code = http::StatusCode::from_u16(status).ok();
     let status_s = status_code.as_ref().map(|s| s.as_str()).unwrap_or("0");
-    metrics
-        .requests
-        .with_label_values(&[route_name.unwrap_or(""), req.method.as_str(), status_s])
-        .inc();
+    let method = req.method.as_str();
     match route {
-        Some(r) => r.duration.observe(elapsed.as_secs_f64()),
-        None => metrics
-            .request_duration
-            .with_label_values(&[""])
-            .observe(elapsed.as_secs_f64()),
+        Some(r) => {
+            r.requests.inc(method, status, status_s);
+            r.duration.observe(elapsed.as_secs_f64());
+        }
+        None => {
+            metrics
+                .requests
+                .with_label_values(&["", method, status_s])
+                .inc();
+            metrics
+                .request_duration
+                .with_label_values(&[""])
+                .observe(elapsed.as_secs_f64());
+        }
     }
     let up = &ctx.upstream;
     let upstream_ms = up.started.map(|s| {

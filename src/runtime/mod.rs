@@ -90,6 +90,8 @@ pub struct Route {
     pub max_body: Option<u64>,
     /// `moat_http_request_duration_seconds{route}`.
     pub duration: Histogram,
+    /// `moat_http_requests_total{route,method,status}`.
+    pub requests: crate::metrics::RouteRequests,
 }
 
 /// Request limits (`server.limits`), with the defaults an edge wants.

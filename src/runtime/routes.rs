@@ -6,7 +6,7 @@
 use super::{Action, Redirect, Respond, RespondHeader, RespondValue, Rewrite, Route};
 use crate::config::error::{index, join, ConfigErrors};
 use crate::config::model::{Config, RespondConfig, RouteConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteRequests};
 use crate::plugin::{self, Chain, Plugin};
 use crate::router::{PathMatch, RouteSpec, Router};
 use crate::template::{Context, Template};
@@ -47,8 +47,10 @@ pub(super) fn compile(
         });
         if let (Some(spec), Some(action)) = (spec, action) {
             specs.push(spec);
+            let name: Arc<str> = Arc::from(r.name.as_str());
             routes.push(Arc::new(Route {
-                name: Arc::from(r.name.as_str()),
+                requests: RouteRequests::new(&metrics.requests, Arc::clone(&name)),
+                name,
                 action,
                 rewrite,
                 max_body: r.max_body.map(|s| s.0),

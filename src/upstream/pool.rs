@@ -111,6 +111,11 @@ pub struct Pool {
     /// The pool's name.
     pub name: Arc<str>,
     selector: Selector,
+    /// Round robin only: target indexes, each repeated by its weight (config order), and
+    /// the turn counter: the first choice of a selection without building Pingora's
+    /// selection iterator (see [`Pool::select`]).
+    rr_order: Box<[u32]>,
+    rr_next: AtomicUsize,
     /// Targets in config order.
     pub targets: Vec<Target>,
     /// Target index by address (for pools too large for a linear scan).
@@ -199,6 +204,12 @@ impl Pool {
                 healthy_gauge,
             });
         }
+        let rr_order = match s.balance {
+            Balance::RoundRobin => (0..targets.len())
+                .flat_map(|i| std::iter::repeat_n(i as u32, targets[i].weight))
+                .collect(),
+            _ => Box::default(),
+        };
         let mut selector = match s.balance {
             Balance::RoundRobin => Selector::RoundRobin(build_lb(&set)),
             Balance::Random => Selector::Random(build_lb(&set)),
@@ -227,6 +238,8 @@ impl Pool {
             duration: metrics.upstream_duration.with_label_values(&[name]),
             name: Arc::from(name),
             selector,
+            rr_order,
+            rr_next: AtomicUsize::new(0),
             targets,
             by_addr,
             hash_key: s.hash_key,
@@ -294,6 +307,16 @@ impl Pool {
         if self.targets.len() == 1 {
             // Every algorithm picks the only target, when it may take requests.
             return self.usable(0, exclude).then_some(0);
+        }
+        if !self.rr_order.is_empty() {
+            // Round robin's turn, as Pingora's weighted round robin takes it (the next
+            // slot of the weight-expanded list); when that target may not take the
+            // request, Pingora's selection below chooses as it did before.
+            let turn = self.rr_next.fetch_add(1, Ordering::Relaxed) % self.rr_order.len();
+            let i = self.rr_order[turn] as usize;
+            if self.usable(i, exclude) {
+                return Some(i);
+            }
         }
         let now = clock_ms();
         let accept = |b: &Backend, healthy: bool| {

@@ -73,6 +73,33 @@ fn weighted_round_robin_respects_weights() {
     assert_eq!(counts, [100, 300]);
 }
 
+/// Round robin's own turn skips a target that may not take the request (excluded,
+/// ejected) through Pingora's selection, and the turns still follow the weights.
+#[test]
+fn round_robin_turns_skip_unusable_targets() {
+    let p = pool(
+        Balance::RoundRobin,
+        &[("127.0.0.1:1", 1), ("127.0.0.1:2", 2), ("127.0.0.1:3", 1)],
+        Some((1, Duration::from_secs(60))),
+    );
+    let mut counts = [0; 3];
+    for _ in 0..400 {
+        counts[p.select(b"", &[]).unwrap()] += 1;
+    }
+    assert_eq!(counts, [100, 200, 100]);
+    for _ in 0..40 {
+        assert_ne!(p.select(b"", &[1]), Some(1));
+        assert_eq!(p.select(b"", &[0, 2]), Some(1));
+    }
+    assert_eq!(p.select(b"", &[0, 1, 2]), None);
+    p.report(1, Some(FailureKind::Connect));
+    assert!(p.target_ejected(1));
+    for _ in 0..40 {
+        assert!(matches!(p.select(b"", &[]), Some(0 | 2)));
+    }
+    assert_eq!(p.select(b"", &[0, 2]), None);
+}
+
 #[test]
 fn exclusion_and_ejection() {
     let p = pool(
