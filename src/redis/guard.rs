@@ -118,106 +118,124 @@ impl Scanner {
     /// Check the next bytes of the stream.
     pub fn feed(&mut self, mut data: &[u8]) -> Result<(), &'static str> {
         while let Some(&first) = data.first() {
-            match self.state {
-                State::Body(left) => {
-                    let n = left.min(data.len() as u64);
-                    self.take(n)?;
-                    data = &data[n as usize..];
-                    self.state = match left - n {
-                        0 => State::BodyEnd(false),
-                        rest => State::Body(rest),
-                    };
-                }
-                State::BodyEnd(lf) => {
-                    if first != if lf { b'\n' } else { b'\r' } {
-                        return Err("string not ended by CRLF");
-                    }
-                    self.take(1)?;
-                    data = &data[1..];
-                    if lf {
-                        self.state = State::Start;
-                        self.value_done();
-                    } else {
-                        self.state = State::BodyEnd(true);
-                    }
-                }
-                State::Start => {
-                    if !(is_line(first) || is_string(first) || is_aggregate(first)) {
-                        return Err("not a RESP reply");
-                    }
-                    if self.pending == 0 {
-                        // A new reply.
-                        (self.pending, self.used, self.values) = (1, 0, 0);
-                    }
-                    self.take(1)?;
-                    data = &data[1..];
-                    self.state = State::Line {
-                        kind: first,
-                        len: 1,
-                        cr: false,
-                        num: 0,
-                        digits: false,
-                        neg: false,
-                    };
-                }
-                State::Line {
-                    kind,
-                    mut len,
-                    mut cr,
-                    mut num,
-                    mut digits,
-                    mut neg,
-                } => {
-                    let plain = is_line(kind);
-                    let mut i = 0;
-                    let ended = loop {
-                        let Some(&b) = data.get(i) else { break false };
-                        i += 1;
-                        len += 1;
-                        match b {
-                            b'\n' if cr => break true,
-                            _ if cr => return Err("CR or LF inside a reply line"),
-                            b'\r' => cr = true,
-                            b'\n' => return Err("CR or LF inside a reply line"),
-                            _ if plain => {}
-                            b'0'..=b'9' => {
-                                num = num.saturating_mul(10).saturating_add(u64::from(b - b'0'));
-                                digits = true;
-                            }
-                            b'-' if len == 2 => neg = true,
-                            _ => return Err("bad length in reply"),
-                        }
-                    };
-                    if len > MAX_LINE {
-                        return Err("reply line too long");
-                    }
-                    self.take(i as u64)?;
-                    data = &data[i..];
-                    if !ended {
-                        self.state = State::Line {
-                            kind,
-                            len,
-                            cr,
-                            num,
-                            digits,
-                            neg,
-                        };
-                        continue;
-                    }
-                    self.state = State::Start;
-                    if plain {
-                        self.value_done();
-                    } else if !digits || (neg && !(num == 1 && may_be_null(kind))) {
-                        return Err("bad length in reply");
-                    } else if neg {
-                        self.value_done(); // a null
-                    } else {
-                        self.header_done(kind, num)?;
-                    }
-                }
-            }
+            let used = match self.state {
+                State::Body(left) => self.body(left, data.len())?,
+                State::BodyEnd(lf) => self.body_end(lf, first)?,
+                State::Start => self.start(first)?,
+                State::Line { .. } => self.line(data)?,
+            };
+            data = &data[used..];
         }
         Ok(())
+    }
+
+    /// Inside a string's body, `left` bytes to go, `available` in hand: bytes used.
+    fn body(&mut self, left: u64, available: usize) -> Result<usize, &'static str> {
+        let n = left.min(available as u64);
+        self.take(n)?;
+        self.state = match left - n {
+            0 => State::BodyEnd(false),
+            rest => State::Body(rest),
+        };
+        Ok(n as usize)
+    }
+
+    /// The CR (`lf` false) or LF (`lf` true) after a string's body: one byte used.
+    fn body_end(&mut self, lf: bool, first: u8) -> Result<usize, &'static str> {
+        if first != if lf { b'\n' } else { b'\r' } {
+            return Err("string not ended by CRLF");
+        }
+        self.take(1)?;
+        if lf {
+            self.state = State::Start;
+            self.value_done();
+        } else {
+            self.state = State::BodyEnd(true);
+        }
+        Ok(1)
+    }
+
+    /// A value's type byte: one byte used.
+    fn start(&mut self, first: u8) -> Result<usize, &'static str> {
+        if !(is_line(first) || is_string(first) || is_aggregate(first)) {
+            return Err("not a RESP reply");
+        }
+        if self.pending == 0 {
+            // A new reply.
+            (self.pending, self.used, self.values) = (1, 0, 0);
+        }
+        self.take(1)?;
+        self.state = State::Line {
+            kind: first,
+            len: 1,
+            cr: false,
+            num: 0,
+            digits: false,
+            neg: false,
+        };
+        Ok(1)
+    }
+
+    /// The rest of a value's first line (a simple value, or a length) from `data`: bytes
+    /// used. The line may end in a later read; its state is kept until then.
+    fn line(&mut self, data: &[u8]) -> Result<usize, &'static str> {
+        let State::Line {
+            kind,
+            mut len,
+            mut cr,
+            mut num,
+            mut digits,
+            mut neg,
+        } = self.state
+        else {
+            return Err("reply guard out of step");
+        };
+        let plain = is_line(kind);
+        let mut i = 0;
+        let ended = loop {
+            let Some(&b) = data.get(i) else { break false };
+            i += 1;
+            len += 1;
+            match b {
+                b'\n' if cr => break true,
+                _ if cr => return Err("CR or LF inside a reply line"),
+                b'\r' => cr = true,
+                b'\n' => return Err("CR or LF inside a reply line"),
+                _ if plain => {}
+                b'0'..=b'9' => {
+                    num = num.saturating_mul(10).saturating_add(u64::from(b - b'0'));
+                    digits = true;
+                }
+                b'-' if len == 2 => neg = true,
+                _ => return Err("bad length in reply"),
+            }
+        };
+        if len > MAX_LINE {
+            return Err("reply line too long");
+        }
+        self.take(i as u64)?;
+        if !ended {
+            self.state = State::Line {
+                kind,
+                len,
+                cr,
+                num,
+                digits,
+                neg,
+            };
+            return Ok(i);
+        }
+        self.state = State::Start;
+        if plain {
+            self.value_done();
+        } else if !digits || (neg && !(num == 1 && may_be_null(kind))) {
+            return Err("bad length in reply");
+        } else if neg {
+            self.value_done(); // a null
+        } else {
+            self.header_done(kind, num)?;
+        }
+        Ok(i)
     }
 
     /// Count `n` more bytes of the current reply.
