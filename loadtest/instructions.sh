@@ -76,14 +76,14 @@ fi
 
 # measure NAME VARIANT PORT PID HEADER-LINES: print "NAME instructions/request".
 measure() {
-    local name=$1 v=$2 port=$3 pid=$4 headers=$5 url args=() line total dump
+    local name=$1 v=$2 port=$3 pid=$4 headers=$5 url hdrs=() args=() line total dump
     url="http://127.0.0.1:$port/"
+    while IFS= read -r line; do [[ -n $line ]] && hdrs+=(-H "$line"); done <<<"$headers"
+    # oha and curl (the readiness check) take the same options: --insecure, --http2, -H
     [[ $v == http ]] || { url="https://127.0.0.1:$port/"; args+=(--insecure); }
     [[ $v == h2 ]] && args+=(--http2)
-    while IFS= read -r line; do [[ -n $line ]] && args+=(-H "$line"); done <<<"$headers"
-    local curl_args=(-k); [[ $v == h2 ]] && curl_args+=(--http2)
-    while IFS= read -r line; do [[ -n $line ]] && curl_args+=(-H "$line"); done <<<"$headers"
-    lt_wait_http "$url" 200 600 "$pid" "${curl_args[@]}" || { lt_log "$name: not ready"; return 1; }
+    args+=("${hdrs[@]}")
+    lt_wait_http "$url" 200 600 "$pid" "${args[@]}" || { lt_log "$name: not ready"; return 1; }
     "$LT_OHA" --no-tui -n 200 -c 4 "${args[@]}" "$url" >/dev/null
     callgrind_control -z "$pid" >/dev/null
     "$LT_OHA" --no-tui --output-format json -n "$REQUESTS" -c 4 "${args[@]}" "$url" >"$LT_TMP/$name.json"

@@ -15,8 +15,10 @@ use std::time::Instant;
 pub struct ProxyCtx {
     /// The config snapshot for this request's whole life.
     pub rt: Arc<Runtime>,
-    /// The matched route.
-    pub route: Option<Arc<Route>>,
+    /// The matched route: set only through [`ProxyCtx::set_route`], which also gives
+    /// the plugins' context its name (readable by the proxy's modules, which borrow it
+    /// beside other fields).
+    pub(super) route: Option<Arc<Route>>,
     /// Upstream state.
     pub upstream: UpstreamState,
     /// Request body state.
@@ -42,6 +44,11 @@ impl ProxyCtx {
             answer: AnswerState::default(),
             req: RequestCtx::new(),
         }
+    }
+
+    /// The matched route, if any.
+    pub fn route(&self) -> Option<&Route> {
+        self.route.as_deref()
     }
 
     /// Take `route` as this request's route.

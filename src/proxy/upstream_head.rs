@@ -20,7 +20,7 @@ use pingora_proxy::Session;
 /// the raw request target are kept.
 pub(super) fn prepare(up: &mut RequestHeader, session: &Session, ctx: &ProxyCtx) -> Result<()> {
     let (peer, tls) = (peer_ip(session), is_tls(session));
-    let rewrite = ctx.route.as_deref().and_then(|r| r.rewrite.as_ref());
+    let rewrite = ctx.route().and_then(|r| r.rewrite.as_ref());
     let req = session.req_header();
     let port = ctx.rt.listener_ports.value(|| {
         session
